@@ -1,0 +1,29 @@
+"""Analysis: m-coherence of per-example gradients, study reports, easy/hard splits."""
+
+from cgh_jax.analysis.coherence import CoherenceStats, coherence_from_grads, m_coherence
+from cgh_jax.analysis.easy_hard import load_records, make_easy_hard_splits, split_easy_hard
+from cgh_jax.analysis.report import (
+    final_metrics,
+    load_metrics,
+    mean_std,
+    plot_accuracy_curves,
+    results_table,
+    summarize_runs,
+    write_report,
+)
+
+__all__ = [
+    "CoherenceStats",
+    "coherence_from_grads",
+    "final_metrics",
+    "load_metrics",
+    "load_records",
+    "m_coherence",
+    "make_easy_hard_splits",
+    "mean_std",
+    "plot_accuracy_curves",
+    "results_table",
+    "split_easy_hard",
+    "summarize_runs",
+    "write_report",
+]

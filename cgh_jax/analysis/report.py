@@ -1,0 +1,508 @@
+"""Study reports: final-accuracy tables and accuracy-vs-epoch figures.
+
+A run directory written by :func:`cgh_jax.train.train_and_evaluate` holds
+``metrics.jsonl``: one JSON object per evaluation with the keys ``step``,
+``epoch`` and ``<set>/<metric>`` (sets ``pristine``, ``corrupt_noisy``,
+``corrupt_true``, ``train_sample``, ``test``; metrics ``top1``, ``top5``,
+``loss``), and optionally ``wall_time_s`` (seconds since the run started).
+Accuracies are fractions in ``[0, 1]``; reports show them in percent.
+
+The sets tell the label-noise story of the papers:
+
+* ``pristine``: training examples whose label was not corrupted (true label);
+* ``corrupt_noisy``: corrupted training examples scored against the *noisy*
+  label they were trained on -- this is memorization;
+* ``corrupt_true``: the same examples scored against their true label;
+* ``test``: the test split (never corrupted) -- generalization.
+
+Typical use::
+
+  from cgh_jax.analysis import report
+  path = report.write_report(
+      "workdirs/noise50", {"SGD": "workdirs/noise50/sgd", "M3": "workdirs/noise50/m3"},
+      title="MNIST, 50% label noise")
+
+A run may also be a list of run directories (several seeds): tables then show
+``mean ± std`` over seeds and figures the mean curve with a ``± std`` band.
+
+Matplotlib is imported only inside the plotting functions, and through its
+object-oriented API (``matplotlib.figure.Figure`` with the Agg canvas), so
+nothing here changes the global pyplot backend of a notebook or script.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+METRICS_FILENAME = "metrics.jsonl"
+REPORT_FILENAME = "report.md"
+FIGURE_FILENAME = "accuracy_curves.png"
+
+#: The sets shown by default in tables and figures, in display order.
+DEFAULT_SETS = ("pristine", "corrupt_noisy", "corrupt_true", "test")
+
+#: Human-readable names of the evaluation sets.
+SET_LABELS = {
+    "pristine": "pristine",
+    "corrupt_noisy": "corrupt, noisy label (memorization)",
+    "corrupt_true": "corrupt, true label",
+    "train_sample": "train sample",
+    "test": "test",
+}
+
+_SHORT_SET_LABELS = {
+    "pristine": "pristine",
+    "corrupt_noisy": "corrupt/noisy",
+    "corrupt_true": "corrupt/true",
+    "train_sample": "train sample",
+    "test": "test",
+}
+
+_METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "loss": "loss"}
+
+_SET_COLORS = {
+    "pristine": "tab:blue",
+    "corrupt_noisy": "tab:red",
+    "corrupt_true": "tab:orange",
+    "train_sample": "tab:gray",
+    "test": "tab:green",
+}
+
+_ACCURACY_METRICS = ("top1", "top5")
+_MISSING = "—"
+
+Records = list[dict[str, Any]]
+RunSpec = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _metrics_path(run_dir: str | os.PathLike) -> str:
+    path = os.fspath(run_dir)
+    if os.path.isdir(path):
+        path = os.path.join(path, METRICS_FILENAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"No metrics file at {path!r}: pass a run directory written by "
+            f"cgh_jax.train.train_and_evaluate (it holds {METRICS_FILENAME}) or the "
+            "path of a metrics.jsonl file."
+        )
+    return path
+
+
+def load_metrics(run_dir: str | os.PathLike) -> Records:
+    """Reads the evaluation records of one run.
+
+    Args:
+      run_dir: a run directory holding ``metrics.jsonl``, or the path of such a file.
+
+    Returns:
+      The records sorted by ``step``. When a step appears more than once (a run
+      resumed from a checkpoint evaluates the restored step again), the record
+      written last wins.
+
+    Raises:
+      FileNotFoundError: if there is no metrics file.
+      ValueError: on a line that is not a JSON object with an integer ``step``,
+        or on a file without records.
+    """
+    path = _metrics_path(run_dir)
+    by_step: dict[int, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}).") from e
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {record!r}.")
+            step = record.get("step")
+            if isinstance(step, float) and step.is_integer():
+                step = int(step)
+            if not isinstance(step, int) or isinstance(step, bool):
+                raise ValueError(f"{path}:{lineno}: every record needs an integer 'step'.")
+            record["step"] = step
+            by_step[step] = record
+    if not by_step:
+        raise ValueError(f"{path} holds no evaluation records.")
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _as_run_list(spec: RunSpec) -> list[str]:
+    if isinstance(spec, str | os.PathLike):
+        return [os.fspath(spec)]
+    runs = [os.fspath(s) for s in spec]
+    if not runs:
+        raise ValueError("A run entry is an empty list: give at least one run directory.")
+    return runs
+
+
+# --------------------------------------------------------------------------- final values
+
+
+def final_metrics(records: Records) -> dict[str, Any]:
+    """The values at the end of a run.
+
+    Args:
+      records: the output of :func:`load_metrics` (sorted by step).
+
+    Returns:
+      The last record, plus ``wall_time_s`` from the latest record that has it
+      when the last one does not.
+    """
+    if not records:
+        raise ValueError("final_metrics needs at least one record.")
+    final = dict(records[-1])
+    if "wall_time_s" not in final:
+        for record in reversed(records):
+            if "wall_time_s" in record:
+                final["wall_time_s"] = record["wall_time_s"]
+                break
+    return final
+
+
+def _check_accuracy(key: str, value: Any, where: str) -> float:
+    value = float(value)
+    if key.rsplit("/", 1)[-1] in _ACCURACY_METRICS and not (
+        math.isnan(value) or 0.0 <= value <= 1.0
+    ):
+        raise ValueError(
+            f"{where}: {key}={value} is not a fraction in [0, 1]. metrics.jsonl stores "
+            "accuracies as fractions; reports convert them to percent."
+        )
+    return value
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof=1``; 0 for a single value).
+
+    Example:
+      >>> mean_std([1.0, 2.0, 3.0])
+      (2.0, 1.0)
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("mean_std needs at least one value.")
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return float(arr.mean()), std
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rem = divmod(seconds, 3600)
+    minutes, secs = divmod(rem, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _format_cell(values: list[float], scale: float, fmt: str) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return _MISSING
+    mean, std = mean_std([v * scale for v in values])
+    if len(values) == 1:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ± {format(std, fmt)}"
+
+
+def summarize_runs(
+    runs: Mapping[str, RunSpec],
+    *,
+    sets: Sequence[str] = DEFAULT_SETS,
+    metric: str = "top1",
+) -> list[dict[str, Any]]:
+    """Final values of each named run (or group of seed runs).
+
+    Args:
+      runs: name (e.g. the optimizer) -> run directory, or list of run
+        directories to aggregate (seeds).
+      sets: evaluation sets to collect.
+      metric: metric to collect for each set (``top1``, ``top5`` or ``loss``).
+
+    Returns:
+      One dict per name, in order, with ``name``, ``run_dirs``, ``num_runs`` and,
+      per run, lists of final values: ``<set>/<metric>`` (NaN where a run lacks
+      the set, e.g. no corrupt sets at noise 0), ``epoch``, ``step`` and
+      ``wall_time_s`` (NaN when not recorded).
+    """
+    if not runs:
+        raise ValueError("No runs given: pass a mapping name -> run directory.")
+    rows = []
+    for name, spec in runs.items():
+        run_dirs = _as_run_list(spec)
+        row: dict[str, Any] = {"name": name, "run_dirs": run_dirs, "num_runs": len(run_dirs)}
+        keys = [f"{s}/{metric}" for s in sets] + ["epoch", "step", "wall_time_s"]
+        for key in keys:
+            row[key] = []
+        for run_dir in run_dirs:
+            final = final_metrics(load_metrics(run_dir))
+            for key in keys:
+                value = final.get(key)
+                row[key].append(math.nan if value is None else _check_accuracy(key, value, run_dir))
+        rows.append(row)
+    return rows
+
+
+def results_table(
+    runs: Mapping[str, RunSpec],
+    *,
+    sets: Sequence[str] = DEFAULT_SETS,
+    metric: str = "top1",
+) -> str:
+    """A markdown table of final values, one row per name, ``mean ± std`` over seeds.
+
+    Accuracies are shown in percent with one decimal, loss with three. Columns
+    ``epochs`` and ``wall time`` follow; a ``runs`` column appears when some
+    name aggregates more than one run. Missing values show as ``—``.
+
+    Args:
+      runs: name -> run directory or list of run directories (see
+        :func:`summarize_runs`).
+      sets: evaluation sets, one column each.
+      metric: ``top1``, ``top5`` or ``loss``.
+
+    Returns:
+      The table as markdown text (no trailing newline).
+    """
+    rows = summarize_runs(runs, sets=sets, metric=metric)
+    is_accuracy = metric in _ACCURACY_METRICS
+    scale, fmt = (100.0, ".1f") if is_accuracy else (1.0, ".3f")
+    unit = f"{_METRIC_LABELS.get(metric, metric)} (%)" if is_accuracy else metric
+    show_runs = any(row["num_runs"] > 1 for row in rows)
+
+    header = ["run"] + [f"{_SHORT_SET_LABELS.get(s, s)} {unit}" for s in sets]
+    header += ["epochs", "wall time"]
+    if show_runs:
+        header.append("runs")
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    for row in rows:
+        cells = [str(row["name"]).replace("|", "\\|")]
+        cells += [_format_cell(row[f"{s}/{metric}"], scale, fmt) for s in sets]
+        epochs = [e for e in row["epoch"] if not math.isnan(e)]
+        if not epochs:
+            cells.append(_MISSING)
+        elif len(set(epochs)) == 1:
+            cells.append(f"{epochs[0]:g}")
+        else:
+            cells.append(_format_cell(epochs, 1.0, ".1f"))
+        times = [t for t in row["wall_time_s"] if not math.isnan(t)]
+        if times:
+            mean, std = mean_std(times)
+            cell = _format_seconds(mean)
+            cells.append(cell if len(times) == 1 else f"{cell} ± {_format_seconds(std)}")
+        else:
+            cells.append(_MISSING)
+        if show_runs:
+            cells.append(str(row["num_runs"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def _curve(records: Records, key: str, x_key: str) -> dict[float, float]:
+    return {float(r[x_key]): float(r[key]) for r in records if r.get(key) is not None}
+
+
+def seed_curves(
+    records_per_seed: Sequence[Records], key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Mean and sample std of one metric over seeds, on the x values all seeds share.
+
+    Args:
+      records_per_seed: one :func:`load_metrics` output per seed.
+      key: ``<set>/<metric>``.
+
+    Returns:
+      ``(x, mean, std, x_key)``: ``x_key`` is ``'epoch'``, or ``'step'`` when a
+      record lacks ``epoch``; ``std`` is the sample std (``ddof=1``, zeros for
+      one seed). Empty arrays when no seed has the key.
+    """
+    all_records = [r for records in records_per_seed for r in records]
+    x_key = "epoch" if all("epoch" in r for r in all_records) else "step"
+    curves = [_curve(records, key, x_key) for records in records_per_seed]
+    curves = [c for c in curves if c]
+    if not curves:
+        empty = np.zeros(0)
+        return empty, empty, empty, x_key
+    common = sorted(set.intersection(*(set(c) for c in curves)))
+    stacked = np.asarray([[c[x] for x in common] for c in curves], dtype=np.float64)
+    mean = stacked.mean(axis=0)
+    std = stacked.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
+    return np.asarray(common, dtype=np.float64), mean, std, x_key
+
+
+def _as_seed_list(value: Any) -> list[Records]:
+    if isinstance(value, str | os.PathLike):
+        return [load_metrics(value)]
+    value = list(value)
+    if not value:
+        raise ValueError("Empty run entry: give records, a run directory, or a list of them.")
+    if isinstance(value[0], dict):
+        return [value]
+    return [load_metrics(v) if isinstance(v, str | os.PathLike) else list(v) for v in value]
+
+
+def plot_accuracy_curves(
+    metrics_by_run: Mapping[str, Any],
+    *,
+    sets: Sequence[str] = DEFAULT_SETS,
+    metric: str = "top1",
+    path: str | os.PathLike | None = None,
+    ax: Any = None,
+    title: str | None = None,
+):
+    """Accuracy against epochs, one panel per run, shared y axis.
+
+    Each panel draws one line per set (pristine, memorization of the corrupt
+    set, corrupt set against the true label, test), as in the figures of
+    Zielinski et al. (2020). Several seeds per run give the mean with a
+    ``± std`` band.
+
+    Args:
+      metrics_by_run: name -> records (a :func:`load_metrics` output), a run
+        directory, or a list of either (seeds).
+      sets: the sets to draw; sets a run lacks are skipped.
+      metric: ``top1`` (default), ``top5`` or ``loss``; accuracies in percent.
+      path: if given, the figure is saved there (PNG by extension).
+      ax: an existing Axes (for one run) or a sequence of Axes (one per run)
+        to draw into; by default a new figure with one panel per run.
+      title: optional figure title.
+
+    Returns:
+      The matplotlib ``Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    if not metrics_by_run:
+        raise ValueError("metrics_by_run is empty: give at least one run.")
+    runs = {name: _as_seed_list(value) for name, value in metrics_by_run.items()}
+    n = len(runs)
+    if ax is None:
+        fig = Figure(figsize=(4.0 * n + 0.5, 3.6), layout="constrained")
+        axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    else:
+        axes = list(ax) if isinstance(ax, Sequence | np.ndarray) else [ax]
+        if len(axes) != n:
+            raise ValueError(f"Got {len(axes)} Axes for {n} runs: pass one Axes per run.")
+        fig = axes[0].figure
+    is_accuracy = metric in _ACCURACY_METRICS
+    scale = 100.0 if is_accuracy else 1.0
+    x_label = "epoch"
+    for panel, (name, seeds) in zip(axes, runs.items(), strict=True):
+        for s in sets:
+            x, mean, std, x_label = seed_curves(seeds, f"{s}/{metric}")
+            if not x.size:
+                continue
+            color = _SET_COLORS.get(s)
+            panel.plot(x, mean * scale, marker=".", label=SET_LABELS.get(s, s), color=color)
+            if len(seeds) > 1:
+                panel.fill_between(
+                    x, (mean - std) * scale, (mean + std) * scale, color=color, alpha=0.2
+                )
+        panel.set_title(name)
+        panel.set_xlabel(x_label)
+        panel.grid(True, alpha=0.3)
+    metric_label = _METRIC_LABELS.get(metric, metric)
+    axes[0].set_ylabel(f"{metric_label} (%)" if is_accuracy else metric_label)
+    if is_accuracy and ax is None:
+        axes[0].set_ylim(-2, 102)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for panel in axes[1:]:
+        for h, lab in zip(*panel.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        axes[-1].legend(handles, labels, fontsize="small", loc="best")
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=120)
+    return fig
+
+
+# --------------------------------------------------------------------------- report
+
+
+def write_report(
+    study_workdir: str | os.PathLike,
+    runs: Mapping[str, RunSpec],
+    *,
+    title: str,
+    sets: Sequence[str] = DEFAULT_SETS,
+) -> str:
+    """Writes ``report.md`` and ``accuracy_curves.png`` for a study.
+
+    The report has a table of the final top-1 accuracies (pristine, corrupt
+    against the noisy label -- memorization --, corrupt against the true label,
+    test) in percent, with epochs and wall time, and a figure of those
+    accuracies against epochs, one panel per run.
+
+    Args:
+      study_workdir: directory for the report (created if missing).
+      runs: name (e.g. optimizer) -> run directory, or list of run directories
+        (seeds, shown as ``mean ± std``).
+      title: the report's heading.
+      sets: evaluation sets to show.
+
+    Returns:
+      The path of ``report.md``.
+
+    Example:
+      >>> write_report("workdirs/study", {"SGD": "workdirs/study/sgd"},
+      ...              title="MNIST")  # doctest: +SKIP
+      'workdirs/study/report.md'
+    """
+    if not runs:
+        raise ValueError("No runs given: pass a mapping name -> run directory.")
+    run_lists = {name: _as_run_list(spec) for name, spec in runs.items()}
+    records = {name: [load_metrics(d) for d in dirs] for name, dirs in run_lists.items()}
+
+    os.makedirs(study_workdir, exist_ok=True)
+    table = results_table(run_lists, sets=sets, metric="top1")
+    fig = plot_accuracy_curves(
+        records, sets=sets, metric="top1", path=os.path.join(study_workdir, FIGURE_FILENAME)
+    )
+    del fig
+
+    lines = [
+        f"# {title}",
+        "",
+        "Final top-1 accuracy (%) on each evaluation set. *pristine*: training examples "
+        "whose label was not corrupted; *corrupt/noisy*: training examples whose label was "
+        "corrupted, scored against the noisy label they were trained on (memorization); "
+        "*corrupt/true*: the same examples scored against their true label; *test*: the "
+        "test split. Several runs per row give mean ± std (sample std over seeds).",
+        "",
+        table,
+        "",
+        f"![Top-1 accuracy against epochs]({FIGURE_FILENAME})",
+        "",
+        "## Runs",
+        "",
+    ]
+    for name, dirs in run_lists.items():
+        lines.append(f"- {name}: " + ", ".join(f"`{d}`" for d in dirs))
+    lines.append("")
+    path = os.path.join(os.fspath(study_workdir), REPORT_FILENAME)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return path

@@ -1,0 +1,253 @@
+"""Shared pieces of the experiment configs in ``configs/``.
+
+Every config file defines ``get_config(arg)``; ``arg`` is the text after the colon of
+``--config=configs/X.py:arg``: comma-separated ``key=value`` pairs and bare flags, e.g.
+``opt=m3,noise=0.5,runlocal``. :func:`parse_arg` turns it into a typed ConfigDict (unknown
+keys are an error, so a typo fails at once), :func:`base_config` holds the fields every
+training config has, and :func:`apply_runlocal` shrinks any config to a CPU smoke run.
+
+Training config fields (``train_and_evaluate`` reads exactly these):
+
+=========================  =================================================================
+``seed``                   int: parameter init and dropout RNG.
+``data``                   the data config (fields: ``cgh_jax.data`` docstring).
+``model.name``             a ``cgh_jax.models.get_model`` name; every other ``model`` field
+                           is passed to it as a keyword (``dtype`` as a string, e.g.
+                           ``'bfloat16'`` for the compute dtype).
+``optimizer.name``         ``sgd`` | ``m3`` | ``rm3`` | ``ra3`` | ``winsorize``.
+``optimizer.*``            learning rate, schedule, momentum, ... (``cgh_jax.optim.from_config``).
+``batch_size``             the SGD-sized (group) batch, global over all hosts. One M3 update
+                           consumes ``num_groups * batch_size`` examples, as the authors did.
+``num_epochs``             epochs of the training split; durations (schedule boundaries,
+                           warmup) are given in epochs and converted to steps in one place.
+``max_steps``              stop after this many updates (-1: ``num_epochs`` full epochs).
+``eval_batch_size``        global batch size of the evaluations.
+``log_every_steps``        train metrics (loss, top1, norms) and progress are written every
+                           this many steps; non-finite values are checked at least this often.
+``checkpoint_every_steps`` periodic checkpoints (0: only at the end and on SIGTERM).
+``keep_checkpoints``       how many checkpoints Orbax keeps.
+``per_example_epochs``     after these numbers of finished epochs, write per-example records.
+``study.*``                only in study configs (the default job): ``optimizers`` to compare
+                           and the report ``title``.
+=========================  =================================================================
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses a config argument string such as ``"opt=m3,noise=0.5,runlocal"``.
+
+    Each ``key=value`` takes the type of its default: ``int``, ``float``, ``bool``
+    (``1/0/true/false/yes/no``), ``str``, or a tuple (``hidden=512+512``). A bare ``key``
+    sets a boolean default to True.
+
+    Args:
+      arg: the text after the colon of ``--config=file.py:arg`` (None or ``""``: defaults).
+      **defaults: every accepted key with its default value (and thereby its type).
+
+    Returns:
+      A locked-key ConfigDict with the defaults overridden by ``arg``.
+
+    Raises:
+      ValueError: for an unknown key, a value that does not parse as the default's type,
+        or a bare key whose default is not a boolean.
+    """
+    result = dict(defaults)
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(
+                f"Unknown config argument {key!r} in {arg!r}; valid arguments: "
+                f"{', '.join(sorted(defaults))}."
+            )
+        default = defaults[key]
+        if not sep:
+            if not isinstance(default, bool):
+                raise ValueError(
+                    f"Config argument {key!r} needs a value ({key}=...); only boolean "
+                    "arguments can be given as a bare flag."
+                )
+            result[key] = True
+            continue
+        result[key] = _parse_value(key, text.strip(), default)
+    return ml_collections.ConfigDict(result)
+
+
+def _parse_value(key: str, text: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, tuple):
+            parts = [p for p in text.split("+") if p]
+            if default and isinstance(default[0], int):
+                return tuple(int(p) for p in parts)
+            return tuple(parts)
+        if default is None:
+            try:
+                return ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                return text
+        return text
+    except ValueError as e:
+        raise ValueError(
+            f"Config argument {key}={text!r} does not parse as {type(default).__name__} "
+            f"(default {default!r})."
+        ) from e
+
+
+def data_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """The data config with every field of the data contract (see ``cgh_jax.data``)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.source = "tfds"
+    cfg.name = "mnist"
+    cfg.path = config_dict.placeholder(str)
+    cfg.data_dir = config_dict.placeholder(str)
+    cfg.train_split = "train"
+    cfg.test_split = "test"
+    cfg.image_size = 0
+    cfg.resize_size = 0
+    cfg.augment = "none"
+    cfg.normalize = "unit"
+    cfg.noise = 0.0
+    cfg.noise_scheme = "uniform"
+    cfg.noise_seed = 0
+    cfg.eval_subset_size = -1
+    cfg.shuffle_seed = 0
+    cfg.shuffle_buffer = 10_000
+    cfg.train_ids_file = config_dict.placeholder(str)
+    cfg.test_ids_file = config_dict.placeholder(str)
+    cfg.cache = True
+    _update(cfg, overrides)
+    return cfg
+
+
+def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """The optimizer config (fields: ``cgh_jax.optim.from_config``)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.name = "sgd"
+    cfg.learning_rate = 0.1
+    cfg.momentum = 0.0
+    cfg.nesterov = False
+    cfg.weight_decay = 0.0
+    cfg.num_groups = 3
+    cfg.num_clipped = 0
+    cfg.schedule = "constant"
+    cfg.decay_epochs = (30, 60)
+    cfg.decay_factor = 0.1
+    cfg.warmup_epochs = 0.0
+    _update(cfg, overrides)
+    return cfg
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields every training config has, with neutral defaults."""
+    cfg = ml_collections.ConfigDict()
+    cfg.seed = 0
+    cfg.data = data_config()
+    cfg.model = ml_collections.ConfigDict({"name": "mlp", "dtype": "float32"})
+    cfg.optimizer = optimizer_config()
+    cfg.batch_size = 100
+    cfg.num_epochs = 1
+    cfg.max_steps = -1
+    cfg.eval_batch_size = 1000
+    cfg.log_every_steps = 50
+    cfg.checkpoint_every_steps = 0
+    cfg.keep_checkpoints = 2
+    cfg.per_example_epochs = ()
+    return cfg
+
+
+def apply_runlocal(cfg: ml_collections.ConfigDict, *, model: Mapping[str, Any] | None = None):
+    """Shrinks ``cfg`` in place to a CPU smoke run of a few steps.
+
+    Small batches, at most 3 updates, 64 examples per evaluation subset, 28x28 (or the
+    native size of small datasets) images, and optionally a tiny model variant.
+
+    Args:
+      cfg: a training config from :func:`base_config`.
+      model: replaces ``cfg.model`` (e.g. ``{"name": "resnet_tiny"}``); keeps it if None.
+
+    Returns:
+      ``cfg``.
+    """
+    if model is not None:
+        dtype = cfg.model.get("dtype", "float32")
+        cfg.model = ml_collections.ConfigDict({"dtype": dtype, **dict(model)})
+    cfg.batch_size = 8
+    cfg.eval_batch_size = 32
+    cfg.num_epochs = 1
+    cfg.max_steps = 3
+    cfg.log_every_steps = 1
+    cfg.checkpoint_every_steps = 2
+    cfg.data.eval_subset_size = 16
+    cfg.data.shuffle_buffer = 64
+    if cfg.data.image_size > 32:
+        cfg.data.image_size = 32
+        cfg.data.resize_size = 36 if cfg.data.resize_size else 0
+    return cfg
+
+
+def _update(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+    for key, value in overrides.items():
+        if key not in cfg:
+            raise ValueError(f"Unknown field {key!r}; valid fields: {', '.join(sorted(cfg))}.")
+        setattr(cfg, key, value)
+
+
+def common_args(**extra: Any) -> dict[str, Any]:
+    """Arguments every ImageNet-family config accepts, with their defaults.
+
+    ``opt`` (sgd|m3|rm3|ra3|winsorize), ``noise`` (label-noise fraction), ``epochs``,
+    ``lr``, ``batch`` (the SGD-sized batch), ``momentum``, ``seed``, ``data_dir`` (TFDS data
+    dir, e.g. ``gs://bucket/tensorflow_datasets``) and ``runlocal``; ``extra`` adds more.
+    """
+    return dict(
+        opt="sgd",
+        noise=0.0,
+        epochs=0,
+        lr=0.0,
+        batch=0,
+        momentum=0.0,
+        seed=0,
+        data_dir="",
+        runlocal=False,
+        **extra,
+    )
+
+
+def apply_common_args(cfg: ml_collections.ConfigDict, args: ml_collections.ConfigDict):
+    """Applies :func:`common_args` values to ``cfg`` (0 / "" keep the config's default)."""
+    cfg.optimizer.name = args.opt
+    cfg.data.noise = args.noise
+    cfg.seed = args.seed
+    cfg.optimizer.momentum = args.momentum
+    if args.epochs:
+        cfg.num_epochs = args.epochs
+    if args.lr:
+        cfg.optimizer.learning_rate = args.lr
+    if args.batch:
+        cfg.batch_size = args.batch
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    return cfg

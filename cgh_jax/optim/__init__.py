@@ -1,0 +1,53 @@
+"""Coherent Gradients optimizers as optax transforms.
+
+Aggregators (put them first in a chain):
+
+- :func:`median_of_means`, :func:`m3`: median of group-mean gradients (leading group axis).
+- :func:`winsorize`: winsorized mean of per-example gradients (leading example axis).
+- :func:`rm3`, :func:`ra3`: running median / mean of the last three gradients.
+
+Optimizers: :func:`m3_sgd`, :func:`rm3_sgd`, :func:`ra3_sgd`, :func:`winsorized_sgd`.
+Gradient helpers: :func:`grouped_grads`, :func:`per_example_grads`.
+"""
+
+from cgh_jax.optim.alias import m3_sgd, ra3_sgd, rm3_sgd, winsorized_sgd
+from cgh_jax.optim.grads import GroupedGrads, group_batch, grouped_grads, per_example_grads
+from cgh_jax.optim.median import (
+    MedianOfMeansState,
+    coordinate_median,
+    m3,
+    median3,
+    median_of_means,
+)
+from cgh_jax.optim.running import (
+    RunningBufferState,
+    RunningMeanState,
+    RunningMedianState,
+    ra3,
+    rm3,
+)
+from cgh_jax.optim.winsorize import WinsorizeState, winsorize, winsorized_mean
+
+__all__ = [
+    "GroupedGrads",
+    "MedianOfMeansState",
+    "RunningBufferState",
+    "RunningMeanState",
+    "RunningMedianState",
+    "WinsorizeState",
+    "coordinate_median",
+    "group_batch",
+    "grouped_grads",
+    "m3",
+    "m3_sgd",
+    "median3",
+    "median_of_means",
+    "per_example_grads",
+    "ra3",
+    "ra3_sgd",
+    "rm3",
+    "rm3_sgd",
+    "winsorize",
+    "winsorized_mean",
+    "winsorized_sgd",
+]
