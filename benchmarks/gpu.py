@@ -41,7 +41,7 @@ import optax
 from cgh_jax.models import get_model
 from cgh_jax.optim import grouped_grads, m3_sgd, rm3_sgd
 
-OPTIMIZERS = ("sgd", "m3", "m3_loop", "rm3")
+OPTIMIZERS = ("sgd", "m3", "rm3", "m3_loop")
 
 
 # ----------------------------------------------------------------------------- training
@@ -118,19 +118,10 @@ def _memory_bytes(compiled) -> float | None:
     )
 
 
-def bench_train(
-    model_name: str,
-    optimizer: str,
-    *,
-    image_size: int,
-    group_batch: int,
-    num_groups: int,
-    steps: int,
-    warmup: int,
-    dtype: Any,
-) -> dict[str, Any]:
-    """Times ``steps`` updates of ``model_name`` with ``optimizer`` on synthetic data."""
-    batch_size = group_batch * num_groups
+def make_inputs(
+    model_name: str, *, image_size: int, batch_size: int, dtype: Any
+) -> tuple[Any, dict[str, Any], dict[str, jax.Array]]:
+    """The model, its initial variables and one synthetic batch (kept on the device)."""
     model = get_model(model_name, num_classes=1000, dtype=dtype)
     rng = np.random.default_rng(0)
     batch = {
@@ -140,7 +131,25 @@ def bench_train(
         "label": jnp.asarray(rng.integers(0, 1000, batch_size), dtype=jnp.int32),
     }
     variables = jax.jit(lambda k: model.init(k, batch["image"][:1], train=False))(jax.random.key(0))
-    params, batch_stats = variables["params"], variables["batch_stats"]
+    return model, variables, batch
+
+
+def bench_train(
+    model_name: str,
+    optimizer: str,
+    inputs: tuple[Any, dict[str, Any], dict[str, jax.Array]],
+    *,
+    group_batch: int,
+    num_groups: int,
+    steps: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Times ``steps`` updates of the model with ``optimizer`` on a synthetic batch."""
+    model, variables, batch = inputs
+    batch_size = group_batch * num_groups
+    # Copies: the step donates its inputs, and the next optimizer starts from the same ones.
+    params = jax.tree.map(jnp.copy, variables["params"])
+    batch_stats = jax.tree.map(jnp.copy, variables["batch_stats"])
     tx, step = make_step(model, optimizer, num_groups)
     opt_state = tx.init(params)
 
@@ -383,21 +392,28 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for model_name in models:
+        inputs = None
         for opt in optimizers:
             elapsed = time.perf_counter() - start
             if elapsed > args.budget_s:
                 rows.append({"model": model_name, "optimizer": opt, "error": "skipped (time)"})
                 continue
             try:
+                if inputs is None:
+                    inputs = make_inputs(
+                        model_name,
+                        image_size=args.image_size,
+                        batch_size=args.group_batch * args.num_groups,
+                        dtype=dtype,
+                    )
                 row = bench_train(
                     model_name,
                     opt,
-                    image_size=args.image_size,
+                    inputs,
                     group_batch=args.group_batch,
                     num_groups=args.num_groups,
                     steps=args.steps,
                     warmup=args.warmup,
-                    dtype=dtype,
                 )
             except Exception as e:  # report and go on: one failure must not lose the rest
                 msg = f"{type(e).__name__}: {e}".replace("\n", " ").replace("|", "/")[:160]

@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cgh_jax import checkpointing, study, train
+from cgh_jax import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -53,6 +54,7 @@ def main(argv):
     import tensorflow as tf  # The input pipeline's; keep it off the accelerators.
 
     tf.config.set_visible_devices([], "GPU")
+    metrics_lib.quiet_library_logs()
     initialize_distributed()
     logging.info(
         "Process %d/%d, %d local / %d global devices (%s).",

@@ -2,7 +2,7 @@ r"""Inception-V3 on ImageNet with label noise: SGD vs M3 / RM3 / RA3 (W&S 2020, 
 
 The authors' settings: batch 256 (M3: 3 x 256 per update), learning rate 0.1 with a cosine
 schedule stepped once per epoch, no momentum and no weight decay, 299x299 inputs (resize
-299 + center crop 299) without augmentation, no auxiliary classifier, eval subsets of
+342 + center crop 299, torchvision's Inception evaluation) without augmentation, no auxiliary classifier, eval subsets of
 50,000 examples.
 
 Command::
@@ -33,7 +33,7 @@ def get_config(arg=None):
         name="imagenet2012",
         test_split="validation",
         image_size=299,
-        resize_size=299,
+        resize_size=342,
         normalize="imagenet",
         eval_subset_size=50_000,
         shuffle_buffer=16_384,

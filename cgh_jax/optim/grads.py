@@ -80,6 +80,25 @@ def _pmean(tree: Any, axis_name: Any) -> Any:
     return jax.tree.map(reduce, tree)
 
 
+def _as_device_varying(tree: Any, axis_name: Any) -> Any:
+    """Marks ``tree`` as varying over ``axis_name`` (a no-op where it already is).
+
+    Under ``jax.shard_map``, the gradient with respect to a device-invariant (replicated)
+    input is summed over the devices by autodiff. Marking the params as varying first makes
+    every device compute the gradient of its own loss, which is then averaged explicitly,
+    the same on ``shard_map`` and on ``pmap`` (where this is a no-op).
+    """
+    names = tuple(axis_name) if isinstance(axis_name, tuple | list) else (axis_name,)
+
+    def cast(x):
+        manual = getattr(jax.typeof(x), "manual_axis_type", None)
+        varying = getattr(manual, "varying", frozenset())
+        missing = tuple(n for n in names if n not in varying)
+        return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+    return jax.tree.map(cast, tree)
+
+
 def _normalize_loss_fn(loss_fn: Callable[..., Any], has_aux: bool, has_state: bool):
     """Wraps ``loss_fn`` into ``(params, batch, rng, *args) -> (loss, (aux, state))``."""
 
@@ -201,6 +220,8 @@ def grouped_grads(
     def grad_fn(params, batch, *args, rng=None):
         groups = group_batch(batch, num_groups)
         rngs = None if rng is None else jax.random.split(rng, num_groups)
+        if axis_name is not None:
+            params = _as_device_varying(params, axis_name)
         in_axes = (None, 0, None if rng is None else 0) + (None,) * len(args)
         (loss, (aux, state)), grads = jax.vmap(value_and_grad, in_axes=in_axes)(
             params, groups, rngs, *args

@@ -313,16 +313,27 @@ def sharded_median_of_means_grads(
 
         loss = _group_means(loss)
         aux = None if aux is None else jax.tree.map(_group_means, aux)
-        if state is not None:
-            state = jax.lax.pmean(jax.tree.map(lambda x: jnp.mean(x, axis=0), state), axis_name)
+        state = None if state is None else jax.tree.map(_state_mean, state)
         return MedianGrads(grads, loss, aux, state)
 
     def _group_means(x):
-        """Per-chunk values ``[k, ...]`` -> group means ``[k, ...]`` over all devices."""
+        """Per-chunk values ``[k, ...]`` -> group means ``[k, ...]`` over all devices.
+
+        Integer values are averaged as float32."""
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            x = x.astype(jnp.float32)
         if not row_major:
             return jax.lax.pmean(x, axis_name)
         gathered = jax.lax.all_gather(x, axis_name, to="invarying")  # [D, k, ...]: v = d k + c
         return jnp.mean(gathered.reshape(k, num_devices, *x.shape[1:]), axis=1)
+
+    def _state_mean(x):
+        """Per-chunk state ``[k, ...]`` -> mean over all chunks (integers: device 0's
+        chunk 0, e.g. a step counter that all chunks share)."""
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            return jax.lax.all_gather(x[0], axis_name, to="invarying")[0]
+        wide = jnp.promote_types(x.dtype, jnp.float32)
+        return jax.lax.pmean(jnp.mean(x.astype(wide), axis=0), axis_name).astype(x.dtype)
 
     def _group_sharded_median(flat, d):
         """``[k, Ppad]`` local chunk gradients -> median of group sums on this slice."""
