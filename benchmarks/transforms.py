@@ -11,9 +11,10 @@ Prints two tables:
     ``m3_sgd``, ``rm3_sgd`` and ``ra3_sgd`` relative to ``optax.sgd`` at the same global
     batch, on an MLP and on a small CNN. M3 computes 3 group-mean gradients with
     ``cgh_jax.grouped_grads`` (3 groups of batch/3 examples); the others one gradient of the
-    whole batch. The steps are jit-compiled with donated buffers and timed side by side in
-    one process: each round times every method once (in rotating order), and the table
-    shows the median over rounds.
+    whole batch; ``m3_sgd*`` is M3 with ``grouped_grads(..., vectorize=False)`` (an unrolled
+    loop over the groups instead of ``jax.vmap``). The steps are jit-compiled with donated
+    buffers and timed side by side in one process: each round times every method once (in
+    rotating order), and the table shows the median over rounds.
 
 Usage::
 
@@ -107,7 +108,10 @@ def _make_steps(model: nn.Module, batch_size: int, lr: float = 0.01):
         logits = model.apply({"params": params}, batch["image"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
 
-    grouped = cgh_jax.grouped_grads(loss_fn, 3)
+    grouped = {
+        True: cgh_jax.grouped_grads(loss_fn, 3),
+        False: cgh_jax.grouped_grads(loss_fn, 3, vectorize=False),
+    }
 
     def plain_step(opt):
         def step(params, state, batch):
@@ -117,9 +121,9 @@ def _make_steps(model: nn.Module, batch_size: int, lr: float = 0.01):
 
         return jax.jit(step, donate_argnums=(0, 1))
 
-    def m3_step(opt):
+    def m3_step(opt, vectorize=True):
         def step(params, state, batch):
-            grads = grouped(params, batch).grads
+            grads = grouped[vectorize](params, batch).grads
             updates, state = opt.update(grads, state, params)
             return optax.apply_updates(params, updates), state
 
@@ -128,6 +132,7 @@ def _make_steps(model: nn.Module, batch_size: int, lr: float = 0.01):
     opts = {
         "sgd": (optax.sgd(lr), plain_step),
         "m3_sgd": (cgh_jax.m3_sgd(lr), m3_step),
+        "m3_sgd*": (cgh_jax.m3_sgd(lr), lambda opt: m3_step(opt, vectorize=False)),
         "rm3_sgd": (cgh_jax.rm3_sgd(lr), plain_step),
         "ra3_sgd": (cgh_jax.ra3_sgd(lr), plain_step),
     }
@@ -188,6 +193,7 @@ def main() -> None:
     print(f"      {'method':<10}{'time/step':>12}{'ratio':>8}")
     bench_steps("MLP 784-2048-10", MLP(), args.batch_size, args.steps, args.rounds)
     bench_steps("CNN c16-c32-d10", SmallCNN(), args.batch_size, args.steps, args.rounds)
+    print("    * m3_sgd with grouped_grads(..., vectorize=False): a loop over the 3 groups")
 
 
 if __name__ == "__main__":

@@ -582,14 +582,14 @@ class _Run:
     def run(self) -> dict[str, Any]:
         config, spe = self.config, self.steps_per_epoch
         step = int(jax.device_get(self.state.step))
-        self.jsonl.truncate(step)
-        self.write_config()
         if step >= self.total_steps:
             records = [r for r in self.jsonl.read() if r.get("step") == step]
             if records:
                 logging.info("%s already finished at step %d.", self.workdir, step)
                 self.close()
                 return records[-1]
+        self.jsonl.truncate(step)
+        self.write_config()
         eval_sets = data_lib.eval_datasets(config.data, global_batch_size=config.eval_batch_size)
         record_epochs = {int(e) for e in config.per_example_epochs}
         progress = metrics_lib.Progress(self.total_steps, step)

@@ -81,9 +81,7 @@ def make_parser(study: str, description: str) -> argparse.ArgumentParser:
         default=None,
         help="TFDS data dir the offline datasets are built into (default: TFDS default)",
     )
-    parser.add_argument(
-        "--verbose", action="store_true", help="show the trainer's progress lines"
-    )
+    parser.add_argument("--verbose", action="store_true", help="show the trainer's progress lines")
     return parser
 
 
@@ -223,34 +221,52 @@ def training_labels(data_config: ml_collections.ConfigDict, batch_size: int = 20
     return ids[order], labels[order], true[order]
 
 
-def write_subset_ids(
-    data_config: ml_collections.ConfigDict, size: int, seed: int, path: str | os.PathLike
-) -> np.ndarray:
-    """Writes a seeded random subset of ``size`` training ids (sorted int64) to ``path``.
+def write_subsets(
+    data_config: ml_collections.ConfigDict,
+    sizes: Mapping[str, int],
+    seed: int,
+    directory: str | os.PathLike,
+) -> dict[str, Path]:
+    """Writes disjoint seeded random subsets of the training ids, one ``.npy`` per name.
+
+    One permutation of the training ids (``numpy.random.default_rng(seed)``) is cut into
+    consecutive parts of the given sizes, e.g. ``{"train": 2000, "heldout": 2000}``: a
+    training subset and held-out examples of the same split used as a test set (through
+    ``data.test_ids_file``, scored against their true labels).
 
     Args:
       data_config: the data config whose training split is subsampled (its own
-        ``train_ids_file`` must be unset).
-      size: number of ids; at most the training split's size.
-      seed: seed of ``numpy.random.default_rng``.
-      path: the ``.npy`` file (its directory is created).
+        ``train_ids_file`` is ignored).
+      sizes: name -> number of ids, in the order the parts are cut.
+      seed: the permutation's seed.
+      directory: where ``<name>_<size>_seed<seed>.npy`` files (sorted int64 ids) go.
 
     Returns:
-      The ids written.
+      name -> path of the file.
     """
     cfg = ml_collections.ConfigDict(data_config.to_dict())
     cfg.train_ids_file = None
+    cfg.test_ids_file = None
     cfg.noise = 0.0
     ids, _, _ = training_labels(cfg)
-    if not 0 < size <= ids.size:
-        raise ValueError(f"Subset size {size} must be in [1, {ids.size}] (the training split).")
-    chosen = np.sort(np.random.default_rng(seed).choice(ids, size=size, replace=False))
-    chosen = chosen.astype(np.int64)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if Path(path).exists() and np.array_equal(np.load(path), chosen):
-        return chosen
-    np.save(path, chosen)
-    return chosen
+    total = sum(sizes.values())
+    if min(sizes.values()) < 1 or total > ids.size:
+        raise ValueError(
+            f"Subset sizes {dict(sizes)} must be positive and sum to at most {ids.size} (the "
+            "training split)."
+        )
+    perm = np.random.default_rng(seed).permutation(ids)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths, start = {}, 0
+    for name, size in sizes.items():
+        part = np.sort(perm[start : start + size]).astype(np.int64)
+        start += size
+        path = directory / f"{name}_{size}_seed{seed}.npy"
+        if not (path.exists() and np.array_equal(np.load(path), part)):
+            np.save(path, part)
+        paths[name] = path
+    return paths
 
 
 def noise_counts(data_config: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -53,7 +53,10 @@ def test_notebook_is_clean_and_stored_with_outputs(path):
 
     # Executed top to bottom in one kernel, without errors, with figures visible on GitHub.
     counts = [c.execution_count for c in cells]
-    assert counts == list(range(1, len(cells) + 1)), f"stale outputs: {counts}"
+    assert counts == list(range(1, len(cells) + 1)), (
+        f"not stored executed top to bottom (execution counts {counts}): "
+        "run scripts/execute_notebooks.py"
+    )
     outputs = [o for c in cells for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "no stored figure"

@@ -98,9 +98,12 @@ def test_group_batch_is_column_major():
     assert nested["a"].shape == (3, 2, 2, 2) and nested["b"][0].shape == (3, 2)
 
 
-def test_matches_hand_loop_on_one_device(problem):
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_matches_hand_loop_on_one_device(problem, vectorize):
     params, stats, batch, reference = problem
-    grad_fn = cgh_jax.grouped_grads(_loss_fn(), K, has_aux=True, has_state=True)
+    grad_fn = cgh_jax.grouped_grads(
+        _loss_fn(), K, has_aux=True, has_state=True, vectorize=vectorize
+    )
     out = jax.jit(grad_fn)(params, batch, stats)
     _assert_matches(out, reference)
     # Groups really differ (BatchNorm statistics are per group), and the shapes are right.
@@ -118,11 +121,14 @@ def test_batchnorm_running_stats_are_the_mean_of_group_updates(problem):
     np.testing.assert_allclose(out.state["batch_stats"]["BatchNorm_0"]["mean"], expected, rtol=1e-5)
 
 
-def test_jit_over_data_sharded_mesh(problem):
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_jit_over_data_sharded_mesh(problem, vectorize):
     params, stats, batch, reference = problem
     mesh = Mesh(np.array(jax.devices()[:NUM_DEVICES]), ("data",))
     batch_sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
-    grad_fn = cgh_jax.grouped_grads(_loss_fn(), K, has_aux=True, has_state=True)
+    grad_fn = cgh_jax.grouped_grads(
+        _loss_fn(), K, has_aux=True, has_state=True, vectorize=vectorize
+    )
     out = jax.jit(grad_fn)(params, batch_sharded, stats)
     _assert_matches(out, reference)
 
@@ -165,9 +171,12 @@ def test_rng_is_split_per_group_and_optional():
         return jnp.mean(batch @ w), noise
 
     w, batch, rng = jnp.ones(2), jnp.ones((6, 2)), jax.random.key(3)
-    out = cgh_jax.grouped_grads(loss_fn, K, has_aux=True)(w, batch, rng=rng)
     keys = jax.random.split(rng, K)
-    np.testing.assert_array_equal(out.aux, [jax.random.uniform(k) for k in keys])
+    for vectorize in (True, False):
+        out = cgh_jax.grouped_grads(loss_fn, K, has_aux=True, vectorize=vectorize)(
+            w, batch, rng=rng
+        )
+        np.testing.assert_array_equal(out.aux, [jax.random.uniform(k) for k in keys])
     out = cgh_jax.grouped_grads(loss_fn, K, has_aux=True)(w, batch)
     np.testing.assert_array_equal(out.aux, 0.0)
     assert out.state is None

@@ -58,11 +58,6 @@ def load_table(spec: DataSpec, split: str) -> Table:
     channels = reader.channels(builder)
     native = reader.native_shape(builder)
     resize = _needs_resize(spec, native)
-    if not resize and None in native[:2]:
-        raise ValueError(
-            f"the images of {builder.name!r} vary in size; set config.data.image_size "
-            "(and resize_size) to hold them in memory, or stream them with cache=False."
-        )
 
     def decode(ex):
         image = preprocess.decode_tf(ex["image"], channels)
@@ -71,15 +66,24 @@ def load_table(spec: DataSpec, split: str) -> Table:
                 image, image_size=spec.image_size, resize_size=spec.resize_size
             )
             image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-        return image, ex["label"], ex["id"]
+        return image, tf.shape(image), ex["label"], ex["id"]
 
     ds = reader.open_split(builder, split).map(
         decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-    parts = list(ds.batch(4096).prefetch(2).as_numpy_iterator())
+    # Stored sizes may vary (image folders): pad per batch, then insist that none was needed.
+    parts = list(ds.padded_batch(4096).prefetch(2).as_numpy_iterator())
     if not parts:
         raise ValueError(f"split {split!r} of {builder.name!r} is empty.")
-    images, labels, ids = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    shapes = np.concatenate([p[1] for p in parts])
+    if np.any(shapes != shapes[0]):
+        raise ValueError(
+            f"the images of {builder.name!r} vary in size (e.g. {tuple(shapes.min(0))} and "
+            f"{tuple(shapes.max(0))}); set config.data.image_size (and resize_size) to hold "
+            "them in memory, or stream them with cache=False."
+        )
+    images = np.concatenate([p[0][:, : shapes[0][0], : shapes[0][1]] for p in parts])
+    labels, ids = (np.concatenate([p[i] for p in parts]) for i in (2, 3))
     order = np.argsort(ids, kind="stable")
     table = Table(images[order], labels[order].astype(np.int64), ids[order].astype(np.int64))
     if np.any(table.ids[1:] == table.ids[:-1]):
@@ -124,6 +128,8 @@ class InMemoryData:
         self.num_classes = reader.num_classes(builder)
         self.channels = reader.channels(builder)
         preprocess.check_normalization(spec.normalize, self.channels)
+        if spec.noise > 0:
+            corruption.validate_noise(spec.noise, spec.noise_scheme, self.num_classes)
         train = load_table(spec, spec.train_split)
         if spec.train_ids_file:
             train = select_ids(train, spec.train_ids_file, "train_ids_file")

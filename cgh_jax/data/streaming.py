@@ -54,6 +54,8 @@ class StreamingData:
         self.num_classes = reader.num_classes(self.builder)
         self.channels = reader.channels(self.builder)
         preprocess.check_normalization(spec.normalize, self.channels)
+        if spec.noise > 0:
+            corruption.validate_noise(spec.noise, spec.noise_scheme, self.num_classes)
         if spec.image_size > 0:
             self.image_shape = (spec.image_size, spec.image_size, self.channels)
         else:

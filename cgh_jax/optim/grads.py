@@ -137,6 +137,7 @@ def grouped_grads(
     has_aux: bool = False,
     has_state: bool = False,
     axis_name: Any = None,
+    vectorize: bool = True,
 ) -> Callable[..., GroupedGrads]:
     r"""Mean gradients of ``num_groups`` groups of a batch, stacked on a leading axis.
 
@@ -182,6 +183,11 @@ def grouped_grads(
       has_aux: whether ``loss_fn`` returns auxiliary outputs (e.g. metrics).
       has_state: whether ``loss_fn`` returns new mutable collections.
       axis_name: a mapped axis name (or tuple of names) to average over, or None.
+      vectorize: True (default) computes the groups with :func:`jax.vmap`; False unrolls
+        a loop over the groups inside the same trace, each an ordinary gradient of
+        ``B/k`` examples. Same results; the loop avoids the grouped convolutions that
+        ``vmap`` makes of convolution weight gradients, which are slow on some backends
+        (see ``docs/benchmarks.md``), at the cost of ``k`` smaller kernels.
 
     Returns:
       ``grad_fn(params, batch, *args, rng=None) -> GroupedGrads``. It raises ValueError if
@@ -222,10 +228,22 @@ def grouped_grads(
         rngs = None if rng is None else jax.random.split(rng, num_groups)
         if axis_name is not None:
             params = _as_device_varying(params, axis_name)
-        in_axes = (None, 0, None if rng is None else 0) + (None,) * len(args)
-        (loss, (aux, state)), grads = jax.vmap(value_and_grad, in_axes=in_axes)(
-            params, groups, rngs, *args
-        )
+        if vectorize:
+            in_axes = (None, 0, None if rng is None else 0) + (None,) * len(args)
+            (loss, (aux, state)), grads = jax.vmap(value_and_grad, in_axes=in_axes)(
+                params, groups, rngs, *args
+            )
+        else:
+            outs = [
+                value_and_grad(
+                    params,
+                    jax.tree.map(lambda x, j=j: x[j], groups),
+                    None if rngs is None else rngs[j],
+                    *args,
+                )
+                for j in range(num_groups)
+            ]
+            (loss, (aux, state)), grads = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
         if has_state:
             state = jax.tree.map(_mean_over_groups, state)
         if axis_name is not None:
