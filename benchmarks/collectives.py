@@ -71,30 +71,31 @@ def batch_for(size: int, dim: int):
     return {"image": jnp.zeros((size, dim)), "label": jnp.zeros((size,), jnp.int32)}
 
 
-def gradient_programs(loss_fn, mesh):
-    """name -> function (params, batch) -> update direction, for each method."""
+def gradient_programs(loss_fn, mesh, has_state=False):
+    """name -> function (params, batch, *extra) -> update direction, for each method."""
     median_of = lambda g: jax.tree.map(coordinate_median, g)
+    grouped = grouped_grads(loss_fn, K, has_state=has_state)
+    sharded = lambda layout: sharded_median_of_means_grads(
+        loss_fn, K, mesh, has_state=has_state, layout=layout
+    )
     programs = {
-        "SGD": jax.grad(loss_fn),
-        "M3 straightforward": lambda p, b: median_of(grouped_grads(loss_fn, K)(p, b).grads),
-        "M3 reduce_scatter": sharded_median_of_means_grads(
-            loss_fn, K, mesh, layout="reduce_scatter"
-        ),
+        "SGD": jax.grad(loss_fn, has_aux=has_state),
+        "M3 straightforward": lambda *a: median_of(grouped(*a).grads),
+        "M3 reduce_scatter": sharded("reduce_scatter"),
     }
     if mesh.shape["data"] >= K:
-        programs["M3 group_sharded"] = sharded_median_of_means_grads(
-            loss_fn, K, mesh, layout="group_sharded"
-        )
+        programs["M3 group_sharded"] = sharded("group_sharded")
     return programs
 
 
-def traffic_rows(params, loss_fn, dim, num_devices, batch_size, label):
+def traffic_rows(params, loss_fn, batch, num_devices, label, extra=()):
+    """One table row per method: collectives of the compiled gradient computation."""
     mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
-    batch = jax.device_put(batch_for(batch_size, dim), NamedSharding(mesh, P("data")))
-    params = jax.device_put(params, NamedSharding(mesh, P()))
+    batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    params, extra = jax.device_put((params, extra), NamedSharding(mesh, P()))
     rows, sgd = [], None
-    for name, fn in gradient_programs(loss_fn, mesh).items():
-        text = jax.jit(fn).lower(params, batch).compile().as_text()
+    for name, fn in gradient_programs(loss_fn, mesh, has_state=bool(extra)).items():
+        text = jax.jit(fn).lower(params, batch, *extra).compile().as_text()
         t = summarize_traffic(hlo_collective_traffic(text, num_devices))
         sgd = sgd or t
         rows.append(
@@ -111,6 +112,28 @@ def traffic_rows(params, loss_fn, dim, num_devices, batch_size, label):
             ]
         )
     return rows
+
+
+def resnet_problem():
+    """resnet_tiny (BatchNorm) at 32x32: params, batch statistics and the loss."""
+    resnet = get_model("resnet_tiny", num_classes=10)
+    variables = jax.jit(lambda k: resnet.init(k, jnp.zeros((1, 32, 32, 3))))(jax.random.key(0))
+
+    def loss_fn(params, batch, stats):
+        logits, new = resnet.apply(
+            {"params": params, "batch_stats": stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, new["batch_stats"]
+
+    return variables["params"], variables["batch_stats"], loss_fn
+
+
+def image_batch(size: int):
+    return {"image": jnp.zeros((size, 32, 32, 3)), "label": jnp.zeros((size,), jnp.int32)}
 
 
 TRAFFIC_HEADERS = [
@@ -131,18 +154,7 @@ def memory_rows(num_devices: int, batch_size: int):
     mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
     rows = []
     problems = {"mlp": mlp_problem(1024)}
-    resnet = get_model("resnet_tiny", num_classes=10)
-    variables = jax.jit(lambda k: resnet.init(k, jnp.zeros((1, 32, 32, 3))))(jax.random.key(0))
-
-    def resnet_loss(params, batch, stats):
-        logits, new = resnet.apply(
-            {"params": params, "batch_stats": stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, new["batch_stats"]
+    resnet_params, resnet_stats, resnet_loss = resnet_problem()
 
     optimizers = ["sgd", "m3", "rm3", "ra3"] + (["m3_sharded"] if num_devices >= K else [])
     for name in ("mlp", "resnet_tiny"):
@@ -151,16 +163,8 @@ def memory_rows(num_devices: int, batch_size: int):
             extra, has_state = None, False
             batch = batch_for(batch_size, dim)
         else:
-            params, extra, loss_fn, has_state = (
-                variables["params"],
-                variables["batch_stats"],
-                resnet_loss,
-                True,
-            )
-            batch = {
-                "image": jnp.zeros((batch_size, 32, 32, 3)),
-                "label": jnp.zeros((batch_size,), jnp.int32),
-            }
+            params, extra, loss_fn, has_state = resnet_params, resnet_stats, resnet_loss, True
+            batch = image_batch(batch_size)
         batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
         base = None
         for opt in optimizers:
@@ -205,31 +209,51 @@ MEMORY_HEADERS = [
 ]
 
 
+SECTIONS = ("devices", "params", "batchnorm", "memory")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-per-device", type=int, default=6, help="multiple of 3")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
     args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    per_device = args.batch_per_device
     print(f"# {jax.device_count()} fake {jax.devices()[0].platform} devices, jax {jax.__version__}")
 
-    params, loss_fn, dim = mlp_problem(1024)
-    label = f"MLP 784-1024-1024-10 ({num_params(params) / 1e6:.2f}M)"
-    rows = []
-    for d in (2, 4, 6, 8):
-        rows += traffic_rows(params, loss_fn, dim, d, args.batch_per_device * d, label)
-    print("\n## Collective bytes per step vs device count\n")
-    print(markdown_table(TRAFFIC_HEADERS, rows), flush=True)
+    if "devices" in sections:
+        params, loss_fn, dim = mlp_problem(1024)
+        label = f"MLP 784-1024-1024-10 ({num_params(params) / 1e6:.2f}M)"
+        rows = []
+        for d in (2, 4, 6, 8):
+            rows += traffic_rows(params, loss_fn, batch_for(per_device * d, dim), d, label)
+        print("\n## Collective bytes per step vs device count\n")
+        print(markdown_table(TRAFFIC_HEADERS, rows), flush=True)
 
-    rows = []
-    for hidden in (64, 256, 1024, 2048):
-        params, loss_fn, dim = mlp_problem(hidden)
-        label = f"MLP hidden {hidden} ({num_params(params) / 1e6:.3f}M)"
-        rows += traffic_rows(params, loss_fn, dim, 8, args.batch_per_device * 8, label)
-    print("\n## Collective bytes per step vs parameter count (8 devices)\n")
-    print(markdown_table(TRAFFIC_HEADERS, rows), flush=True)
+    if "params" in sections:
+        rows = []
+        for hidden in (64, 256, 1024, 2048):
+            params, loss_fn, dim = mlp_problem(hidden)
+            label = f"MLP hidden {hidden} ({num_params(params) / 1e6:.3f}M)"
+            rows += traffic_rows(params, loss_fn, batch_for(per_device * 8, dim), 8, label)
+        print("\n## Collective bytes per step vs parameter count (8 devices)\n")
+        print(markdown_table(TRAFFIC_HEADERS, rows), flush=True)
 
-    print("\n## Peak memory of one train step (XLA memory analysis)\n")
-    rows = memory_rows(1, 96) + memory_rows(8, 96)
-    print(markdown_table(MEMORY_HEADERS, rows), flush=True)
+    if "batchnorm" in sections:
+        params, stats, loss_fn = resnet_problem()
+        label = f"resnet_tiny ({num_params(params) / 1e6:.3f}M)"
+        rows = []
+        for d in (6, 8):
+            rows += traffic_rows(
+                params, loss_fn, image_batch(per_device * d), d, label, extra=(stats,)
+            )
+        print("\n## Collective bytes per step, BatchNorm model\n")
+        print(markdown_table(TRAFFIC_HEADERS, rows), flush=True)
+
+    if "memory" in sections:
+        print("\n## Peak memory of one train step (XLA memory analysis)\n")
+        rows = memory_rows(1, 96) + memory_rows(8, 96)
+        print(markdown_table(MEMORY_HEADERS, rows), flush=True)
     return 0
 
 

@@ -45,16 +45,16 @@ def create_mesh(num_devices: int | None = None, axis_name: str = DATA_AXIS) -> M
     if isinstance(num_devices, bool) or not isinstance(num_devices, int):
         raise ValueError(f"num_devices must be an int or None, got {num_devices!r}.")
     if not 1 <= num_devices <= total:
-        raise ValueError(f"num_devices must be in [1, {total}] (available devices), got {num_devices}.")
+        raise ValueError(
+            f"num_devices must be in [1, {total}] (available devices), got {num_devices}."
+        )
     if jax.process_count() > 1 and num_devices != total:
         raise ValueError(
             "in a multi-process run the mesh must span every device "
             f"({total}); got num_devices={num_devices}."
         )
     if num_devices == total:
-        return jax.make_mesh(
-            (num_devices,), (axis_name,), axis_types=(jax.sharding.AxisType.Auto,)
-        )
+        return jax.make_mesh((num_devices,), (axis_name,), axis_types=(jax.sharding.AxisType.Auto,))
     return Mesh(np.array(jax.devices()[:num_devices]), (axis_name,))
 
 

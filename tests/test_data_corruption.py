@@ -86,8 +86,9 @@ def test_same_id_same_label_regardless_of_order_hosts_and_subset(data, scheme):
         for h, part in enumerate(parts):
             np.testing.assert_array_equal(part, noisy[h::hosts])
     subset = np.flatnonzero(labels == 7)[:1000]
-    np.testing.assert_array_equal(corrupt_labels(ids[subset], labels[subset], **kw)[0],
-                                  noisy[subset])
+    np.testing.assert_array_equal(
+        corrupt_labels(ids[subset], labels[subset], **kw)[0], noisy[subset]
+    )
 
 
 def test_different_seeds_differ(data):
@@ -101,8 +102,9 @@ def test_different_seeds_differ(data):
 def test_zero_noise_is_identity(data):
     ids, labels = data
     for scheme in ("uniform", "uniform_other", "permute"):
-        noisy, bad = corrupt_labels(ids[:1000], labels[:1000], num_classes=10, fraction=0.0,
-                                    seed=0, scheme=scheme)
+        noisy, bad = corrupt_labels(
+            ids[:1000], labels[:1000], num_classes=10, fraction=0.0, seed=0, scheme=scheme
+        )
         np.testing.assert_array_equal(noisy, labels[:1000])
         assert not bad.any()
 
@@ -112,8 +114,9 @@ def test_permute_preserves_histogram_and_is_order_free(data):
     ids, labels = ids[:100_000], labels[:100_000]
     kw = dict(num_classes=10, fraction=0.5, seed=4, scheme="permute")
     noisy, bad = corrupt_labels(ids, labels, **kw)
-    np.testing.assert_array_equal(np.bincount(noisy, minlength=10),
-                                  np.bincount(labels, minlength=10))
+    np.testing.assert_array_equal(
+        np.bincount(noisy, minlength=10), np.bincount(labels, minlength=10)
+    )
     # About half selected, and a selected label survives a permutation with prob ~1/10.
     assert abs(bad.mean() - 0.5 * 0.9) < 0.01
     perm = np.random.default_rng(0).permutation(len(ids))
@@ -154,5 +157,11 @@ def test_bad_arguments_fail_clearly():
     with pytest.raises(ValueError, match="2 classes"):
         corrupt_labels(ids, labels, num_classes=1, fraction=0.1, seed=0)
     with pytest.raises(ValueError, match="permute"):
-        corrupt_labels_tf(tf.constant(ids), tf.constant(labels), num_classes=10, fraction=0.1,
-                          seed=0, scheme="permute")
+        corrupt_labels_tf(
+            tf.constant(ids),
+            tf.constant(labels),
+            num_classes=10,
+            fraction=0.1,
+            seed=0,
+            scheme="permute",
+        )

@@ -18,7 +18,11 @@ def test_hash_bits_numpy_matches_tensorflow():
     ids = np.concatenate(
         [np.arange(1000), rng.integers(0, 2**63 - 1, 10_000, dtype=np.int64), [2**63 - 1]]
     ).astype(np.int64)
-    for seed, stream in [(0, 0), (1, ids_lib.STREAM_CORRUPT), (2**40 + 3, ids_lib.STREAM_EPOCH + 7)]:
+    for seed, stream in [
+        (0, 0),
+        (1, ids_lib.STREAM_CORRUPT),
+        (2**40 + 3, ids_lib.STREAM_EPOCH + 7),
+    ]:
         want = ids_lib.hash_bits_np(seed, ids, stream)
         got = ids_lib.hash_bits_tf(seed, tf.constant(ids), stream).numpy()
         np.testing.assert_array_equal(got, want)

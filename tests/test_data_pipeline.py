@@ -24,7 +24,10 @@ DATASETS = {
     "mnist": dict(name="mnist"),
     "cifar10": dict(name="cifar10"),
     "imagenet2012": dict(
-        name="imagenet2012", image_size=24, resize_size=28, normalize="imagenet",
+        name="imagenet2012",
+        image_size=24,
+        resize_size=28,
+        normalize="imagenet",
         test_split="validation",
     ),
 }
@@ -72,8 +75,9 @@ def test_fields_hosts_and_exact_eval(mock, name, cache):
         assert -2.2 < full["image"].min() < full["image"].max() < 2.7
     assert full["label"].dtype == full["true_label"].dtype == np.int32
     assert full["is_corrupt"].dtype == bool and full["id"].dtype == np.int64
-    noisy, bad = data.corrupt_labels(full["id"], full["true_label"], num_classes=info.num_classes,
-                                     fraction=0.4, seed=3)
+    noisy, bad = data.corrupt_labels(
+        full["id"], full["true_label"], num_classes=info.num_classes, fraction=0.4, seed=3
+    )
     np.testing.assert_array_equal(full["label"], noisy)
     np.testing.assert_array_equal(full["is_corrupt"], bad)
     assert len(np.unique(full["id"])) == NUM
@@ -98,8 +102,9 @@ def test_fields_hosts_and_exact_eval(mock, name, cache):
             assert len({len(s[key]) for s in sets}) == 1
             got = [collect(s[key])[0] for s in sets]
             mask = np.concatenate([g["mask"] for g in got])
-            real = {k: np.concatenate([g[k] for g in got])[mask] for k in ("id", "label",
-                                                                           "true_label")}
+            real = {
+                k: np.concatenate([g[k] for g in got])[mask] for k in ("id", "label", "true_label")
+            }
             assert len(np.unique(real["id"])) == len(real["id"])
             assert np.all(np.concatenate([g["id"] for g in got])[~mask] == -1)
             if key == "pristine":
@@ -140,10 +145,12 @@ def test_epoch_order_is_reproducible_and_resumes_exactly(mock, cache):
 def test_in_memory_global_batches_do_not_depend_on_host_count(mock):
     c = cfg(**DATASETS["mnist"])
     one, _ = collect(data.train_batches(c, global_batch_size=BATCH, epoch=2))
-    parts = hosts_run(lambda **h: list(data.train_batches(c, global_batch_size=BATCH, epoch=2, **h)),
-                      4)
-    stitched = np.concatenate([np.concatenate([p[s]["id"] for p in parts])
-                               for s in range(NUM // BATCH)])
+    parts = hosts_run(
+        lambda **h: list(data.train_batches(c, global_batch_size=BATCH, epoch=2, **h)), 4
+    )
+    stitched = np.concatenate(
+        [np.concatenate([p[s]["id"] for p in parts]) for s in range(NUM // BATCH)]
+    )
     np.testing.assert_array_equal(stitched, one["id"])
 
 
@@ -164,8 +171,9 @@ def test_eval_subset_size_and_noise_free_sets(mock):
     sets = data.eval_datasets(c, global_batch_size=BATCH)
     assert [sets[k].num_examples for k in ("pristine", "corrupt", "train_sample")] == [10] * 3
     again = data.eval_datasets(c, global_batch_size=BATCH)
-    np.testing.assert_array_equal(collect(sets["pristine"])[0]["id"],
-                                  collect(again["pristine"])[0]["id"])
+    np.testing.assert_array_equal(
+        collect(sets["pristine"])[0]["id"], collect(again["pristine"])[0]["id"]
+    )
     clean = data.eval_datasets(cfg(noise=0.0, **DATASETS["mnist"]), global_batch_size=BATCH)
     assert set(clean) == {"pristine", "train_sample", "test"}
 
@@ -179,11 +187,15 @@ def test_eval_subset_too_large_fails_before_work(mock, cache):
 
 def test_unprepared_dataset_fails_fast_with_instructions(tmp_path):
     data.clear_caches()
-    for name, extra in (("mnist", "tfds build mnist"), ("imagenet2012", "ILSVRC2012_img_train.tar")):
+    for name, extra in (
+        ("mnist", "tfds build mnist"),
+        ("imagenet2012", "ILSVRC2012_img_train.tar"),
+    ):
         start = time.monotonic()
         with pytest.raises(DatasetNotPreparedError, match=extra) as err:
-            data.get_dataset_info(cfg(name=name, data_dir=str(tmp_path), cache=name == "mnist",
-                                      image_size=8))
+            data.get_dataset_info(
+                cfg(name=name, data_dir=str(tmp_path), cache=name == "mnist", image_size=8)
+            )
         assert time.monotonic() - start < 5
         assert "download_and_prepare" in str(err.value)
     with pytest.raises(ValueError, match="unknown TFDS dataset"):

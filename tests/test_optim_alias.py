@@ -194,3 +194,41 @@ def test_public_api_imports_only_jax_level_modules():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert out.returncode == 0, out.stderr
+
+
+TRANSFORMS = {
+    "m3": (cgh_jax.m3, 3),
+    "median_of_means5": (lambda: cgh_jax.median_of_means(5), 5),
+    "winsorize": (lambda: cgh_jax.winsorize(1), 4),
+    "rm3": (cgh_jax.rm3, 0),
+    "ra3": (cgh_jax.ra3, 0),
+    "m3_sgd": (lambda: cgh_jax.m3_sgd(0.1, weight_decay=1e-3), 3),
+    "rm3_sgd": (lambda: cgh_jax.rm3_sgd(0.1, momentum=0.5), 0),
+    "ra3_sgd": (lambda: cgh_jax.ra3_sgd(optax.constant_schedule(0.1)), 0),
+    "winsorized_sgd": (lambda: cgh_jax.winsorized_sgd(0.1, num_clipped=1), 4),
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_every_transform_jit_abstract_init_and_dtype(name, dtype):
+    factory, leading = TRANSFORMS[name]
+    opt = factory()
+    params = _params(9, dtype)
+    abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+    state = jax.jit(opt.init)(params)
+    assert jax.tree.structure(jax.eval_shape(opt.init, abstract)) == jax.tree.structure(state)
+    traces = []
+
+    @jax.jit
+    def update(g, state, params):
+        traces.append(1)
+        return opt.update(g, state, params)
+
+    for step in range(4):
+        g = _grads(40 + step, params)
+        g = _stack(g, leading) if leading else g
+        updates, state = update(g, state, params)
+    assert len(traces) == 1
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+        assert u.shape == p.shape and u.dtype == dtype

@@ -73,15 +73,10 @@ def _chunk_reference(loss_fn, params, batch, num_devices, layout, *args):
         return local.reshape(num_devices * K, b // K, *x.shape[1:])
 
     cs = jax.tree.map(chunks, batch)
-    n = num_devices * K
-    per_chunk = [
-        jax.value_and_grad(loss_fn, has_aux=bool(args))(
-            params, jax.tree.map(lambda x, i=i: x[i], cs), *args
-        )
-        for i in range(n)
-    ]
-    grads = jax.tree.map(lambda *g: jnp.stack(g), *[g for _, g in per_chunk])
-    values = [v for v, _ in per_chunk]
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=bool(args))
+    values, grads = jax.jit(jax.vmap(value_and_grad, in_axes=(None, 0, *(None,) * len(args))))(
+        params, cs, *args
+    )
     # chunk v = d*k + c; group of v: c (column-major) or v // D (row-major).
     if layout == "reduce_scatter":
         to_groups = lambda x: jnp.swapaxes(x.reshape(num_devices, K, *x.shape[1:]), 0, 1)
@@ -107,7 +102,7 @@ def test_mlp_matches_chunk_reference(layout, num_devices):
     out = jax.jit(fn)(params, batch)
     median, to_groups, losses = _chunk_reference(_mlp_loss, params, batch, num_devices, layout)
     _assert_close(out.grads, median)
-    np.testing.assert_allclose(out.loss, to_groups(jnp.stack(losses)).mean(1), rtol=1e-6)
+    np.testing.assert_allclose(out.loss, to_groups(losses).mean(1), rtol=1e-6)
     assert out.aux is None and out.state is None
     assert jax.tree.map(jnp.shape, out.grads) == jax.tree.map(jnp.shape, params)
 
@@ -210,21 +205,21 @@ def test_batchnorm_reduce_scatter_equals_data_parallel_m3():
     _assert_close(out.state, ref[3])
 
 
-def test_batchnorm_group_sharded_matches_chunk_reference():
-    mesh = _mesh(8)
-    loss_fn, variables, batch = _bn_setup(48)
+@pytest.mark.parametrize("num_devices", [8, 6])  # with and without straddling devices
+def test_batchnorm_group_sharded_matches_chunk_reference(num_devices):
+    mesh = _mesh(num_devices)
+    loss_fn, variables, batch = _bn_setup(2 * K * num_devices)
     params, stats = variables["params"], variables["batch_stats"]
     fn = sharded_median_of_means_grads(loss_fn, K, mesh, has_aux=True, has_state=True)
     out = jax.jit(fn)(params, batch, stats)
     median, to_groups, values = _chunk_reference(
-        loss_fn, params, batch, 8, "group_sharded", stats
+        loss_fn, params, batch, num_devices, "group_sharded", stats
     )
     _assert_close(out.grads, median)
-    losses = jnp.stack([v[0] for v in values])
-    accs = jnp.stack([v[1][0]["acc"] for v in values])
-    states = jax.tree.map(lambda *s: jnp.stack(s).mean(0), *[v[1][1] for v in values])
+    losses, (aux, states) = values
+    states = jax.tree.map(lambda s: s.mean(0), states)
     np.testing.assert_allclose(out.loss, to_groups(losses).mean(1), rtol=1e-6)
-    np.testing.assert_allclose(out.aux["acc"], to_groups(accs).mean(1), rtol=1e-6)
+    np.testing.assert_allclose(out.aux["acc"], to_groups(aux["acc"]).mean(1), rtol=1e-6)
     _assert_close(out.state, states)
     # The running statistics moved away from their initial values.
     assert not np.allclose(out.state["BatchNorm_0"]["mean"], stats["BatchNorm_0"]["mean"])

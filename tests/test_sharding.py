@@ -22,6 +22,7 @@ def test_create_mesh_defaults_to_all_devices_with_auto_axis():
 def test_create_mesh_subset_and_errors():
     mesh = sharding.create_mesh(4, axis_name="batch")
     assert mesh.devices.shape == (4,) and mesh.axis_names == ("batch",)
+    assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
     with pytest.raises(ValueError, match="num_devices"):
         sharding.create_mesh(9)
     with pytest.raises(ValueError, match="num_devices"):

@@ -57,10 +57,10 @@ def imagenet_config(opt: str, model: dict, **overrides):
 
 
 CASES = {
-    "sgd": {"name": "resnet_tiny"},
+    "sgd": {"name": "mlp", "hidden": (16,), "dropout_rate": 0.1},  # dropout rng per step
     "m3": {"name": "resnet_tiny"},  # grouped gradients with per-group BatchNorm statistics
-    "rm3": {"name": "vgg_tiny"},  # BatchNorm + dropout
-    "ra3": {"name": "mlp", "hidden": (16,), "dropout_rate": 0.1},
+    "rm3": {"name": "cnn", "features": (4, 8), "hidden": 16, "batch_norm": True},
+    "ra3": {"name": "mlp", "hidden": (16,)},
     "winsorize": {"name": "cnn", "features": (4, 8), "hidden": 16},  # per-example grads
 }
 
@@ -115,7 +115,7 @@ def test_end_to_end(mock_imagenet, tmp_path, opt):
 
 
 def test_winsorize_rejects_batchnorm(mock_imagenet, tmp_path):
-    cfg = imagenet_config("winsorize", {"name": "resnet_tiny"})
+    cfg = imagenet_config("winsorize", CASES["rm3"])
     with pytest.raises(ValueError, match="per-example gradients"):
         train.train_and_evaluate(cfg, str(tmp_path))
 

@@ -65,7 +65,9 @@ class EvalSet:
 
     Attributes:
       name: the set's name (``pristine``, ``corrupt``, ``train_sample``, ``test``, ``train``).
-      num_examples: real examples over all hosts (the sum of all masks).
+      num_examples: real examples over all hosts (the sum of all masks); None where it is
+        only known after reading (streaming path, ``eval_subset_size=-1`` on the pristine or
+        corrupt subset).
       num_batches: batches per host (also ``len(self)``).
     """
 
@@ -74,7 +76,7 @@ class EvalSet:
         name: str,
         make_iterator: Callable[[], Iterator[dict]],
         *,
-        num_examples: int,
+        num_examples: int | None,
         num_batches: int,
     ):
         self.name = name

@@ -210,9 +210,7 @@ class InMemoryData:
                 if pad:
                     batch = {
                         k: np.concatenate([v, np.full((pad, *v.shape[1:]), fill, v.dtype)])
-                        for (k, v), fill in zip(
-                            batch.items(), (0, 0, 0, -1, False), strict=True
-                        )
+                        for (k, v), fill in zip(batch.items(), (0, 0, 0, -1, False), strict=True)
                     }
                 yield batch
 

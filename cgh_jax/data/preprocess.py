@@ -155,8 +155,9 @@ def inception_crop_tf(image, *, image_size: int, seed, channels: int = 3):
         )
     else:
         crop = tf.slice(image, begin, size)
-    crop = tf.image.resize(tf.cast(crop, tf.float32), [image_size, image_size], "bilinear",
-                           antialias=True)
+    crop = tf.image.resize(
+        tf.cast(crop, tf.float32), [image_size, image_size], "bilinear", antialias=True
+    )
     return tf.image.stateless_random_flip_left_right(crop, seeds[1])
 
 

@@ -91,8 +91,9 @@ class StreamingData:
         except (KeyError, ValueError):
             return False
 
-    def _read(self, split: str, hosts: Hosts, ids, *, shuffle_seed: int | None):
-        """This host's records of ``split`` (or of the ``ids`` listed), labels corrupted."""
+    def _read(self, split: str, hosts: Hosts, ids, *, shuffle_seed: int | None, noise=True):
+        """This host's records of ``split`` (or of the ``ids`` listed), labels corrupted
+        (``noisy``, ``is_corrupt``) unless ``noise`` is False."""
         read_config = tfds.ReadConfig(options=_options())
         if shuffle_seed is not None:
             read_config.shuffle_seed = shuffle_seed
@@ -103,7 +104,9 @@ class StreamingData:
             else:
                 shard = True
         ds = reader.open_split(
-            self.builder, split_arg, shuffle_files=shuffle_seed is not None,
+            self.builder,
+            split_arg,
+            shuffle_files=shuffle_seed is not None,
             read_config=read_config,
         )
         if shard:
@@ -114,14 +117,20 @@ class StreamingData:
                 tf.lookup.KeyValueTensorInitializer(mine, tf.ones_like(mine)), default_value=0
             )
             ds = ds.filter(lambda ex: table.lookup(ex["id"]) > 0)
+        if not noise:
+            return ds
         return ds.map(self._add_noise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def _add_noise(self, ex):
         spec = self.spec
         if spec.noise > 0:
             noisy, is_corrupt = corruption.corrupt_labels_tf(
-                ex["id"], ex["label"], num_classes=self.num_classes, fraction=spec.noise,
-                seed=spec.noise_seed, scheme=spec.noise_scheme,
+                ex["id"],
+                ex["label"],
+                num_classes=self.num_classes,
+                fraction=spec.noise,
+                seed=spec.noise_seed,
+                scheme=spec.noise_scheme,
             )
         else:
             noisy, is_corrupt = ex["label"], tf.constant(False)
@@ -147,9 +156,15 @@ class StreamingData:
             return
         epoch_id = np.array([epoch], np.int64)
         file_seed = int(ids_lib.hash_bits_np(spec.shuffle_seed, epoch_id, ids_lib.STREAM_FILES)[0])
-        buffer_seed = int(ids_lib.hash_bits_np(spec.shuffle_seed, epoch_id, ids_lib.STREAM_BUFFER)[0])
+        buffer_seed = int(
+            ids_lib.hash_bits_np(spec.shuffle_seed, epoch_id, ids_lib.STREAM_BUFFER)[0]
+        )
         ds = self._read(
-            spec.train_split, hosts, self.train_ids, shuffle_seed=file_seed % (2**31)
+            spec.train_split,
+            hosts,
+            self.train_ids,
+            shuffle_seed=file_seed % (2**31),
+            noise=False,
         )
         buffer_seed &= _INT63
         ds = ds.shuffle(spec.shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False)
@@ -171,16 +186,21 @@ class StreamingData:
                     image = preprocess.flip_tf(image, seed)
             image = preprocess.normalize_tf(image, spec.normalize)
             image.set_shape(self.image_shape)
+            return {"image": image, "label": ex["label"], "id": ex["id"]}
+
+        def finish(batch):  # label corruption is elementwise: once per batch is cheaper
+            batch = self._add_noise(batch)
             return {
-                "image": image,
-                "label": tf.cast(ex["noisy"], tf.int32),
-                "true_label": tf.cast(ex["label"], tf.int32),
-                "is_corrupt": ex["is_corrupt"],
-                "id": ex["id"],
+                "image": batch["image"],
+                "label": tf.cast(batch["noisy"], tf.int32),
+                "true_label": tf.cast(batch["label"], tf.int32),
+                "is_corrupt": tf.broadcast_to(batch["is_corrupt"], tf.shape(batch["label"])),
+                "id": batch["id"],
             }
 
         ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(b, drop_remainder=True).take(steps - start_batch)
+        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
     # ------------------------------------------------------------------ evaluation
@@ -247,7 +267,11 @@ class StreamingData:
                 n_total = size
                 num_batches = num_eval_batches(size, hosts, b)
             out[name] = self._padded(
-                name, ds, num_examples=n_total, num_batches=num_batches, batch_size=b,
+                name,
+                ds,
+                num_examples=n_total,
+                num_batches=num_batches,
+                batch_size=b,
                 label_key="noisy",
             )
         if self.test_ids is not None:
@@ -256,8 +280,12 @@ class StreamingData:
             test = self._read(spec.test_split, hosts, None, shuffle_seed=None)
         n_test = self.num_test
         out["test"] = self._padded(
-            "test", test, num_examples=n_test, num_batches=num_eval_batches(n_test, hosts, b),
-            batch_size=b, label_key="label",
+            "test",
+            test,
+            num_examples=n_test,
+            num_batches=num_eval_batches(n_test, hosts, b),
+            batch_size=b,
+            label_key="label",
         )
         return out
 
@@ -265,7 +293,10 @@ class StreamingData:
         b = per_host_batch_size(global_batch_size, hosts)
         ds = self._read(self.spec.train_split, hosts, self.train_ids, shuffle_seed=None)
         return self._padded(
-            "train", ds, num_examples=self.num_train,
-            num_batches=num_eval_batches(self.num_train, hosts, b), batch_size=b,
+            "train",
+            ds,
+            num_examples=self.num_train,
+            num_batches=num_eval_batches(self.num_train, hosts, b),
+            batch_size=b,
             label_key="noisy",
         )

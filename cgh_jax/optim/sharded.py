@@ -24,6 +24,10 @@ moves fewer bytes:
   gradient per straddling device (``k = 3``, ``D = 8``: 2 straddlers, ``8/7 = 1.14`` times
   SGD's bytes on average).
 
+With ``k | D`` each device's chunks all lie in one group, and the device computes one
+gradient of their summed losses: no ``[k, P]`` stack of group gradients exists, so the step
+needs about SGD's memory too.
+
 Both layouts give the update of the straightforward M3 *for the same group assignment* to
 float tolerance (the group sums are added in a different order); the median itself is an
 exact order statistic. The row-major assignment is a different (equally valid) random
@@ -58,6 +62,7 @@ __all__ = [
     "hlo_collective_traffic",
     "resolve_layout",
     "sharded_median_of_means_grads",
+    "summarize_traffic",
 ]
 
 LAYOUTS = ("auto", "reduce_scatter", "group_sharded")
@@ -133,23 +138,24 @@ def _split_chunks(batch: Any, num_groups: int, row_major: bool) -> Any:
     return jax.tree.map(split, batch)
 
 
-def _flatten_groups(tree: Any, num_groups: int, multiple: int) -> tuple[jax.Array, Callable]:
-    """Grouped tree (leaves ``[k, *shape]``) -> ``[k, Ppad]`` and the inverse for ``[P]``.
+def _flatten(tree: Any, lead: tuple[int, ...], multiple: int) -> tuple[jax.Array, Callable]:
+    """Tree with leaves ``[*lead, *shape]`` -> ``[*lead, Ppad]``, and the inverse for ``[P]``.
 
-    ``Ppad`` is the total parameter count rounded up to a multiple of ``multiple``
-    (zeros appended), so the coordinates split evenly across devices.
+    ``Ppad`` is the total parameter count rounded up to a multiple of ``multiple`` (zeros
+    appended), so the coordinates split evenly across the devices.
     """
     leaves, treedef = jax.tree.flatten(tree)
-    shapes = [leaf.shape[1:] for leaf in leaves]
+    n = len(lead)
+    shapes = [leaf.shape[n:] for leaf in leaves]
     dtypes = [leaf.dtype for leaf in leaves]
-    sizes = [math.prod(s) for s in shapes]
+    sizes = [math.prod(shape) for shape in shapes]
     total = sum(sizes)
     dtype = jnp.result_type(*dtypes)
     padded = -(-total // multiple) * multiple
-    parts = [leaf.reshape(num_groups, -1).astype(dtype) for leaf in leaves]
+    parts = [leaf.reshape(*lead, -1).astype(dtype) for leaf in leaves]
     if padded > total:
-        parts.append(jnp.zeros((num_groups, padded - total), dtype))
-    flat = jnp.concatenate(parts, axis=1)
+        parts.append(jnp.zeros((*lead, padded - total), dtype))
+    flat = jnp.concatenate(parts, axis=-1)
     offsets = np.cumsum([0, *sizes])
 
     def unflatten(vec: jax.Array) -> Any:
@@ -273,15 +279,10 @@ def sharded_median_of_means_grads(
             loss, aux, state = out, None, None
         return loss, aux, state
 
-    def chunk_value_and_grad(params, chunk, args, key):
-        def f(p):
-            kwargs = {} if key is None else {"rng": key}
-            out = loss_fn(p, chunk, *args, **kwargs)
-            loss, aux, state = unpack(out)
-            return loss, (aux, state)
-
-        (loss, (aux, state)), grads = jax.value_and_grad(f, has_aux=True)(params)
-        return grads, loss, aux, state
+    def chunk_loss(params, chunk, args, key):
+        kwargs = {} if key is None else {"rng": key}
+        loss, aux, state = unpack(loss_fn(params, chunk, *args, **kwargs))
+        return loss, (aux, state)
 
     def local(params, batch, args, rng):
         d = jax.lax.axis_index(axis_name)
@@ -290,26 +291,46 @@ def sharded_median_of_means_grads(
         # rule), which is exactly the communication this function replaces.
         params = jax.lax.pcast(params, axis_name, to="varying")
         chunks = _split_chunks(batch, k, row_major)
-        if rng is None:
-            keys = None
-            grads, loss, aux, state = jax.vmap(
-                lambda c: chunk_value_and_grad(params, c, args, None)
-            )(chunks)
-        else:
-            keys = jax.random.split(jax.random.fold_in(rng, d), k)
-            grads, loss, aux, state = jax.vmap(
-                lambda c, key: chunk_value_and_grad(params, c, args, key)
-            )(chunks, keys)
+        keys = None if rng is None else jax.random.split(jax.random.fold_in(rng, d), k)
+        over_chunks = lambda f: jax.vmap(f, in_axes=(None, 0, None, 0))
 
-        flat, unflatten = _flatten_groups(grads, k, num_devices)
-        if row_major:
-            med = _group_sharded_median(flat, d)
+        if row_major and not straddlers:
+            # All chunks of a device belong to one group: one gradient of their summed
+            # losses gives the device's partial group sum directly (no [k, P] copies).
+            def total(p):
+                loss, extras = over_chunks(chunk_loss)(p, chunks, args, keys)
+                return jnp.sum(loss), (loss, extras)
+
+            (_, (loss, (aux, state))), grads = jax.value_and_grad(total, has_aux=True)(params)
+            mine, unflatten = _flatten(grads, (), num_devices)
+            med = _slice_median(mine)
         else:
-            sums = jax.lax.psum_scatter(flat, axis_name, scatter_dimension=1, tiled=True)
-            med = coordinate_median(sums)
+            value_and_grad = jax.value_and_grad(chunk_loss, has_aux=True)
+            (loss, (aux, state)), grads = over_chunks(value_and_grad)(params, chunks, args, keys)
+            if row_major:
+                # Sum the chunks of the primary group, and of the next group (the spill of
+                # a device that straddles a group boundary), before flattening.
+                chunk_group = (d * k + jnp.arange(k)) // num_devices
+                is_primary = chunk_group == jnp.asarray(primary)[d]
+
+                def masked_sum(mask):
+                    def leaf_sum(g):
+                        m = mask.reshape(k, *(1,) * (g.ndim - 1))
+                        return jnp.sum(jnp.where(m, g, jnp.zeros((), g.dtype)), axis=0)
+
+                    return jax.tree.map(leaf_sum, grads)
+
+                mine, unflatten = _flatten(masked_sum(is_primary), (), num_devices)
+                spill, _ = _flatten(masked_sum(~is_primary), (), num_devices)
+                perm = [(s, s + 1) for s in straddlers]
+                med = _slice_median(mine + jax.lax.ppermute(spill, axis_name, perm))
+            else:
+                flat, unflatten = _flatten(grads, (k,), num_devices)
+                sums = jax.lax.psum_scatter(flat, axis_name, scatter_dimension=1, tiled=True)
+                med = coordinate_median(sums)
+
         med = med / num_devices
-        full = jax.lax.all_gather(med, axis_name, tiled=True, to="invarying")
-        grads = unflatten(full)
+        grads = unflatten(jax.lax.all_gather(med, axis_name, tiled=True, to="invarying"))
 
         loss = _group_means(loss)
         aux = None if aux is None else jax.tree.map(_group_means, aux)
@@ -335,15 +356,9 @@ def sharded_median_of_means_grads(
         wide = jnp.promote_types(x.dtype, jnp.float32)
         return jax.lax.pmean(jnp.mean(x.astype(wide), axis=0), axis_name).astype(x.dtype)
 
-    def _group_sharded_median(flat, d):
-        """``[k, Ppad]`` local chunk gradients -> median of group sums on this slice."""
-        chunk_group = (d * k + jnp.arange(k)) // num_devices
-        is_primary = (chunk_group == jnp.asarray(primary)[d])[:, None]
-        zeros = jnp.zeros_like(flat)
-        mine = jnp.sum(jnp.where(is_primary, flat, zeros), axis=0)
-        if straddlers:
-            spill = jnp.sum(jnp.where(is_primary, zeros, flat), axis=0)
-            mine = mine + jax.lax.ppermute(spill, axis_name, [(s, s + 1) for s in straddlers])
+    def _slice_median(mine):
+        """This device's partial sum ``[Ppad]`` of its group -> the median of the group
+        sums on its coordinate slice ``[Ppad / D]``."""
         blocks = mine.reshape(num_devices, -1)
         received = jax.lax.all_to_all(blocks, axis_name, 0, 0, tiled=True)  # [D, Ppad/D]
         sums = jax.ops.segment_sum(
@@ -436,7 +451,8 @@ class CollectiveOp:
         algorithms: all-reduce ``2(n-1)/n S``, reduce-scatter ``(n-1)/n S_in``,
         all-gather ``(n-1)/n S_out``, all-to-all ``(n-1)/n S``; a collective-permute sends
         ``S`` from each source, i.e. ``pairs/D * S`` on average.
-      max_ring_bytes: the same for the busiest device (differs only for permutes).
+      max_ring_bytes: the same for the busiest device (differs only for permutes; summed
+        over ops it is an upper bound for any one device).
     """
 
     op: str
