@@ -252,7 +252,7 @@ def main(argv=None) -> int:
 
     if "memory" in sections:
         print("\n## Peak memory of one train step (XLA memory analysis)\n")
-        rows = memory_rows(1, 96) + memory_rows(8, 96)
+        rows = memory_rows(1, 96) + memory_rows(6, 108) + memory_rows(8, 96)
         print(markdown_table(MEMORY_HEADERS, rows), flush=True)
     return 0
 

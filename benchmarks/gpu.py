@@ -5,8 +5,8 @@ Measures, on the first JAX device:
 * images/s and step time of ResNet-50 and ResNet-18 at 224x224 (compute bfloat16, float32
   parameters, synthetic data) for SGD, M3 and RM3 at the same images per update
   (SGD and RM3 at batch ``3 g``, M3 as 3 groups of ``g``; ``g = 256`` by default, the
-  papers' setting), plus M3 computed as three sequential group gradients (``m3_loop``) to
-  compare with the vmapped groups;
+  papers' setting), plus M3 with the three group gradients computed in an unrolled loop
+  (``m3_loop``, ``grouped_grads(..., vectorize=False)``) to compare with the vmapped groups;
 * compile time and XLA's memory analysis of every train step (arguments + outputs +
   temporaries - aliased), and the device's peak memory;
 * the host's JPEG decode + random-resized-crop + flip + resize throughput with a process
@@ -66,8 +66,8 @@ def make_step(model, optimizer: str, num_groups: int, learning_rate: float = 0.1
 
     ``sgd`` and ``rm3`` take the gradient of the whole batch; ``m3`` splits it into
     ``num_groups`` groups with :func:`cgh_jax.grouped_grads` (one vmapped gradient);
-    ``m3_loop`` computes the same group gradients one after the other (a Python loop,
-    unrolled by ``jit``) to show what the vmapped form costs or saves.
+    ``m3_loop`` computes the same group gradients one after the other
+    (``grouped_grads(..., vectorize=False)``) to show what the vmapped form costs or saves.
     """
     loss_fn = _loss_fn(model)
     if optimizer == "sgd":
@@ -84,15 +84,9 @@ def make_step(model, optimizer: str, num_groups: int, learning_rate: float = 0.1
             out = grouped_grads(loss_fn, num_groups, has_state=True)(params, batch, batch_stats)
             return out.grads, out.state
         if optimizer == "m3_loop":
-            grads, states = [], []
-            for j in range(num_groups):
-                group = jax.tree.map(lambda x, j=j: x[j::num_groups], batch)
-                g, s = jax.grad(loss_fn, has_aux=True)(params, group, batch_stats)
-                grads.append(g)
-                states.append(s)
-            stack = lambda *xs: jnp.stack(xs)
-            mean = lambda *xs: sum(xs) / len(xs)
-            return jax.tree.map(stack, *grads), jax.tree.map(mean, *states)
+            grad_fn = grouped_grads(loss_fn, num_groups, has_state=True, vectorize=False)
+            out = grad_fn(params, batch, batch_stats)
+            return out.grads, out.state
         return jax.grad(loss_fn, has_aux=True)(params, batch, batch_stats)
 
     def step(params, batch_stats, opt_state, batch):

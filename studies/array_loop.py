@@ -23,7 +23,6 @@ Command::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -57,11 +56,6 @@ def machine() -> str:
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as f:
         return {k: f[k] for k in f.files}
-
-
-def as_float(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> the pipeline's ``unit`` normalization (x / 255)."""
-    return images.astype(np.float32) / 255.0
 
 
 def eval_sets(arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -116,7 +110,8 @@ def train_run(run: dict, arrays: dict[str, np.ndarray], run_dir: Path) -> dict:
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
 
     @jax.jit
-    def step(params, opt_state, batch):
+    def step(params, opt_state, train_x, train_y, idx):
+        batch = {"image": train_x[idx].astype(jnp.float32) / 255.0, "label": train_y[idx]}
         if mode == "batch":
             grads = jax.grad(loss_fn)(params, batch)
         elif mode == "grouped":
@@ -128,11 +123,15 @@ def train_run(run: dict, arrays: dict[str, np.ndarray], run_dir: Path) -> dict:
 
     @jax.jit
     def eval_batch(params, x, y):
-        logits = model.apply({"params": params}, x, train=False)
+        logits = model.apply({"params": params}, x.astype(jnp.float32) / 255.0, train=False)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return jnp.sum(jnp.argmax(logits, -1) == y), jnp.sum(loss)
 
-    sets = eval_sets(arrays)
+    sets = {
+        k: (jnp.asarray(x), jnp.asarray(y.astype(np.int32)))
+        for k, (x, y) in eval_sets(arrays).items()
+    }
+    train_x, train_y = jnp.asarray(images), jnp.asarray(labels)
 
     def evaluate(step_count: int, train_time: float) -> dict:
         record = {
@@ -145,9 +144,8 @@ def train_run(run: dict, arrays: dict[str, np.ndarray], run_dir: Path) -> dict:
         for set_name, (x_all, y_all) in sets.items():
             hits = loss = 0.0
             for start in range(0, len(x_all), EVAL_BATCH):
-                x = jnp.asarray(as_float(x_all[start : start + EVAL_BATCH]))
-                y = jnp.asarray(y_all[start : start + EVAL_BATCH].astype(np.int32))
-                h, s = eval_batch(params, x, y)
+                end = start + EVAL_BATCH
+                h, s = eval_batch(params, x_all[start:end], y_all[start:end])
                 hits, loss = hits + float(h), loss + float(s)
             record[f"{set_name}/top1"] = hits / len(x_all)
             record[f"{set_name}/loss"] = loss / len(x_all)
@@ -162,9 +160,8 @@ def train_run(run: dict, arrays: dict[str, np.ndarray], run_dir: Path) -> dict:
         t0 = time.monotonic()
         order = np.random.default_rng([int(run["seed"]), epoch]).permutation(len(images))
         for b in range(steps_per_epoch):
-            idx = order[b * update_batch : (b + 1) * update_batch]
-            batch = {"image": jnp.asarray(as_float(images[idx])), "label": jnp.asarray(labels[idx])}
-            params, opt_state = step(params, opt_state, batch)
+            idx = jnp.asarray(order[b * update_batch : (b + 1) * update_batch])
+            params, opt_state = step(params, opt_state, train_x, train_y, idx)
             step_count += 1
         jax.block_until_ready(params)
         train_time += time.monotonic() - t0
@@ -176,7 +173,7 @@ def train_run(run: dict, arrays: dict[str, np.ndarray], run_dir: Path) -> dict:
             f.write(json.dumps(record, sort_keys=True) + "\n")
     info = {
         "wall_s": round(time.monotonic() - start, 1),
-        "finished": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "runner": "studies/array_loop.py",
         "machine": machine(),
     }

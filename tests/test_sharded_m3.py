@@ -373,3 +373,21 @@ def test_single_device_mesh_is_plain_m3():
     out = jax.jit(sharded_median_of_means_grads(_mlp_loss, K, mesh))(params, batch)
     g = grouped_grads(_mlp_loss, K)(params, batch)
     _assert_close(out.grads, jax.tree.map(coordinate_median, g.grads))
+
+
+@pytest.mark.parametrize("layout", ["reduce_scatter", "group_sharded"])
+def test_unrolled_chunks_equal_vmapped(layout):
+    mesh = _mesh(4)
+    loss_fn, variables, batch = _bn_setup(24)
+    params, stats = variables["params"], variables["batch_stats"]
+    outs = [
+        jax.jit(
+            sharded_median_of_means_grads(
+                loss_fn, K, mesh, has_aux=True, has_state=True, layout=layout, vectorize=v
+            )
+        )(params, batch, stats)
+        for v in (True, False)
+    ]
+    _assert_close(outs[0].grads, outs[1].grads)
+    _assert_close(outs[0].state, outs[1].state)
+    np.testing.assert_allclose(outs[0].loss, outs[1].loss, rtol=1e-6)

@@ -190,6 +190,7 @@ def sharded_median_of_means_grads(
     has_state: bool = False,
     layout: str = "auto",
     axis_name: str = "data",
+    vectorize: bool = True,
 ) -> Callable[..., MedianGrads]:
     r"""Median-of-means gradient of a batch sharded over ``mesh``, with few collectives.
 
@@ -227,6 +228,10 @@ def sharded_median_of_means_grads(
       layout: ``'group_sharded'``, ``'reduce_scatter'`` or ``'auto'`` (see
         :func:`resolve_layout`).
       axis_name: the mesh axis the batch is sharded over.
+      vectorize: True computes the ``k`` chunks of a device with :func:`jax.vmap`; False
+        unrolls a loop over them (same results). Under ``vmap`` a convolution's weight
+        gradient becomes a grouped convolution, which some backends (XLA on CPU) run
+        slowly; the loop keeps ordinary convolutions.
 
     Returns:
       ``grad_fn``. Its ``params`` and ``*args`` are replicated, ``batch`` leaves have a
@@ -284,6 +289,9 @@ def sharded_median_of_means_grads(
         loss, aux, state = unpack(loss_fn(params, chunk, *args, **kwargs))
         return loss, (aux, state)
 
+    def _key(keys, c):
+        return None if keys is None else keys[c]
+
     def local(params, batch, args, rng):
         d = jax.lax.axis_index(axis_name)
         # Differentiate with respect to a per-device copy of the parameters: the gradient
@@ -292,7 +300,20 @@ def sharded_median_of_means_grads(
         params = jax.lax.pcast(params, axis_name, to="varying")
         chunks = _split_chunks(batch, k, row_major)
         keys = None if rng is None else jax.random.split(jax.random.fold_in(rng, d), k)
-        over_chunks = lambda f: jax.vmap(f, in_axes=(None, 0, None, 0))
+
+        def over_chunks(f):
+            """f(params, chunk, args, key) mapped over the k chunks (and keys)."""
+            if vectorize:
+                return jax.vmap(f, in_axes=(None, 0, None, 0))
+
+            def loop(p, chunks, args, keys):
+                outs = [
+                    f(p, jax.tree.map(lambda x, c=c: x[c], chunks), args, _key(keys, c))
+                    for c in range(k)
+                ]
+                return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+            return loop
 
         if row_major and not straddlers:
             # All chunks of a device belong to one group: one gradient of their summed
