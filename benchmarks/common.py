@@ -34,12 +34,14 @@ def make_train_step(
 
     ``loss_fn(params, batch)`` returns the loss, or with ``has_state``
     ``loss_fn(params, batch, extra) -> (loss, new_extra)`` (e.g. BatchNorm statistics).
-    Optimizers: ``sgd``, ``m3`` (``grouped_grads`` + ``m3_sgd``), ``rm3``, ``ra3``, and
-    ``m3_sharded`` (:func:`sharded_median_of_means_grads` over ``mesh`` + ``sgd``).
+    Optimizers: ``sgd``, ``m3`` (``grouped_grads`` + ``m3_sgd``), ``m3_loop`` (the same with
+    ``grouped_grads(..., vectorize=False)``), ``rm3``, ``ra3``, and ``m3_sharded``
+    (:func:`sharded_median_of_means_grads` over ``mesh`` + ``sgd``).
     """
     tx = {
         "sgd": optax.sgd(learning_rate),
         "m3": m3_sgd(learning_rate, num_groups=num_groups),
+        "m3_loop": m3_sgd(learning_rate, num_groups=num_groups),
         "rm3": rm3_sgd(learning_rate),
         "ra3": ra3_sgd(learning_rate),
         "m3_sharded": optax.sgd(learning_rate),
@@ -47,10 +49,10 @@ def make_train_step(
     args = lambda extra: (extra,) if has_state else ()
 
     def grads_and_extra(params, extra, batch):
-        if optimizer == "m3":
-            out = grouped_grads(loss_fn, num_groups, has_state=has_state)(
-                params, batch, *args(extra)
-            )
+        if optimizer in ("m3", "m3_loop"):
+            vectorize = optimizer == "m3"
+            grad_fn = grouped_grads(loss_fn, num_groups, has_state=has_state, vectorize=vectorize)
+            out = grad_fn(params, batch, *args(extra))
             return out.grads, out.state if has_state else extra
         if optimizer == "m3_sharded":
             fn = sharded_median_of_means_grads(

@@ -2,8 +2,10 @@
 
 One full train step (gradient, optimizer, parameter update; BatchNorm statistics carried)
 at the same global batch for every optimizer (M3: ``3 x batch/3``), measured side by side
-in one process: every repetition runs each optimizer in turn, and the table reports the
-median over repetitions, so all optimizers see the same machine load. Usage, from the
+in one process (``m3_loop``: M3 with the three group gradients in an unrolled loop,
+``grouped_grads(..., vectorize=False)``): every repetition runs each optimizer in turn,
+and the table reports the median over repetitions, so all optimizers see the same machine
+load. Usage, from the
 repository root::
 
     PYTHONPATH=. python benchmarks/step_time.py [--repeats 7 --steps 3 --batch 96]
@@ -22,7 +24,6 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    OPTIMIZERS,
     interleaved_step_times,
     make_train_step,
     markdown_table,
@@ -31,6 +32,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from cgh_jax.models import get_model  # noqa: E402
 
+OPTIMIZERS = ("sgd", "m3", "m3_loop", "rm3", "ra3")
 MODELS = {
     "resnet_tiny": {},  # (1, 1, 1, 1) BasicBlocks, width 8
     "resnet18_w16": {"width": 16, "stem": "cifar"},  # ResNet-18 layout, width 16
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
                 [
                     f"{name} ({count / 1e6:.3f}M)",
                     opt,
-                    f"3x{args.batch // 3}" if opt == "m3" else str(args.batch),
+                    f"3x{args.batch // 3}" if opt.startswith("m3") else str(args.batch),
                     f"{1e3 * m:.1f}",
                     f"{m / sgd:.3f}",
                     f"{ratios[0]:.2f}-{ratios[-1]:.2f}",

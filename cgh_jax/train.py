@@ -300,7 +300,7 @@ def evaluate(
         totals = {s: metrics_lib.EvalTotals(with_top5) for s in scored}
         for host_batch in _iterate(source):
             batch = sharding_lib.host_batch_to_global(_eval_keys(host_batch), mesh)
-            sums, _ = jax.device_get(eval_fn(state, batch))
+            sums = jax.device_get(eval_fn(state, batch)[0])  # replicated: fetchable anywhere
             for s in scored:
                 key = "true_label" if s == "corrupt_true" else "label"
                 totals[s].add({**sums[key], "count": sums["count"]})

@@ -100,6 +100,7 @@ WINSOR_SETTINGS = (SGD,) + tuple(
 )
 CONV_SETTINGS = (
     SGD,
+    Setting("SGD, batch 300 (M3's updates per epoch)", "sgd_b300", "sgd", batch=300),
     Setting("M3", "m3", "m3"),
     Setting("RM3", "rm3", "rm3"),
     Setting("RA3", "ra3", "ra3"),
@@ -182,7 +183,7 @@ FULL_GROUPS = (
         f"CIFAR-10 from the JPEG image-folder tree, no augmentation, lr {CONV_LR}, batch 100 "
         "(M3: 3 x 100), constant learning rate.",
         CONV_SETTINGS,
-        seeds=(0, 1),
+        seeds=(0, 1, 2),
         epochs=40,
         subset=10_000,
         heldout=2_000,

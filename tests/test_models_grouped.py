@@ -53,7 +53,8 @@ def _get(tree, path):
 def test_grouped_grads_use_per_group_batch_statistics(name):
     # float64: BatchNorm over a 1x1 map of 2 examples per group is ill-conditioned, so the
     # float32 rounding differences between the vmapped and the looped convolutions get
-    # amplified; in float64 the two paths agree to many digits.
+    # amplified; in float64 the two paths agree to about 1e-7 (the logits and the loss
+    # stay float32).
     with jax.enable_x64(True):
         _check_grouped_against_loop(name)
 
@@ -94,7 +95,7 @@ def _check_grouped_against_loop(name):
     expected_grads = jax.tree.map(lambda *g: np.stack(g), *grads)
     for got, want in zip(jax.tree.leaves(out.grads), jax.tree.leaves(expected_grads), strict=True):
         assert got.shape == (NUM_GROUPS, *want.shape[1:])
-        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8 * np.max(np.abs(want)))
     expected_state = jax.tree.map(lambda *s: np.mean(np.stack(s), axis=0), *states)
     for got, want in zip(jax.tree.leaves(out.state), jax.tree.leaves(expected_state), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10)

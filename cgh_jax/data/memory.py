@@ -37,6 +37,7 @@ class Table(NamedTuple):
 
 
 _TABLES: dict[tuple, Table] = {}
+MAX_IN_MEMORY_BYTES = 32 * 2**30
 
 
 def clear_cache() -> None:
@@ -49,6 +50,27 @@ def _needs_resize(spec: DataSpec, native: tuple) -> bool:
     return spec.image_size > 0 and tuple(native[:2]) != (spec.image_size, spec.image_size)
 
 
+def _check_fits_in_memory(builder, split, spec, native, channels) -> None:
+    """Refuses (before reading) splits whose decoded images exceed ``MAX_IN_MEMORY_BYTES``."""
+    try:
+        n = builder.info.splits[split].num_examples
+    except (KeyError, ValueError):
+        return  # unknown size (e.g. mocked data): nothing to check cheaply
+    if spec.image_size > 0:
+        height = width = spec.image_size
+    elif None in native[:2]:
+        return  # variable native sizes are rejected after decoding
+    else:
+        height, width = native[:2]
+    needed = n * height * width * channels
+    if needed > MAX_IN_MEMORY_BYTES:
+        raise ValueError(
+            f"split {split!r} of {builder.name!r} needs {needed / 2**30:.0f} GiB as decoded "
+            f"uint8 images (limit {MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB); stream it with "
+            "config.data.cache=False."
+        )
+
+
 def load_table(spec: DataSpec, split: str) -> Table:
     """Reads, decodes and caches one split (sorted by id)."""
     key = (spec.dataset_key, split, spec.image_size, spec.resize_size)
@@ -58,6 +80,7 @@ def load_table(spec: DataSpec, split: str) -> Table:
     channels = reader.channels(builder)
     native = reader.native_shape(builder)
     resize = _needs_resize(spec, native)
+    _check_fits_in_memory(builder, split, spec, native, channels)
 
     def decode(ex):
         image = preprocess.decode_tf(ex["image"], channels)
@@ -72,7 +95,9 @@ def load_table(spec: DataSpec, split: str) -> Table:
         decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     # Stored sizes may vary (image folders): pad per batch, then insist that none was needed.
-    parts = list(ds.padded_batch(4096).prefetch(2).as_numpy_iterator())
+    fixed = resize or None not in native
+    ds = ds.batch(4096) if fixed else ds.padded_batch(4096)
+    parts = list(ds.prefetch(2).as_numpy_iterator())
     if not parts:
         raise ValueError(f"split {split!r} of {builder.name!r} is empty.")
     shapes = np.concatenate([p[1] for p in parts])

@@ -8,7 +8,7 @@ example carries an ``id`` feature: its index in the original file order of its s
 * ``idx`` -- a directory of IDX files in the MNIST layout (MNIST, Fashion-MNIST, KMNIST):
   ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
   ``t10k-labels-idx1-ubyte``, each optionally gzipped (``.gz``). Images are stored as raw
-  ``uint8`` tensors (no PNG round trip): MNIST's 70,000 images build in about 15 s on one core.
+  ``uint8`` tensors (no PNG round trip): MNIST's 70,000 images build in about 7 CPU-seconds.
 * ``image_folder`` -- ``<path>/train/<class>/*.jpg`` and ``<path>/{test,val,validation}/
   <class>/*.jpg`` (the raw ImageNet layout). Classes are the sorted sub-directory names of
   ``train``; JPEG (and PNG) bytes are stored unchanged and decoded by the pipeline.
@@ -20,7 +20,7 @@ example carries an ``id`` feature: its index in the original file order of its s
 * ``sklearn_digits`` -- the 1,797 8x8 UCI digits of ``sklearn.datasets.load_digits()``
   (only when scikit-learn is installed; ``mlxtend`` depends on it). Pixel values 0..16 are
   scaled to 0..255 (``round(v * 255 / 16)``). Test = the examples at positions 4, 9, 14, ...
-  within each class (361 examples), train = the other 1,436.
+  within each class (355 examples), train = the other 1,442.
 
 The builder configuration of ``idx`` and ``image_folder`` is named after the directory and a
 hash of its absolute path (and, for IDX, the file sizes and modification times), so two
@@ -292,7 +292,7 @@ def _mlxtend_arrays():
 
 
 class CghSklearnDigits(_ArrayBuilder, skip_registration=True):
-    """The 1,797 8x8 UCI digits of scikit-learn: 1,436 train / 361 test."""
+    """The 1,797 8x8 UCI digits of scikit-learn: 1,442 train / 355 test."""
 
     _DESCRIPTION = (
         "UCI handwritten digits (8x8, scikit-learn's load_digits), pixel values scaled from "
