@@ -12,8 +12,9 @@ Measures (see :func:`cgh_jax.optim.sharded.hlo_collective_traffic`):
   collective-permute ``S`` per source), averaged over the devices and for the busiest one.
 
 Methods: SGD (``jax.grad`` of the sharded batch under ``jax.jit``), the straightforward M3
-(``grouped_grads`` + median under ``jax.jit``), and ``sharded_median_of_means_grads`` with
-the ``reduce_scatter`` and ``group_sharded`` layouts. Usage, from the repository root::
+(``grouped_grads`` + median under ``jax.jit``; "loop": ``vectorize=False``), and
+``sharded_median_of_means_grads`` with the ``reduce_scatter`` and ``group_sharded`` layouts.
+Usage, from the repository root::
 
     PYTHONPATH=. python benchmarks/collectives.py
 """
@@ -75,12 +76,14 @@ def gradient_programs(loss_fn, mesh, has_state=False):
     """name -> function (params, batch, *extra) -> update direction, for each method."""
     median_of = lambda g: jax.tree.map(coordinate_median, g)
     grouped = grouped_grads(loss_fn, K, has_state=has_state)
+    looped = grouped_grads(loss_fn, K, has_state=has_state, vectorize=False)
     sharded = lambda layout: sharded_median_of_means_grads(
         loss_fn, K, mesh, has_state=has_state, layout=layout
     )
     programs = {
         "SGD": jax.grad(loss_fn, has_aux=has_state),
         "M3 straightforward": lambda *a: median_of(grouped(*a).grads),
+        "M3 straightforward (loop)": lambda *a: median_of(looped(*a).grads),
         "M3 reduce_scatter": sharded("reduce_scatter"),
     }
     if mesh.shape["data"] >= K:
@@ -95,8 +98,9 @@ def traffic_rows(params, loss_fn, batch, num_devices, label, extra=()):
     params, extra = jax.device_put((params, extra), NamedSharding(mesh, P()))
     rows, sgd = [], None
     for name, fn in gradient_programs(loss_fn, mesh, has_state=bool(extra)).items():
-        text = jax.jit(fn).lower(params, batch, *extra).compile().as_text()
-        t = summarize_traffic(hlo_collective_traffic(text, num_devices))
+        compiled = jax.jit(fn).lower(params, batch, *extra).compile()
+        t = summarize_traffic(hlo_collective_traffic(compiled.as_text(), num_devices))
+        flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
         sgd = sgd or t
         rows.append(
             [
@@ -109,6 +113,7 @@ def traffic_rows(params, loss_fn, batch, num_devices, label, extra=()):
                 f"{t['ring_bytes'] / sgd['ring_bytes']:.3f}",
                 mib(t["max_ring_bytes"]),
                 f"{t['max_ring_bytes'] / sgd['max_ring_bytes']:.3f}",
+                f"{flops / 1e6:.1f}",
             ]
         )
     return rows
@@ -146,6 +151,7 @@ TRAFFIC_HEADERS = [
     "vs SGD (avg)",
     "ring MiB (busiest device)",
     "vs SGD (busiest)",
+    "MFLOP/device",
 ]
 
 

@@ -192,6 +192,12 @@ def run_plan(plan_path: Path, only: set[str] | None = None, out_root: Path | Non
             continue
         run_dir = (out_root or root) / run["dir"]
         if (run_dir / RUN_MARKER).exists():
+            done = json.loads((run_dir / "run.json").read_text())
+            if done != json.loads(json.dumps(run)):
+                raise ValueError(
+                    f"{run_dir} holds a finished run of another plan entry; delete it to "
+                    "retrain, or restore the plan it was trained with."
+                )
             print(f"{run_dir}: finished earlier", flush=True)
             continue
         t0 = time.monotonic()

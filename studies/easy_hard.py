@@ -37,7 +37,7 @@ SEEDS = (0, 1, 2)
 EPOCHS = 20
 PROBE_EVAL_SUBSET = 5_000
 
-QUICK = dict(seeds=(0, 1), epochs=2, hidden=(32,), batch=40, eval_subset=400)
+QUICK = dict(seeds=(0,), epochs=2, hidden=(32,), batch=40, eval_subset=400)
 
 
 def _config(args, stage: str, ids_dir: Path | None = None):

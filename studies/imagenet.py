@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    command = common.command_line(argv)
+    command = common.command_line("imagenet", argv)
     common.quiet_logs(args.verbose)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

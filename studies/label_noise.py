@@ -43,9 +43,7 @@ EPOCHS = 60
 EVAL_SUBSET_CAP = 1_000
 SEED = 0
 
-QUICK = dict(
-    noise_levels=(0.0, 0.5, 1.0), subset=600, heldout=200, epochs=2, hidden=(32,), batch=40
-)
+QUICK = dict(noise_levels=(0.0, 0.5), subset=600, heldout=200, epochs=2, hidden=(32,), batch=40)
 
 
 def build_configs(args) -> dict[float, object]:

@@ -431,3 +431,31 @@ def test_mlp_and_cnn_forward():
     expected = h @ p["logits"]["kernel"] + p["logits"]["bias"]
     assert expected.shape == (3, 10)
     np.testing.assert_allclose(model.apply(v, xs), expected, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def test_bn_axis_name_gives_global_statistics_under_shard_map():
+    """Per-device code with ``bn_axis_name`` normalises with the statistics of the global batch."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+    x = jax.random.normal(jax.random.key(0), (8, 28, 28, 1))
+    synced, v = _init("cnn", (1, 28, 28, 1), batch_norm=True, bn_axis_name="data")
+    plain = get_model("cnn", num_classes=10, batch_norm=True)
+
+    def train(model):
+        return lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
+
+    per_device = jax.jit(
+        jax.shard_map(
+            train(synced), mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P())
+        )
+    )
+    logits, state = per_device(v, x)
+    want_logits, want_state = jax.jit(train(plain))(v, x)
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(want_state), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

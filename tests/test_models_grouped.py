@@ -93,12 +93,15 @@ def _check_grouped_against_loop(name):
 
     np.testing.assert_allclose(out.loss, np.stack(losses), rtol=1e-6)
     expected_grads = jax.tree.map(lambda *g: np.stack(g), *grads)
+    # Absolute tolerance on the scale of the whole gradient: some leaves are zero up to
+    # rounding (a conv bias right before BatchNorm has no effect on the loss).
+    scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(expected_grads))
     for got, want in zip(jax.tree.leaves(out.grads), jax.tree.leaves(expected_grads), strict=True):
         assert got.shape == (NUM_GROUPS, *want.shape[1:])
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8 * np.max(np.abs(want)))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9 * scale)
     expected_state = jax.tree.map(lambda *s: np.mean(np.stack(s), axis=0), *states)
     for got, want in zip(jax.tree.leaves(out.state), jax.tree.leaves(expected_state), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-10)
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
 
     # The groups' statistics really are per group: compared with one full-batch update,
     # the first BN layer's running mean is the same (mean of the group means) while its

