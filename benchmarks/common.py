@@ -5,6 +5,7 @@ Import after the script has set ``XLA_FLAGS`` (this module imports jax).
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -89,25 +90,47 @@ def memory_summary(compiled) -> dict[str, float]:
     return out
 
 
-def interleaved_step_times(
-    runners: dict[str, Callable[[], Any]], *, repeats: int, steps: int
-) -> dict[str, list[float]]:
-    """Seconds per step of each runner, measured round-robin ``repeats`` times.
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
-    Each runner performs one step and returns something to block on. Interleaving puts
-    every method under the same machine load (other processes, clock changes), so ratios
-    of the per-method medians are fair even on a busy machine.
+
+def interleaved_step_times(
+    runners: dict[str, Callable[[], Any]], *, repeats: int, min_seconds: float = 1.0
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds per step of each runner, measured round-robin ``repeats`` times.
+
+    Each runner performs one step and returns something to block on. Every method gets the
+    same number of steps per timing, enough for the slowest to take ``min_seconds``; the
+    order of the methods rotates from one repetition to the next. Interleaving puts every
+    method under the same machine load (other processes, clock changes), so ratios of the
+    per-method medians are fair even on a busy machine. The CPU seconds (user + system
+    time of all threads of this process) do not grow when other processes compete for the
+    cores, so on a shared machine they are the steadier measure of the work per step.
+
+    Returns:
+      ``(wall, cpu)``: name -> seconds per step, one entry per repetition.
     """
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            jax.block_until_ready(run())
-            t = time.perf_counter()
+    names = list(runners)
+    single = {}
+    for name in names:  # warm up, and estimate one step's time
+        jax.block_until_ready(runners[name]())
+        t = time.perf_counter()
+        jax.block_until_ready(runners[name]())
+        single[name] = time.perf_counter() - t
+    steps = max(1, int(min_seconds / max(single.values())))
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            run = runners[name]
+            t, c = time.perf_counter(), _cpu_seconds()
             for _ in range(steps):
                 out = run()
             jax.block_until_ready(out)
-            times[name].append((time.perf_counter() - t) / steps)
-    return times
+            wall[name].append((time.perf_counter() - t) / steps)
+            cpu[name].append((_cpu_seconds() - c) / steps)
+    return wall, cpu
 
 
 def median(xs: Sequence[float]) -> float:

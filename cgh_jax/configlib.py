@@ -196,7 +196,7 @@ def apply_runlocal(cfg: ml_collections.ConfigDict, *, model: Mapping[str, Any] |
         cfg.model = ml_collections.ConfigDict({"dtype": dtype, **dict(model)})
     cfg.batch_size = 8
     cfg.eval_batch_size = 32
-    cfg.num_epochs = 1
+    cfg.num_epochs = 3  # enough epochs that max_steps binds even at 1 step per epoch
     cfg.max_steps = 3
     cfg.log_every_steps = 1
     cfg.checkpoint_every_steps = 2

@@ -101,22 +101,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
     return models_lib.get_model(name, num_classes=num_classes, **kwargs)
 
 
-def create_train_state(
-    model, tx: optax.GradientTransformation, image_shape, rng: jax.Array, mesh
-) -> TrainState:
-    """Initializes the model and optimizer, replicated over ``mesh``.
-
-    Args:
-      model: a Flax linen module taking ``(images, train=...)``.
-      tx: the optimizer.
-      image_shape: ``(H, W, C)`` of one example.
-      rng: PRNG key; split into the init key and the base dropout key.
-      mesh: the device mesh.
-
-    Returns:
-      A TrainState at step 0 whose arrays are replicated on ``mesh``.
-    """
-
+def _init_fn(model, tx: optax.GradientTransformation, image_shape) -> Callable:
     def init(rng):
         init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
         images = jnp.zeros((1, *image_shape), jnp.float32)
@@ -130,8 +115,36 @@ def create_train_state(
             rng=state_rng,
         )
 
+    return init
+
+
+def create_train_state(
+    model, tx: optax.GradientTransformation, image_shape, rng: jax.Array, mesh
+) -> TrainState:
+    """Initializes the model and optimizer, replicated over ``mesh``.
+
+    Args:
+      model: a Flax linen module taking ``(images, train=...)``.
+      tx: the optimizer.
+      image_shape: ``(H, W, C)`` of one example.
+      rng: PRNG key; split into the init key, the init dropout key and the base key.
+      mesh: the device mesh.
+
+    Returns:
+      A TrainState at step 0 whose arrays are replicated on ``mesh``.
+    """
     replicated = sharding_lib.replicated_sharding(mesh)
-    return jax.jit(init, out_shardings=replicated)(rng)
+    return jax.jit(_init_fn(model, tx, image_shape), out_shardings=replicated)(rng)
+
+
+def abstract_train_state(model, tx: optax.GradientTransformation, image_shape, mesh) -> TrainState:
+    """The shapes, dtypes and (replicated) shardings of :func:`create_train_state`'s result,
+    without computing it: the restore target, and a cheap look at the model's collections."""
+    replicated = sharding_lib.replicated_sharding(mesh)
+    shapes = jax.eval_shape(_init_fn(model, tx, image_shape), jax.random.PRNGKey(0))
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
+    )
 
 
 # ----------------------------------------------------------------------------- losses
@@ -416,9 +429,13 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"config.{key} must be a positive integer, got {config[key]!r}.")
     if config.max_steps == 0 or config.max_steps < -1:
-        raise ValueError(f"config.max_steps must be -1 (full epochs) or > 0, got {config.max_steps}.")
+        raise ValueError(
+            f"config.max_steps must be -1 (full epochs) or > 0, got {config.max_steps}."
+        )
     if config.checkpoint_every_steps < 0:
-        raise ValueError("config.checkpoint_every_steps must be >= 0 (0: only at the end and on SIGTERM).")
+        raise ValueError(
+            "config.checkpoint_every_steps must be >= 0 (0: only at the end and on SIGTERM)."
+        )
     optim_config.validate(config.optimizer)
 
 
@@ -444,6 +461,17 @@ class _Run:
             config=config,
             max_to_keep=config.keep_checkpoints,
         )
+        try:
+            self._setup()
+        except BaseException:
+            self.checkpointer.close()
+            raise
+        self.jsonl = metrics_lib.JsonlWriter(os.path.join(self.workdir, "metrics.jsonl"))
+        self.writer = metrics_lib.create_writer(self.workdir)
+        self._closed = False
+
+    def _setup(self) -> None:
+        config = self.config
         # A changed config or damaged checkpoint fails here, before any expensive work.
         self.resume_meta = self.checkpointer.check_config()
 
@@ -475,14 +503,9 @@ class _Run:
         self.tx, self.schedule = optim_config.create_optimizer(
             opt, steps_per_epoch=self.steps_per_epoch, num_epochs=config.num_epochs
         )
-        state = create_train_state(
-            self.model,
-            self.tx,
-            tuple(self.info.image_shape),
-            jax.random.PRNGKey(config.seed),
-            self.mesh,
-        )
-        self.has_state = bool(jax.tree.leaves(state.batch_stats))
+        image_shape = tuple(self.info.image_shape)
+        abstract = abstract_train_state(self.model, self.tx, image_shape, self.mesh)
+        self.has_state = bool(jax.tree.leaves(abstract.batch_stats))
         if self.mode == "per_example" and self.has_state:
             raise ValueError(
                 f"optimizer {opt.name!r} needs per-example gradients, which BatchNorm models "
@@ -490,9 +513,12 @@ class _Run:
             )
         self.train_time = 0.0
         if self.resume_meta is not None:
-            state, meta = self.checkpointer.restore(state)
+            state, meta = self.checkpointer.restore(abstract)
             self.train_time = float(meta.get("train_time_s", 0.0))
             logging.info("Resumed from %s at step %d.", self.checkpointer.directory, meta["step"])
+        else:
+            rng = jax.random.PRNGKey(config.seed)
+            state = create_train_state(self.model, self.tx, image_shape, rng, self.mesh)
         self.state = state
         self.with_top5 = self.info.num_classes > 5
 
@@ -518,9 +544,6 @@ class _Run:
             in_shardings=(replicated, batch_sharding),
             out_shardings=(replicated, batch_sharding),
         )
-        self.jsonl = metrics_lib.JsonlWriter(os.path.join(self.workdir, "metrics.jsonl"))
-        self.writer = metrics_lib.create_writer(self.workdir)
-        self._closed = False
 
     # -- pieces of the loop
 
@@ -533,7 +556,9 @@ class _Run:
 
     def evaluate(self, step: int, eval_sets) -> dict[str, Any]:
         start = time.monotonic()
-        results = evaluate(self.eval_step, self.state, eval_sets, self.mesh, with_top5=self.with_top5)
+        results = evaluate(
+            self.eval_step, self.state, eval_sets, self.mesh, with_top5=self.with_top5
+        )
         record = {
             "step": step,
             "epoch": _epoch_value(step, self.steps_per_epoch),
@@ -563,12 +588,17 @@ class _Run:
         flags = jax.device_get([f for _, f in pending])
         for (step, _), ok in zip(pending, flags, strict=True):
             if not bool(ok):
+                self.checkpointer.wait()
                 last = self.checkpointer.latest_step()
                 raise NonFiniteError(
                     f"Non-finite training loss or norm at step {step} (the update to step "
                     f"{step}); the run stopped without saving that state. The last good "
                     f"checkpoint is "
-                    + (f"step {last} in {self.checkpointer.directory}" if last is not None else "none")
+                    + (
+                        f"step {last} in {self.checkpointer.directory}"
+                        if last is not None
+                        else "none"
+                    )
                     + ". Lower the learning rate, or check the data."
                 )
         pending.clear()
@@ -642,7 +672,9 @@ class _Run:
                         accumulated = None
                         report = progress.report(step)
                         values = {k: float(v) for k, v in values.items()}
-                        self.writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
+                        self.writer.write_scalars(
+                            step, {f"train/{k}": v for k, v in values.items()}
+                        )
                         self.writer.write_scalars(step, report)
                         metrics_lib.log_line(
                             progress.describe(step, step / spe, report),
@@ -707,6 +739,7 @@ __all__ = [
     "EVAL_SETS",
     "NonFiniteError",
     "TrainState",
+    "abstract_train_state",
     "create_model",
     "create_train_state",
     "evaluate",

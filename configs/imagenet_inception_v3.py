@@ -2,8 +2,8 @@ r"""Inception-V3 on ImageNet with label noise: SGD vs M3 / RM3 / RA3 (W&S 2020, 
 
 The authors' settings: batch 256 (M3: 3 x 256 per update), learning rate 0.1 with a cosine
 schedule stepped once per epoch, no momentum and no weight decay, 299x299 inputs (resize
-342 + center crop 299, torchvision's Inception evaluation) without augmentation, no auxiliary classifier, eval subsets of
-50,000 examples.
+342 + center crop 299, torchvision's Inception evaluation) without augmentation, no
+auxiliary classifier, eval subsets of 50,000 examples.
 
 Command::
 

@@ -98,6 +98,8 @@ def parse_args(parser: argparse.ArgumentParser, study: str, argv: Sequence[str] 
                 "[.gz], ...); pass the directory that has them, or use --quick."
             )
     args.command = command_line(study, argv)
+    with contextlib.suppress(ValueError):  # shown relative to the repository root
+        args.mnist = os.path.relpath(Path(args.mnist).resolve(), REPO)
     return args
 
 
@@ -399,6 +401,7 @@ def header_section(
     seeds: Sequence[int],
     data: str,
     extra: Mapping[str, str] | None = None,
+    runs_wall_s: float | None = None,
 ) -> str:
     """The top of a results page: what ran, where, how long, with which seeds."""
     lines = [f"# {title}", ""]
@@ -416,8 +419,14 @@ def header_section(
         "```",
         "",
         f"- Machine: {machine()} (shared with other work; wall times are upper bounds).",
-        f"- Wall time of the whole study: {format_seconds(wall_s)} "
-        "(training runs reused from an earlier call of the same command count as 0).",
+        f"- Wall time of this call: {format_seconds(wall_s)}"
+        + (
+            f"; of the training runs, as recorded when each was trained: "
+            f"{format_seconds(runs_wall_s)} in all (a rerun of the command reuses finished "
+            "runs)."
+            if runs_wall_s is not None
+            else "."
+        ),
         f"- Seeds: {', '.join(str(s) for s in seeds)}.",
         f"- Data: {data}",
         f"- Generated: {_utc_now()}.",

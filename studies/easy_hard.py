@@ -262,6 +262,8 @@ def main(argv=None) -> int:
         wall_s=total["s"],
         seeds=list(seeds),
         data=data_text,
+        runs_wall_s=common.run_wall_s(workdir / "probe")
+        + sum(w for r in rows for w in r["wall_s"]),
         extra={
             "Model and optimizer": f"MLP {'-'.join(str(h) for h in cfg.model.hidden)} (ReLU), "
             f"SGD lr {cfg.optimizer.learning_rate}, batch {cfg.batch_size}, no momentum",

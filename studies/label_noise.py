@@ -286,6 +286,7 @@ def main(argv=None) -> int:
         wall_s=total["s"],
         seeds=[SEED],
         data=data_text,
+        runs_wall_s=sum(r["wall_s"] for r in rows),
         extra={
             "Model and optimizer": f"MLP {'-'.join(str(h) for h in cfg0.model.hidden)} "
             f"(ReLU), SGD lr {cfg0.optimizer.learning_rate}, batch {cfg0.batch_size}, "

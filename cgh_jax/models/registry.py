@@ -61,8 +61,8 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32, **kwargs
         and their ``_bn`` variants, ``inception_v3``, ``mlp``, ``cnn``, and the test
         variants ``resnet_tiny``, ``vgg_tiny``, ``inception_tiny``).
       num_classes: number of output logits (>= 1).
-      dtype: compute dtype, e.g. ``jnp.bfloat16`` on accelerators; parameters stay
-        float32 and logits are returned in float32.
+      dtype: compute dtype, e.g. ``jnp.bfloat16`` (or ``"bfloat16"``) on accelerators;
+        parameters stay float32 and logits are returned in float32.
       **kwargs: any other attribute of the model class, overriding the registry's
         defaults (e.g. ``stem="cifar"``, ``bn_momentum=0.99``, ``hidden=(256,) * 3``,
         ``aux_logits=True``).
@@ -73,7 +73,7 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32, **kwargs
 
     Raises:
       ValueError: unknown name (the message lists the valid ones), bad
-        ``num_classes`` or an argument the model does not have.
+        ``num_classes`` or ``dtype``, or an argument the model does not have.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -95,9 +95,12 @@ def get_model(name: str, *, num_classes: int, dtype: Any = jnp.float32, **kwargs
             f"Valid arguments: {', '.join(f for f in fields if f not in ('num_classes', 'dtype'))}."
         )
     try:
-        jnp.dtype(dtype)
-    except TypeError as e:
+        compute_dtype = jnp.dtype(dtype)
+    except (TypeError, ValueError):
+        compute_dtype = None
+    if compute_dtype is None or not jnp.issubdtype(compute_dtype, jnp.floating):
         raise ValueError(
-            f"dtype must be a floating dtype such as jnp.bfloat16, got {dtype!r}."
-        ) from e
-    return cls(num_classes=num_classes, dtype=dtype, **{**defaults, **kwargs})
+            "dtype must be a floating dtype such as jnp.float32 or jnp.bfloat16 (or its name), "
+            f"got {dtype!r}."
+        )
+    return cls(num_classes=num_classes, dtype=compute_dtype, **{**defaults, **kwargs})

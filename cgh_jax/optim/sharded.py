@@ -204,16 +204,29 @@ def sharded_median_of_means_grads(
     where the batch of ``B`` examples (sharded over the ``D`` devices of mesh axis
     ``axis_name``) is cut into ``D k`` chunks of ``B/(Dk)`` examples, each device computes
     the mean-loss gradient of its ``k`` chunks with one ``jax.vmap`` (the FLOPs of one
-    batch), and group ``j`` is ``D`` of those chunks: with ``layout='reduce_scatter'``
-    chunk ``j`` of every device, taken column-major from the local batch (examples
-    ``j, j+k, ...``: exactly the groups of ``grouped_grads`` under ``shard_map``); with
-    ``layout='group_sharded'`` the ``j``-th contiguous ``B/k`` examples of the global batch.
-    See the module docstring for the collectives and their cost.
+    batch; a loop with ``vectorize=False``), and group ``j`` is ``D`` of those chunks: with
+    ``layout='reduce_scatter'`` chunk ``j`` of every device, taken column-major from the
+    local batch (examples ``j, j+k, ...``: exactly the groups of ``grouped_grads`` under
+    ``shard_map``); with ``layout='group_sharded'`` the ``j``-th contiguous ``B/k``
+    examples of the global batch. See the module docstring for the collectives and their cost.
 
     ``u`` is already the M3 update direction: follow it with ``optax.add_decayed_weights``
     (optional) and ``optax.sgd``, not with a median transform. Adding the weight decay
     after the median is exact: rounding is monotone, so
-    :math:`\operatorname{median}_j(g_j + c) = \operatorname{median}_j(g_j) + c` bit for bit.
+    :math:`\operatorname{median}_j(g_j + c) = \operatorname{median}_j(g_j) + c` bit for bit
+    (op by op; inside one ``jit`` XLA may fuse ``g + wd * p`` into a multiply-add, which
+    can move the last bit).
+
+    Typical use in a train step (``tx = optax.chain(optax.add_decayed_weights(wd),
+    optax.sgd(lr))``)::
+
+      grad_fn = sharded_median_of_means_grads(loss_fn, 3, mesh, has_state=True)
+
+      @jax.jit
+      def train_step(params, batch_stats, opt_state, batch):
+          out = grad_fn(params, batch, batch_stats)
+          updates, opt_state = tx.update(out.grads, opt_state, params)
+          return optax.apply_updates(params, updates), out.state, opt_state
 
     Args:
       loss_fn: ``loss_fn(params, batch, *args, rng=None)`` returning the mean loss over
