@@ -119,7 +119,8 @@ class Checkpointer:
     def __init__(
         self, directory: str, *, config: Any, max_to_keep: int = 2, asynchronous: bool = True
     ):
-        self.directory = os.path.abspath(os.fspath(directory))
+        directory = os.fspath(directory)
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         self._config = fingerprinted_config(config)
         self._fingerprint = config_fingerprint(config)
         options = ocp.CheckpointManagerOptions(

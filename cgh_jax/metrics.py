@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 from clu import metrics as clu_metrics
+from etils import epath
 
 
 @flax.struct.dataclass
@@ -71,43 +72,81 @@ class EvalTotals:
         return out
 
 
+def is_remote(path) -> bool:
+    """True for URLs such as ``gs://bucket/dir`` (handled through ``etils.epath``)."""
+    return "://" in os.fspath(path)
+
+
+def resolve_dir(path) -> str:
+    """An absolute local path, or the URL unchanged."""
+    return os.fspath(path) if is_remote(path) else os.path.abspath(os.fspath(path))
+
+
+def make_dirs(path) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def write_file_atomic(path: str, content: bytes) -> None:
+    """Writes ``content`` so that readers see the old or the new file, never a torn one.
+
+    Local files go through a temporary file and ``os.replace``; object stores (GCS) write
+    whole objects atomically anyway.
+    """
+    if is_remote(path):
+        epath.Path(path).write_bytes(content)
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class JsonlWriter:
-    """Appends one JSON object per line to ``path``; a no-op on processes other than 0."""
+    """One JSON object per line in ``path``; a no-op on processes other than 0.
+
+    Local files are appended to (and synced) line by line; on object stores, which cannot
+    append, each write replaces the whole (small) file.
+    """
 
     def __init__(self, path: str, *, enabled: bool | None = None):
         self.path = os.fspath(path)
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
 
-    def read(self) -> list[dict[str, Any]]:
-        """All records written so far (empty if the file does not exist)."""
-        if not os.path.exists(self.path):
+    def _lines(self) -> list[str]:
+        path = epath.Path(self.path)
+        if not path.exists():
             return []
-        with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return path.read_text().splitlines()
+
+    def read(self) -> list[dict[str, Any]]:
+        """All complete records written so far (empty if the file does not exist)."""
+        records = []
+        for line in self._lines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # A line cut by a kill: the end of what was written.
+        return records
 
     def truncate(self, step: int) -> None:
         """Keeps only records with ``record['step'] < step`` (and drops a torn last line)."""
-        if not self.enabled or not os.path.exists(self.path):
+        if not self.enabled or not epath.Path(self.path).exists():
             return
-        kept = []
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # A line cut by a kill; everything after it is newer anyway.
-                if record.get("step", math.inf) < step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.path)
+        kept = [json.dumps(r) + "\n" for r in self.read() if r.get("step", math.inf) < step]
+        write_file_atomic(self.path, "".join(kept).encode())
 
     def write(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
+        line = json.dumps(dict(record)) + "\n"
+        if is_remote(self.path):
+            previous = "".join(f"{x}\n" for x in self._lines())
+            write_file_atomic(self.path, (previous + line).encode())
+            return
         with open(self.path, "a") as f:
-            f.write(json.dumps(dict(record), sort_keys=False) + "\n")
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
 

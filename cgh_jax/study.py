@@ -22,6 +22,7 @@ import time
 import ml_collections
 from absl import logging
 
+from cgh_jax import metrics as metrics_lib
 from cgh_jax import train
 from cgh_jax.optim import from_config
 
@@ -64,7 +65,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     for name in names:  # Every run's config is checked before the first one trains.
         from_config.validate(run_config(config, name).optimizer)
 
-    os.makedirs(workdir, exist_ok=True)
+    workdir = metrics_lib.resolve_dir(workdir)
+    metrics_lib.make_dirs(workdir)
     runs: dict[str, str] = {}
     start = time.monotonic()
     for i, name in enumerate(names):

@@ -39,6 +39,7 @@ Files in ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON object per ev
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import threading
@@ -373,10 +374,10 @@ def write_per_example_records(
     keep = arrays.pop("mask")
     arrays = {k: v[keep] for k, v in arrays.items()}
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        metrics_lib.make_dirs(os.path.dirname(path))
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        metrics_lib.write_file_atomic(path, buffer.getvalue())
     return int(arrays["id"].shape[0])
 
 
@@ -454,8 +455,8 @@ class _Run:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         _check_config(config)
         self.config = config
-        self.workdir = os.path.abspath(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
+        self.workdir = metrics_lib.resolve_dir(workdir)
+        metrics_lib.make_dirs(self.workdir)
         self.checkpointer = checkpointing.Checkpointer(
             os.path.join(self.workdir, "checkpoints"),
             config=config,
@@ -549,10 +550,8 @@ class _Run:
 
     def write_config(self) -> None:
         if jax.process_index() == 0:
-            path = os.path.join(self.workdir, "config.json")
-            with open(path + ".tmp", "w") as f:
-                f.write(self.config.to_json_best_effort(indent=2, sort_keys=True))
-            os.replace(path + ".tmp", path)
+            text = self.config.to_json_best_effort(indent=2, sort_keys=True)
+            metrics_lib.write_file_atomic(os.path.join(self.workdir, "config.json"), text.encode())
 
     def evaluate(self, step: int, eval_sets) -> dict[str, Any]:
         start = time.monotonic()

@@ -166,6 +166,19 @@ def verdicts(rows: list[dict], epochs: float) -> list[str]:
             for n, e in reach
         )
         lines.append(f"- Epoch at which the corrupt examples reach 50% memorization: {text}.")
+        reached = [e for _, e in reach]
+        if len(reached) > 1 and not any(math.isnan(e) for e in reached):
+            if all(a > b for a, b in zip(reached, reached[1:], strict=False)):
+                lines.append(
+                    "- Memorization of the corrupt examples comes *sooner* as the noise grows: "
+                    "with more corrupt examples, fewer pristine ones pull each image towards "
+                    "its true class. The slow-down of prediction 2 is seen in the pristine "
+                    "examples, not in the corrupt ones."
+                )
+            elif all(a < b for a, b in zip(reached, reached[1:], strict=False)):
+                lines.append(
+                    "- Memorization of the corrupt examples comes later as the noise grows."
+                )
     return lines
 
 
