@@ -53,7 +53,7 @@ def list_notebooks(names: list[str] | None = None) -> list[Path]:
 
 
 def kernel_env(size: str, workdir: str | os.PathLike) -> dict[str, str]:
-    """Environment of the notebook kernel: size switch, scratch workdir, one CPU device.
+    """Environment of the notebook kernel: size switch, scratch workdir, real devices.
 
     The test suite's fake-device flag (8 host devices for sharding tests) is removed: the
     notebooks run on the machine's real devices, which is also what a reader gets.
@@ -64,8 +64,9 @@ def kernel_env(size: str, workdir: str | os.PathLike) -> dict[str, str]:
     env["CGH_NOTEBOOK_SIZE"] = size
     env["CGH_NOTEBOOK_WORKDIR"] = os.fspath(workdir)
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
-    if flags.strip():
-        env["XLA_FLAGS"] = flags.strip()
+    flags = " ".join(flags.split())
+    if flags:
+        env["XLA_FLAGS"] = flags
     else:
         env.pop("XLA_FLAGS", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -157,7 +157,7 @@ FULL_GROUPS = (
         "The CG net of §3, lr 0.1, batch 100 (M3: 3 x 100 examples per update), trained by "
         "`cgh_jax.train`.",
         MLP_SETTINGS,
-        seeds=(0, 1),
+        seeds=(0, 1, 2),
         epochs=60,
         subset=2_000,
         heldout=2_000,

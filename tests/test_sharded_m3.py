@@ -320,8 +320,10 @@ def test_hlo_parser_on_handwritten_module():
             "%ag = bf16[80]{0} all-gather(%z), replica_groups={{0,1},{2,3},{4,5},{6,7}}",
             "%cp = f32[16]{0} collective-permute(%w), source_target_pairs={{2,3},{5,6}}",
             "%a2a = (f32[1,5]{1,0}, f32[1,5]{1,0}) all-to-all(%p, %q), replica_groups={{0,1}}",
-            "%ars = (f32[8]{0}, f32[8]{0}) all-reduce-start(%v), replica_groups={}",
+            "%ars = f32[8]{0} all-reduce-start(%v), replica_groups={}",
             "%ard = f32[8]{0} all-reduce-done(%ars)",
+            "%ags = (f32[2]{0}, f32[16]{0}) all-gather-start(%u), replica_groups=[1,8]<=[8]",
+            "%agd = f32[16]{0} all-gather-done(%ags)",
         ]
     )
     ops = hlo_collective_traffic(text, 8)
@@ -332,14 +334,17 @@ def test_hlo_parser_on_handwritten_module():
         "collective-permute",
         "all-to-all",
         "all-reduce",
+        "all-gather",
     ]
-    ar, rs, ag, cp, a2a, ars = ops
+    ar, rs, ag, cp, a2a, ars, ags = ops
     assert ar.group_size == 4 and ar.ring_bytes == pytest.approx(2 * 3 / 4 * 400)
     assert rs.operand_bytes == 960 and rs.ring_bytes == pytest.approx(7 / 8 * 960)
     assert ag.operand_bytes == 80 and ag.ring_bytes == pytest.approx(1 / 2 * 160)
     assert cp.ring_bytes == pytest.approx(64 * 2 / 8) and cp.max_ring_bytes == 64
     assert a2a.group_size == 2 and a2a.ring_bytes == pytest.approx(1 / 2 * 40)
     assert ars.operand_bytes == 32 and ars.ring_bytes == pytest.approx(2 * 7 / 8 * 32)
+    assert ags.result_bytes == 64 and ags.operand_bytes == 8
+    assert ags.ring_bytes == pytest.approx(7 / 8 * 64)
 
 
 def test_resolve_layout():

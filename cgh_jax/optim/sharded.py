@@ -501,8 +501,11 @@ def hlo_collective_traffic(hlo_text: str, num_devices: int) -> list[CollectiveOp
     """Lists the collectives of an HLO module (e.g. ``jit(f).lower(...).compile()
     .as_text()``) with their bytes, the measure used to compare M3 layouts.
 
-    Asynchronous pairs (``*-start``/``*-done``) are counted once. Collectives inside loops
-    are counted once per appearance in the text, not per iteration.
+    Asynchronous pairs (``*-start``/``*-done``) are counted once, from the start. Compiled
+    HLO names operands without their shapes, so operand sizes are derived from the result
+    and the op (reduce-scatter: ``n`` times the result, all-gather: ``1/n``, others: equal).
+    Collectives inside loops are counted once per appearance in the text, not per
+    iteration.
 
     Args:
       hlo_text: the text of a compiled (SPMD-partitioned, per-device) HLO module.
@@ -519,9 +522,10 @@ def hlo_collective_traffic(hlo_text: str, num_devices: int) -> list[CollectiveOp
         op = m.group("op")
         n = _group_size(line, num_devices)
         result = _shape_bytes(m.group("result"))
-        if m.group("start"):
-            # An async start returns (operand(s), result(s)[, scratch]): halve the pair.
-            result //= 2
+        if m.group("start") and op in ("all-gather", "collective-permute"):
+            # These async starts return (operand(s), result(s)[, u32[] contexts]).
+            shapes = [x for x in _SHAPE_RE.findall(m.group("result")) if x[1]]
+            result = _shape_bytes(" ".join(f"{t}[{d}]" for t, d in shapes[len(shapes) // 2 :]))
         # Compiled HLO names operands without their shapes; derive them from the result.
         operand = {"reduce-scatter": result * n, "all-gather": result // n}.get(op, result)
         frac = (n - 1) / n
