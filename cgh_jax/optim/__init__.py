@@ -8,6 +8,7 @@ Aggregators (put them first in a chain):
 
 Optimizers: :func:`m3_sgd`, :func:`rm3_sgd`, :func:`ra3_sgd`, :func:`winsorized_sgd`.
 Gradient helpers: :func:`grouped_grads`, :func:`per_example_grads`.
+Data-parallel M3 with little communication: :func:`sharded_median_of_means_grads`.
 """
 
 from cgh_jax.optim.alias import m3_sgd, ra3_sgd, rm3_sgd, winsorized_sgd
@@ -26,9 +27,19 @@ from cgh_jax.optim.running import (
     ra3,
     rm3,
 )
+from cgh_jax.optim.sharded import (
+    LAYOUTS,
+    MedianGrads,
+    hlo_collective_traffic,
+    resolve_layout,
+    sharded_median_of_means_grads,
+    summarize_traffic,
+)
 from cgh_jax.optim.winsorize import WinsorizeState, winsorize, winsorized_mean
 
 __all__ = [
+    "LAYOUTS",
+    "MedianGrads",
     "GroupedGrads",
     "MedianOfMeansState",
     "RunningBufferState",
@@ -38,15 +49,19 @@ __all__ = [
     "coordinate_median",
     "group_batch",
     "grouped_grads",
+    "hlo_collective_traffic",
     "m3",
     "m3_sgd",
     "median3",
     "median_of_means",
     "per_example_grads",
     "ra3",
+    "resolve_layout",
     "ra3_sgd",
     "rm3",
     "rm3_sgd",
+    "sharded_median_of_means_grads",
+    "summarize_traffic",
     "winsorize",
     "winsorized_mean",
     "winsorized_sgd",

@@ -152,9 +152,13 @@ def grouped_grads(
     computed at once with :func:`jax.vmap` over the group axis (params and ``*args``
     broadcast), so the FLOPs equal one gradient of the whole batch.
 
-    The column-major split keeps every group spread over every data shard: under
-    ``jax.jit`` with the batch sharded over a ``Mesh`` no example moves between devices
-    (the per-device batch must be a multiple of ``k``).
+    The column-major split keeps every group spread over every data shard (the per-device
+    batch must be a multiple of ``k``): the split itself moves no example between devices.
+    Under ``jax.jit`` with the batch sharded over a ``Mesh``, XLA keeps dense layers data
+    parallel, but for the vmapped convolutions of a convnet its partitioner may gather the
+    batch onto every device; ``vectorize=False`` stays data parallel (at k gradient
+    all-reduces), and :func:`cgh_jax.optim.sharded_median_of_means_grads` is the
+    communication-efficient data-parallel path.
 
     **Mutable state** (``has_state=True``, e.g. Flax ``batch_stats``): each group normalizes
     with its own batch statistics, as a separate SGD-sized mini-batch would, and the new
