@@ -453,6 +453,7 @@ class _Run:
     """State of one call of train_and_evaluate (kept small; the loop is in run())."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self._start = time.monotonic()
         _check_config(config)
         self.config = config
         self.workdir = metrics_lib.resolve_dir(workdir)
@@ -512,10 +513,10 @@ class _Run:
                 f"optimizer {opt.name!r} needs per-example gradients, which BatchNorm models "
                 f"({config.model.name!r}) do not have; use a model without BatchNorm."
             )
-        self.train_time = 0.0
+        self.elapsed_before = 0.0  # wall time of earlier segments of an interrupted run
         if self.resume_meta is not None:
             state, meta = self.checkpointer.restore(abstract)
-            self.train_time = float(meta.get("train_time_s", 0.0))
+            self.elapsed_before = float(meta.get("wall_time_s", 0.0))
             logging.info("Resumed from %s at step %d.", self.checkpointer.directory, meta["step"])
         else:
             rng = jax.random.PRNGKey(config.seed)
@@ -548,6 +549,11 @@ class _Run:
 
     # -- pieces of the loop
 
+    def elapsed(self) -> float:
+        """Seconds of wall time of this run so far, over all its restarts (setup,
+        compilation, training and evaluation included)."""
+        return self.elapsed_before + time.monotonic() - self._start
+
     def write_config(self) -> None:
         if jax.process_index() == 0:
             text = self.config.to_json_best_effort(indent=2, sort_keys=True)
@@ -561,7 +567,7 @@ class _Run:
         record = {
             "step": step,
             "epoch": _epoch_value(step, self.steps_per_epoch),
-            "wall_time_s": round(self.train_time, 3),
+            "wall_time_s": round(self.elapsed(), 3),
             **results,
         }
         self.jsonl.write(record)
@@ -604,7 +610,7 @@ class _Run:
 
     def save(self, step: int, pending) -> None:
         self.check_finite(pending)
-        self.checkpointer.save(step, self.state, train_time_s=self.train_time)
+        self.checkpointer.save(step, self.state, wall_time_s=self.elapsed())
 
     # -- the loop
 
@@ -647,7 +653,6 @@ class _Run:
                     if epoch in record_epochs:
                         self.records(epoch)
                     progress.resume()
-                segment_start = time.monotonic()
                 batches = data_lib.train_batches(
                     config.data,
                     global_batch_size=self.update_batch,
@@ -683,12 +688,9 @@ class _Run:
                         preempted = True
                     every = config.checkpoint_every_steps
                     if preempted or step == self.total_steps or (every and step % every == 0):
-                        self.train_time += time.monotonic() - segment_start
-                        segment_start = time.monotonic()
                         self.save(step, pending)
                     if preempted or at_epoch_end or step >= self.total_steps:
                         break
-                self.train_time += time.monotonic() - segment_start
                 if num_batches == 0:
                     raise RuntimeError(
                         f"The training data yielded no batch for epoch {epoch} from batch "
