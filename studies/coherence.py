@@ -226,11 +226,23 @@ def verdict(curves: dict[str, list[dict]], m: int) -> list[str]:
         )
     )
     lo = min(p["alpha"] for p in rand)
-    hi = max(p["alpha"] for p in rand)
+    hi_point = max(rand, key=lambda p: p["alpha"])
+    early_rand = [p["alpha"] for p in rand if p["step"] <= 100]
+    rises = bool(early_rand) and hi_point["alpha"] > 1.5 * max(early_rand)
     lines.append(
-        f"- Random labels: α stays between {lo:.2f} and {hi:.2f} (sample accuracy on the "
-        f"random labels at the end: {100 * rand[-1]['accuracy']:.1f}%); for reference, α = 1 "
-        f"for orthogonal gradients and {m:,} for identical ones."
+        f"- Random labels: α stays between {lo:.2f} and {hi_point['alpha']:.2f} (for "
+        f"reference, α = 1 for orthogonal gradients and {m:,} for identical ones)"
+        + (
+            f"; it rises from at most {max(early_rand):.2f} in the first 100 steps to "
+            f"{hi_point['alpha']:.2f} at step {hi_point['step']} while the network memorizes "
+            f"the random labels (sample accuracy {100 * hi_point['accuracy']:.1f}% there): "
+            "the coherence that memorization creates where the labels share none, as in "
+            "the title of Chatterjee & Zielinski (2020), *Making Coherence Out of Nothing At "
+            "All*."
+            if rises
+            else f"; sample accuracy on the random labels at the end: "
+            f"{100 * rand[-1]['accuracy']:.1f}%."
+        )
     )
     return lines
 

