@@ -256,14 +256,14 @@ def main(argv=None) -> int:
         "probe; the easy/hard parts are drawn from them (the MNIST test split is not used)"
     )
     cfg = _config(args, "probe")
+    runs_wall_s = common.run_wall_s(workdir / "probe") + sum(w for r in rows for w in r["wall_s"])
     header = common.header_section(
         "Easy and hard examples (W&S §4)",
         args,
         wall_s=total["s"],
         seeds=list(seeds),
         data=data_text,
-        runs_wall_s=common.run_wall_s(workdir / "probe")
-        + sum(w for r in rows for w in r["wall_s"]),
+        runs_wall_s=runs_wall_s,
         extra={
             "Model and optimizer": f"MLP {'-'.join(str(h) for h in cfg.model.hidden)} (ReLU), "
             f"SGD lr {cfg.optimizer.learning_rate}, batch {cfg.batch_size}, no momentum",
@@ -308,6 +308,7 @@ def main(argv=None) -> int:
             "quick": args.quick,
             "command": args.command,
             "wall_s": total["s"],
+            "runs_wall_s": runs_wall_s,
             "split": {k: v for k, v in summary.items() if k != "files"},
             "probe": {k: v for k, v in probe_final.items() if "/" in k},
             "rows": rows,

@@ -338,6 +338,7 @@ def main(argv=None) -> int:
             "quick": args.quick,
             "command": args.command,
             "wall_s": total["s"],
+            "runs_wall_s": sum(r["wall_s"] for r in rows),
             "epochs": cfg0.num_epochs,
             "subset": None if args.quick else SUBSET_SIZE,
             "rows": rows,
