@@ -15,7 +15,10 @@ Training config fields (``train_and_evaluate`` reads exactly these):
                            is passed to it as a keyword (``dtype`` as a string, e.g.
                            ``'bfloat16'`` for the compute dtype).
 ``optimizer.name``         ``sgd`` | ``m3`` | ``rm3`` | ``ra3`` | ``winsorize``.
-``optimizer.*``            learning rate, schedule, momentum, ... (``cgh_jax.optim.from_config``).
+``optimizer.*``            learning rate, schedule, momentum, ``m3_layout`` (how M3's median
+                           of group means is computed: ``auto``, ``vmap``, ``loop``,
+                           ``reduce_scatter``, ``group_sharded``), ... (fields:
+                           ``cgh_jax.optim.from_config``).
 ``batch_size``             the SGD-sized (group) batch, global over all hosts. One M3 update
                            consumes ``num_groups * batch_size`` examples, as the authors did.
 ``num_epochs``             epochs of the training split; durations (schedule boundaries,
@@ -27,8 +30,10 @@ Training config fields (``train_and_evaluate`` reads exactly these):
 ``checkpoint_every_steps`` periodic checkpoints (0: only at the end and on SIGTERM).
 ``keep_checkpoints``       how many checkpoints Orbax keeps.
 ``per_example_epochs``     after these numbers of finished epochs, write per-example records.
-``study.*``                only in study configs (the default job): ``optimizers`` to compare
-                           and the report ``title``.
+``study.*``                only in study configs (the default job): ``optimizers`` (the run
+                           names: optimizer names or keys of ``variants``), ``variants``
+                           (run name -> nested field overrides) and the report ``title``
+                           (``cgh_jax.study``).
 =========================  =================================================================
 """
 
@@ -151,6 +156,7 @@ def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
     cfg.nesterov = False
     cfg.weight_decay = 0.0
     cfg.num_groups = 3
+    cfg.m3_layout = "auto"
     cfg.num_clipped = 0
     cfg.schedule = "constant"
     cfg.decay_epochs = (30, 60)

@@ -8,9 +8,15 @@ memorization the way the papers do. The pieces, each a small function:
   ``'data'``. The gradient each optimizer consumes:
 
   - ``sgd``, ``rm3``, ``ra3``: ``jax.value_and_grad`` of the mean loss over the batch;
-  - ``m3``: ``cgh_jax.optim.grouped_grads`` over ``num_groups x batch_size`` examples, one
-    mean gradient per group (BatchNorm statistics per group, running statistics combined by
-    the mean over groups);
+  - ``m3``: the median of ``num_groups`` group-mean gradients over ``num_groups x
+    batch_size`` examples, computed by the layout ``config.optimizer.m3_layout`` resolves to
+    (``cgh_jax.optim.from_config.resolve_m3_layout``; logged at the start): ``vmap`` /
+    ``loop``: ``cgh_jax.optim.grouped_grads`` (column-major groups, BatchNorm statistics per
+    group) and the median in the optimizer; ``reduce_scatter`` / ``group_sharded`` (several
+    devices, the default there): ``cgh_jax.optim.sharded_median_of_means_grads`` inside the
+    step, the same update with fewer collective bytes (BatchNorm statistics per device
+    chunk of ``batch_size / devices`` examples, dropout keys per device chunk, as that
+    function documents). Running statistics are the mean over groups (chunks);
   - ``winsorize``: ``cgh_jax.optim.per_example_grads`` (models without BatchNorm).
 
   Dropout keys are ``fold_in(state.rng, state.step)``, so they depend only on the step.
@@ -61,8 +67,13 @@ from cgh_jax import data as data_lib
 from cgh_jax import metrics as metrics_lib
 from cgh_jax import models as models_lib
 from cgh_jax import sharding as sharding_lib
+from cgh_jax.optim import (
+    coordinate_median,
+    grouped_grads,
+    per_example_grads,
+    sharded_median_of_means_grads,
+)
 from cgh_jax.optim import from_config as optim_config
-from cgh_jax.optim import grouped_grads, per_example_grads
 
 EVAL_SETS = ("pristine", "corrupt_noisy", "corrupt_true", "train_sample", "test")
 
@@ -194,22 +205,65 @@ def make_train_step(
     mode: str,
     num_groups: int,
     has_state: bool,
+    m3_layout: str = "vmap",
+    mesh=None,
+    vectorize: bool = True,
 ) -> Callable:
     """The un-jitted train step ``(state, batch) -> (state, TrainMetrics, finite)``.
 
     Args:
       model: the Flax module.
-      tx: the optimizer; it receives gradients with a leading group axis for
-        ``mode='grouped'`` and a leading example axis for ``mode='per_example'``.
+      tx: the optimizer; for ``mode='grouped'`` it receives gradients with a leading group
+        axis (layouts ``vmap``/``loop``) or the median of the group means (layouts
+        ``reduce_scatter``/``group_sharded``: ``from_config.create_optimizer`` with the same
+        layout); a leading example axis for ``mode='per_example'``.
       schedule: the learning-rate schedule (logged).
       mode: ``'batch'``, ``'grouped'`` or ``'per_example'``.
       num_groups: groups for ``mode='grouped'``.
       has_state: the model has BatchNorm statistics.
+      m3_layout: for ``mode='grouped'``, a resolved layout
+        (``from_config.resolve_m3_layout``): ``vmap`` / ``loop`` run
+        ``grouped_grads(vectorize=...)``; ``reduce_scatter`` / ``group_sharded`` run
+        ``sharded_median_of_means_grads`` over ``mesh``.
+      mesh: the device mesh (needed by the sharded layouts).
+      vectorize: sharded layouts: compute a device's chunks with ``vmap`` (else a loop).
 
     Returns:
-      The step function. ``finite`` is a bool scalar: loss and all norms are finite.
+      The step function. ``finite`` is a bool scalar: loss and all norms are finite. The
+      logged ``grad_norm`` is the norm of the gradient direction before weight decay: the
+      batch gradient, M3's median of the group means, or winsorize's mean per-example
+      gradient.
+
+    Raises:
+      ValueError: an unknown ``m3_layout``, or a sharded layout without ``mesh``.
     """
     loss_fn = make_loss_fn(model, has_state=has_state)
+    if mode == "grouped":
+        if m3_layout not in (*optim_config.GROUPED_LAYOUTS, *optim_config.SHARDED_LAYOUTS):
+            raise ValueError(
+                f"m3_layout={m3_layout!r} is not a resolved layout; resolve 'auto' with "
+                "cgh_jax.optim.from_config.resolve_m3_layout."
+            )
+        if m3_layout in optim_config.SHARDED_LAYOUTS:
+            if mesh is None:
+                raise ValueError(f"m3_layout={m3_layout!r} needs the device mesh (mesh=...).")
+            median_fn = sharded_median_of_means_grads(
+                loss_fn,
+                num_groups,
+                mesh,
+                has_aux=True,
+                has_state=has_state,
+                layout=m3_layout,
+                vectorize=vectorize,
+            )
+        else:
+            grouped_fn = grouped_grads(
+                loss_fn,
+                num_groups,
+                has_aux=True,
+                has_state=has_state,
+                vectorize=m3_layout == "vmap",
+            )
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -218,16 +272,21 @@ def make_train_step(
                 state.params, batch, state.batch_stats, rng=rng
             )
             aux, new_state = out if has_state else (out, None)
-            top1, mean_grads = aux["top1"], grads
+            top1, direction = aux["top1"], grads
         else:
-            if mode == "grouped":
-                fn = grouped_grads(loss_fn, num_groups, has_aux=True, has_state=has_state)
+            if mode == "grouped" and m3_layout in optim_config.SHARDED_LAYOUTS:
+                g = median_fn(state.params, batch, state.batch_stats, rng=rng)
+                direction = g.grads
+            elif mode == "grouped":
+                g = grouped_fn(state.params, batch, state.batch_stats, rng=rng)
+                direction = jax.tree.map(coordinate_median, g.grads)
             else:
-                fn = per_example_grads(loss_fn, has_aux=True)
-            g = fn(state.params, batch, state.batch_stats, rng=rng)
+                g = per_example_grads(loss_fn, has_aux=True)(
+                    state.params, batch, state.batch_stats, rng=rng
+                )
+                direction = jax.tree.map(lambda x: jnp.mean(x, axis=0), g.grads)
             grads, new_state = g.grads, g.state
             loss, top1 = jnp.mean(g.loss), jnp.mean(g.aux["top1"])
-            mean_grads = jax.tree.map(lambda x: jnp.mean(x, axis=0), grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         batch_stats = new_state["batch_stats"] if has_state else state.batch_stats
@@ -237,7 +296,7 @@ def make_train_step(
         values = {
             "loss": loss,
             "top1": top1,
-            "grad_norm": optax.global_norm(mean_grads),
+            "grad_norm": optax.global_norm(direction),
             "param_norm": optax.global_norm(params),
             "update_norm": optax.global_norm(updates),
             "learning_rate": schedule(state.step),
@@ -246,6 +305,11 @@ def make_train_step(
         return new, metrics_lib.TrainMetrics.single_from_model_output(**values), finite
 
     return train_step
+
+
+def has_convolutions(params: Any) -> bool:
+    """True if any parameter has rank >= 3 (a convolution kernel ``[..., C_in, C_out]``)."""
+    return any(len(np.shape(leaf)) >= 3 for leaf in jax.tree.leaves(params))
 
 
 def make_eval_step(model, *, has_state: bool, with_top5: bool) -> Callable:
@@ -484,13 +548,6 @@ class _Run:
         self.update_batch = optim_config.examples_per_update(opt, config.batch_size)
         _check_batch(self.update_batch, self.mesh, "training")
         _check_batch(config.eval_batch_size, self.mesh, "evaluation")
-        if self.mode == "grouped" and (self.update_batch // opt.num_groups) % (
-            self.mesh.devices.size
-        ):
-            raise ValueError(
-                f"M3 groups of {config.batch_size} examples must split evenly over "
-                f"{self.mesh.devices.size} devices (every group spans all devices)."
-            )
         self.steps_per_epoch = data_lib.steps_per_epoch(config.data, self.update_batch)
         if self.steps_per_epoch < 1:
             raise ValueError(
@@ -502,12 +559,30 @@ class _Run:
             self.total_steps = min(self.total_steps, config.max_steps)
 
         self.model = create_model(config, self.info.num_classes)
-        self.tx, self.schedule = optim_config.create_optimizer(
-            opt, steps_per_epoch=self.steps_per_epoch, num_epochs=config.num_epochs
-        )
         image_shape = tuple(self.info.image_shape)
+        # The model's collections decide the M3 layout, which decides the optimizer chain.
+        probe = abstract_train_state(self.model, optax.identity(), image_shape, self.mesh)
+        self.has_state = bool(jax.tree.leaves(probe.batch_stats))
+        has_conv = has_convolutions(probe.params)
+        num_devices = self.mesh.devices.size
+        self.m3_layout = None
+        if self.mode == "grouped":
+            self.m3_layout, reason = optim_config.resolve_m3_layout(
+                opt,
+                num_devices=num_devices,
+                update_batch=self.update_batch,
+                has_conv=has_conv,
+                has_state=self.has_state,
+                platform=jax.default_backend(),
+            )
+            logging.info("M3 layout %s (%s).", self.m3_layout, reason)
+        self.tx, self.schedule = optim_config.create_optimizer(
+            opt,
+            steps_per_epoch=self.steps_per_epoch,
+            num_epochs=config.num_epochs,
+            m3_layout=self.m3_layout,
+        )
         abstract = abstract_train_state(self.model, self.tx, image_shape, self.mesh)
-        self.has_state = bool(jax.tree.leaves(abstract.batch_stats))
         if self.mode == "per_example" and self.has_state:
             raise ValueError(
                 f"optimizer {opt.name!r} needs per-example gradients, which BatchNorm models "
@@ -533,6 +608,9 @@ class _Run:
             mode=self.mode,
             num_groups=int(opt.num_groups),
             has_state=self.has_state,
+            m3_layout=self.m3_layout or "vmap",
+            mesh=self.mesh,
+            vectorize=not (has_conv and jax.default_backend() == "cpu"),
         )
         self.train_step = jax.jit(
             step_fn,
@@ -744,6 +822,7 @@ __all__ = [
     "create_model",
     "create_train_state",
     "evaluate",
+    "has_convolutions",
     "make_eval_step",
     "make_loss_fn",
     "make_train_step",

@@ -182,6 +182,16 @@ def train_run(run: dict, arrays: dict[str, np.ndarray], run_dir: Path) -> dict:
     return records[-1]
 
 
+def _flatten(tree, prefix: str = "") -> dict:
+    """Nested dicts -> ``{'a.b': value}`` (for comparing plan entries field by field)."""
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
 def run_plan(plan_path: Path, only: set[str] | None = None, out_root: Path | None = None) -> None:
     """Trains every unfinished run of ``plan_path`` (run dirs relative to the plan's dir)."""
     plan = json.loads(plan_path.read_text())
@@ -192,13 +202,17 @@ def run_plan(plan_path: Path, only: set[str] | None = None, out_root: Path | Non
             continue
         run_dir = (out_root or root) / run["dir"]
         if (run_dir / RUN_MARKER).exists():
-            done = json.loads((run_dir / "run.json").read_text())
-            if done != json.loads(json.dumps(run)):
+            done = _flatten(json.loads((run_dir / "run.json").read_text()))
+            now = _flatten(json.loads(json.dumps(run)))
+            differ = sorted(k for k in done.keys() & now.keys() if done[k] != now[k])
+            if differ:
                 raise ValueError(
-                    f"{run_dir} holds a finished run of another plan entry; delete it to "
-                    "retrain, or restore the plan it was trained with."
+                    f"{run_dir} holds a finished run of another plan entry (fields {differ}); "
+                    "delete it to retrain, or restore the plan it was trained with."
                 )
-            print(f"{run_dir}: finished earlier", flush=True)
+            added = sorted(now.keys() - done.keys())
+            note = f"; fields added to the plan since: {added}" if added else ""
+            print(f"{run_dir}: finished earlier{note}", flush=True)
             continue
         t0 = time.monotonic()
         final = train_run(run, arrays, run_dir)

@@ -27,7 +27,7 @@ little to share, so coherence stays low.
 
 Training uses the trainer's own pieces (``cgh_jax.train.create_train_state`` and
 ``make_train_step``, the ``configs/mnist_cg.py`` config), stepping the loop here so that the
-parameters can be measured at any step. Command (about 8 minutes on 2 busy CPU cores)::
+parameters can be measured at any step. Command (a few minutes on 2 CPU cores)::
 
   python studies/coherence.py --out docs/results/coherence
 """

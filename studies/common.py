@@ -292,11 +292,20 @@ def fit_eval_subset(data_config: ml_collections.ConfigDict, cap: int) -> int:
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Trains ``config`` in ``workdir`` (resuming or reusing a finished run).
+    """Trains ``config`` in ``workdir``, or reuses the run if it finished earlier.
 
-    Returns the trainer's final evaluation record plus ``study_wall_s``: the wall time of
-    the call that finished the run (kept in ``workdir/study_run.json``, so a reused run
-    reports the time it took when it was trained).
+    A finished run (marker ``study_run.json``) is reused without calling the trainer when
+    the ``config.json`` it was trained with agrees with ``config`` on every field both have
+    (fields that only change how a run is observed, ``checkpointing.MUTABLE_FIELDS``, may
+    differ); fields the current config adds (the config schema grew since) are reported on
+    stderr. Otherwise :func:`cgh_jax.train.train_and_evaluate` trains or resumes it.
+
+    Returns:
+      The final evaluation record plus ``study_wall_s``: the wall time of the call that
+      finished the run (so a reused run reports the time it took when it was trained).
+
+    Raises:
+      ValueError: a finished run in ``workdir`` was trained with another config.
     """
     from cgh_jax import train
 
@@ -304,16 +313,47 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     marker = workdir / RUN_MARKER
     config = ml_collections.ConfigDict(config.to_dict())
     config.lock()
+    if marker.exists() and (workdir / "config.json").exists():
+        return _reuse_finished(config, workdir)
     start = time.monotonic()
     record = train.train_and_evaluate(config, str(workdir))
     if record.get("preempted"):
         raise SystemExit(f"{workdir}: stopped by SIGTERM; rerun the same command to resume.")
-    if marker.exists():
-        info = json.loads(marker.read_text())
-    else:
-        info = {"wall_s": round(time.monotonic() - start, 1), "finished": _utc_now()}
-        marker.write_text(json.dumps(info))
+    info = {"wall_s": round(time.monotonic() - start, 1), "finished": _utc_now()}
+    marker.write_text(json.dumps(info))
     return {**record, "study_wall_s": info["wall_s"]}
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _reuse_finished(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    from cgh_jax.analysis import report
+    from cgh_jax.checkpointing import MUTABLE_FIELDS
+
+    def mutable(key: str) -> bool:
+        return any(key == f or key.startswith(f + ".") for f in MUTABLE_FIELDS)
+
+    old = _flatten(json.loads((workdir / "config.json").read_text()))
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    differ = sorted(k for k in old.keys() & new.keys() if old[k] != new[k] and not mutable(k))
+    if differ:
+        raise ValueError(
+            f"{workdir} holds a finished run of another config (fields "
+            + ", ".join(f"{k}: {old[k]!r} there, {new[k]!r} now" for k in differ)
+            + "). Delete the run directory to retrain it, or use another --workdir."
+        )
+    added = sorted(k for k in new.keys() - old.keys() if not mutable(k))
+    if added:
+        say(f"{workdir}: reusing the finished run; fields added to the config since: {added}")
+    final = report.final_metrics(report.load_metrics(workdir))
+    return {**final, "study_wall_s": run_wall_s(workdir)}
 
 
 def run_wall_s(workdir: str | os.PathLike) -> float:

@@ -14,7 +14,7 @@ W&S find (on ImageNet) that a model trained on easy examples generalizes much be
 held-out easy examples than a model trained on hard examples to held-out hard ones: easy
 examples share strong gradient directions, hard ones are idiosyncratic.
 
-Command (about 5 minutes on 2 CPU cores)::
+Command (about 6 minutes on 2 CPU cores)::
 
   python studies/easy_hard.py --out docs/results/easy_hard
 """

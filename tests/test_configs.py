@@ -203,3 +203,20 @@ def test_study_validates_before_training(tmp_path):
     with pytest.raises(ValueError, match="'adam'"):
         study.run_study(cfg, str(tmp_path))
     assert not (tmp_path / "sgd").exists()
+
+
+def test_study_variants_override_fields():
+    cfg = load("default")
+    control = study.run_config(cfg, "sgd_3x")
+    assert (control.optimizer.name, control.batch_size) == ("sgd", 300)
+    assert control.optimizer.learning_rate == cfg.optimizer.learning_rate
+    m3 = study.run_config(cfg, "m3")
+    assert (m3.optimizer.name, m3.batch_size) == ("m3", 100)
+    # The control consumes M3's examples per update, hence makes M3's number of updates.
+    assert from_config.examples_per_update(m3.optimizer, m3.batch_size) == control.batch_size
+    assert study.run_config(load("default", "runlocal"), "sgd_3x").batch_size == 3 * 8
+    with cfg.unlocked():
+        cfg.study.variants = {"bad": {"optimizer": {"lr": 0.5}}}
+        cfg.study.optimizers = ("sgd", "bad")
+    with pytest.raises(ValueError, match="'optimizer.lr', which is not a config field"):
+        study.run_study(cfg, "/nonexistent/never-created")

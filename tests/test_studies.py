@@ -125,6 +125,23 @@ def test_coherence_page(results_dir):
     assert _is_png(out / "coherence" / "coherence.png")
 
 
+def test_finished_runs_are_reused_only_with_the_same_config(results_dir):
+    import ml_collections
+
+    _, runs, _ = results_dir
+    run_dir = runs / "label_noise" / "noise050"
+    config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+    before = (run_dir / "metrics.jsonl").read_text()
+    record = common.run_training(config, run_dir)  # reused: no training, same metrics
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    assert record["epoch"] == 2 and record["study_wall_s"] == common.run_wall_s(run_dir)
+    config.log_every_steps = 7  # observation-only fields may change
+    common.run_training(config, run_dir)
+    config.optimizer.learning_rate = 0.05
+    with pytest.raises(ValueError, match="optimizer.learning_rate"):
+        common.run_training(config, run_dir)
+
+
 def test_summary_page(results_dir):
     import summary
 

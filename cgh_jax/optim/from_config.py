@@ -11,6 +11,9 @@ The optimizer config (``config.optimizer``) has these fields:
                     the median / clipping (the papers' runs use 0).
 ``num_groups``      M3 (median of means): number of groups, odd. One update consumes
                     ``num_groups`` SGD-sized batches.
+``m3_layout``       M3: how the train step computes the median of the group means:
+                    ``auto`` (default) | ``vmap`` | ``loop`` | ``reduce_scatter`` |
+                    ``group_sharded`` (:func:`resolve_m3_layout`).
 ``num_clipped``     winsorize: per coordinate, clip to the ``num_clipped``-th smallest and
                     largest per-example values before averaging.
 ``schedule``        ``constant`` | ``step`` | ``cosine``, all stepped per epoch.
@@ -18,6 +21,25 @@ The optimizer config (``config.optimizer``) has these fields:
 ``decay_factor``    ``step``: the factor (0.1, as for ResNet on ImageNet at 30 and 60).
 ``warmup_epochs``   linear warmup from 0 over this many epochs (per step), then the schedule.
 ==================  =====================================================================
+
+M3 layouts. ``vmap`` and ``loop`` are the straightforward path: ``grouped_grads`` (with
+``vectorize=True`` / ``False``) gives the ``k`` group-mean gradients and the optimizer
+(``m3_sgd``) takes their coordinate-wise median. ``reduce_scatter`` and ``group_sharded``
+compute the median inside the train step with
+:func:`cgh_jax.optim.sharded_median_of_means_grads` (explicit per-device code that moves
+fewer bytes than ``k`` all-reduces), and the optimizer is weight decay + SGD without a
+median (adding the weight decay after the median is exact). ``group_sharded`` assigns
+groups row-major (contiguous blocks of the global batch), the others column-major; both
+are uniformly random partitions of a shuffled batch. ``auto`` picks:
+
+* one device, or a batch the sharded layouts cannot split (``num_groups * batch_size`` not
+  a multiple of ``devices * num_groups``), or a BatchNorm model whose per-device chunks
+  would have fewer than :data:`MIN_BATCHNORM_CHUNK` examples: the straightforward path,
+  ``loop`` for a model with convolutions on CPU or on several devices (``vmap`` turns
+  their weight gradients into grouped convolutions, slow on XLA:CPU, and under ``jit``
+  over a mesh the partitioner may gather the batch), ``vmap`` otherwise;
+* otherwise (several devices) :func:`cgh_jax.optim.resolve_layout`'s choice:
+  ``group_sharded`` when ``devices >= num_groups``, else ``reduce_scatter``.
 
 Durations are given in epochs and converted to steps only here, in :func:`lr_schedule`,
 from ``steps_per_epoch`` (updates per epoch for the chosen optimizer).
@@ -46,9 +68,17 @@ import jax.numpy as jnp
 import optax
 
 from cgh_jax.optim import m3_sgd, ra3_sgd, rm3_sgd, winsorized_sgd
+from cgh_jax.optim.sharded import resolve_layout
 
 OPTIMIZERS = ("sgd", "m3", "rm3", "ra3", "winsorize")
 SCHEDULES = ("constant", "step", "cosine")
+M3_LAYOUTS = ("auto", "vmap", "loop", "reduce_scatter", "group_sharded")
+GROUPED_LAYOUTS = ("vmap", "loop")  # grouped_grads + the median in the optimizer
+SHARDED_LAYOUTS = ("reduce_scatter", "group_sharded")  # the median inside the train step
+MIN_BATCHNORM_CHUNK = 16
+"""``auto`` keeps the straightforward M3 path for BatchNorm models when a sharded layout
+would normalize over fewer examples per device (chunk) than this: per-device BatchNorm
+batches this small degrade accuracy (Wu & He, *Group Normalization*, 2018)."""
 
 # How the train step computes the gradient each optimizer consumes.
 GRADIENT_MODES = {
@@ -85,6 +115,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
         k = _get(cfg, "num_groups", 3)
         if not isinstance(k, int) or k < 1 or k % 2 == 0:
             raise ValueError(f"optimizer.num_groups must be a positive odd integer, got {k!r}.")
+    layout = _get(cfg, "m3_layout", "auto")
+    if layout not in M3_LAYOUTS:
+        raise ValueError(f"optimizer.m3_layout={layout!r} is not one of {', '.join(M3_LAYOUTS)}.")
     if name == "winsorize" and _get(cfg, "num_clipped", 0) < 0:
         raise ValueError(f"optimizer.num_clipped must be >= 0, got {cfg['num_clipped']!r}.")
     if schedule == "step":
@@ -106,6 +139,74 @@ def examples_per_update(cfg: Mapping[str, Any], batch_size: int) -> int:
     if gradient_mode(cfg) == "grouped":
         return int(cfg["num_groups"]) * batch_size
     return batch_size
+
+
+def resolve_m3_layout(
+    cfg: Mapping[str, Any],
+    *,
+    num_devices: int,
+    update_batch: int,
+    has_conv: bool,
+    has_state: bool,
+    platform: str,
+) -> tuple[str, str]:
+    """The concrete M3 layout of ``cfg.m3_layout`` on this mesh, and why.
+
+    Args:
+      cfg: an ``m3`` optimizer config.
+      num_devices: devices of the data mesh axis.
+      update_batch: global examples per update (``num_groups * batch_size``).
+      has_conv: the model has convolutions (parameters of rank >= 3).
+      has_state: the model has BatchNorm statistics.
+      platform: ``jax.default_backend()`` (``'cpu'``, ``'gpu'``, ``'tpu'``).
+
+    Returns:
+      ``(layout, reason)``: one of ``vmap``, ``loop``, ``reduce_scatter``,
+      ``group_sharded``, and a sentence for the log.
+
+    Raises:
+      ValueError: an explicit sharded layout that cannot run here (batch not a multiple of
+        ``devices * num_groups``; ``group_sharded`` with fewer devices than groups).
+
+    Example:
+      >>> cfg = dict(name="m3", learning_rate=0.1, num_groups=3, m3_layout="auto")
+      >>> resolve_m3_layout(cfg, num_devices=8, update_batch=768, has_conv=True,
+      ...                   has_state=True, platform="gpu")[0]
+      'group_sharded'
+    """
+    validate(cfg)
+    k = int(_get(cfg, "num_groups", 3))
+    layout = _get(cfg, "m3_layout", "auto")
+    grouped = "loop" if has_conv and (platform == "cpu" or num_devices > 1) else "vmap"
+    if layout in GROUPED_LAYOUTS:
+        return layout, f"m3_layout={layout!r} (configured)"
+    splits = update_batch % (num_devices * k) == 0
+    chunk = update_batch // (num_devices * k)
+    if layout in SHARDED_LAYOUTS:
+        if not splits:
+            raise ValueError(
+                f"optimizer.m3_layout={layout!r} needs the {update_batch} examples of an "
+                f"update to be a multiple of devices x num_groups = {num_devices} x {k}; "
+                "change batch_size or use m3_layout='auto'."
+            )
+        return resolve_layout(layout, k, num_devices), f"m3_layout={layout!r} (configured)"
+    if num_devices == 1:
+        why = "one device"
+    elif not splits:
+        why = (
+            f"{update_batch} examples per update are not a multiple of devices x num_groups"
+            f" = {num_devices} x {k}"
+        )
+    elif has_state and chunk < MIN_BATCHNORM_CHUNK:
+        why = (
+            f"BatchNorm over per-device chunks of {chunk} < {MIN_BATCHNORM_CHUNK} examples "
+            "would differ from per-group statistics"
+        )
+    else:
+        resolved = resolve_layout("auto", k, num_devices)
+        return resolved, f"auto: {num_devices} devices, {k} groups -> {resolved}"
+    kind = "convolutions" if has_conv else "no convolutions"
+    return grouped, f"auto: {why}; grouped path, {kind} on {platform} -> {grouped}"
 
 
 def lr_schedule(cfg: Mapping[str, Any], *, steps_per_epoch: int, num_epochs: int):
@@ -149,20 +250,40 @@ def lr_schedule(cfg: Mapping[str, Any], *, steps_per_epoch: int, num_epochs: int
     return schedule
 
 
+def _median_direction_sgd(
+    schedule: Any, *, weight_decay: float, momentum: float, nesterov: bool
+) -> optax.GradientTransformation:
+    """``m3_sgd``'s chain with an identity in place of the median, for gradients that are
+    already the median of the group means (same optimizer state structure)."""
+    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    parts.append(optax.identity())
+    parts.append(optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov))
+    return optax.chain(*parts)
+
+
 def create_optimizer(
-    cfg: Mapping[str, Any], *, steps_per_epoch: int, num_epochs: int
+    cfg: Mapping[str, Any],
+    *,
+    steps_per_epoch: int,
+    num_epochs: int,
+    m3_layout: str | None = None,
 ) -> tuple[optax.GradientTransformation, Any]:
     """Builds the optax optimizer of ``cfg`` and its learning-rate schedule.
 
     ``sgd`` is ``optax.sgd`` after optional coupled weight decay; the others are
     ``cgh_jax.optim``'s aliases (``m3_sgd`` with ``num_groups``, ``rm3_sgd``, ``ra3_sgd``,
     ``winsorized_sgd`` with ``num_clipped``), which add the weight decay before the median,
-    running buffer or clipping.
+    running buffer or clipping. For ``m3`` with a sharded layout (``reduce_scatter``,
+    ``group_sharded``) the train step already computes the median, and the optimizer is
+    weight decay + SGD (with an identity where the median would be, so the optimizer state
+    has the same structure for every layout).
 
     Args:
       cfg: the optimizer config.
       steps_per_epoch: updates per epoch.
       num_epochs: epochs of the run.
+      m3_layout: the resolved M3 layout (:func:`resolve_m3_layout`); None uses
+        ``cfg.m3_layout``, where ``auto`` means the straightforward (grouped) chain.
 
     Returns:
       ``(optimizer, schedule)``. The optimizer takes the gradients the train step computes
@@ -187,7 +308,13 @@ def create_optimizer(
         if common["weight_decay"]:
             tx = optax.chain(optax.add_decayed_weights(common["weight_decay"]), tx)
     elif name == "m3":
-        tx = m3_sgd(schedule, num_groups=int(cfg["num_groups"]), **common)
+        layout = m3_layout or _get(cfg, "m3_layout", "auto")
+        if layout not in M3_LAYOUTS:
+            raise ValueError(f"m3_layout={layout!r} is not one of {', '.join(M3_LAYOUTS)}.")
+        if layout in SHARDED_LAYOUTS:
+            tx = _median_direction_sgd(schedule, **common)
+        else:
+            tx = m3_sgd(schedule, num_groups=int(cfg["num_groups"]), **common)
     elif name == "rm3":
         tx = rm3_sgd(schedule, **common)
     elif name == "ra3":
