@@ -254,7 +254,8 @@ def test_train_and_evaluate_uses_group_sharded_on_8_devices(tmp_path, caplog):
     cfg.max_steps = 2
     cfg.eval_batch_size = 48
     cfg.log_every_steps = 1
-    with caplog.at_level("INFO"):
+    # absl's logger keeps its own level (other tests may have lowered its verbosity).
+    with caplog.at_level("INFO", logger="absl"):
         result = train.train_and_evaluate(cfg, str(tmp_path / "run"))
     assert "M3 layout group_sharded" in caplog.text
     assert result["step"] == 2
