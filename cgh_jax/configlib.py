@@ -147,6 +147,26 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
     return cfg
 
 
+def imagenet_data_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """TFDS ImageNet as the authors read it: resize 256, center crop 224, no augmentation.
+
+    Test split ``validation``, ImageNet mean/std, 50,000-example eval subsets, streamed (not
+    cached). Inception-V3 passes ``image_size=299, resize_size=342``.
+    """
+    defaults = dict(
+        source="tfds",
+        name="imagenet2012",
+        test_split="validation",
+        image_size=224,
+        resize_size=256,
+        normalize="imagenet",
+        eval_subset_size=50_000,
+        shuffle_buffer=16_384,
+        cache=False,
+    )
+    return data_config(**{**defaults, **overrides})
+
+
 def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
     """The optimizer config (fields: ``cgh_jax.optim.from_config``)."""
     cfg = ml_collections.ConfigDict()

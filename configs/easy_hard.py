@@ -76,17 +76,7 @@ def get_config(arg=None):
         epochs = 20
         tiny = {"name": "mlp", "hidden": (32,), "dtype": "float32"}
     elif args.dataset == "imagenet":
-        cfg.data = configlib.data_config(
-            source="tfds",
-            name="imagenet2012",
-            test_split="validation",
-            image_size=224,
-            resize_size=256,
-            normalize="imagenet",
-            eval_subset_size=50_000,
-            shuffle_buffer=16_384,
-            cache=False,
-        )
+        cfg.data = configlib.imagenet_data_config()
         cfg.model = dict(name="resnet18", dtype="bfloat16")
         cfg.batch_size = 256
         epochs = 30

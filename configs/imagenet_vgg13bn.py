@@ -27,17 +27,7 @@ from cgh_jax import configlib
 def get_config(arg=None):
     args = configlib.parse_arg(arg, **configlib.common_args())
     cfg = configlib.base_config()
-    cfg.data = configlib.data_config(
-        source="tfds",
-        name="imagenet2012",
-        test_split="validation",
-        image_size=224,
-        resize_size=256,
-        normalize="imagenet",
-        eval_subset_size=50_000,
-        shuffle_buffer=16_384,
-        cache=False,
-    )
+    cfg.data = configlib.imagenet_data_config()
     cfg.model = dict(name="vgg13_bn", dtype="bfloat16")
     cfg.optimizer = configlib.optimizer_config(learning_rate=0.1, schedule="cosine")
     cfg.batch_size = 256

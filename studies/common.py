@@ -36,6 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cgh_jax.analysis.report import format_seconds  # noqa: E402, F401  (re-exported for the studies)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 MNIST_DIR = SHARED_DATA / "mnist"
@@ -395,20 +397,6 @@ def machine() -> str:
     else:
         where = f"{len(devices)} x {devices[0].device_kind} + {cores} CPU cores"
     return f"{where}; Python {platform.python_version()}, jax {jax.__version__}"
-
-
-def format_seconds(seconds: float) -> str:
-    """``'1h 02m'``, ``'3m 05s'`` or ``'42s'``."""
-    if math.isnan(seconds):
-        return "—"
-    seconds = int(round(seconds))
-    hours, rem = divmod(seconds, 3600)
-    minutes, secs = divmod(rem, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
 
 
 def pct(values: Sequence[float] | float, digits: int = 1) -> str:

@@ -197,7 +197,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), std
 
 
-def _format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    """``'1h 02m'``, ``'3m 05s'`` or ``'42s'`` (``'—'`` for NaN)."""
+    if math.isnan(seconds):
+        return "—"
     seconds = int(round(seconds))
     hours, rem = divmod(seconds, 3600)
     minutes, secs = divmod(rem, 60)
@@ -304,8 +307,8 @@ def results_table(
         times = [t for t in row["wall_time_s"] if not math.isnan(t)]
         if times:
             mean, std = mean_std(times)
-            cell = _format_seconds(mean)
-            cells.append(cell if len(times) == 1 else f"{cell} ± {_format_seconds(std)}")
+            cell = format_seconds(mean)
+            cells.append(cell if len(times) == 1 else f"{cell} ± {format_seconds(std)}")
         else:
             cells.append(_MISSING)
         if show_runs:
