@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         table = render(meta, rows, pipe)
         table += f"\nWall time so far {time.perf_counter() - start:.0f} s.\n"
         if output:
+            os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
             with open(output, "w") as f:
                 f.write(table)
         return table

@@ -19,6 +19,10 @@ trajectory (parameters and metrics):
 ``num_epochs`` is fingerprinted: it is the period of cosine schedules and the length of the
 step schedule's run.
 
+A field added to the code after a checkpoint was written is absent from its stored config;
+it does not block resuming when the new run keeps that field's default (the defaults given
+to :class:`Checkpointer`), so a code upgrade that adds an option still resumes old runs.
+
 A checkpoint that cannot be read raises :class:`CheckpointError` naming the step directory
 and what to do; nothing is ever deleted by a failed restore.
 """
@@ -92,11 +96,24 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def describe_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Lines ``key: checkpoint=... now=...`` for every differing fingerprinted field."""
+def describe_mismatch(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Lines ``key: checkpoint=... now=...`` for every differing fingerprinted field.
+
+    A field the checkpoint does not have (added to the code after it was written) is not a
+    difference when its current value is its value in ``defaults`` (the flat
+    :func:`fingerprinted_config` of the default config): the run it describes is the one
+    the checkpoint continues.
+    """
+    defaults = defaults or {}
     lines = []
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if key not in saved and key in defaults and new == defaults[key]:
+            continue
         if old != new:
             lines.append(f"{key}: checkpoint={old!r} now={new!r}")
     return lines
@@ -112,16 +129,25 @@ class Checkpointer:
     Args:
       directory: the checkpoint directory (created if absent).
       config: the run's config; its fingerprint goes into each checkpoint's metadata.
+      defaults: the default config (e.g. ``configlib.base_config()``); a checkpoint written
+        before one of its fields existed resumes when this run keeps that field's default.
       max_to_keep: checkpoints kept on disk (older ones are removed after a new save).
       asynchronous: write in a background thread.
     """
 
     def __init__(
-        self, directory: str, *, config: Any, max_to_keep: int = 2, asynchronous: bool = True
+        self,
+        directory: str,
+        *,
+        config: Any,
+        defaults: Any = None,
+        max_to_keep: int = 2,
+        asynchronous: bool = True,
     ):
         directory = os.fspath(directory)
         self.directory = directory if "://" in directory else os.path.abspath(directory)
         self._config = fingerprinted_config(config)
+        self._defaults = {} if defaults is None else fingerprinted_config(defaults)
         self._fingerprint = config_fingerprint(config)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max(1, int(max_to_keep)),
@@ -186,8 +212,11 @@ class Checkpointer:
         if step is None:
             return None
         meta = self.read_meta(step)
-        if meta["fingerprint"] != self._fingerprint:
-            lines = describe_mismatch(meta.get("config", {}), self._config)
+        if meta["fingerprint"] == self._fingerprint:
+            return meta
+        saved = meta.get("config") or {}
+        lines = describe_mismatch(saved, self._config, self._defaults) if saved else []
+        if lines or not saved:
             raise ConfigMismatchError(
                 f"The checkpoint in {self.directory} (step {step}) was written with a "
                 "different config; resuming would mix two experiments. Differing fields:\n  "

@@ -62,7 +62,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from cgh_jax import checkpointing
+from cgh_jax import checkpointing, configlib
 from cgh_jax import data as data_lib
 from cgh_jax import metrics as metrics_lib
 from cgh_jax import models as models_lib
@@ -525,6 +525,7 @@ class _Run:
         self.checkpointer = checkpointing.Checkpointer(
             os.path.join(self.workdir, "checkpoints"),
             config=config,
+            defaults=configlib.base_config(),
             max_to_keep=config.keep_checkpoints,
         )
         try:

