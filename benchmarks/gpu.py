@@ -1,10 +1,10 @@
-"""Training throughput of M3/RM3 vs SGD on one accelerator, and the input pipeline's speed.
+"""Training throughput of M3/RM3/RA3 vs SGD on one accelerator, and the input pipeline's speed.
 
 Measures, on the first JAX device:
 
 * images/s and step time of ResNet-50 and ResNet-18 at 224x224 (compute bfloat16, float32
-  parameters, synthetic data) for SGD, M3 and RM3 at the same images per update
-  (SGD and RM3 at batch ``3 g``, M3 as 3 groups of ``g``; ``g = 256`` by default, the
+  parameters, synthetic data) for SGD, M3, RM3 and RA3 at the same images per update
+  (SGD, RM3 and RA3 at batch ``3 g``, M3 as 3 groups of ``g``; ``g = 256`` by default, the
   papers' setting), plus M3 with the three group gradients computed in an unrolled loop
   (``m3_loop``, ``grouped_grads(..., vectorize=False)``) to compare with the vmapped groups;
 * compile time and XLA's memory analysis of every train step (arguments + outputs +
@@ -39,9 +39,9 @@ import numpy as np
 import optax
 
 from cgh_jax.models import get_model
-from cgh_jax.optim import grouped_grads, m3_sgd, rm3_sgd
+from cgh_jax.optim import grouped_grads, m3_sgd, ra3_sgd, rm3_sgd
 
-OPTIMIZERS = ("sgd", "m3", "rm3", "m3_loop")
+OPTIMIZERS = ("sgd", "m3", "rm3", "ra3", "m3_loop")
 
 
 # ----------------------------------------------------------------------------- training
@@ -64,7 +64,7 @@ def _loss_fn(model):
 def make_step(model, optimizer: str, num_groups: int, learning_rate: float = 0.1):
     """Returns ``(tx, step)``; ``step(params, batch_stats, opt_state, batch)`` is one update.
 
-    ``sgd`` and ``rm3`` take the gradient of the whole batch; ``m3`` splits it into
+    ``sgd``, ``rm3`` and ``ra3`` take the gradient of the whole batch; ``m3`` splits it into
     ``num_groups`` groups with :func:`cgh_jax.grouped_grads` (one vmapped gradient);
     ``m3_loop`` computes the same group gradients one after the other
     (``grouped_grads(..., vectorize=False)``) to show what the vmapped form costs or saves.
@@ -76,6 +76,8 @@ def make_step(model, optimizer: str, num_groups: int, learning_rate: float = 0.1
         tx = m3_sgd(learning_rate, num_groups=num_groups)
     elif optimizer == "rm3":
         tx = rm3_sgd(learning_rate)
+    elif optimizer == "ra3":
+        tx = ra3_sgd(learning_rate)
     else:
         raise ValueError(f"Unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}.")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU measurements of cgh-jax (ResNet-50/18 throughput with SGD, M3, RM3; memory; input
+# GPU measurements of cgh-jax (ResNet-50/18 throughput with SGD, M3, RM3, RA3; memory; input
 # pipeline). Needs only jax (with its CUDA plugin), flax, optax and numpy (Pillow optional).
 # Usage, from anywhere:  bash benchmarks/gpu.sh [--smoke] [extra flags of benchmarks/gpu.py]
 # PYTHON=/path/to/python picks the interpreter (default python3).

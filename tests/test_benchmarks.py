@@ -40,7 +40,7 @@ def test_gpu_benchmark_smoke_writes_a_table_for_every_optimizer(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = output.read_text()
     rows = [line for line in table.splitlines() if line.startswith("| resnet_tiny |")]
-    assert [row.split("|")[2].strip() for row in rows] == ["sgd", "m3", "rm3", "m3_loop"]
+    assert [row.split("|")[2].strip() for row in rows] == ["sgd", "m3", "rm3", "ra3", "m3_loop"]
     for row in rows:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert float(cells[4]) > 0  # images/s
