@@ -16,7 +16,7 @@ that does not depend on contention.
 Usage (from the repository root)::
 
   .venv/bin/python benchmarks/input_pipeline.py --cores 1
-  .venv/bin/python benchmarks/input_pipeline.py --cores 2 --num_images 2000
+  .venv/bin/python benchmarks/input_pipeline.py --cores 2 --num-images 2000
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ DEFAULT_MNIST = os.path.join(HERE, "..", "..", "shared", "data", "mnist")
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cores", type=int, default=1, help="CPU cores to pin the process to.")
-    p.add_argument("--num_images", type=int, default=1000, help="upscaled JPEGs to write.")
+    p.add_argument("--num-images", type=int, default=1000, help="upscaled JPEGs to write.")
     p.add_argument("--batch", type=int, default=64, help="global batch size.")
-    p.add_argument("--cifar_tar", default=DEFAULT_TAR)
-    p.add_argument("--mnist_dir", default=DEFAULT_MNIST)
+    p.add_argument("--cifar-tar", default=DEFAULT_TAR)
+    p.add_argument("--mnist-dir", default=DEFAULT_MNIST)
     p.add_argument("--workdir", default=None, help="keep JPEGs/TFDS data here (default: tmp).")
     return p.parse_args(argv)
 

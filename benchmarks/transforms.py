@@ -19,7 +19,7 @@ Prints two tables:
 Usage::
 
     python benchmarks/transforms.py                 # defaults used in docs/benchmarks.md
-    python benchmarks/transforms.py --rounds 5 --steps 5 --median_size 4194304  # quicker
+    python benchmarks/transforms.py --rounds 5 --steps 5 --median-size 4194304  # quicker
 """
 
 from __future__ import annotations
@@ -175,14 +175,14 @@ def bench_steps(name: str, model: nn.Module, batch_size: int, steps: int, rounds
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--median_size", type=int, default=1 << 24)
-    parser.add_argument("--kernel_repeats", type=int, default=20)
-    parser.add_argument("--batch_size", type=int, default=300)
+    parser.add_argument("--median-size", type=int, default=1 << 24)
+    parser.add_argument("--kernel-repeats", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=300)
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timings per method")
     args = parser.parse_args()
     if args.batch_size % 3:
-        parser.error("--batch_size must be a multiple of 3 (M3 splits it into 3 groups).")
+        parser.error("--batch-size must be a multiple of 3 (M3 splits it into 3 groups).")
 
     print(
         f"jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}, "
