@@ -297,10 +297,10 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     """Trains ``config`` in ``workdir``, or reuses the run if it finished earlier.
 
     A finished run (marker ``study_run.json``) is reused without calling the trainer when
-    the ``config.json`` it was trained with agrees with ``config`` on every field both have
+    the ``config.json`` it was trained with agrees with ``config`` as a checkpoint must
     (fields that only change how a run is observed, ``checkpointing.MUTABLE_FIELDS``, may
-    differ); fields the current config adds (the config schema grew since) are reported on
-    stderr. Otherwise :func:`cgh_jax.train.train_and_evaluate` trains or resumes it.
+    differ; a field added to the config since may only keep its default, and is reported
+    on stderr). Otherwise :func:`cgh_jax.train.train_and_evaluate` trains or resumes it.
 
     Returns:
       The final evaluation record plus ``study_wall_s``: the wall time of the call that
@@ -326,32 +326,23 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     return {**record, "study_wall_s": info["wall_s"]}
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def _reuse_finished(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    from cgh_jax import checkpointing, configlib
     from cgh_jax.analysis import report
-    from cgh_jax.checkpointing import MUTABLE_FIELDS
 
-    def mutable(key: str) -> bool:
-        return any(key == f or key.startswith(f + ".") for f in MUTABLE_FIELDS)
-
-    old = _flatten(json.loads((workdir / "config.json").read_text()))
-    new = _flatten(json.loads(config.to_json_best_effort()))
-    differ = sorted(k for k in old.keys() & new.keys() if old[k] != new[k] and not mutable(k))
+    # The checkpoint's rule: fingerprinted fields must agree; a field added to the config
+    # since the run was trained may only keep its default.
+    old = checkpointing.fingerprinted_config(json.loads((workdir / "config.json").read_text()))
+    new = checkpointing.fingerprinted_config(config)
+    defaults = checkpointing.fingerprinted_config(configlib.base_config())
+    differ = checkpointing.describe_mismatch(old, new, defaults)
     if differ:
         raise ValueError(
             f"{workdir} holds a finished run of another config (fields "
-            + ", ".join(f"{k}: {old[k]!r} there, {new[k]!r} now" for k in differ)
+            + "; ".join(differ)
             + "). Delete the run directory to retrain it, or use another --workdir."
         )
-    added = sorted(k for k in new.keys() - old.keys() if not mutable(k))
+    added = sorted(new.keys() - old.keys())
     if added:
         say(f"{workdir}: reusing the finished run; fields added to the config since: {added}")
     final = report.final_metrics(report.load_metrics(workdir))

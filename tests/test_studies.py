@@ -141,6 +141,17 @@ def test_finished_runs_are_reused_only_with_the_same_config(results_dir):
     with pytest.raises(ValueError, match="optimizer.learning_rate"):
         common.run_training(config, run_dir)
 
+    # A run trained before a config field existed is reused while the field keeps its
+    # default, and refused when it does not.
+    stored = json.loads((run_dir / "config.json").read_text())
+    config.optimizer.learning_rate = stored["optimizer"]["learning_rate"]
+    del stored["optimizer"]["m3_layout"]
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    common.run_training(config, run_dir)
+    config.optimizer.m3_layout = "loop"
+    with pytest.raises(ValueError, match="optimizer.m3_layout: checkpoint='<absent>' now='loop'"):
+        common.run_training(config, run_dir)
+
 
 def test_summary_page(results_dir):
     import summary
