@@ -30,7 +30,7 @@ from absl import logging
 
 from cgh_jax import metrics as metrics_lib
 from cgh_jax import train
-from cgh_jax.optim import from_config
+from cgh_jax.optim import spec as spec_lib
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -75,10 +75,10 @@ def run_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.C
     variants = _variants(config)
     if name in variants:
         _merge(cfg, variants[name], name)
-    elif name in from_config.OPTIMIZERS:
+    elif name in spec_lib.OPTIMIZERS:
         cfg.optimizer.name = name
     else:
-        valid = (*from_config.OPTIMIZERS, *variants)
+        valid = (*spec_lib.OPTIMIZERS, *variants)
         raise ValueError(
             f"config.study.optimizers has {name!r}, which is neither an optimizer nor a key "
             f"of config.study.variants; valid: {', '.join(valid)}."
@@ -111,7 +111,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str | None:
                 f"Study run name {name!r} must use only letters, digits, '_', '.' and '-' "
                 "(it names the run's directory)."
             )
-        from_config.validate(run_config(config, name).optimizer)
+        cfg = run_config(config, name)
+        spec_lib.resolve(cfg.optimizer, batch_size=cfg.batch_size)
 
     workdir = metrics_lib.resolve_dir(workdir)
     metrics_lib.make_dirs(workdir)

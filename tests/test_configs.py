@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cgh_jax import checkpointing, configlib, data, study, train
-from cgh_jax.optim import from_config
+from cgh_jax.optim import spec as spec_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -63,7 +63,7 @@ def test_config_builds(name, tmp_path):
             np.save(tmp_path / f"{stage}_{part}.npy", np.arange(4))
     for arg in ARGS.get(name, ["", "runlocal"]):
         cfg = load(name, arg.format(tmp=tmp_path))
-        from_config.validate(cfg.optimizer)
+        spec_lib.resolve(cfg.optimizer, batch_size=cfg.batch_size)
         data.resolve(cfg.data)  # every data field valid (nothing is read)
         assert cfg.model.name
         assert cfg.batch_size > 0 and cfg.num_epochs > 0
@@ -213,7 +213,8 @@ def test_study_variants_override_fields():
     m3 = study.run_config(cfg, "m3")
     assert (m3.optimizer.name, m3.batch_size) == ("m3", 100)
     # The control consumes M3's examples per update, hence makes M3's number of updates.
-    assert from_config.examples_per_update(m3.optimizer, m3.batch_size) == control.batch_size
+    spec = spec_lib.resolve(m3.optimizer, batch_size=m3.batch_size)
+    assert spec.examples_per_update == control.batch_size
     assert study.run_config(load("default", "runlocal"), "sgd_3x").batch_size == 3 * 8
     with cfg.unlocked():
         cfg.study.variants = {"bad": {"optimizer": {"lr": 0.5}}}

@@ -5,7 +5,7 @@ step, optimizer without a median) must give the parameters of the straightforwar
 (``grouped_grads`` + ``m3_sgd``) on the same groups: the straightforward step is fed the
 batch reordered so that its column-major groups are the row-major groups of the sharded
 step (with BatchNorm, whose statistics group_sharded takes per device chunk, the reference
-normalizes per chunk too). ``auto`` must resolve as ``from_config`` documents.
+normalizes per chunk too). ``auto`` must resolve as ``cgh_jax.optim.spec`` documents.
 """
 
 import jax
@@ -15,9 +15,10 @@ import numpy as np
 import optax
 import pytest
 
-from cgh_jax import configlib, sharding, train
+from cgh_jax import configlib, sharding, step as step_lib, train
 from cgh_jax.models import get_model
-from cgh_jax.optim import from_config, grouped_grads
+from cgh_jax.optim import grouped_grads
+from cgh_jax.optim import spec as spec_lib
 
 K = 3
 
@@ -27,28 +28,25 @@ def _optimizer(**overrides):
     return ml_collections.ConfigDict({**base, **overrides})
 
 
+def _spec(layout=None, **overrides):
+    spec = spec_lib.resolve(_optimizer(**overrides), batch_size=8)
+    spec = spec.with_duration(steps_per_epoch=10, num_epochs=1)
+    return spec.with_layout(layout) if layout else spec
+
+
 def _row_to_column_major(x):
     """Reorders a batch so that column-major group j = the j-th contiguous block of x."""
     return jnp.swapaxes(x.reshape(K, -1, *x.shape[1:]), 0, 1).reshape(x.shape)
 
 
 def _run(model, layout, batches, mesh, image_shape):
-    cfg = _optimizer()
-    tx, schedule = from_config.create_optimizer(
-        cfg, steps_per_epoch=10, num_epochs=1, m3_layout=layout
+    spec = _spec(layout)
+    state = step_lib.create_train_state(
+        model, spec.optimizer(), image_shape, jax.random.PRNGKey(0), mesh
     )
-    state = train.create_train_state(model, tx, image_shape, jax.random.PRNGKey(0), mesh)
     has_state = bool(jax.tree.leaves(state.batch_stats))
-    step = train.make_train_step(
-        model,
-        tx,
-        schedule,
-        mode="grouped",
-        num_groups=K,
-        has_state=has_state,
-        m3_layout=layout,
-        mesh=mesh,
-        vectorize=layout != "loop",
+    step = step_lib.make_train_step(
+        model, spec, has_state=has_state, mesh=mesh, vectorize=layout != "loop"
     )
     replicated = sharding.replicated_sharding(mesh)
     step = jax.jit(
@@ -58,7 +56,7 @@ def _run(model, layout, batches, mesh, image_shape):
     )
     history = []
     for batch in batches:
-        if layout not in from_config.SHARDED_LAYOUTS:
+        if layout not in spec_lib.SHARDED_LAYOUTS:
             batch = jax.tree.map(_row_to_column_major, batch)
         state, metrics, finite = step(state, batch)
         assert bool(finite)
@@ -100,8 +98,8 @@ def _assert_same_run(fast, ref, fast_log, ref_log, model, image_shape, mesh):
         for key in ("loss", "top1", "grad_norm", "update_norm"):
             np.testing.assert_allclose(got[key], want[key], rtol=1e-4, err_msg=key)
     # The parameters moved (the comparison is not between two untouched states).
-    tx = from_config.create_optimizer(_optimizer(), steps_per_epoch=10, num_epochs=1)[0]
-    init = train.create_train_state(model, tx, image_shape, jax.random.PRNGKey(0), mesh)
+    tx = _spec("vmap").optimizer()
+    init = step_lib.create_train_state(model, tx, image_shape, jax.random.PRNGKey(0), mesh)
     moved = [
         float(jnp.max(jnp.abs(a - b)))
         for a, b in zip(jax.tree.leaves(fast.params), jax.tree.leaves(init.params), strict=True)
@@ -131,12 +129,10 @@ def _chunk_reference(model, batches, num_devices, image_shape):
     gradient is the mean of its ``D`` chunk gradients; then the grouped ``m3_sgd`` chain.
     """
     chunks = num_devices * K
-    tx, schedule = from_config.create_optimizer(
-        _optimizer(), steps_per_epoch=10, num_epochs=1, m3_layout="loop"
-    )
+    tx = _spec("loop").optimizer()
     mesh = sharding.create_mesh(1)
-    state = train.create_train_state(model, tx, image_shape, jax.random.PRNGKey(0), mesh)
-    loss_fn = train.make_loss_fn(model, has_state=True)
+    state = step_lib.create_train_state(model, tx, image_shape, jax.random.PRNGKey(0), mesh)
+    loss_fn = step_lib.make_loss_fn(model, has_state=True)
     chunk_fn = grouped_grads(loss_fn, chunks, has_aux=True, has_state=True)
 
     def reorder(x):
@@ -185,11 +181,11 @@ def test_group_sharded_resnet_equals_chunked_straightforward_m3_on_8_devices(fas
 
 
 def _resolve(layout="auto", **kw):
-    args = dict(
-        num_devices=8, update_batch=3 * 256, has_conv=False, has_state=False, platform="cpu"
-    )
+    args = dict(num_devices=8, has_conv=False, has_state=False, platform="cpu")
+    update_batch = kw.pop("update_batch", 3 * 256)
     args.update(kw)
-    return from_config.resolve_m3_layout(_optimizer(m3_layout=layout), **args)
+    spec = spec_lib.resolve(_optimizer(m3_layout=layout), batch_size=update_batch // K)
+    return spec.resolve_layout(**args)
 
 
 def test_auto_resolution():
@@ -219,18 +215,15 @@ def test_auto_resolution():
 
 def test_invalid_layout_lists_the_valid_ones():
     with pytest.raises(ValueError, match="auto, vmap, loop, reduce_scatter, group_sharded"):
-        from_config.validate(_optimizer(m3_layout="ring"))
+        spec_lib.validate(_optimizer(m3_layout="ring"))
     cfg = configlib.optimizer_config(name="m3")
     assert cfg.m3_layout == "auto"
 
 
 def test_sharded_chain_is_m3_sgd_on_the_median():
     """Weight decay + SGD on the median = m3_sgd on the group gradients (same state tree)."""
-    cfg = _optimizer()
-    grouped, _ = from_config.create_optimizer(cfg, steps_per_epoch=2, num_epochs=1)
-    sharded, _ = from_config.create_optimizer(
-        cfg, steps_per_epoch=2, num_epochs=1, m3_layout="group_sharded"
-    )
+    grouped = _spec("vmap").optimizer()
+    sharded = _spec("group_sharded").optimizer()
     rng = np.random.default_rng(1)
     params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
     s1, s2 = grouped.init(params), sharded.init(params)

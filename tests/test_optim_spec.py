@@ -1,4 +1,4 @@
-"""Optimizers and per-epoch learning-rate schedules from configs; metric helpers."""
+"""The optimizer spec: validation, per-epoch learning-rate schedules, optimizers; metric helpers."""
 
 import json
 import math
@@ -12,7 +12,17 @@ import pytest
 
 import cgh_jax
 from cgh_jax import metrics
-from cgh_jax.optim import from_config
+from cgh_jax.optim import spec as spec_lib
+
+
+def sched_of(cfg, *, steps_per_epoch, num_epochs):
+    spec = spec_lib.resolve(cfg, batch_size=1)
+    return spec.with_duration(steps_per_epoch=steps_per_epoch, num_epochs=num_epochs).schedule()
+
+
+def tx_of(cfg, layout=None):
+    spec = spec_lib.resolve(cfg, batch_size=1).with_duration(steps_per_epoch=10, num_epochs=1)
+    return (spec.with_layout(layout) if layout else spec).optimizer()
 
 
 def opt(**kw):
@@ -34,14 +44,14 @@ def opt(**kw):
 
 
 def test_step_schedule_by_hand():
-    sched = from_config.lr_schedule(opt(schedule="step"), steps_per_epoch=10, num_epochs=90)
+    sched = sched_of(opt(schedule="step"), steps_per_epoch=10, num_epochs=90)
     expected = {0: 0.1, 299: 0.1, 300: 0.01, 599: 0.01, 600: 0.001, 899: 0.001}
     for step, lr in expected.items():
         assert float(sched(step)) == pytest.approx(lr, rel=1e-6), step
 
 
 def test_cosine_is_stepped_per_epoch_like_torch_cosine_annealing():
-    sched = from_config.lr_schedule(opt(schedule="cosine"), steps_per_epoch=7, num_epochs=4)
+    sched = sched_of(opt(schedule="cosine"), steps_per_epoch=7, num_epochs=4)
     for step in range(4 * 7):
         epoch = step // 7
         expected = 0.1 * 0.5 * (1 + math.cos(math.pi * epoch / 4))
@@ -50,7 +60,7 @@ def test_cosine_is_stepped_per_epoch_like_torch_cosine_annealing():
 
 
 def test_warmup_is_linear_per_step_then_the_schedule():
-    sched = from_config.lr_schedule(
+    sched = sched_of(
         opt(schedule="step", decay_epochs=(2,), warmup_epochs=0.5), steps_per_epoch=10, num_epochs=3
     )
     got = np.array([float(sched(s)) for s in range(25)])
@@ -59,18 +69,32 @@ def test_warmup_is_linear_per_step_then_the_schedule():
 
 
 def test_schedule_is_jit_safe():
-    sched = from_config.lr_schedule(opt(schedule="cosine"), steps_per_epoch=3, num_epochs=5)
+    sched = sched_of(opt(schedule="cosine"), steps_per_epoch=3, num_epochs=5)
     np.testing.assert_allclose(
         jax.jit(jax.vmap(sched))(jnp.arange(15)), [float(sched(s)) for s in range(15)], rtol=1e-6
     )
 
 
-def test_gradient_modes_and_examples_per_update():
-    assert from_config.gradient_mode(opt(name="m3")) == "grouped"
-    assert from_config.gradient_mode(opt(name="winsorize")) == "per_example"
-    assert from_config.gradient_mode(opt(name="rm3")) == "batch"
-    assert from_config.examples_per_update(opt(name="m3", num_groups=5), 100) == 500
-    assert from_config.examples_per_update(opt(name="rm3"), 100) == 100
+def test_gradient_kinds_and_examples_per_update():
+    def spec(**kw):
+        return spec_lib.resolve(opt(**kw), batch_size=100)
+
+    assert spec(name="m3").gradient is spec_lib.Gradient.GROUPED
+    assert spec(name="winsorize").gradient is spec_lib.Gradient.PER_EXAMPLE
+    assert spec(name="rm3").gradient is spec_lib.Gradient.BATCH
+    assert spec(name="m3", num_groups=5).examples_per_update == 500
+    assert spec(name="rm3").examples_per_update == 100
+
+
+def test_spec_is_frozen_and_resolved_once():
+    spec = spec_lib.resolve(opt(name="m3", weight_decay=1e-4), batch_size=64)
+    with pytest.raises(AttributeError):
+        spec.name = "sgd"
+    fixed = spec.with_layout("loop").with_duration(steps_per_epoch=7, num_epochs=3)
+    assert (fixed.m3_layout, fixed.steps_per_epoch, fixed.num_epochs) == ("loop", 7, 3)
+    assert spec.m3_layout == "auto"  # the original is unchanged
+    with pytest.raises(ValueError, match="not a concrete layout"):
+        spec.with_layout("auto")
 
 
 @pytest.mark.parametrize(
@@ -82,19 +106,22 @@ def test_gradient_modes_and_examples_per_update():
         (dict(name="m3", num_groups=4), "odd"),
         (dict(schedule="step", decay_epochs=(60, 30)), "increasing"),
         (dict(momentum=-0.1), "momentum"),
+        (dict(learning_rate=float("nan")), "learning_rate"),
+        (dict(learning_rate=float("inf")), "learning_rate must be finite"),
+        (dict(weight_decay=float("nan")), "weight_decay"),
+        (dict(name="m3", num_groups=3.0), "num_groups"),
+        (dict(name="winsorize", num_clipped=-1), "num_clipped"),
     ],
 )
 def test_invalid_optimizer_configs(bad, match):
     with pytest.raises(ValueError, match=match):
-        from_config.create_optimizer(opt(**bad), steps_per_epoch=10, num_epochs=1)
+        spec_lib.resolve(opt(**bad), batch_size=10)
 
 
 def test_sgd_matches_optax_with_momentum_and_weight_decay():
     params = {"w": jnp.array([1.0, -2.0, 3.0])}
     grads = [{"w": jnp.array([0.5, 0.1, -0.3]) * (i + 1)} for i in range(4)]
-    tx, _ = from_config.create_optimizer(
-        opt(momentum=0.9, weight_decay=0.01), steps_per_epoch=10, num_epochs=1
-    )
+    tx = tx_of(opt(momentum=0.9, weight_decay=0.01))
     ref = optax.chain(optax.add_decayed_weights(0.01), optax.sgd(0.1, momentum=0.9))
     p1 = p2 = params
     s1, s2 = tx.init(params), ref.init(params)
@@ -105,10 +132,10 @@ def test_sgd_matches_optax_with_momentum_and_weight_decay():
     np.testing.assert_array_equal(p1["w"], p2["w"])
 
 
-def test_m3_from_config_is_the_median_of_group_means():
+def test_m3_spec_is_the_median_of_group_means():
     params = {"w": jnp.zeros(3)}
     grouped = {"w": jnp.array([[1.0, 5.0, -1.0], [2.0, 0.0, 7.0], [9.0, 3.0, 2.0]])}
-    tx, _ = from_config.create_optimizer(opt(name="m3"), steps_per_epoch=10, num_epochs=1)
+    tx = tx_of(opt(name="m3"), layout="vmap")
     updates, _ = tx.update(grouped, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], -0.1 * np.median(np.asarray(grouped["w"]), axis=0))
     ref = cgh_jax.m3_sgd(0.1)

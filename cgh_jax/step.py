@@ -1,0 +1,347 @@
+"""The one train step and eval step, built from a model, an :class:`OptimizerSpec` and a mesh.
+
+Every caller that updates parameters goes through :func:`make_train_step` (or
+:class:`Steps`): the trainer, the benchmarks and the studies. The gradient each optimizer
+consumes (``spec.gradient``):
+
+- ``BATCH`` (``sgd``, ``rm3``, ``ra3``): ``jax.value_and_grad`` of the mean loss over the
+  batch;
+- ``GROUPED`` (``m3``): the median of ``num_groups`` group-mean gradients over ``num_groups x
+  batch_size`` examples, by the layout ``spec.m3_layout`` (concrete, see
+  :meth:`OptimizerSpec.resolve_layout`): ``vmap`` / ``loop``:
+  :func:`cgh_jax.optim.grouped_grads` (column-major groups, BatchNorm statistics per group)
+  and the median in the optimizer; ``reduce_scatter`` / ``group_sharded`` (several
+  devices): :func:`cgh_jax.optim.sharded_median_of_means_grads` inside the step, the same
+  update with fewer collective bytes (BatchNorm statistics per device chunk). Running
+  statistics are the mean over groups (chunks);
+- ``PER_EXAMPLE`` (``winsorize``): :func:`cgh_jax.optim.per_example_grads` (models without
+  BatchNorm).
+
+Dropout keys are ``fold_in(state.rng, state.step)``, so they depend only on the step. The
+eval step returns exact masked sums (top-1, top-5, loss) against ``label`` and
+``true_label`` and per-example loss and correctness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cgh_jax import metrics as metrics_lib
+from cgh_jax import sharding as sharding_lib
+from cgh_jax.optim import (
+    coordinate_median,
+    grouped_grads,
+    per_example_grads,
+    sharded_median_of_means_grads,
+)
+from cgh_jax.optim.spec import GROUPED_LAYOUTS, Gradient, OptimizerSpec
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that determines the rest of a run (all replicated on the mesh).
+
+    Attributes:
+      step: number of updates done (int32 scalar); the data position follows from it.
+      params: model parameters.
+      batch_stats: BatchNorm running statistics (``{}`` for models without BatchNorm).
+      opt_state: optax state (e.g. the RM3 ring buffer, momentum).
+      rng: base PRNG key; the dropout key of step ``t`` is ``fold_in(rng, t)``.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _init_fn(model, tx: optax.GradientTransformation, image_shape) -> Callable:
+    def init(rng):
+        init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
+        images = jnp.zeros((1, *image_shape), jnp.float32)
+        variables = model.init({"params": init_rng, "dropout": dropout_rng}, images, train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            rng=state_rng,
+        )
+
+    return init
+
+
+def create_train_state(
+    model, tx: optax.GradientTransformation, image_shape, rng: jax.Array, mesh
+) -> TrainState:
+    """Initializes the model and optimizer, replicated over ``mesh``.
+
+    Args:
+      model: a Flax linen module taking ``(images, train=...)``.
+      tx: the optimizer (``spec.optimizer()``).
+      image_shape: ``(H, W, C)`` of one example.
+      rng: PRNG key; split into the init key, the init dropout key and the base key.
+      mesh: the device mesh.
+    """
+    replicated = sharding_lib.replicated_sharding(mesh)
+    return jax.jit(_init_fn(model, tx, image_shape), out_shardings=replicated)(rng)
+
+
+def abstract_train_state(model, tx: optax.GradientTransformation, image_shape, mesh) -> TrainState:
+    """The shapes, dtypes and (replicated) shardings of :func:`create_train_state`'s result,
+    without computing it: the restore target, and a cheap look at the model's collections."""
+    replicated = sharding_lib.replicated_sharding(mesh)
+    shapes = jax.eval_shape(_init_fn(model, tx, image_shape), jax.random.PRNGKey(0))
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
+    )
+
+
+class ModelFacts(NamedTuple):
+    """What the step and the M3 layout need to know about a model."""
+
+    has_state: bool  # BatchNorm statistics
+    has_conv: bool  # a parameter of rank >= 3 (a convolution kernel)
+
+
+def model_facts(model, image_shape, mesh) -> ModelFacts:
+    """Reads :class:`ModelFacts` from the model's abstract variables (no computation)."""
+    probe = abstract_train_state(model, optax.identity(), image_shape, mesh)
+    has_conv = any(len(np.shape(leaf)) >= 3 for leaf in jax.tree.leaves(probe.params))
+    return ModelFacts(has_state=bool(jax.tree.leaves(probe.batch_stats)), has_conv=has_conv)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy with integer labels, in float32."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def make_loss_fn(model, *, has_state: bool) -> Callable:
+    """The training loss in ``grouped_grads``'s convention.
+
+    ``loss_fn(params, batch, batch_stats, rng=None)`` returns ``(loss, (aux, new_state))``
+    if ``has_state`` else ``(loss, aux)``; ``loss`` is the mean cross-entropy over the given
+    batch, ``aux = {'top1': mean accuracy}``, ``new_state = {'batch_stats': ...}``.
+    """
+
+    def loss_fn(params, batch, batch_stats, rng=None):
+        rngs = {"dropout": rng} if rng is not None else {}
+        if has_state:
+            logits, new_state = model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                batch["image"],
+                train=True,
+                mutable=["batch_stats"],
+                rngs=rngs,
+            )
+        else:
+            logits = model.apply({"params": params}, batch["image"], train=True, rngs=rngs)
+        loss = jnp.mean(cross_entropy(logits, batch["label"]))
+        aux = {"top1": jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))}
+        return (loss, (aux, new_state)) if has_state else (loss, aux)
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize: bool):
+    """``fn(state, batch, rng) -> (loss, top1, grads for the optimizer, direction, new
+    batch_stats or None)``; ``direction`` is the update direction before weight decay."""
+    loss_fn = make_loss_fn(model, has_state=has_state)
+    kind = spec.gradient
+    if kind is Gradient.BATCH:
+
+        def batch_fn(state, batch, rng):
+            (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params, batch, state.batch_stats, rng=rng
+            )
+            aux, new_state = out if has_state else (out, None)
+            return loss, aux["top1"], grads, grads, new_state
+
+        return batch_fn
+    if kind is Gradient.GROUPED and spec.median_in_step:
+        if mesh is None:
+            raise ValueError(f"m3_layout={spec.m3_layout!r} needs the device mesh (mesh=...).")
+        median_fn = sharded_median_of_means_grads(
+            loss_fn,
+            spec.num_groups,
+            mesh,
+            has_aux=True,
+            has_state=has_state,
+            layout=spec.m3_layout,
+            vectorize=vectorize,
+        )
+        reduce = None
+    elif kind is Gradient.GROUPED:
+        if spec.m3_layout not in GROUPED_LAYOUTS:
+            raise ValueError(
+                f"m3_layout={spec.m3_layout!r} is not a concrete layout; fix it first with "
+                "spec.with_layout(spec.resolve_layout(...)[0])."
+            )
+        median_fn = grouped_grads(
+            loss_fn,
+            spec.num_groups,
+            has_aux=True,
+            has_state=has_state,
+            vectorize=spec.m3_layout == "vmap",
+        )
+        reduce = coordinate_median
+    else:
+        median_fn = per_example_grads(loss_fn, has_aux=True)
+        reduce = lambda x: jnp.mean(x, axis=0)  # noqa: E731
+
+    def stacked_fn(state, batch, rng):
+        g = median_fn(state.params, batch, state.batch_stats, rng=rng)
+        direction = g.grads if reduce is None else jax.tree.map(reduce, g.grads)
+        new_state = g.state if has_state else None
+        return jnp.mean(g.loss), jnp.mean(g.aux["top1"]), g.grads, direction, new_state
+
+    return stacked_fn
+
+
+def make_train_step(
+    model, spec: OptimizerSpec, *, has_state: bool, mesh=None, vectorize: bool = True
+) -> Callable:
+    """The un-jitted train step ``(state, batch) -> (state, TrainMetrics, finite)``.
+
+    Args:
+      model: the Flax module.
+      spec: the resolved optimizer (concrete ``m3_layout`` for M3; the schedule's length
+        fixed with ``with_duration``).
+      has_state: the model has BatchNorm statistics.
+      mesh: the device mesh (needed by the sharded M3 layouts).
+      vectorize: sharded M3 layouts: compute a device's chunks with ``vmap`` (else a loop).
+
+    Returns:
+      The step function. ``finite`` is a bool scalar: loss and all norms are finite. The
+      logged ``grad_norm`` is the norm of the update direction before weight decay: the
+      batch gradient, M3's median of the group means, or winsorize's mean per-example
+      gradient.
+    """
+    tx, schedule = spec.optimizer(), spec.schedule()
+    gradient_fn = _gradient_fn(model, spec, has_state=has_state, mesh=mesh, vectorize=vectorize)
+
+    def train_step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss, top1, grads, direction, new_stats = gradient_fn(state, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        batch_stats = new_stats["batch_stats"] if has_state else state.batch_stats
+        new = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        values = {
+            "loss": loss,
+            "top1": top1,
+            "grad_norm": optax.global_norm(direction),
+            "param_norm": optax.global_norm(params),
+            "update_norm": optax.global_norm(updates),
+            "learning_rate": schedule(state.step),
+        }
+        finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in values.values()]))
+        return new, metrics_lib.TrainMetrics.single_from_model_output(**values), finite
+
+    return train_step
+
+
+def make_eval_step(model, *, has_state: bool, with_top5: bool) -> Callable:
+    """The un-jitted eval step ``(state, batch) -> (sums, per_example)``.
+
+    ``batch`` has ``image``, ``label``, ``true_label`` and ``mask``. ``sums`` has, for each
+    of ``label`` and ``true_label``, masked sums of the loss, top-1 and top-5 hits, plus the
+    number of real examples ``count``; ``per_example`` has ``loss`` / ``correct`` against
+    ``label`` (for the per-example records).
+    """
+
+    def eval_step(state: TrainState, batch):
+        variables = {"params": state.params}
+        if has_state:
+            variables["batch_stats"] = state.batch_stats
+        logits = model.apply(variables, batch["image"], train=False).astype(jnp.float32)
+        mask = batch["mask"].astype(jnp.float32)
+        top = jnp.argsort(-logits, axis=-1)[:, :5] if with_top5 else None
+        out = {"count": jnp.sum(mask)}
+        per_example = {}
+        for key in ("label", "true_label"):
+            labels = batch[key]
+            loss = cross_entropy(logits, labels)
+            hit1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+            sums = {"loss": jnp.sum(loss * mask), "top1": jnp.sum(hit1 * mask)}
+            if with_top5:
+                hit5 = jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+                sums["top5"] = jnp.sum(hit5 * mask)
+            out[key] = sums
+            if key == "label":
+                per_example = {"loss": loss, "correct": hit1 > 0}
+        return out, per_example
+
+    return eval_step
+
+
+class Steps(NamedTuple):
+    """The jitted steps of one model and optimizer on one mesh, and the optimizer."""
+
+    train: Callable  # (state, batch) -> (state, TrainMetrics, finite); donates the state
+    eval: Callable  # (state, batch) -> (sums, per_example)
+    tx: optax.GradientTransformation
+
+
+def build_steps(
+    model, spec: OptimizerSpec, mesh, *, facts: ModelFacts, with_top5: bool, platform: str
+) -> Steps:
+    """:func:`make_train_step` and :func:`make_eval_step` under ``jax.jit`` over ``mesh``:
+    state replicated, batch sharded on ``'data'``, the train state donated."""
+    replicated = sharding_lib.replicated_sharding(mesh)
+    batch_sharding = sharding_lib.batch_sharding(mesh)
+    train_fn = make_train_step(
+        model,
+        spec,
+        has_state=facts.has_state,
+        mesh=mesh,
+        vectorize=not (facts.has_conv and platform == "cpu"),
+    )
+    train = jax.jit(
+        train_fn,
+        in_shardings=(replicated, batch_sharding),
+        out_shardings=(replicated, replicated, replicated),
+        donate_argnums=(0,),
+    )
+    eval_fn = make_eval_step(model, has_state=facts.has_state, with_top5=with_top5)
+    evaluate = jax.jit(
+        eval_fn,
+        in_shardings=(replicated, batch_sharding),
+        out_shardings=(replicated, batch_sharding),
+    )
+    return Steps(train=train, eval=evaluate, tx=spec.optimizer())
+
+
+__all__ = [
+    "ModelFacts",
+    "Steps",
+    "TrainState",
+    "abstract_train_state",
+    "build_steps",
+    "create_train_state",
+    "cross_entropy",
+    "make_eval_step",
+    "make_loss_fn",
+    "make_train_step",
+    "model_facts",
+]
