@@ -27,6 +27,10 @@ Training config fields (``train_and_evaluate`` reads exactly these):
 ``eval_batch_size``        global batch size of the evaluations.
 ``log_every_steps``        train metrics (loss, top1, norms) and progress are written every
                            this many steps; non-finite values are checked at least this often.
+``steps_per_dispatch``     train steps per dispatch (``jax.lax.scan`` over that many batches
+                           sent to the devices at once; 1: one step per dispatch). Same
+                           updates; fewer dispatches and transfers for small models. Logs,
+                           hooks, checkpoints and preemption happen between dispatches.
 ``checkpoint_every_steps`` periodic checkpoints (0: only at the end and on SIGTERM).
 ``keep_checkpoints``       how many checkpoints Orbax keeps.
 ``per_example_epochs``     after these numbers of finished epochs, write per-example records.
@@ -198,6 +202,7 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.max_steps = -1
     cfg.eval_batch_size = 1000
     cfg.log_every_steps = 50
+    cfg.steps_per_dispatch = 1
     cfg.checkpoint_every_steps = 0
     cfg.keep_checkpoints = 2
     cfg.per_example_epochs = ()

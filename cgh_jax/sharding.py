@@ -63,6 +63,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches stacked on a leading step axis ``[n, B, ...]``: axis 1 split over the mesh."""
+    return NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0]))
+
+
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
     """Fully replicated: ``NamedSharding(mesh, P())``."""
     return NamedSharding(mesh, PartitionSpec())
@@ -108,3 +113,28 @@ def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[st
         )
         for k, v in batch.items()
     }
+
+
+def host_batches_to_global(
+    batches: list[Mapping[str, np.ndarray]], mesh: Mesh
+) -> dict[str, jax.Array]:
+    """Several per-process batches stacked on a new leading axis, as one global array each:
+    ``[n, b, ...]`` per process -> ``[n, b * process_count, ...]`` sharded as
+    :func:`stacked_batch_sharding` (one transfer for ``n`` steps; see
+    :func:`host_batch_to_global` for the per-batch rules)."""
+    if not batches:
+        raise ValueError("batches is empty; expected a list of batch dicts.")
+    sharding = stacked_batch_sharding(mesh)
+    out = {}
+    for k in batches[0]:
+        stacked = np.stack([np.asarray(b[k]) for b in batches])
+        local = stacked.shape[1]
+        per_host_devices = local_batch_size_divisor(mesh)
+        if per_host_devices == 0 or local % per_host_devices:
+            raise ValueError(
+                f"the per-host batch size {local} must be a multiple of this process's "
+                f"{per_host_devices} device(s) in the mesh."
+            )
+        shape = (stacked.shape[0], local * jax.process_count(), *stacked.shape[2:])
+        out[k] = jax.make_array_from_process_local_data(sharding, stacked, shape)
+    return out

@@ -33,6 +33,7 @@ Files in ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON object per ev
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -145,8 +146,14 @@ def _epoch_value(step: int, steps_per_epoch: int) -> int | float:
     return int(epoch) if step % steps_per_epoch == 0 else round(epoch, 6)
 
 
+def _crossed(before: int, after: int, every: int) -> bool:
+    """A multiple of ``every`` lies in ``(before, after]``."""
+    return after // every > before // every
+
+
 def _check_config(config: ml_collections.ConfigDict) -> None:
-    for key in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps"):
+    keys = ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps")
+    for key in keys + ("steps_per_dispatch",) * ("steps_per_dispatch" in config):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"config.{key} must be a positive integer, got {config[key]!r}.")
     if config.max_steps == 0 or config.max_steps < -1:
@@ -320,6 +327,17 @@ class Run:
                 )
         pending.clear()
 
+    def _dispatch(self, host_batches: list[dict]) -> tuple:
+        """One train step, or ``len(host_batches)`` steps in one dispatch."""
+        keys = ("image", "label")
+        if len(host_batches) == 1:
+            batch = {k: host_batches[0][k] for k in keys}
+            return self.steps.train(self.state, sharding_lib.host_batch_to_global(batch, self.mesh))
+        group = [{k: b[k] for k in keys} for b in host_batches]
+        return self.steps.train_many(
+            self.state, sharding_lib.host_batches_to_global(group, self.mesh)
+        )
+
     def save(self, step: int, pending) -> None:
         self.check_finite(pending)
         self.checkpointer.save(step, self.state, wall_time_s=self.elapsed())
@@ -339,6 +357,7 @@ class Run:
         self.write_config()
         eval_sets = data_lib.eval_datasets(config.data, global_batch_size=config.eval_batch_size)
         progress = metrics_lib.Progress(self.total_steps, step)
+        per_dispatch = int(config.get("steps_per_dispatch", 1))
         watcher = PreemptionWatcher()
         pending: list[tuple[int, jax.Array]] = []
         accumulated = None
@@ -362,25 +381,29 @@ class Run:
                     progress.pause()
                     last_record = self.evaluate(step, eval_sets, pending)
                     progress.resume()
-                batches = data_lib.train_batches(
-                    config.data,
-                    global_batch_size=self.update_batch,
-                    epoch=epoch,
-                    start_batch=start_batch,
+                batches = iter(
+                    data_lib.train_batches(
+                        config.data,
+                        global_batch_size=self.update_batch,
+                        epoch=epoch,
+                        start_batch=start_batch,
+                    )
                 )
                 num_batches = 0
-                for host_batch in batches:
-                    num_batches += 1
-                    batch = sharding_lib.host_batch_to_global(
-                        {"image": host_batch["image"], "label": host_batch["label"]}, self.mesh
-                    )
-                    self.state, update, finite = self.steps.train(self.state, batch)
-                    step += 1
+                while True:
+                    # Up to steps_per_dispatch batches, never past the epoch or the run.
+                    size = min(per_dispatch, spe - step % spe, self.total_steps - step)
+                    group = list(itertools.islice(batches, size))
+                    if not group:
+                        break
+                    num_batches += len(group)
+                    self.state, update, finite = self._dispatch(group)
+                    before, step = step, step + len(group)
                     pending.append((step, finite))
                     accumulated = update if accumulated is None else accumulated.merge(update)
                     for hook in self.hooks:
                         hook.on_step(self, step)
-                    if step % config.log_every_steps == 0 or step == self.total_steps:
+                    if _crossed(before, step, config.log_every_steps) or step == self.total_steps:
                         self.check_finite(pending)
                         values = {k: float(v) for k, v in accumulated.compute().items()}
                         accumulated = None
@@ -396,7 +419,11 @@ class Run:
                     if watcher.requested(step):
                         preempted = True
                     every = config.checkpoint_every_steps
-                    if preempted or step == self.total_steps or (every and step % every == 0):
+                    if (
+                        preempted
+                        or step == self.total_steps
+                        or (every and _crossed(before, step, every))
+                    ):
                         self.save(step, pending)
                     if preempted or step % spe == 0 or step >= self.total_steps:
                         break

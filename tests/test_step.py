@@ -1,0 +1,141 @@
+"""The one step module and the trainer's loop around it: several steps per dispatch,
+hooks, and no evaluation of a non-finite state."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from cgh_jax import configlib, hooks, sharding, train
+from cgh_jax import step as step_lib
+from cgh_jax.models import get_model
+from cgh_jax.optim import spec as spec_lib
+
+
+def _spec(name, **kw):
+    spec = spec_lib.resolve(dict(name=name, learning_rate=0.1, **kw), batch_size=8)
+    spec = spec.with_duration(steps_per_epoch=4, num_epochs=2)
+    return spec.with_layout("vmap") if name == "m3" else spec
+
+
+def _batches(num, size, image_shape=(4, 4, 1), classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "image": rng.normal(size=(size, *image_shape)).astype(np.float32),
+            "label": rng.integers(0, classes, size).astype(np.int32),
+        }
+        for _ in range(num)
+    ]
+
+
+@pytest.mark.parametrize("name", ["sgd", "m3", "rm3"])
+def test_steps_per_dispatch_gives_the_parameters_of_single_steps(name):
+    mesh = sharding.create_mesh(1)
+    model = get_model("mlp", num_classes=10, hidden=(16,))
+    spec = _spec(name, schedule="step", decay_epochs=(1,), momentum=0.0)
+    facts = step_lib.model_facts(model, (4, 4, 1), mesh)
+    steps = step_lib.build_steps(model, spec, mesh, facts=facts, with_top5=True, platform="cpu")
+    batches = _batches(6, spec.examples_per_update)
+
+    def init():
+        return step_lib.create_train_state(
+            model, steps.tx, (4, 4, 1), jax.random.PRNGKey(0), mesh
+        )
+
+    single, metrics = init(), None
+    for b in batches:
+        single, m, finite = steps.train(single, sharding.host_batch_to_global(b, mesh))
+        assert bool(finite)
+        metrics = m if metrics is None else metrics.merge(m)
+    many = init()
+    many, m1, f1 = steps.train_many(many, sharding.host_batches_to_global(batches[:4], mesh))
+    many, m2, f2 = steps.train_many(many, sharding.host_batches_to_global(batches[4:], mesh))
+    assert bool(f1) and bool(f2)
+    assert int(many.step) == int(single.step) == 6
+    for a, b in zip(jax.tree.leaves(many), jax.tree.leaves(single), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    got = {k: float(v) for k, v in m1.merge(m2).compute().items()}
+    want = {k: float(v) for k, v in metrics.compute().items()}
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-6), k
+
+
+def _digits_config(tmp_path, **overrides):
+    cfg = configlib.base_config()
+    cfg.data = configlib.data_config(
+        source="sklearn_digits", data_dir=str(tmp_path / "tfds"), noise=0.5, eval_subset_size=64
+    )
+    cfg.model = dict(name="mlp", hidden=(32,), dtype="float32")
+    cfg.optimizer = configlib.optimizer_config(name="rm3", learning_rate=0.1)
+    cfg.batch_size = 64
+    cfg.num_epochs = 3
+    cfg.eval_batch_size = 128
+    cfg.log_every_steps = 5
+    cfg.checkpoint_every_steps = 7
+    for k, v in overrides.items():
+        cfg[k] = v
+    return cfg
+
+
+def _records(path):
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "wall_time_s"}
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_trainer_with_steps_per_dispatch_writes_the_same_metrics(tmp_path):
+    one = train.train_and_evaluate(_digits_config(tmp_path), str(tmp_path / "one"))
+    many = train.train_and_evaluate(
+        _digits_config(tmp_path, steps_per_dispatch=4), str(tmp_path / "many")
+    )
+    assert one["step"] == many["step"] == 3 * (1442 // 64)  # 1,442 training digits
+    assert _records(tmp_path / "one" / "metrics.jsonl") == _records(
+        tmp_path / "many" / "metrics.jsonl"
+    )
+
+
+class _Recorder(hooks.Hook):
+    def __init__(self):
+        self.steps, self.evals, self.ends = [], [], []
+
+    def on_step(self, run, step):
+        assert int(run.state.step) == step
+        self.steps.append(step)
+
+    def on_eval(self, run, record):
+        self.evals.append(record["step"])
+
+    def on_end(self, run, record):
+        self.ends.append(record["step"])
+
+
+def test_hooks_see_every_step_each_evaluation_and_the_end(tmp_path):
+    recorder = _Recorder()
+    cfg = _digits_config(tmp_path, num_epochs=2)
+    result = train.train_and_evaluate(cfg, str(tmp_path / "run"), hooks=[recorder])
+    total = result["step"]
+    spe = total // 2
+    assert recorder.steps == list(range(1, total + 1))
+    assert recorder.evals == [0, spe, total]
+    assert recorder.ends == [total]
+    # A finished run returns at once: no step, no hook call.
+    again = _Recorder()
+    train.train_and_evaluate(cfg, str(tmp_path / "run"), hooks=[again])
+    assert again.steps == again.evals == again.ends == []
+
+
+def test_a_diverging_run_stops_before_it_evaluates_a_non_finite_state(tmp_path):
+    cfg = _digits_config(tmp_path, log_every_steps=1000, checkpoint_every_steps=0)
+    cfg.optimizer.name = "sgd"
+    cfg.optimizer.learning_rate = 1e30  # overflows float32 within a few steps
+    with pytest.raises(train.NonFiniteError, match="without evaluating or saving"):
+        train.train_and_evaluate(cfg, str(tmp_path / "run"))
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # the evaluation before training; none after the divergence
+    record = json.loads(lines[0], parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
