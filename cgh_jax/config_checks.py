@@ -15,6 +15,7 @@ value and the accepted values.
   (models, optimizers, data sources), the data path and its files, batch sizes against
   groups and clipping, the optimizer against the model.
 * :func:`check_optimizer` -- the complete optimizer-field rules.
+* :func:`check_override_types` -- an override keeps the type of the field's value.
 * :func:`check_study_overrides` -- a study refuses overrides its runs would replace.
 * :func:`check_workdir` -- the work directory exists as a folder or can be created, and is
   writable; nothing in it is changed.
@@ -97,7 +98,7 @@ def _number(path: str, value: Any, *, low: float, low_open: bool = False, high=N
     ok = _is_number(value) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and (high is None or value < high)
     if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + (f" and < {high}" if high is not None else "")
+        bound = f"{'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
         raise ConfigError(
             f"config.{path}={value!r} is not a finite number {bound}",
             f"give config.{path} a finite number {bound}",
@@ -211,10 +212,9 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     except ConfigError as e:
         raise ConfigError(f"{where}: {e.what}", e.fix) from e
     except (ValueError, TypeError, KeyError, AttributeError) as e:
-        text = str(e).rstrip(".")
-        raise ConfigError(
-            f"{where}: {text}", f"fix the argument (arguments: see the docstring of {path})"
-        ) from e
+        what, _, fix = " ".join(str(e).split()).rstrip(".").partition("; ")
+        fix = fix or f"fix the arguments (the docstring of {path} lists them)"
+        raise ConfigError(f"{where}: {what}", fix) from e
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(
             f"get_config of {path!r} returned {type(config).__name__}, not a ConfigDict",
@@ -614,6 +614,48 @@ def _ignored_by(config: Mapping[str, Any], field: str) -> list[str]:
     return runs
 
 
+def _same_kind(old: Any, new: Any) -> bool:
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if _is_int(old):
+        return _is_int(new)
+    if _is_number(old):
+        return _is_number(new)
+    if isinstance(old, list | tuple):
+        return isinstance(new, list | tuple) and (
+            not old or all(_same_kind(old[0], v) for v in new)
+        )
+    return isinstance(new, type(old))
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, list | tuple) and value:
+        return f"a {type(value).__name__} of {type(value[0]).__name__}"
+    return f"a {type(value).__name__}"
+
+
+def check_override_types(final: Any, own: Any) -> None:
+    """Refuses an override whose value has another type than the config file's own value.
+
+    Integers may replace floats; a tuple's elements must have the type of the config's
+    first element (``--config.model.hidden='(512, 512)'``, not ``abc``). Fields the config
+    leaves unset (None) take any value.
+
+    Raises:
+      ConfigError: naming the field, the given value and the expected type.
+    """
+    new, old = _flatten(_to_dict(final)), _flatten(_to_dict(own))
+    for field in sorted(new):
+        before, after = old.get(field), new[field]
+        if before is None or before == after or _same_kind(before, after):
+            continue
+        raise ConfigError(
+            f"--config.{field}={after!r} is {_type_name(after)}, but the config's value "
+            f"{before!r} is {_type_name(before)}",
+            f"give a value like {before!r}",
+        )
+
+
 def check_study_overrides(final: Any, own: Any, spec: str) -> None:
     """Refuses command-line overrides of a study config that its runs would replace.
 
@@ -643,7 +685,7 @@ def check_study_overrides(final: Any, own: Any, spec: str) -> None:
             )
             raise ConfigError(
                 f"--config.{field}={new[field]!r} would be ignored: the study {path} sets "
-                f"{field} in each of its runs {_one_of(runs)}",
+                f"{field} itself in its run(s) {_one_of(runs)}",
                 how,
             )
 
@@ -671,6 +713,9 @@ def check_config(config: Any) -> None:
             )
         _check_run(_to_dict(config))
         return
+    shared = _to_dict(config)
+    shared.pop("study")
+    _check_run(shared)  # the fields every run shares, reported without a run name
     for name, run in study_runs(config).items():
         try:
             _check_run(run)
@@ -810,6 +855,7 @@ __all__ = [
     "check_devices",
     "check_optimizer",
     "check_override_names",
+    "check_override_types",
     "check_study_overrides",
     "check_workdir",
     "examples_per_update",

@@ -162,8 +162,8 @@ def _flags_error(error: BaseException) -> ConfigError:
         field = config_checks.split_config_spec(name)[0][len("--config.") :]
         kind = _field_type(field)
         return ConfigError(
-            f"{name}={value} is not a valid {kind}: {why.rstrip('.')}",
-            f"give {name} a {kind} value",
+            f"{name}={value} is not a valid {kind} value: {why.rstrip('.')}",
+            f"give {name} a value of type {kind}",
         )
     if isinstance(error, flags.UnrecognizedFlagError):
         return ConfigError(text.rstrip("."), "see cgh-jax --help")
@@ -204,6 +204,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
                 f"unexpected argument(s) {' '.join(rest[1:])}",
                 "pass flags only (--config=..., --workdir=..., --config.FIELD=VALUE)",
             )
+        config_checks.check_override_types(FLAGS.config, own)
         config_checks.check_study_overrides(FLAGS.config, own, spec)
         config_checks.check_config(FLAGS.config)
         config_checks.check_workdir(FLAGS.workdir)
