@@ -25,6 +25,7 @@ value and the accepted values.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import numbers
@@ -128,7 +129,8 @@ def _known_fields(path: str, cfg: Mapping[str, Any], known: Iterable[str]) -> No
         if key not in known:
             raise ConfigError(
                 f"config.{path}{key} is not a field the trainer reads{_suggest(key, known)}",
-                f"remove it; fields of config.{path.rstrip('.') or '<top>'}: {_one_of(sorted(known))}",
+                f"remove it (fields of config{'.' + path.rstrip('.') if path else ''}: "
+                f"{_one_of(sorted(known))})",
             )
 
 
@@ -141,7 +143,8 @@ def _is_remote(path: str) -> bool:
 
 
 def _to_dict(cfg: Any) -> dict[str, Any]:
-    return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    """A deep, plain-dict copy of a ConfigDict or mapping (safe to change)."""
+    return copy.deepcopy(cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg))
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -757,16 +760,20 @@ def check_devices(config: Any, num_devices: int, num_processes: int = 1) -> None
     """
     for where, run in _runs(config):
         opt = run["optimizer"]
-        batches = (("the update batch", examples_per_update(run), "batch_size"),)
-        batches += (("eval_batch_size", run["eval_batch_size"], "eval_batch_size"),)
-        for what, size, field in batches:
+        groups = int(_get(opt, "num_groups", 3)) if opt["name"] == "m3" else 1
+        batches = (
+            ("one update", examples_per_update(run), "batch_size", groups),
+            ("one evaluation batch", run["eval_batch_size"], "eval_batch_size", 1),
+        )
+        for what, size, field, per_example in batches:
             for count, kind in ((num_devices, "devices"), (num_processes, "processes")):
                 if size % count:
+                    step = count // math.gcd(count, per_example)
+                    detail = f" (num_groups {groups} x batch_size)" if per_example > 1 else ""
                     raise ConfigError(
-                        f"{where}{what} of {size} examples does not split evenly over {count} "
-                        f"{kind}",
-                        f"make config.{field} a multiple of {count}"
-                        + (" / num_groups" if field == "batch_size" and opt["name"] == "m3" else ""),
+                        f"{where}the {size} examples of {what}{detail} do not split evenly "
+                        f"over {count} {kind}",
+                        f"make config.{field} a multiple of {step}",
                     )
         layout, k = _get(opt, "m3_layout", "auto"), _get(opt, "num_groups", 3)
         if opt["name"] == "m3" and layout in choices.SHARDED_M3_LAYOUTS:

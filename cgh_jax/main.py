@@ -104,10 +104,13 @@ def _runtime_error_status(error: BaseException) -> tuple[int, str]:
     """The exit status and message of an error raised while preparing or running."""
     from cgh_jax import checkpointing  # light: imported by the trainer anyway
 
-    data_error = getattr(sys.modules.get("cgh_jax.data"), "DataError", ())
+    data = sys.modules.get("cgh_jax.data")
+    data_errors = tuple(
+        getattr(data, name) for name in ("DataError", "DatasetNotPreparedError") if hasattr(data, name)
+    )
     if isinstance(error, ConfigError):
         return EXIT_CONFIG, str(error)
-    if data_error and isinstance(error, data_error):
+    if data_errors and isinstance(error, data_errors):
         return EXIT_CONFIG, _with_fix(error, "fix config.data")
     if isinstance(error, checkpointing.ConfigMismatchError):
         return EXIT_CONFIG, _with_fix(error, "use a new --workdir or the original config")
@@ -248,25 +251,28 @@ def _num_train(sizes) -> int | None:
     return None if value is None else int(value)
 
 
-def check_sizes_and_devices(config) -> None:
-    """The checks that need the data package and JAX, before any data is loaded."""
+def check_devices(config) -> None:
+    """Batch sizes against the devices and processes (needs JAX, not the data)."""
     import jax
+
+    config_checks.check_devices(config, jax.device_count(), jax.process_count())
+
+
+def check_dataset_size(config) -> None:
+    """Update batches against the training-split size, where the data package knows it
+    without loading the data (``cgh_jax.data.known_sizes``); otherwise the trainer checks
+    it after loading."""
     import ml_collections
 
-    data_lib = importlib.import_module("cgh_jax.data")
-    known_sizes = getattr(data_lib, "known_sizes", None)
-    if known_sizes is not None:
-        runs = (
-            config_checks.study_runs(config).values()
-            if config_checks.is_study(config)
-            else [config.to_dict()]
-        )
-        for run in runs:
-            data = ml_collections.ConfigDict(run["data"])
-            config_checks.check_dataset_size(
-                ml_collections.ConfigDict(run), _num_train(known_sizes(data))
-            )
-    config_checks.check_devices(config, jax.device_count(), jax.process_count())
+    known_sizes = getattr(importlib.import_module("cgh_jax.data"), "known_sizes", None)
+    if known_sizes is None:
+        return
+    if config_checks.is_study(config):
+        runs = [ml_collections.ConfigDict(r) for r in config_checks.study_runs(config).values()]
+    else:
+        runs = [config]
+    for run in runs:
+        config_checks.check_dataset_size(run, _num_train(known_sizes(run.data)))
 
 
 def _hide_gpus_from_tensorflow() -> None:
@@ -283,12 +289,13 @@ def main(argv):
     try:
         import jax
 
+        initialize_distributed()
+        check_devices(FLAGS.config)  # JAX only: before TensorFlow and the data package
+        _hide_gpus_from_tensorflow()
         from cgh_jax import metrics as metrics_lib
 
-        _hide_gpus_from_tensorflow()
         metrics_lib.quiet_library_logs()
-        initialize_distributed()
-        check_sizes_and_devices(FLAGS.config)
+        check_dataset_size(FLAGS.config)  # before any data is loaded
         logging.info(
             "Process %d/%d, %d local / %d global devices (%s).",
             jax.process_index(),
