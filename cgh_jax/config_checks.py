@@ -816,6 +816,13 @@ def check_workdir(workdir: Any) -> None:
             "pass a new or existing directory",
         )
     if os.path.isdir(path):
+        checkpoints = os.path.join(path, "checkpoints")
+        if os.path.exists(checkpoints) and not os.path.isdir(checkpoints):
+            raise ConfigError(
+                f"--workdir={workdir} holds a file named checkpoints where the checkpoint "
+                "directory goes",
+                "move that file away or pass another --workdir",
+            )
         _probe_writable(path, workdir)
         return
     # The topmost missing directory: create and remove it to prove that it can be made.

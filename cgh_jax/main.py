@@ -36,13 +36,6 @@ from cgh_jax import config_checks
 from cgh_jax.config_checks import ConfigError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file and its arguments, FILE[:ARGS].", lock_config=True
-)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
-flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 
 EXIT_CONFIG = 2  # the command line, the config or the data it names is wrong
 EXIT_RUNTIME = 1  # a failure while running
@@ -168,9 +161,10 @@ def _flags_error(error: BaseException) -> ConfigError:
             f"{name}={value} is not a valid {kind} value: {why.rstrip('.')}",
             f"give {name} a value of type {kind}",
         )
-    if isinstance(error, flags.UnrecognizedFlagError):
-        return ConfigError(text.rstrip("."), "see cgh-jax --help")
-    return ConfigError(text.rstrip("."), "see cgh-jax --help")
+    text = re.sub(r"^ERROR:+\s*", "", text).rstrip(".")
+    if isinstance(error, flags.CantOpenFlagFileError):
+        return ConfigError(text, "pass an existing --flagfile")
+    return ConfigError(text, "see cgh-jax --help")
 
 
 def _field_type(field: str) -> str:
@@ -189,6 +183,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         print(HELP, end="")
         sys.exit(0)
     try:
+        try:
+            argv = FLAGS.read_flags_from_files(argv, force_gnu=False)  # --flagfile=...
+        except flags.Error as e:
+            raise _flags_error(e) from e
         spec = _flag_value(argv[1:], "config")
         if spec is None:
             raise ConfigError("--config is required", "pass --config=configs/<name>.py[:ARGS]")
@@ -214,6 +212,24 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except ConfigError as e:
         fail(str(e), EXIT_CONFIG, argv)
     return rest
+
+
+def define_flags() -> None:
+    """Defines the command-line flags (once).
+
+    Called by :func:`run`, not at import: ``config_flags`` reads ``sys.argv`` (and any
+    ``--flagfile``) when its flag is defined, and an error there must reach the user as one
+    line too.
+    """
+    if "workdir" in FLAGS:
+        return
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment config file and its arguments, FILE[:ARGS].", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+    flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
+    flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+    flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 
 
 # ----------------------------------------------------------------------------- running
@@ -319,6 +335,10 @@ def main(argv):
 
 def run():
     """The ``cgh-jax`` console script."""
+    try:
+        define_flags()
+    except flags.Error as e:
+        fail(str(_flags_error(e)), EXIT_CONFIG, sys.argv)
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -100,6 +100,9 @@ def files(tmp_path_factory):
     (root / "a_file").write_text("not a directory\n")
     (root / "broken.py").write_text("def get_config(:\n")
     (root / "no_get_config.py").write_text("x = 1\n")
+    (root / "stray_checkpoints" ).mkdir()
+    (root / "stray_checkpoints" / "checkpoints").write_text("a file\n")
+    (root / "args.flags").write_text("--config=configs/default.py:epoch=3\n")
     idx = root / "idx_half"
     idx.mkdir()
     (idx / "train-images-idx3-ubyte").write_bytes(b"")
@@ -192,6 +195,11 @@ WORKDIR_CASES = [
     ("workdir_under_a_file", [DEFAULT], "{root}/a_file/run", ["a_file is a file"]),
     # Tests run as root, which chmod does not stop; /proc refuses new entries to anyone.
     ("workdir_not_creatable", [DEFAULT], "/proc/cgh_jax_run", ["cannot be created in /proc"]),
+    ("checkpoints_is_a_file", [DEFAULT], "{root}/stray_checkpoints",
+     ["holds a file named checkpoints"]),
+    ("flagfile_with_bad_args", ["--flagfile={root}/args.flags"], "{root}/w",
+     ["unknown config argument 'epoch'"]),
+    ("missing_flagfile", ["--flagfile={root}/nope.flags"], "{root}/w", ["nope.flags"]),
 ]
 
 
@@ -212,6 +220,7 @@ def test_config_error(files, args, needles):
                          ids=[c[0] for c in WORKDIR_CASES])
 def test_workdir_error(files, args, workdir, needles):
     before = _tree_hash(files)
+    args = [a.replace("{root}", str(files)) for a in args]
     if workdir is not None:
         args = [*args, f"--workdir={workdir.replace('{root}', str(files))}"]
     out, seconds = _cli(*args)
@@ -237,6 +246,15 @@ def test_read_only_workdir_is_refused_before_anything_runs(files, tmp_path):
         _assert_error(out, seconds, CONFIG_BUDGET_S, "is not writable")
     finally:
         subprocess.run(["umount", str(target)], check=False)
+
+
+def test_checkpointer_refuses_a_file_for_its_directory(files):
+    from cgh_jax import checkpointing
+
+    with pytest.raises(checkpointing.CheckpointError, match="is a file; move it away"):
+        checkpointing.Checkpointer(
+            str(files / "stray_checkpoints" / "checkpoints"), config=configlib.base_config()
+        )
 
 
 def test_existing_workdir_errors_leave_it_unchanged_and_traceback_on_request(files):
