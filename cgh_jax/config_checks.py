@@ -99,7 +99,9 @@ def _number(path: str, value: Any, *, low: float, low_open: bool = False, high=N
     ok = _is_number(value) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and (high is None or value < high)
     if not ok:
-        bound = f"{'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
+        bound = f"{'>' if low_open else '>='} {low:g}" + (
+            f" and < {high:g}" if high is not None else ""
+        )
         raise ConfigError(
             f"config.{path}={value!r} is not a finite number {bound}",
             f"give config.{path} a finite number {bound}",
@@ -185,9 +187,11 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     if not os.path.isfile(path):
         state = "is a directory" if os.path.isdir(path) else "does not exist"
         folder = os.path.dirname(path) or "."
-        found = sorted(f for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(
-            folder
-        ) else []
+        found = (
+            sorted(f for f in os.listdir(folder) if f.endswith(".py"))
+            if os.path.isdir(folder)
+            else []
+        )
         hint = f"; config files in {folder}: {_one_of(found)}" if found else ""
         raise ConfigError(
             f"config file {path!r} {state} (from {where}, relative to {os.getcwd()})",
@@ -294,7 +298,7 @@ def check_optimizer(cfg: Mapping[str, Any], *, prefix: str = "optimizer") -> Non
         raise ConfigError(
             f"config.{p}num_groups={groups!r} is not a positive odd integer (the median of an "
             "even number of group means is not one of them)",
-            f"use an odd number of groups such as 3 or 5",
+            "use an odd number of groups such as 3 or 5",
         )
     _choice(p + "m3_layout", get("m3_layout"), choices.M3_LAYOUTS)
     _int(p + "num_clipped", get("num_clipped"), low=0)
@@ -303,7 +307,7 @@ def check_optimizer(cfg: Mapping[str, Any], *, prefix: str = "optimizer") -> Non
     if (
         not isinstance(epochs, list | tuple)
         or not all(_is_number(e) and math.isfinite(e) and e > 0 for e in epochs)
-        or any(b <= a for a, b in zip(epochs, epochs[1:]))
+        or any(b <= a for a, b in zip(epochs[:-1], epochs[1:], strict=True))
     ):
         raise ConfigError(
             f"config.{p}decay_epochs={epochs!r} is not a tuple of increasing positive epochs",
@@ -444,8 +448,10 @@ def check_data(data: Any) -> None:
             "config.data.image_size > 0 and the streaming path",
             "set config.data.image_size (e.g. 224) and config.data.cache=False",
         )
-    if not get("cache") and get("noise") > 0 and get("noise_scheme") not in (
-        choices.STREAMING_NOISE_SCHEMES
+    if (
+        not get("cache")
+        and get("noise") > 0
+        and get("noise_scheme") not in (choices.STREAMING_NOISE_SCHEMES)
     ):
         raise ConfigError(
             f"config.data.noise_scheme={get('noise_scheme')!r} needs every training label in "
@@ -571,7 +577,7 @@ def study_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     if isinstance(names, str) or not isinstance(names, list | tuple) or not names:
         raise ConfigError(
             f"config.study.optimizers={names!r} is not a non-empty tuple of run names",
-            f"give e.g. ('sgd', 'm3')",
+            "give e.g. ('sgd', 'm3')",
         )
     if len(set(names)) != len(names):
         raise ConfigError(

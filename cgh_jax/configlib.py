@@ -133,7 +133,9 @@ def _kind(default: Any) -> str:
     if isinstance(default, float):
         return "a number"
     if isinstance(default, tuple):
-        return "a '+'-separated list" + (" of integers" if default and isinstance(default[0], int) else "")
+        return "a '+'-separated list" + (
+            " of integers" if default and isinstance(default[0], int) else ""
+        )
     return "a value"
 
 

@@ -48,8 +48,8 @@ usage: cgh-jax --config=FILE[:ARGS] --workdir=DIR [--config.FIELD=VALUE ...]
 
 Trains one run, or each run of a study config, and writes metrics, checkpoints and a report.
 
-  --config=FILE[:ARGS]     experiment config file and its arguments, e.g. configs/default.py:epochs=5
-  --workdir=DIR            directory for checkpoints, metrics and reports (resumes what is there)
+  --config=FILE[:ARGS]     experiment config file and its arguments (configs/default.py:epochs=5)
+  --workdir=DIR            directory for checkpoints, metrics and reports (resumes what is in it)
   --config.FIELD=VALUE     override one config field, e.g. --config.optimizer.learning_rate=0.05
   --coordinator_address    multi-host: HOST:PORT of process 0 (with --num_processes, --process_id)
   --verbosity=1            also print the traceback of an error (or set {TRACEBACK_ENV}=1)
@@ -95,11 +95,13 @@ def _with_fix(error: BaseException, fix: str) -> str:
 
 def _runtime_error_status(error: BaseException) -> tuple[int, str]:
     """The exit status and message of an error raised while preparing or running."""
-    from cgh_jax import checkpointing  # light: imported by the trainer anyway
+    from cgh_jax import checkpointing  # Orbax: loaded by the trainer before most errors
 
     data = sys.modules.get("cgh_jax.data")
     data_errors = tuple(
-        getattr(data, name) for name in ("DataError", "DatasetNotPreparedError") if hasattr(data, name)
+        getattr(data, name)
+        for name in ("DataError", "DatasetNotPreparedError")
+        if hasattr(data, name)
     )
     if isinstance(error, ConfigError):
         return EXIT_CONFIG, str(error)
@@ -110,7 +112,9 @@ def _runtime_error_status(error: BaseException) -> tuple[int, str]:
     if isinstance(error, checkpointing.CheckpointError):
         return EXIT_RUNTIME, _with_fix(error, "use a new --workdir")
     if isinstance(error, FloatingPointError):  # train.NonFiniteError
-        return EXIT_RUNTIME, _with_fix(error, "lower the learning rate or resume from the last checkpoint")
+        return EXIT_RUNTIME, _with_fix(
+            error, "lower the learning rate or resume from the last checkpoint"
+        )
     if isinstance(error, OSError):
         return EXIT_RUNTIME, _with_fix(error, "check the path, its permissions and free space")
     if isinstance(error, ValueError):
@@ -132,8 +136,8 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
             break
         m = re.fullmatch(rf"--?{name}(?:=(.*))?", arg, re.DOTALL)
         if m:
-            value = m.group(1) if m.group(1) is not None else (
-                argv[i + 1] if i + 1 < len(argv) else ""
+            value = (
+                m.group(1) if m.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else "")
             )
     return value
 
@@ -155,8 +159,7 @@ def _flags_error(error: BaseException) -> ConfigError:
     m = re.match(r"flag (--config\.[\w.]+)=(.*?): (.*)", text)
     if m:
         name, value, why = m.groups()
-        field = config_checks.split_config_spec(name)[0][len("--config.") :]
-        kind = _field_type(field)
+        kind = _field_type(name[len("--config.") :])
         return ConfigError(
             f"{name}={value} is not a valid {kind} value: {why.rstrip('.')}",
             f"give {name} a value of type {kind}",

@@ -100,7 +100,7 @@ def files(tmp_path_factory):
     (root / "a_file").write_text("not a directory\n")
     (root / "broken.py").write_text("def get_config(:\n")
     (root / "no_get_config.py").write_text("x = 1\n")
-    (root / "stray_checkpoints" ).mkdir()
+    (root / "stray_checkpoints").mkdir()
     (root / "stray_checkpoints" / "checkpoints").write_text("a file\n")
     (root / "args.flags").write_text("--config=configs/default.py:epoch=3\n")
     idx = root / "idx_half"
@@ -116,74 +116,156 @@ R = "{root}"
 
 # (case id, arguments (``{root}`` is the fixture's directory), substrings of the message)
 CONFIG_CASES = [
-    ("mistyped_optimizer_field", [DEFAULT, "--config.optimizer.nmae=m3"],
-     ["config.optimizer has no field 'nmae'", "did you mean 'name'"]),
-    ("mistyped_top_field", [DEFAULT, "--config.batchsize=16"],
-     ["no field 'batchsize'", "did you mean 'batch_size'"]),
-    ("model_num_classes", [DEFAULT, "--config.model.num_classes=5"],
-     ["config.model has no field 'num_classes'", "comes from the dataset"]),
-    ("missing_config_file", ["--config=configs/defualt.py"],
-     ["'configs/defualt.py' does not exist", "did you mean 'default.py'"]),
+    (
+        "mistyped_optimizer_field",
+        [DEFAULT, "--config.optimizer.nmae=m3"],
+        ["config.optimizer has no field 'nmae'", "did you mean 'name'"],
+    ),
+    (
+        "mistyped_top_field",
+        [DEFAULT, "--config.batchsize=16"],
+        ["no field 'batchsize'", "did you mean 'batch_size'"],
+    ),
+    (
+        "model_num_classes",
+        [DEFAULT, "--config.model.num_classes=5"],
+        ["config.model has no field 'num_classes'", "comes from the dataset"],
+    ),
+    (
+        "missing_config_file",
+        ["--config=configs/defualt.py"],
+        ["'configs/defualt.py' does not exist", "did you mean 'default.py'"],
+    ),
     ("config_is_a_directory", ["--config=configs"], ["'configs' is a directory"]),
     ("config_syntax_error", [f"--config={R}/broken.py"], ["failed to load: SyntaxError"]),
-    ("config_without_get_config", [f"--config={R}/no_get_config.py"],
-     ["defines no get_config"]),
-    ("args_unknown_key", [f"{DEFAULT}:epoch=3"],
-     ["unknown config argument 'epoch'", "did you mean 'epochs'", "accepted arguments:"]),
-    ("args_bad_type", [f"{DEFAULT}:epochs=ten"],
-     ["epochs='ten' is not an integer", "epochs=50"]),
+    ("config_without_get_config", [f"--config={R}/no_get_config.py"], ["defines no get_config"]),
+    (
+        "args_unknown_key",
+        [f"{DEFAULT}:epoch=3"],
+        ["unknown config argument 'epoch'", "did you mean 'epochs'", "accepted arguments:"],
+    ),
+    ("args_bad_type", [f"{DEFAULT}:epochs=ten"], ["epochs='ten' is not an integer", "epochs=50"]),
     ("args_bad_bool", [f"{DEFAULT}:runlocal=maybe"], ["runlocal='maybe' is not a boolean"]),
     ("args_bare_key", [f"{DEFAULT}:epochs"], ["'epochs' has no value", "epochs=<an integer>"]),
-    ("args_bad_value", ["--config=configs/easy_hard.py:stage=middle"],
-     ["stage='middle' is not one of probe, easy, hard"]),
-    ("override_bad_type", [DEFAULT, "--config.batch_size=abc"],
-     ["--config.batch_size=abc is not a valid int value"]),
-    ("override_tuple_element_type", [DEFAULT, "--config.model.hidden=abc"],
-     ["--config.model.hidden=('abc',) is a tuple of str", "a tuple of int"]),
-    ("unknown_model", [MNIST, "--config.model.name=resnet19"],
-     ["config.model.name='resnet19' is not accepted", "did you mean 'resnet18'", "vgg13_bn"]),
+    (
+        "args_bad_value",
+        ["--config=configs/easy_hard.py:stage=middle"],
+        ["stage='middle' is not one of probe, easy, hard"],
+    ),
+    (
+        "override_bad_type",
+        [DEFAULT, "--config.batch_size=abc"],
+        ["--config.batch_size=abc is not a valid int value"],
+    ),
+    (
+        "override_tuple_element_type",
+        [DEFAULT, "--config.model.hidden=abc"],
+        ["--config.model.hidden=('abc',) is a tuple of str", "a tuple of int"],
+    ),
+    (
+        "unknown_model",
+        [MNIST, "--config.model.name=resnet19"],
+        ["config.model.name='resnet19' is not accepted", "did you mean 'resnet18'", "vgg13_bn"],
+    ),
     ("unknown_dtype", [MNIST, "--config.model.dtype=float8"], ["config.model.dtype='float8'"]),
-    ("unknown_optimizer", [MNIST, "--config.optimizer.name=adam"],
-     ["config.optimizer.name='adam' is not accepted", "sgd, m3, rm3, ra3, winsorize"]),
+    (
+        "unknown_optimizer",
+        [MNIST, "--config.optimizer.name=adam"],
+        ["config.optimizer.name='adam' is not accepted", "sgd, m3, rm3, ra3, winsorize"],
+    ),
     ("unknown_optimizer_arg", [f"{MNIST}:opt=adam"], ["config.optimizer.name='adam'"]),
-    ("study_refuses_optimizer_override", [DEFAULT, "--config.optimizer.name=adam"],
-     ["--config.optimizer.name='adam' would be ignored", "configs/default.py:opts="]),
-    ("study_refuses_variant_field", [DEFAULT, "--config.batch_size=50"],
-     ["--config.batch_size=50 would be ignored", "sgd_3x"]),
-    ("study_unknown_run", [f"{DEFAULT}:opts=sgd+adamw"],
-     ["'adamw', which is neither an optimizer nor a study variant"]),
-    ("bad_schedule", [MNIST, "--config.optimizer.schedule=linear"],
-     ["config.optimizer.schedule='linear' is not accepted", "constant, step, cosine"]),
-    ("decreasing_decay_epochs", [MNIST, "--config.optimizer.decay_epochs=(60, 30)"],
-     ["decay_epochs=(60, 30) is not a tuple of increasing positive epochs"]),
-    ("negative_lr", [MNIST, "--config.optimizer.learning_rate=-0.1"],
-     ["config.optimizer.learning_rate=-0.1 is not a finite number > 0"]),
+    (
+        "study_refuses_optimizer_override",
+        [DEFAULT, "--config.optimizer.name=adam"],
+        ["--config.optimizer.name='adam' would be ignored", "configs/default.py:opts="],
+    ),
+    (
+        "study_refuses_variant_field",
+        [DEFAULT, "--config.batch_size=50"],
+        ["--config.batch_size=50 would be ignored", "sgd_3x"],
+    ),
+    (
+        "study_unknown_run",
+        [f"{DEFAULT}:opts=sgd+adamw"],
+        ["'adamw', which is neither an optimizer nor a study variant"],
+    ),
+    (
+        "bad_schedule",
+        [MNIST, "--config.optimizer.schedule=linear"],
+        ["config.optimizer.schedule='linear' is not accepted", "constant, step, cosine"],
+    ),
+    (
+        "decreasing_decay_epochs",
+        [MNIST, "--config.optimizer.decay_epochs=(60, 30)"],
+        ["decay_epochs=(60, 30) is not a tuple of increasing positive epochs"],
+    ),
+    (
+        "negative_lr",
+        [MNIST, "--config.optimizer.learning_rate=-0.1"],
+        ["config.optimizer.learning_rate=-0.1 is not a finite number > 0"],
+    ),
     ("nan_lr_arg", [f"{MNIST}:lr=nan"], ["config.optimizer.learning_rate=nan"]),
-    ("inf_warmup", [MNIST, "--config.optimizer.warmup_epochs=inf"],
-     ["config.optimizer.warmup_epochs=inf is not a finite number >= 0"]),
-    ("nan_decay_factor", [MNIST, "--config.optimizer.decay_factor=nan"],
-     ["config.optimizer.decay_factor=nan"]),
-    ("even_num_groups", [f"{MNIST}:opt=m3", "--config.optimizer.num_groups=4"],
-     ["num_groups=4 is not a positive odd integer"]),
-    ("momentum_one", [MNIST, "--config.optimizer.momentum=1.0"],
-     ["config.optimizer.momentum=1.0", "< 1"]),
-    ("nesterov_without_momentum", [MNIST, "--config.optimizer.nesterov=True"],
-     ["nesterov=True has no effect with momentum 0"]),
+    (
+        "inf_warmup",
+        [MNIST, "--config.optimizer.warmup_epochs=inf"],
+        ["config.optimizer.warmup_epochs=inf is not a finite number >= 0"],
+    ),
+    (
+        "nan_decay_factor",
+        [MNIST, "--config.optimizer.decay_factor=nan"],
+        ["config.optimizer.decay_factor=nan"],
+    ),
+    (
+        "even_num_groups",
+        [f"{MNIST}:opt=m3", "--config.optimizer.num_groups=4"],
+        ["num_groups=4 is not a positive odd integer"],
+    ),
+    (
+        "momentum_one",
+        [MNIST, "--config.optimizer.momentum=1.0"],
+        ["config.optimizer.momentum=1.0", "< 1"],
+    ),
+    (
+        "nesterov_without_momentum",
+        [MNIST, "--config.optimizer.nesterov=True"],
+        ["nesterov=True has no effect with momentum 0"],
+    ),
     ("noise_above_one", [MNIST, "--config.data.noise=1.5"], ["config.data.noise=1.5"]),
-    ("unknown_data_source", [MNIST, "--config.data.source=hdf5"],
-     ["config.data.source='hdf5' is not accepted", "image_folder"]),
-    ("missing_tfds_data_dir", [MNIST, f"--config.data.data_dir={R}/nowhere"],
-     ["config.data.data_dir=", "does not exist"]),
-    ("winsorize_with_batchnorm", ["--config=configs/imagenet_resnet18.py:opt=winsorize"],
-     ["needs per-example gradients", "'resnet18'"]),
-    ("winsorize_clips_everything", [f"{MNIST}:opt=winsorize,clip=50"],
-     ["num_clipped=50 clips every value of a batch of 100", "num_clipped <= 49"]),
-    ("missing_idx_dir", [f"{MNIST}:path={R}/no_such_idx"],
-     ["config.data.path=", "does not exist", "idx"]),
-    ("idx_dir_without_test_files", [f"{MNIST}:path={R}/idx_half"],
-     ["lacks the IDX files t10k-images, t10k-labels"]),
-    ("missing_ids_file", ["--config=configs/easy_hard.py:stage=easy,ids={root}/ids"],
-     ["config.data.train_ids_file=", "is not an existing file"]),
+    (
+        "unknown_data_source",
+        [MNIST, "--config.data.source=hdf5"],
+        ["config.data.source='hdf5' is not accepted", "image_folder"],
+    ),
+    (
+        "missing_tfds_data_dir",
+        [MNIST, f"--config.data.data_dir={R}/nowhere"],
+        ["config.data.data_dir=", "does not exist"],
+    ),
+    (
+        "winsorize_with_batchnorm",
+        ["--config=configs/imagenet_resnet18.py:opt=winsorize"],
+        ["needs per-example gradients", "'resnet18'"],
+    ),
+    (
+        "winsorize_clips_everything",
+        [f"{MNIST}:opt=winsorize,clip=50"],
+        ["num_clipped=50 clips every value of a batch of 100", "num_clipped <= 49"],
+    ),
+    (
+        "missing_idx_dir",
+        [f"{MNIST}:path={R}/no_such_idx"],
+        ["config.data.path=", "does not exist", "idx"],
+    ),
+    (
+        "idx_dir_without_test_files",
+        [f"{MNIST}:path={R}/idx_half"],
+        ["lacks the IDX files t10k-images, t10k-labels"],
+    ),
+    (
+        "missing_ids_file",
+        ["--config=configs/easy_hard.py:stage=easy,ids={root}/ids"],
+        ["config.data.train_ids_file=", "is not an existing file"],
+    ),
     ("missing_config_flag", [], ["--config is required"]),
     ("unknown_flag", [DEFAULT, "--workdri=x"], ["Unknown command line flag 'workdri'"]),
     ("positional_argument", [DEFAULT, "train"], ["unexpected argument(s) train"]),
@@ -195,16 +277,25 @@ WORKDIR_CASES = [
     ("workdir_under_a_file", [DEFAULT], "{root}/a_file/run", ["a_file is a file"]),
     # Tests run as root, which chmod does not stop; /proc refuses new entries to anyone.
     ("workdir_not_creatable", [DEFAULT], "/proc/cgh_jax_run", ["cannot be created in /proc"]),
-    ("checkpoints_is_a_file", [DEFAULT], "{root}/stray_checkpoints",
-     ["holds a file named checkpoints"]),
-    ("flagfile_with_bad_args", ["--flagfile={root}/args.flags"], "{root}/w",
-     ["unknown config argument 'epoch'"]),
+    (
+        "checkpoints_is_a_file",
+        [DEFAULT],
+        "{root}/stray_checkpoints",
+        ["holds a file named checkpoints"],
+    ),
+    (
+        "flagfile_with_bad_args",
+        ["--flagfile={root}/args.flags"],
+        "{root}/w",
+        ["unknown config argument 'epoch'"],
+    ),
     ("missing_flagfile", ["--flagfile={root}/nope.flags"], "{root}/w", ["nope.flags"]),
 ]
 
 
-@pytest.mark.parametrize("args,needles", [c[1:] for c in CONFIG_CASES],
-                         ids=[c[0] for c in CONFIG_CASES])
+@pytest.mark.parametrize(
+    "args,needles", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES]
+)
 def test_config_error(files, args, needles):
     workdir = files / "workdir"
     before = _tree_hash(workdir)
@@ -212,12 +303,15 @@ def test_config_error(files, args, needles):
     if args:  # the missing-flag cases leave --workdir out on purpose
         args.append(f"--workdir={workdir}")
     out, seconds = _cli(*args)
-    _assert_error(out, seconds, CONFIG_BUDGET_S, *(n.replace("{root}", str(files)) for n in needles))
+    _assert_error(
+        out, seconds, CONFIG_BUDGET_S, *(n.replace("{root}", str(files)) for n in needles)
+    )
     assert _tree_hash(workdir) == before
 
 
-@pytest.mark.parametrize("args,workdir,needles", [c[1:] for c in WORKDIR_CASES],
-                         ids=[c[0] for c in WORKDIR_CASES])
+@pytest.mark.parametrize(
+    "args,workdir,needles", [c[1:] for c in WORKDIR_CASES], ids=[c[0] for c in WORKDIR_CASES]
+)
 def test_workdir_error(files, args, workdir, needles):
     before = _tree_hash(files)
     args = [a.replace("{root}", str(files)) for a in args]
@@ -262,8 +356,9 @@ def test_existing_workdir_errors_leave_it_unchanged_and_traceback_on_request(fil
     before = _tree_hash(workdir)
     for how in ({"env_extra": {"CGH_JAX_TRACEBACK": "1"}}, {"verbosity": "--verbosity=1"}):
         extra = [how["verbosity"]] if "verbosity" in how else []
-        out, _ = _cli(f"{DEFAULT}:epochs=ten", f"--workdir={workdir}", *extra,
-                      env_extra=how.get("env_extra"))
+        out, _ = _cli(
+            f"{DEFAULT}:epochs=ten", f"--workdir={workdir}", *extra, env_extra=how.get("env_extra")
+        )
         assert out.returncode == 2 and "Traceback" in out.stderr, out.stderr
         assert "does not parse" not in out.stderr  # the cause, not a wrapper's text
         assert out.stderr.strip().splitlines()[-1].startswith("cgh-jax: error: ")
@@ -273,16 +368,34 @@ def test_existing_workdir_errors_leave_it_unchanged_and_traceback_on_request(fil
 @pytest.mark.parametrize(
     "args,needles",
     [
-        ([f"{DEFAULT}:opts=sgd+m3", "--config.batch_size=12"],
-         ["study run 'sgd': the 12 examples of one update do not split evenly over 8 devices",
-          "multiple of 8"]),
-        ([f"{MNIST}:opt=m3", "--config.batch_size=100"],
-         ["300 examples of one update (num_groups 3 x batch_size)", "batch_size a multiple of 8"]),
-        ([MNIST, "--config.batch_size=16", "--config.eval_batch_size=12"],
-         ["12 examples of one evaluation batch", "eval_batch_size a multiple of 8"]),
-        ([f"{MNIST}:opt=m3", "--config.batch_size=2", "--config.optimizer.m3_layout=reduce_scatter",
-          "--config.eval_batch_size=6", "--devices=6"],
-         ["m3_layout='reduce_scatter' needs the 6 examples", "6 x 3"]),
+        (
+            [f"{DEFAULT}:opts=sgd+m3", "--config.batch_size=12"],
+            [
+                "study run 'sgd': the 12 examples of one update do not split evenly over 8 devices",
+                "multiple of 8",
+            ],
+        ),
+        (
+            [f"{MNIST}:opt=m3", "--config.batch_size=100"],
+            [
+                "300 examples of one update (num_groups 3 x batch_size)",
+                "batch_size a multiple of 8",
+            ],
+        ),
+        (
+            [MNIST, "--config.batch_size=16", "--config.eval_batch_size=12"],
+            ["12 examples of one evaluation batch", "eval_batch_size a multiple of 8"],
+        ),
+        (
+            [
+                f"{MNIST}:opt=m3",
+                "--config.batch_size=2",
+                "--config.optimizer.m3_layout=reduce_scatter",
+                "--config.eval_batch_size=6",
+                "--devices=6",
+            ],
+            ["m3_layout='reduce_scatter' needs the 6 examples", "6 x 3"],
+        ),
     ],
     ids=["study_batch", "m3_update_batch", "eval_batch", "sharded_layout"],
 )
@@ -304,9 +417,10 @@ def test_batch_larger_than_the_dataset(tmp_path):
     """
     import importlib.util
 
-    early = "def known_sizes" in open(
-        importlib.util.find_spec("cgh_jax.data").origin, encoding="utf-8"
-    ).read()
+    early = (
+        "def known_sizes"
+        in open(importlib.util.find_spec("cgh_jax.data").origin, encoding="utf-8").read()
+    )
     out, seconds = _cli(f"{DEFAULT}:batch=5000,opts=sgd", f"--workdir={tmp_path / 'w'}")
     if early:
         _assert_error(out, seconds, DEVICE_BUDGET_S, "5000 examples", "4000", status=2)
@@ -317,8 +431,7 @@ def test_batch_larger_than_the_dataset(tmp_path):
 def test_help_lists_config_and_workdir():
     code = "import sys; sys.argv = ['cgh-jax', '--help']; from cgh_jax.main import run; run()"
     for cmd in ([sys.executable, "-c", code], [sys.executable, "-m", "cgh_jax.main", "--help"]):
-        out = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         for flag in ("--config=FILE[:ARGS]", "--workdir=DIR"):
             (line,) = [ln for ln in out.stdout.splitlines() if ln.strip().startswith(flag)]
@@ -331,11 +444,23 @@ def test_command_line_modules_import_nothing_heavy():
         "import sys, cgh_jax, cgh_jax.main, cgh_jax.config_checks, cgh_jax.configlib; "
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
-    lazy = subprocess.run([sys.executable, "-c", "import cgh_jax; print(cgh_jax.m3_sgd.__name__)"],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    lazy = subprocess.run(
+        [sys.executable, "-c", "import cgh_jax; print(cgh_jax.m3_sgd.__name__)"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert lazy.stdout.strip() == "m3_sgd", lazy.stderr
 
 
@@ -349,13 +474,14 @@ def test_command_line_modules_import_nothing_heavy():
         (lambda: cgh_jax.rm3_sgd(math.inf), "learning_rate is inf"),
         (lambda: cgh_jax.ra3_sgd(-0.1), "learning_rate is -0.1"),
         (lambda: cgh_jax.m3_sgd(jnp.float32(jnp.nan)), "learning_rate is nan"),
-        (lambda: cgh_jax.winsorized_sgd(lambda step: jnp.nan * step, num_clipped=1),
-         "schedule at step 0 is nan"),
+        (
+            lambda: cgh_jax.winsorized_sgd(lambda step: jnp.nan * step, num_clipped=1),
+            "schedule at step 0 is nan",
+        ),
         (lambda: cgh_jax.m3_sgd(0.1, weight_decay=float("nan")), "weight_decay"),
         (lambda: cgh_jax.rm3_sgd(0.1, momentum=float("nan")), "momentum"),
     ],
-    ids=["nan", "inf", "negative", "nan_array", "schedule_nan", "weight_decay_nan",
-         "momentum_nan"],
+    ids=["nan", "inf", "negative", "nan_array", "schedule_nan", "weight_decay_nan", "momentum_nan"],
 )
 def test_aliases_refuse_bad_hyperparameters(build, match):
     with pytest.raises(ValueError, match=match):
@@ -369,8 +495,10 @@ def test_aliases_accept_schedules_that_start_at_zero():
 
 @pytest.mark.parametrize(
     "transform,updates",
-    [(cgh_jax.m3, {"w": jnp.zeros((3, 3))}),
-     (lambda: cgh_jax.winsorize(1), {"w": jnp.zeros((5, 2))})],
+    [
+        (cgh_jax.m3, {"w": jnp.zeros((3, 3))}),
+        (lambda: cgh_jax.winsorize(1), {"w": jnp.zeros((5, 2))}),
+    ],
     ids=["m3", "winsorize"],
 )
 def test_grouped_transforms_require_params(transform, updates):
@@ -403,7 +531,10 @@ def test_check_optimizer_is_complete():
         cfg[field] = value
         with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
             config_checks.check_optimizer(cfg)
-    with pytest.raises(ConfigError, match=r"config\.optimizer\.nmae is not a field .* \(did you mean 'name'\?\); remove it"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.optimizer\.nmae is not a field .* \(did you mean 'name'\?\); remove it",
+    ):
         config_checks.check_optimizer({"name": "sgd", "learning_rate": 0.1, "nmae": 1})
 
 

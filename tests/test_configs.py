@@ -74,7 +74,9 @@ def test_config_builds(name, tmp_path):
 
 
 def test_config_arguments_are_strict():
-    with pytest.raises(ValueError, match="unknown config argument 'optt' \\(did you mean 'opt'\\?\\)"):
+    with pytest.raises(
+        ValueError, match="unknown config argument 'optt' \\(did you mean 'opt'\\?\\)"
+    ):
         load("imagenet_resnet18", "optt=m3")
     with pytest.raises(ValueError, match="noise='half' is not a number"):
         load("imagenet_resnet18", "noise=half")

@@ -57,9 +57,7 @@ def _check_learning_rate(learning_rate: Any) -> None:
         value = _concrete_scalar(learning_rate)
         where = "learning_rate"
     if value is not None and not (math.isfinite(value) and value >= 0):
-        raise ValueError(
-            f"{where} is {value}; it must be a finite number >= 0 (e.g. 0.1)."
-        )
+        raise ValueError(f"{where} is {value}; it must be a finite number >= 0 (e.g. 0.1).")
 
 
 def _check_hyperparams(learning_rate: Any, weight_decay: Any, momentum: Any) -> None:
