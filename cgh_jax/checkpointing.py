@@ -128,6 +128,9 @@ class Checkpointer:
 
     Args:
       directory: the checkpoint directory (created if absent).
+
+    Raises:
+      CheckpointError: ``directory`` exists and is a file.
       config: the run's config; its fingerprint goes into each checkpoint's metadata.
       defaults: the default config (e.g. ``configlib.base_config()``); a checkpoint written
         before one of its fields existed resumes when this run keeps that field's default.
@@ -146,6 +149,11 @@ class Checkpointer:
     ):
         directory = os.fspath(directory)
         self.directory = directory if "://" in directory else os.path.abspath(directory)
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise CheckpointError(
+                f"The checkpoint directory {self.directory} is a file; move it away or use "
+                "a new --workdir."
+            )
         self._config = fingerprinted_config(config)
         self._defaults = {} if defaults is None else fingerprinted_config(defaults)
         self._fingerprint = config_fingerprint(config)

@@ -44,6 +44,7 @@ Training config fields (``train_and_evaluate`` reads exactly these):
 from __future__ import annotations
 
 import ast
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,7 +68,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
     Raises:
       ValueError: for an unknown key, a value that does not parse as the default's type,
-        or a bare key whose default is not a boolean.
+        or a bare key whose default is not a boolean. The message reads
+        ``<what is wrong>; <what to do>`` and names the key and the accepted keys or values.
     """
     result = dict(defaults)
     for item in (arg or "").split(","):
@@ -77,16 +79,18 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         key, sep, text = item.partition("=")
         key = key.strip()
         if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(
-                f"Unknown config argument {key!r} in {arg!r}; valid arguments: "
-                f"{', '.join(sorted(defaults))}."
+                f"unknown config argument {key!r}{hint}; accepted arguments: "
+                f"{', '.join(sorted(defaults))}"
             )
         default = defaults[key]
         if not sep:
             if not isinstance(default, bool):
                 raise ValueError(
-                    f"Config argument {key!r} needs a value ({key}=...); only boolean "
-                    "arguments can be given as a bare flag."
+                    f"config argument {key!r} has no value; write {key}=<{_kind(default)}> "
+                    "(only boolean arguments can be a bare flag)"
                 )
             result[key] = True
             continue
@@ -120,9 +124,31 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
         return text
     except ValueError as e:
         raise ValueError(
-            f"Config argument {key}={text!r} does not parse as {type(default).__name__} "
-            f"(default {default!r})."
+            f"config argument {key}={text!r} is not {_kind(default)}; write e.g. "
+            f"{key}={_example(default)}"
         ) from e
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "a boolean (true/false)"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, tuple):
+        return "a '+'-separated list" + (
+            " of integers" if default and isinstance(default[0], int) else ""
+        )
+    return "a value"
+
+
+def _example(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true"
+    if isinstance(default, tuple):
+        return "+".join(str(v) for v in default) or "a+b"
+    return str(default)
 
 
 def data_config(**overrides: Any) -> ml_collections.ConfigDict:

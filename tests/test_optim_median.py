@@ -88,10 +88,16 @@ def test_nan_propagates(k):
         assert np.isnan(out[2]) and not np.isnan(out[[0, 1, 3]]).any()
 
 
-def test_params_none_checks_only_leading_axis():
+def test_update_requires_params():
+    # Without params a [3, 3] update of a [3] parameter and of a [3, 3] parameter (no group
+    # axis) would look alike, so update refuses to run without them.
     grouped = _random_grouped(np.random.default_rng(3), 3, jnp.float32)
-    out, _ = cgh_jax.m3().update(grouped, cgh_jax.m3().init(None))
-    np.testing.assert_array_equal(out["t3"], _np_median(grouped["t3"]))
+    opt = cgh_jax.m3()
+    with pytest.raises(ValueError, match="not passing `params`"):
+        opt.update(grouped, opt.init(None))
+    params = {"w": jnp.zeros((3, 3))}
+    with pytest.raises(ValueError, match=r"expected an update of shape \(3, 3, 3\)"):
+        opt.update({"w": jnp.zeros((3, 3))}, opt.init(params), params)
 
 
 def test_missing_group_axis_raises_with_expected_shape():
@@ -103,14 +109,16 @@ def test_missing_group_axis_raises_with_expected_shape():
         opt.update({"w": jnp.zeros((5, 4, 2))}, opt.init(params), params)
 
 
-def test_wrong_group_axis_without_params_raises():
+def test_wrong_group_axis_raises():
     opt = cgh_jax.median_of_means(5)
+    params = {"w": jnp.zeros((2,))}
     with pytest.raises(ValueError, match="leading group/example axis of size 5"):
-        opt.update({"w": jnp.zeros((3, 2))}, opt.init(None))
+        opt.update({"w": jnp.zeros((3, 2))}, opt.init(params), params)
     with pytest.raises(ValueError, match="scalar update leaf"):
-        opt.update({"w": jnp.zeros(())}, opt.init(None))
+        opt.update({"w": jnp.zeros(())}, opt.init(params), params)
+    two = {"a": jnp.zeros((2,)), "b": jnp.zeros(())}
     with pytest.raises(ValueError, match="disagree"):
-        opt.update({"a": jnp.zeros((5, 2)), "b": jnp.zeros((3,))}, opt.init(None))
+        opt.update({"a": jnp.zeros((5, 2)), "b": jnp.zeros((3,))}, opt.init(two), two)
 
 
 @pytest.mark.parametrize("k", [0, -3, 2, 4])

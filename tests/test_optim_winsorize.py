@@ -46,7 +46,8 @@ def test_matches_numpy(num_clipped, dtype):
 
 def test_zero_clipping_is_the_mean():
     grads = _per_example(10, jnp.float32)
-    out, _ = cgh_jax.winsorize(0).update(grads, optax.EmptyState())
+    params = jax.tree.map(lambda g: g[0], grads)
+    out, _ = cgh_jax.winsorize(0).update(grads, optax.EmptyState(), params)
     for k, g in grads.items():
         np.testing.assert_array_equal(out[k], jnp.mean(g, axis=0))
 
@@ -70,7 +71,8 @@ def test_maximal_clipping_is_the_median():
 def test_too_many_clipped_raises(num_clipped, n):
     opt = cgh_jax.winsorize(num_clipped)
     with pytest.raises(ValueError, match=r"0 <= 2 \* num_clipped < n"):
-        opt.update({"w": jnp.zeros((n, 3))}, opt.init(None))
+        params = {"w": jnp.zeros((3,))}
+        opt.update({"w": jnp.zeros((n, 3))}, opt.init(params), params)
 
 
 def test_bad_arguments_raise():
@@ -83,7 +85,9 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match=r"expected an update of shape \(5, 3\)"):
         opt.update({"w": jnp.zeros((5, 4))}, opt.init(params), params)
     with pytest.raises(ValueError, match="scalar update leaf"):
-        opt.update({"w": jnp.zeros(())}, opt.init(None))
+        opt.update({"w": jnp.zeros(())}, opt.init(params), params)
+    with pytest.raises(ValueError, match="not passing `params`"):
+        opt.update({"w": jnp.zeros((5, 3))}, opt.init(params))
 
 
 def test_jit_no_recompilation_and_traced_num_clipped():

@@ -72,36 +72,49 @@ def leading_axis_size(leaves: Sequence[jax.Array], what: str) -> int:
     return sizes.pop()
 
 
+def require_params(params: Any, what: str) -> None:
+    """Raises ValueError (optax's ``NO_PARAMS_MSG`` wording) when ``params`` is None.
+
+    The transforms with a leading group/example axis need the params to check that every
+    update leaf is ``[n, *param.shape]``: without them an update lacking the axis whose
+    first dimension happens to equal ``n`` would pass unnoticed.
+    """
+    if params is None:
+        raise ValueError(
+            f"{what}: You are using a transformation that requires the current value of "
+            "parameters, but you are not passing `params` when calling `update`; call "
+            "update(updates, state, params), so that every update leaf can be checked to be "
+            "[n, *param.shape] (a leading group/example axis, then the parameter's shape)."
+        )
+
+
 def check_grouped_shapes(updates: Any, params: Any, size: int | None, what: str) -> int:
     """Checks that every update leaf is ``[size, *param.shape]``; returns ``size``.
 
-    With ``params=None`` only the leading axis is checked. With ``size=None`` the size is
-    taken from the updates (it must still agree across leaves).
+    With ``size=None`` the size is taken from the updates (it must still agree across
+    leaves).
+
+    Raises:
+      ValueError: ``params`` is None (:func:`require_params`), a leaf lacks the leading
+        axis or has another size there, or the trees differ.
     """
+    require_params(params, what)
     leaves = jax.tree.leaves(updates)
     found = leading_axis_size(leaves, what)
     if size is None:
         size = found
-    if params is not None:
-        param_leaves = jax.tree.leaves(params)
-        if len(param_leaves) != len(leaves):
-            raise ValueError(
-                f"{what}: updates have {len(leaves)} leaves but params have {len(param_leaves)}."
-            )
-        for u, p in zip(leaves, param_leaves, strict=True):
-            expected = (size, *np.shape(p))
-            if tuple(np.shape(u)) != expected:
-                raise ValueError(
-                    f"{what}: expected an update of shape {expected} (a leading group/example axis "
-                    f"of size {size}, then the parameter's shape {tuple(np.shape(p))}), got "
-                    f"{tuple(np.shape(u))}. Produce the updates with cgh_jax.grouped_grads or "
-                    "cgh_jax.per_example_grads, and put this transform first in the chain."
-                )
-    elif found != size:
-        shapes = sorted({tuple(np.shape(u)) for u in leaves})
+    param_leaves = jax.tree.leaves(params)
+    if len(param_leaves) != len(leaves):
         raise ValueError(
-            f"{what}: expected updates with a leading group/example axis of size {size}, i.e. "
-            f"shapes ({size}, *param.shape); got leaves of shapes {shapes}. Produce the updates "
-            "with cgh_jax.grouped_grads or cgh_jax.per_example_grads."
+            f"{what}: updates have {len(leaves)} leaves but params have {len(param_leaves)}."
         )
+    for u, p in zip(leaves, param_leaves, strict=True):
+        expected = (size, *np.shape(p))
+        if tuple(np.shape(u)) != expected:
+            raise ValueError(
+                f"{what}: expected an update of shape {expected} (a leading group/example axis "
+                f"of size {size}, then the parameter's shape {tuple(np.shape(p))}), got "
+                f"{tuple(np.shape(u))}. Produce the updates with cgh_jax.grouped_grads or "
+                "cgh_jax.per_example_grads, and put this transform first in the chain."
+            )
     return size

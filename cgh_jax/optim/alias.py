@@ -4,13 +4,21 @@ Each is ``optax.chain(add_decayed_weights, <aggregator>, sgd)``, built the way
 ``optax.contrib.dpsgd`` is. Coupled L2 weight decay is added to the gradients *before* the
 median/clipping (as in the authors' trainer); for M3 and winsorized SGD the params are
 broadcast over the leading group/example axis.
+
+Hyperparameters are checked at construction: a negative, NaN or infinite learning rate,
+weight decay or momentum outside [0, 1) raises ``ValueError``; a learning-rate schedule is
+evaluated once at step 0 and checked the same way (later steps are not).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cgh_jax.optim.median import _median_of_means
@@ -22,13 +30,44 @@ def _is_python_zero(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == 0
 
 
+def _concrete_scalar(value: Any) -> float | None:
+    """The value of a concrete real scalar (Python, numpy or JAX), else None (traced, arrays)."""
+    if isinstance(value, bool) or isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray | jax.Array) and value.shape == ():
+        if np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer):
+            return float(value)
+    return None
+
+
+def _check_learning_rate(learning_rate: Any) -> None:
+    """A negative, NaN or infinite learning rate is refused; a schedule is read at step 0.
+
+    A callable schedule is evaluated once, at step 0 with an int32 count (as optax's ``sgd``
+    calls it in the first ``update``): cheap for optax's schedules, and the only value
+    known before training. Later steps are not checked. Traced values (under
+    ``optax.inject_hyperparams`` inside ``jit``) are not checked.
+    """
+    if callable(learning_rate):
+        value = _concrete_scalar(learning_rate(jnp.zeros((), jnp.int32)))
+        where = "the learning_rate schedule at step 0"
+    else:
+        value = _concrete_scalar(learning_rate)
+        where = "learning_rate"
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{where} is {value}; it must be a finite number >= 0 (e.g. 0.1).")
+
+
 def _check_hyperparams(learning_rate: Any, weight_decay: Any, momentum: Any) -> None:
-    """Checks concrete Python numbers; schedules and JAX arrays pass through."""
-    if isinstance(learning_rate, numbers.Real) and learning_rate < 0:
-        raise ValueError(f"learning_rate must be >= 0, got {learning_rate}.")
-    if isinstance(weight_decay, numbers.Real) and weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
-    if isinstance(momentum, numbers.Real) and not 0 <= momentum < 1:
+    """Checks concrete values (and a schedule at step 0); traced values pass through."""
+    _check_learning_rate(learning_rate)
+    decay = _concrete_scalar(weight_decay)
+    if decay is not None and not (math.isfinite(decay) and decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}.")
+    mom = _concrete_scalar(momentum)
+    if mom is not None and not 0 <= mom < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
 
 
@@ -72,7 +111,7 @@ def m3_sgd(
 
     Args:
       learning_rate: a float or an optax schedule (``step -> learning rate``), applied
-        after the aggregation.
+        after the aggregation; finite and >= 0 (a schedule is checked at step 0).
       num_groups: odd number of groups ``k`` (3 for M3).
       weight_decay: coupled L2 coefficient :math:`\lambda`: :math:`\lambda\theta` is
         added to the gradients before the aggregation. 0 (the paper's setting) omits it.
@@ -134,7 +173,7 @@ def rm3_sgd(
 
     Args:
       learning_rate: a float or an optax schedule (``step -> learning rate``), applied
-        after the aggregation.
+        after the aggregation; finite and >= 0 (a schedule is checked at step 0).
       weight_decay: coupled L2 coefficient :math:`\lambda`: :math:`\lambda\theta` is
         added to the gradients before the aggregation. 0 (the paper's setting) omits it.
       momentum: heavy-ball momentum applied after the aggregation. Default 0, as in the
@@ -184,7 +223,7 @@ def ra3_sgd(
 
     Args:
       learning_rate: a float or an optax schedule (``step -> learning rate``), applied
-        after the aggregation.
+        after the aggregation; finite and >= 0 (a schedule is checked at step 0).
       weight_decay: coupled L2 coefficient :math:`\lambda`: :math:`\lambda\theta` is
         added to the gradients before the aggregation. 0 (the paper's setting) omits it.
       momentum: heavy-ball momentum applied after the aggregation. Default 0, as in the
@@ -237,7 +276,7 @@ def winsorized_sgd(
 
     Args:
       learning_rate: a float or an optax schedule (``step -> learning rate``), applied
-        after the aggregation.
+        after the aggregation; finite and >= 0 (a schedule is checked at step 0).
       num_clipped: ``c``, the number of values clipped at each end (``2 c < n``).
       weight_decay: coupled L2 coefficient :math:`\lambda`: :math:`\lambda\theta` is
         added to the gradients before the aggregation. 0 (the paper's setting) omits it.

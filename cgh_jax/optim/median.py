@@ -146,9 +146,10 @@ def median_of_means(num_groups: int) -> optax.GradientTransformation:
 
     Raises:
       ValueError: at construction for an even or non-positive ``num_groups``; in ``update``
-        when a leaf lacks the leading group axis or has the wrong size there (the message
-        names the expected shape). With ``params`` given, every leaf must be exactly
-        ``[k, *param.shape]``; with ``params=None`` only the leading axis is checked.
+        without ``params`` (they are required: every leaf must be exactly
+        ``[k, *param.shape]``, which only the params can tell), or when a leaf lacks the
+        leading group axis or has the wrong size there (the message names the expected
+        shape).
 
     Example:
       >>> import jax.numpy as jnp
@@ -194,7 +195,8 @@ def m3() -> optax.GradientTransformation:
 
     Returns:
       An :class:`optax.GradientTransformation` taking updates of shape
-      ``[3, *param.shape]`` and returning param-shaped updates.
+      ``[3, *param.shape]`` and returning param-shaped updates. ``update`` requires
+      ``params`` (to check the group axis against them).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax

@@ -89,8 +89,9 @@ def winsorize(num_clipped: int) -> optax.GradientTransformation:
       An :class:`optax.GradientTransformation` (stateless) returning param-shaped updates.
 
     Raises:
-      ValueError: for a negative ``num_clipped``; in ``update`` for ``2 c >= n``, or for
-        updates without the per-example axis (shape ``[n, *param.shape]`` expected).
+      ValueError: for a negative ``num_clipped``; in ``update`` without ``params`` (they
+        are required: every leaf must be exactly ``[n, *param.shape]``), for ``2 c >= n``,
+        or for updates without the per-example axis.
 
     Example:
       >>> import jax.numpy as jnp
