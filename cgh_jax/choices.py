@@ -8,7 +8,7 @@ The command line checks a config against these names before it imports anything 
 from __future__ import annotations
 
 OPTIMIZERS = ("sgd", "m3", "rm3", "ra3", "winsorize")
-"""``config.optimizer.name`` (``cgh_jax.optim.from_config``)."""
+"""``config.optimizer.name`` (``cgh_jax.optim.spec``)."""
 
 SCHEDULES = ("constant", "step", "cosine")
 """``config.optimizer.schedule``."""

@@ -480,6 +480,7 @@ def _check_run(config: Mapping[str, Any], where: str = "") -> None:
     _int("seed", config["seed"], low=0)
     for key in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps"):
         _int(key, config[key], low=1)
+    _int("steps_per_dispatch", config["steps_per_dispatch"], low=1)
     _int("max_steps", config["max_steps"], low=1, extra=(-1,))
     _int("checkpoint_every_steps", config["checkpoint_every_steps"], low=0)
     _int("keep_checkpoints", config["keep_checkpoints"], low=1)

@@ -20,69 +20,37 @@ final checkpoint, an interrupted run resumes exactly, and the remaining runs fol
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Mapping
-from typing import Any
 
 import ml_collections
 from absl import logging
 
+from cgh_jax import config_checks, train
 from cgh_jax import metrics as metrics_lib
-from cgh_jax import train
-from cgh_jax.optim import spec as spec_lib
-
-_RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def is_study(config: ml_collections.ConfigDict) -> bool:
     """True if ``config`` describes a study (has a non-empty ``study.optimizers``)."""
-    return "study" in config and bool(config.study.get("optimizers"))
-
-
-def _variants(config: ml_collections.ConfigDict) -> dict[str, Mapping[str, Any]]:
-    variants = config.study.get("variants") or {}
-    if isinstance(variants, ml_collections.ConfigDict):
-        variants = variants.to_dict()
-    return {str(k): dict(v) for k, v in dict(variants).items()}
-
-
-def _merge(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any], run: str, at=""):
-    """Sets the fields of the nested mapping ``overrides`` in ``cfg`` (existing fields only)."""
-    for key, value in overrides.items():
-        path = f"{at}{key}"
-        if key not in cfg:
-            raise ValueError(
-                f"config.study.variants[{run!r}] sets {path!r}, which is not a config field; "
-                f"fields here: {', '.join(sorted(cfg))}."
-            )
-        if isinstance(cfg[key], ml_collections.ConfigDict) and isinstance(value, Mapping):
-            _merge(cfg[key], value, run, f"{path}.")
-        else:
-            cfg[key] = value
+    return config_checks.is_study(config)
 
 
 def run_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-    """The training config of run ``name`` of the study.
+    """The training config of run ``name`` of the study (locked).
 
     ``name`` is an optimizer name (``optimizer.name`` replaced) or a key of
-    ``config.study.variants`` (its nested field overrides merged into the config).
+    ``config.study.variants`` (its nested field overrides merged into the config):
+    :func:`cgh_jax.config_checks.study_runs`.
 
     Raises:
-      ValueError: ``name`` is neither, or a variant sets a field the config lacks.
+      ConfigError: ``name`` is not a run of the study, or a variant sets a field the config
+        lacks.
     """
-    cfg = ml_collections.ConfigDict(config.to_dict())
-    variants = _variants(config)
-    if name in variants:
-        _merge(cfg, variants[name], name)
-    elif name in spec_lib.OPTIMIZERS:
-        cfg.optimizer.name = name
-    else:
-        valid = (*spec_lib.OPTIMIZERS, *variants)
-        raise ValueError(
-            f"config.study.optimizers has {name!r}, which is neither an optimizer nor a key "
-            f"of config.study.variants; valid: {', '.join(valid)}."
+    runs = config_checks.study_runs(config)
+    if name not in runs:
+        raise config_checks.ConfigError(
+            f"{name!r} is not a run of this study", f"use one of {', '.join(runs)}"
         )
+    cfg = ml_collections.ConfigDict(runs[name])
     cfg.lock()
     return cfg
 
@@ -102,17 +70,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str | None:
       ValueError: for an unknown or repeated run name or an invalid run config, before any
         training.
     """
+    config_checks.check_config(config)  # every run, before the first one trains
     names = tuple(config.study.optimizers)
-    if len(set(names)) != len(names):
-        raise ValueError(f"config.study.optimizers repeats a name: {names}.")
-    for name in names:  # Every run's config is checked before the first one trains.
-        if not _RUN_NAME.fullmatch(name):
-            raise ValueError(
-                f"Study run name {name!r} must use only letters, digits, '_', '.' and '-' "
-                "(it names the run's directory)."
-            )
-        cfg = run_config(config, name)
-        spec_lib.resolve(cfg.optimizer, batch_size=cfg.batch_size)
 
     workdir = metrics_lib.resolve_dir(workdir)
     metrics_lib.make_dirs(workdir)

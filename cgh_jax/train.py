@@ -47,7 +47,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from cgh_jax import checkpointing, configlib
+from cgh_jax import checkpointing, config_checks, configlib
 from cgh_jax import data as data_lib
 from cgh_jax import hooks as hooks_lib
 from cgh_jax import metrics as metrics_lib
@@ -151,30 +151,6 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
-    keys = ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps")
-    for key in keys + ("steps_per_dispatch",) * ("steps_per_dispatch" in config):
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise ValueError(f"config.{key} must be a positive integer, got {config[key]!r}.")
-    if config.max_steps == 0 or config.max_steps < -1:
-        raise ValueError(
-            f"config.max_steps must be -1 (full epochs) or > 0, got {config.max_steps}."
-        )
-    if config.checkpoint_every_steps < 0:
-        raise ValueError(
-            "config.checkpoint_every_steps must be >= 0 (0: only at the end and on SIGTERM)."
-        )
-
-
-def _check_batch(global_batch: int, mesh, what: str) -> None:
-    devices, processes = mesh.devices.size, jax.process_count()
-    if global_batch % devices or global_batch % processes:
-        raise ValueError(
-            f"The global {what} batch of {global_batch} examples does not split evenly over "
-            f"{devices} devices in {processes} processes; choose a multiple of {devices}."
-        )
-
-
 class Run:
     """One call of :func:`train_and_evaluate`: set-up in ``__init__``, the loop in
     :meth:`run`. Hooks see it (attributes in :mod:`cgh_jax.hooks`)."""
@@ -183,7 +159,7 @@ class Run:
         self, config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[hooks_lib.Hook]
     ):
         self._start = time.monotonic()
-        _check_config(config)
+        config_checks.check_config(config)  # the whole config, before anything expensive
         self.config = config
         # Validated once here; the layout and the schedule's length are fixed in _setup.
         self.spec = spec_lib.resolve(config.optimizer, batch_size=config.batch_size)
@@ -215,14 +191,9 @@ class Run:
         self.mesh = sharding_lib.create_mesh()
         self.info = data_lib.get_dataset_info(config.data)
         self.update_batch = spec.examples_per_update
-        _check_batch(self.update_batch, self.mesh, "training")
-        _check_batch(config.eval_batch_size, self.mesh, "evaluation")
+        config_checks.check_devices(config, self.mesh.devices.size, jax.process_count())
+        config_checks.check_dataset_size(config, self.info.num_train)
         self.steps_per_epoch = data_lib.steps_per_epoch(config.data, self.update_batch)
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"The training split has {self.info.num_train} examples, fewer than one "
-                f"update's {self.update_batch}; lower batch_size."
-            )
         self.total_steps = self.steps_per_epoch * config.num_epochs
         if config.max_steps > 0:
             self.total_steps = min(self.total_steps, config.max_steps)
@@ -357,7 +328,7 @@ class Run:
         self.write_config()
         eval_sets = data_lib.eval_datasets(config.data, global_batch_size=config.eval_batch_size)
         progress = metrics_lib.Progress(self.total_steps, step)
-        per_dispatch = int(config.get("steps_per_dispatch", 1))
+        per_dispatch = config.steps_per_dispatch
         watcher = PreemptionWatcher()
         pending: list[tuple[int, jax.Array]] = []
         accumulated = None

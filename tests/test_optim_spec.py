@@ -107,7 +107,7 @@ def test_spec_is_frozen_and_resolved_once():
         (dict(schedule="step", decay_epochs=(60, 30)), "increasing"),
         (dict(momentum=-0.1), "momentum"),
         (dict(learning_rate=float("nan")), "learning_rate"),
-        (dict(learning_rate=float("inf")), "learning_rate must be finite"),
+        (dict(learning_rate=float("inf")), "learning_rate=inf is not a finite number"),
         (dict(weight_decay=float("nan")), "weight_decay"),
         (dict(name="m3", num_groups=3.0), "num_groups"),
         (dict(name="winsorize", num_clipped=-1), "num_clipped"),

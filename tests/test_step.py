@@ -41,9 +41,7 @@ def test_steps_per_dispatch_gives_the_parameters_of_single_steps(name):
     batches = _batches(6, spec.examples_per_update)
 
     def init():
-        return step_lib.create_train_state(
-            model, steps.tx, (4, 4, 1), jax.random.PRNGKey(0), mesh
-        )
+        return step_lib.create_train_state(model, steps.tx, (4, 4, 1), jax.random.PRNGKey(0), mesh)
 
     single, metrics = init(), None
     for b in batches:

@@ -15,7 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-from cgh_jax import configlib, sharding, step as step_lib, train
+from cgh_jax import configlib, sharding, train
+from cgh_jax import step as step_lib
 from cgh_jax.models import get_model
 from cgh_jax.optim import grouped_grads
 from cgh_jax.optim import spec as spec_lib
@@ -215,7 +216,7 @@ def test_auto_resolution():
 
 def test_invalid_layout_lists_the_valid_ones():
     with pytest.raises(ValueError, match="auto, vmap, loop, reduce_scatter, group_sharded"):
-        spec_lib.validate(_optimizer(m3_layout="ring"))
+        spec_lib.resolve(_optimizer(m3_layout="ring"), batch_size=8)
     cfg = configlib.optimizer_config(name="m3")
     assert cfg.m3_layout == "auto"
 

@@ -73,16 +73,18 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+from cgh_jax import choices, config_checks, configlib
 from cgh_jax.optim import sharded
 from cgh_jax.optim.alias import m3_sgd, ra3_sgd, rm3_sgd, winsorized_sgd
 
-OPTIMIZERS = ("sgd", "m3", "rm3", "ra3", "winsorize")
-SCHEDULES = ("constant", "step", "cosine")
-GROUPED_LAYOUTS = ("vmap", "loop")
-"""M3 layouts of the straightforward path: ``grouped_grads``, the median in the optimizer."""
-SHARDED_LAYOUTS = tuple(x for x in sharded.LAYOUTS if x != "auto")
+OPTIMIZERS = choices.OPTIMIZERS
+SCHEDULES = choices.SCHEDULES
+M3_LAYOUTS = choices.M3_LAYOUTS
+SHARDED_LAYOUTS = choices.SHARDED_M3_LAYOUTS
 """M3 layouts that compute the median inside the train step (:mod:`cgh_jax.optim.sharded`)."""
-M3_LAYOUTS = ("auto", *GROUPED_LAYOUTS, *SHARDED_LAYOUTS)
+GROUPED_LAYOUTS = tuple(x for x in M3_LAYOUTS if x != "auto" and x not in SHARDED_LAYOUTS)
+"""M3 layouts of the straightforward path: ``grouped_grads``, the median in the optimizer."""
+assert set(SHARDED_LAYOUTS) == set(sharded.LAYOUTS) - {"auto"}
 MIN_BATCHNORM_CHUNK = 16
 """``auto`` keeps the straightforward M3 path for BatchNorm models when a sharded layout
 would normalize over fewer examples per device (chunk) than this: per-device BatchNorm
@@ -104,33 +106,6 @@ _GRADIENTS = {
     "m3": Gradient.GROUPED,
     "winsorize": Gradient.PER_EXAMPLE,
 }
-
-_DEFAULTS = dict(
-    momentum=0.0,
-    nesterov=False,
-    weight_decay=0.0,
-    num_groups=3,
-    m3_layout="auto",
-    num_clipped=0,
-    schedule="constant",
-    decay_epochs=(),
-    decay_factor=0.1,
-    warmup_epochs=0.0,
-)
-
-
-def _finite_nonnegative(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"optimizer.{name} must be a finite number >= 0, got {value!r}.")
-    if not math.isfinite(value):
-        raise ValueError(f"optimizer.{name} must be finite, got {value!r}.")
-    return float(value)
-
-
-def validate(cfg: Mapping[str, Any]) -> None:
-    """Raises ValueError (naming the field and the accepted values) for an optimizer config
-    that cannot be built. Missing fields take the defaults of :class:`OptimizerSpec`."""
-    resolve(cfg, batch_size=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,16 +267,14 @@ class OptimizerSpec:
         common = dict(
             weight_decay=self.weight_decay, momentum=self.momentum, nesterov=self.nesterov
         )
+        sgd = optax.sgd(schedule, momentum=self.momentum or None, nesterov=self.nesterov)
         if self.name == "sgd":
-            tx = optax.sgd(schedule, momentum=self.momentum or None, nesterov=self.nesterov)
             if self.weight_decay:
-                tx = optax.chain(optax.add_decayed_weights(self.weight_decay), tx)
-            return tx
+                return optax.chain(optax.add_decayed_weights(self.weight_decay), sgd)
+            return sgd
         if self.median_in_step:
             parts = [optax.add_decayed_weights(self.weight_decay)] if self.weight_decay else []
-            parts.append(optax.identity())
-            parts.append(optax.sgd(schedule, momentum=self.momentum or None, nesterov=self.nesterov))
-            return optax.chain(*parts)
+            return optax.chain(*parts, optax.identity(), sgd)
         if self.name == "m3":
             return m3_sgd(schedule, num_groups=self.num_groups, **common)
         if self.name == "rm3":
@@ -315,80 +288,44 @@ def resolve(cfg: Mapping[str, Any], *, batch_size: int) -> OptimizerSpec:
     """Validates an optimizer config once and returns its :class:`OptimizerSpec`.
 
     Args:
-      cfg: the optimizer config (a mapping; missing fields take their defaults).
+      cfg: the optimizer config (a mapping; missing fields take the defaults of
+        ``cgh_jax.configlib.optimizer_config``).
       batch_size: the config's ``batch_size`` (examples per group for M3).
 
     Raises:
-      ValueError: naming the field, the value and what is accepted.
+      cgh_jax.config_checks.ConfigError (a ValueError): naming the field, the value and
+        what is accepted (:func:`cgh_jax.config_checks.check_optimizer`).
 
     Example:
       >>> spec = resolve(dict(name="m3", learning_rate=0.1, num_groups=5), batch_size=100)
       >>> spec.examples_per_update, spec.gradient.value
       (500, 'grouped')
     """
+    config_checks.check_optimizer(cfg)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise config_checks.ConfigError(
+            f"batch_size={batch_size!r} is not a positive integer", "set a positive batch_size"
+        )
+    defaults = configlib.optimizer_config()
 
     def get(key: str) -> Any:
-        return cfg[key] if key in cfg else _DEFAULTS[key]
+        return cfg[key] if key in cfg else defaults[key]
 
-    name = cfg["name"] if "name" in cfg else None
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name={name!r} is not one of {', '.join(OPTIMIZERS)}.")
-    schedule = get("schedule")
-    if schedule not in SCHEDULES:
-        raise ValueError(
-            f"optimizer.schedule={schedule!r} is not one of {', '.join(SCHEDULES)}."
-        )
-    lr = cfg["learning_rate"] if "learning_rate" in cfg else None
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
-        raise ValueError(f"optimizer.learning_rate must be > 0, got {lr!r}.")
-    if not math.isfinite(lr):
-        raise ValueError(f"optimizer.learning_rate must be finite, got {lr!r}.")
-    momentum = _finite_nonnegative("momentum", get("momentum"))
-    weight_decay = _finite_nonnegative("weight_decay", get("weight_decay"))
-    warmup = _finite_nonnegative("warmup_epochs", get("warmup_epochs"))
-    factor = _finite_nonnegative("decay_factor", get("decay_factor"))
-    num_groups = 1
-    if name == "m3":
-        num_groups = get("num_groups")
-        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-            num_groups = None
-        if num_groups is None or num_groups % 2 == 0:
-            raise ValueError(
-                f"optimizer.num_groups must be a positive odd integer, got {get('num_groups')!r}."
-            )
-    layout = get("m3_layout")
-    if layout not in M3_LAYOUTS:
-        raise ValueError(
-            f"optimizer.m3_layout={layout!r} is not one of {', '.join(M3_LAYOUTS)}."
-        )
-    num_clipped = 0
-    if name == "winsorize":
-        num_clipped = get("num_clipped")
-        if isinstance(num_clipped, bool) or not isinstance(num_clipped, int) or num_clipped < 0:
-            raise ValueError(f"optimizer.num_clipped must be an integer >= 0, got {num_clipped!r}.")
-    decay_epochs = tuple(get("decay_epochs") or ())
-    if schedule == "step" and (
-        list(decay_epochs) != sorted(decay_epochs) or any(e <= 0 for e in decay_epochs)
-    ):
-        raise ValueError(
-            f"optimizer.decay_epochs must be increasing positive epochs, got {decay_epochs!r}."
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    name = get("name")
     return OptimizerSpec(
         name=name,
-        learning_rate=float(lr),
+        learning_rate=float(get("learning_rate")),
         batch_size=batch_size,
-        momentum=momentum,
+        momentum=float(get("momentum")),
         nesterov=bool(get("nesterov")),
-        weight_decay=weight_decay,
-        num_groups=num_groups,
-        num_clipped=num_clipped,
-        m3_layout=layout,
-        schedule_kind=schedule,
-        decay_epochs=decay_epochs,
-        decay_factor=factor,
-        warmup_epochs=warmup,
+        weight_decay=float(get("weight_decay")),
+        num_groups=int(get("num_groups")) if name == "m3" else 1,
+        num_clipped=int(get("num_clipped")) if name == "winsorize" else 0,
+        m3_layout=get("m3_layout"),
+        schedule_kind=get("schedule"),
+        decay_epochs=tuple(get("decay_epochs") or ()),
+        decay_factor=float(get("decay_factor")),
+        warmup_epochs=float(get("warmup_epochs")),
     )
 
 
@@ -402,5 +339,4 @@ __all__ = [
     "SCHEDULES",
     "SHARDED_LAYOUTS",
     "resolve",
-    "validate",
 ]
