@@ -1,6 +1,7 @@
 """scripts/tpu.sh --dry-run: the gcloud commands of the Cloud TPU recipe, and docs/launch.md."""
 
 import importlib.util
+import os
 import pathlib
 import re
 import shlex
@@ -169,3 +170,92 @@ def test_launch_doc_is_the_dry_run_output():
             f"docs/launch.md block '{args}' differs from the dry run; "
             "run python scripts/sync_launch_doc.py"
         )
+
+
+# --------------------------------------------------------------------------- without --dry-run
+
+
+def _fake_checkout(tmp_path):
+    """A checkout with the bulk that must stay home: .git, .venv, workdirs, caches."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "tpu.sh").write_bytes(SCRIPT.read_bytes())
+    for rel in ("cgh_jax/__init__.py", "pyproject.toml", "configs/default.py"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text("# kept\n")
+    for rel in (".git/HEAD", ".venv/bin/python", "workdirs/run/metrics.jsonl",
+                "cgh_jax/__pycache__/x.pyc"):  # fmt: skip
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text("bulk\n")
+    return repo
+
+
+def _fake_gcloud(tmp_path, describe_states=("WAITING_FOR_RESOURCES", "ACTIVE")):
+    """A `gcloud` on PATH that records its arguments (one call a line, NUL-separated)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "gcloud.log"
+    states = tmp_path / "states"
+    states.write_text("\n".join(describe_states) + "\n")
+    gcloud = bin_dir / "gcloud"
+    gcloud.write_text(
+        "#!/usr/bin/env bash\n"
+        f'printf "%s\\0" "$@" >> "{log}"; echo >> "{log}"\n'
+        'if [[ "$*" == *"queued-resources describe"* ]]; then\n'
+        f'  head -n 1 "{states}"; sed -i 1d "{states}"\n'
+        "fi\n"
+    )
+    gcloud.chmod(0o755)
+    sleep = bin_dir / "sleep"  # the wait loop's 30 s pauses, made instant
+    sleep.write_text("#!/usr/bin/env bash\nexit 0\n")
+    sleep.chmod(0o755)
+    env = dict(sync.clean_environment(), PATH=f"{bin_dir}:{os.environ['PATH']}")
+    return env, log
+
+
+def _calls(log):
+    return [line.split("\0")[:-1] for line in log.read_text().splitlines() if line]
+
+
+def test_real_run_calls_gcloud_as_the_dry_run_prints(tmp_path):
+    repo = _fake_checkout(tmp_path)
+    env, log = _fake_gcloud(tmp_path)
+    name = f"t{os.getpid()}"
+    options = ["--name", name, *V5E_POD[2:]]
+    for step in ("create", "setup", "run", "delete"):
+        result = subprocess.run(
+            ["bash", str(repo / "scripts" / "tpu.sh"), *options, step],
+            capture_output=True, text=True, check=False, env=env, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    calls = _calls(log)
+    printed = [
+        words(line)[1:]
+        for step in ("create", "setup", "run", "delete")
+        for line in dry(options, step)
+        if line.startswith("gcloud ")
+    ]
+    describes = [c for c in calls if c[:3] == ["compute", "tpus", "queued-resources"]
+                 and c[3] == "describe"]  # fmt: skip
+    assert len(describes) == 2  # polled until ACTIVE
+    assert [c for c in calls if c[3] != "describe"] == [p for p in printed if p[3] != "describe"]
+
+    archive = pathlib.Path(f"/tmp/{name}-cgh-jax.tar.gz")
+    try:
+        import tarfile
+
+        with tarfile.open(archive) as tar:
+            members = {m.name.removeprefix("./") for m in tar.getmembers() if m.isfile()}
+    finally:
+        archive.unlink(missing_ok=True)
+    assert members == {"cgh_jax/__init__.py", "pyproject.toml", "configs/default.py",
+                       "scripts/tpu.sh"}  # fmt: skip
+
+
+def test_queued_resource_that_fails_stops_create(tmp_path):
+    env, _ = _fake_gcloud(tmp_path, describe_states=("FAILED",))
+    result = subprocess.run(
+        ["bash", str(SCRIPT), *V5E_POD, "create"],
+        capture_output=True, text=True, check=False, env=env, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "is FAILED" in result.stderr
