@@ -143,3 +143,34 @@ def test_eta_without_an_evaluation_schedule_is_training_time():
     now[0] += 10.0
     assert progress.report(50)["eta_seconds"] == pytest.approx(10.0)
     assert np.isinf(metrics.Progress(10, 0, clock=lambda: 0.0).report(0)["eta_seconds"])
+
+
+def test_a_run_without_clu_keeps_its_metrics(monkeypatch, tmp_path):
+    """The trainer with CLU (and so TensorBoard events) unavailable: same metrics.jsonl."""
+    import importlib.util
+    import json
+    import pathlib
+
+    from cgh_jax import study, train
+
+    spec = importlib.util.spec_from_file_location(
+        "default_config", pathlib.Path(__file__).parent.parent / "configs" / "default.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = study.run_config(module.get_config("runlocal"), "sgd")
+
+    real_import = builtins.__import__
+
+    def no_clu(name, *args, **kwargs):
+        if name == "clu" or name.startswith("clu."):
+            raise ImportError("No module named 'clu'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_clu)
+    monkeypatch.setattr(metrics, "_warned_no_tensorboard", False)
+    result = train.train_and_evaluate(config, str(tmp_path))
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines and lines[-1]["step"] == result["step"] > 0
+    assert "test/top1" in lines[-1]
+    assert not list(tmp_path.glob("events.out.tfevents*"))
