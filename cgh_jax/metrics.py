@@ -201,7 +201,7 @@ class LoggingWriter:
         logging.info("[%d] %s", step, text)
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-        logging.info("[hparams] %s", ", ".join(f"{k}={v}" for k, v in hparams.items()))
+        del hparams  # Not echoed to the console: the workdir's config.json holds them.
 
     def flush(self) -> None:
         pass

@@ -1,7 +1,10 @@
 """cgh_jax.metrics: the pure-JAX train metrics, the optional TensorBoard writer, the ETA."""
 
 import builtins
+import importlib.util
+import json
 import logging as std_logging
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +13,15 @@ import numpy as np
 import pytest
 
 from cgh_jax import metrics
+
+
+def _default_config(arg=None):
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
+    spec = importlib.util.spec_from_file_location("default_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
 
 VALUES = dict(
     loss=2.0, top1=0.5, grad_norm=1.0, param_norm=10.0, update_norm=0.1, learning_rate=0.1
@@ -94,7 +106,7 @@ def test_without_clu_the_writer_logs_and_warns_once(monkeypatch, tmp_path, caplo
 def test_tensorboard_events_with_clu(tmp_path):
     pytest.importorskip("clu.metric_writers")
     writer = metrics.create_writer(str(tmp_path), examples_per_step=32)
-    writer.write_hparams({"batch_size": 32})
+    writer.write_hparams(metrics.hparams_from_config(_default_config()))
     writer.write_scalars(3, {"train/loss": 1.0})
     writer.close()
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
@@ -147,18 +159,9 @@ def test_eta_without_an_evaluation_schedule_is_training_time():
 
 def test_a_run_without_clu_keeps_its_metrics(monkeypatch, tmp_path):
     """The trainer with CLU (and so TensorBoard events) unavailable: same metrics.jsonl."""
-    import importlib.util
-    import json
-    import pathlib
-
     from cgh_jax import study, train
 
-    spec = importlib.util.spec_from_file_location(
-        "default_config", pathlib.Path(__file__).parent.parent / "configs" / "default.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = study.run_config(module.get_config("runlocal"), "sgd")
+    config = study.run_config(_default_config("runlocal"), "sgd")
 
     real_import = builtins.__import__
 
