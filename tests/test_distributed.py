@@ -180,3 +180,59 @@ def test_no_preemption_warning_with_sync_or_one_process(monkeypatch):
     monkeypatch.setattr(jax, "process_count", lambda: 4)
     monkeypatch.setattr(distributed, "preemption_sync_enabled", lambda: True)
     assert distributed.warn_if_no_preemption_sync() is False
+
+
+_TWO_PROCESSES = """
+import sys
+
+import jax
+
+from cgh_jax import distributed
+
+port, process_id, service = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "on"
+jax.config.update("jax_enable_preemption_service", service)
+cluster = distributed.initialize(f"127.0.0.1:{port}", 2, process_id)
+print("RESULT", cluster.num_processes, jax.process_count(),
+      distributed.preemption_sync_enabled(), distributed.warn_if_no_preemption_sync())
+"""
+
+
+@pytest.mark.parametrize("service", ["on", "off"])
+def test_two_real_processes(tmp_path, service):
+    """Two local processes join through initialize(); preemption sync as JAX configures it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS and k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    script = tmp_path / "two.py"
+    script.write_text(_TWO_PROCESSES)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(port), str(i), service],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=120)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    synced = service == "on"
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out
+        result = [line for line in out.splitlines() if line.startswith("RESULT")]
+        assert result == [f"RESULT 2 2 {synced} {not synced}"], out
+        assert ("without JAX's preemption sync manager" in out) == (not synced)
