@@ -402,7 +402,7 @@ def plot_accuracy_curves(
     Each run's panel draws one line per set (pristine, memorization of the corrupt set,
     corrupt set against the true label, test), as in the figures of Zielinski et al.
     (2020); several seeds per run give the mean with a ``± std`` band. Panels come at most
-    three a row with shared axes and one legend outside them, below the panels. A last
+    three a row with shared axes and one legend outside them, to their right. A last
     panel overlays the ``overlay`` set (memorization: the corrupt examples against their
     noisy label) of every run, so that optimizers compare on one axis; it is drawn when
     that set is among ``sets`` and at least two runs have it.
@@ -422,6 +422,7 @@ def plot_accuracy_curves(
       The matplotlib ``Figure``.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if not metrics_by_run:
         raise ValueError("metrics_by_run is empty: give at least one run.")
@@ -436,7 +437,7 @@ def plot_accuracy_curves(
         panels = n + with_overlay
         ncols = min(MAX_PANELS_PER_ROW, panels)
         nrows = -(-panels // ncols)
-        fig = Figure(figsize=(3.6 * ncols + 0.4, 3.0 * nrows + 1.0), layout="constrained")
+        fig = Figure(figsize=(3.6 * ncols + 2.6, 3.0 * nrows + 0.4), layout="constrained")
         axes = _panel_grid(fig, panels)
     else:
         axes = list(ax) if isinstance(ax, Sequence | np.ndarray) else [ax]
@@ -474,6 +475,7 @@ def plot_accuracy_curves(
     for panel in axes:
         panel.set_xlabel(x_label)
         panel.grid(True, alpha=0.3)
+        panel.xaxis.set_major_locator(MaxNLocator(nbins=5))
     columns = MAX_PANELS_PER_ROW if ax is None else len(axes)
     for i, panel in enumerate(axes):
         if i % columns == 0:
@@ -487,8 +489,7 @@ def plot_accuracy_curves(
                 handles.append(h)
                 labels.append(lab)
     if handles and ax is None:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)),
-                   fontsize="small")  # fmt: skip
+        fig.legend(handles, labels, loc="outside right upper", fontsize="small")
     elif handles:
         axes[-1].legend(handles, labels, fontsize="small", loc="best")
     if title:
