@@ -43,8 +43,8 @@ def split_args(args: str) -> tuple[list[str], list[str]]:
 
 
 def clean_environment() -> dict[str, str]:
-    """The environment without tpu.sh's ``TPU_*`` defaults, so options come from the doc."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
+    """The environment without tpu.sh's ``CGH_TPU_*`` defaults: options come from the doc."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CGH_TPU_")}
 
 
 def dry_run(options: list[str], step: str, extra: list[str]) -> str:

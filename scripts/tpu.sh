@@ -3,20 +3,20 @@
 #
 #   bash scripts/tpu.sh [options] create|setup|run|logs|delete [-- extra cgh_jax.main flags]
 #
-# Options (each also read from the environment variable in brackets):
-#   --name NAME           TPU (and queued resource) name              [TPU_NAME]     cgh-tpu
-#   --zone ZONE           zone                                        [TPU_ZONE]     us-central2-b
-#   --accelerator TYPE    v4-8, v4-32, v5litepod-16, v5p-8, v6e-8...  [TPU_TYPE]     v4-8
-#   --project PROJECT     Google Cloud project (default: gcloud's)    [TPU_PROJECT]
-#   --version VERSION     TPU runtime image (default: by accelerator, table below)
-#   --queued              create through a queued resource (waits for capacity)
-#   --spot                spot capacity (preemptible; the run saves and resumes)
-#   --data-dir DIR        TFDS data dir, e.g. gs://BUCKET/tensorflow_datasets [TPU_DATA_DIR]
-#   --workdir DIR         run directory, e.g. gs://BUCKET/cgh/run1    [TPU_WORKDIR]
-#   --config CONFIG       config and its arguments                    [TPU_CONFIG]
-#                         configs/imagenet_resnet18.py:opt=m3,noise=0.5
-#   --lines N             logs: last N lines of every worker's log (default 50)
-#   --dry-run             print every gcloud command instead of running it
+# Options (defaults in brackets; each can also be set by the environment variable named):
+#   --name NAME         TPU and queued-resource name        [cgh-tpu]        CGH_TPU_NAME
+#   --zone ZONE         zone                                [us-central2-b]  CGH_TPU_ZONE
+#   --accelerator TYPE  v4-8, v4-32, v5litepod-16, v5p-8, v6e-8...  [v4-8]   CGH_TPU_TYPE
+#   --project PROJECT   Google Cloud project                [gcloud's]       CGH_TPU_PROJECT
+#   --version VERSION   TPU runtime image                   [by accelerator type, below]
+#   --queued            create through a queued resource (waits for capacity)
+#   --spot              spot capacity (preemptible; the run saves and resumes)
+#   --data-dir DIR      TFDS data dir, gs://BUCKET/tensorflow_datasets     CGH_TPU_DATA_DIR
+#   --workdir DIR       run directory, gs://BUCKET/cgh/RUN                 CGH_TPU_WORKDIR
+#   --config CONFIG     config and its arguments                           CGH_TPU_CONFIG
+#                       [configs/imagenet_resnet18.py:opt=m3,noise=0.5]
+#   --lines N           logs: the last N lines of every worker's log [50]
+#   --dry-run           print every command (gcloud, tar) instead of running it
 #
 # Steps:
 #   create  the TPU VM or pod slice (queued: and wait until it is ACTIVE)
@@ -36,16 +36,16 @@
 
 set -euo pipefail
 
-NAME="${TPU_NAME:-cgh-tpu}"
-ZONE="${TPU_ZONE:-us-central2-b}"
-ACCELERATOR="${TPU_TYPE:-v4-8}"
-PROJECT="${TPU_PROJECT:-}"
+NAME="${CGH_TPU_NAME:-cgh-tpu}"
+ZONE="${CGH_TPU_ZONE:-us-central2-b}"
+ACCELERATOR="${CGH_TPU_TYPE:-v4-8}"
+PROJECT="${CGH_TPU_PROJECT:-}"
 VERSION=""
 QUEUED=0
 SPOT=0
-DATA_DIR="${TPU_DATA_DIR:-}"
-WORKDIR="${TPU_WORKDIR:-}"
-CONFIG="${TPU_CONFIG:-configs/imagenet_resnet18.py:opt=m3,noise=0.5}"
+DATA_DIR="${CGH_TPU_DATA_DIR:-}"
+WORKDIR="${CGH_TPU_WORKDIR:-}"
+CONFIG="${CGH_TPU_CONFIG:-configs/imagenet_resnet18.py:opt=m3,noise=0.5}"
 LINES=50
 DRY_RUN=0
 STEP=""
