@@ -24,7 +24,8 @@
 #           Python 3.11 environment with uv (the images' python3 is 3.10; jax needs 3.11),
 #           then pip install -e '.[tpu]' into it
 #   run     start python -m cgh_jax.main on every worker in the background, output in
-#           ~/cgh-jax.log; run it again after a preemption to resume from the checkpoint
+#           ~/cgh-jax.log (refused where a run is still going); run it again after a
+#           preemption to resume from the checkpoint
 #   logs    the last lines of ~/cgh-jax.log on every worker
 #   delete  the TPU (queued: the queued resource and its TPU)
 #
@@ -202,7 +203,11 @@ step_run() {
     main+=" $(quote "$arg")"
   done
   comment "Start the same command on every worker (in the background; see 'logs'):"
-  run "${SSH[@]}" --command="cd $REMOTE_DIR && nohup $main > $REMOTE_LOG 2>&1 < /dev/null &"
+  local remote="cd $REMOTE_DIR || exit 1"
+  remote+="; if [ -f run.pid ] && kill -0 \"\$(cat run.pid)\" 2>/dev/null;"
+  remote+=" then echo \"a run is still going on \$(hostname)\" >&2; exit 1; fi"
+  remote+="; nohup $main > $REMOTE_LOG 2>&1 < /dev/null & echo \$! > run.pid"
+  run "${SSH[@]}" --command="$remote"
 }
 
 step_logs() {

@@ -6,6 +6,7 @@ import pathlib
 import re
 import shlex
 import subprocess
+import time
 
 import pytest
 
@@ -141,7 +142,8 @@ def test_run_and_logs_on_all_workers(options):
     run_words = words(run)
     assert "--worker=all" in run_words
     (remote,) = [w[len("--command=") :] for w in run_words if w.startswith("--command=")]
-    main = words(remote.split("&&", 1)[1].split(">", 1)[0])
+    assert "kill -0" in remote.split("nohup")[0]  # no second run beside a running one
+    main = ["nohup", *words(re.search(r"nohup (.*?) > ~/cgh-jax\.log", remote).group(1))]
     assert main[:4] == ["nohup", ".venv/bin/python", "-m", "cgh_jax.main"]
     assert "--config.data.data_dir=gs://my-bucket/tensorflow_datasets" in main
     assert "--workdir=gs://my-bucket/cgh/r" in main
@@ -259,3 +261,30 @@ def test_queued_resource_that_fails_stops_create(tmp_path):
         capture_output=True, text=True, check=False, env=env, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2 and "is FAILED" in result.stderr
+
+
+def test_remote_run_command_refuses_a_second_run(tmp_path):
+    """The worker side of `run`, in a local shell: starts once, then refuses while running."""
+    (run,) = dry(V4_VM, "run")
+    (remote,) = [w[len("--command=") :] for w in words(run) if w.startswith("--command=")]
+    python = tmp_path / "cgh-jax" / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text('#!/usr/bin/env bash\necho "args: $*"\nexec sleep 60\n')
+    python.chmod(0o755)
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    first = subprocess.run(["bash", "-c", remote], env=env, capture_output=True, text=True,
+                           timeout=30, check=False)  # fmt: skip
+    pid = int((tmp_path / "cgh-jax" / "run.pid").read_text())
+    try:
+        assert first.returncode == 0, first.stderr
+        second = subprocess.run(["bash", "-c", remote], env=env, capture_output=True,
+                                text=True, timeout=30, check=False)  # fmt: skip
+        assert second.returncode == 1 and "a run is still going" in second.stderr
+        log = tmp_path / "cgh-jax.log"
+        for _ in range(50):  # the background process writes its first line soon
+            if log.exists() and log.read_text():
+                break
+            time.sleep(0.1)
+        assert log.read_text().startswith("args: -m cgh_jax.main --config=")
+    finally:
+        os.kill(pid, 9)
