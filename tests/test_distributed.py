@@ -236,3 +236,23 @@ def test_two_real_processes(tmp_path, service):
         result = [line for line in out.splitlines() if line.startswith("RESULT")]
         assert result == [f"RESULT 2 2 {synced} {not synced}"], out
         assert ("without JAX's preemption sync manager" in out) == (not synced)
+
+
+def test_initialize_touches_no_device():
+    """initialize() and detect_cluster() run before any JAX backend exists, and leave none."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from jax._src import xla_bridge\n"
+        "from cgh_jax import distributed\n"
+        "distributed.detect_cluster(); distributed.initialize()\n"
+        "print('BACKENDS', sorted(xla_bridge._backends))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+        check=True,
+    ).stdout  # fmt: skip
+    assert "BACKENDS []" in out
