@@ -23,10 +23,8 @@ import tomllib
 import zipfile
 
 import nbformat
+import offline_venv  # tests/offline_venv.py (pytest puts tests/ on sys.path)
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-import offline_venv  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
