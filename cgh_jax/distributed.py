@@ -8,7 +8,7 @@
 * otherwise the cluster is found the way ``jax.distributed.initialize()`` itself finds it
   (Cloud TPU VMs and pod slices through the TPU metadata, GKE TPU through
   ``TPU_WORKER_HOSTNAMES``, SLURM, Open MPI, Kubernetes), and the call is made only when
-  that cluster has more than one process. A single process (a laptop, one GPU host, a
+  that cluster says it has more than one process. A single process (a laptop, one GPU host, a
   single-host TPU VM such as v4-8) is left alone.
 
 Nothing here looks at device files (``/dev/accel*``, ``/dev/vfio``): a TPU VM's device
@@ -35,7 +35,7 @@ class Cluster(NamedTuple):
       name: JAX's name for it (``'gcetpu'``, ``'gketpu'``, ``'slurm'``, ``'ompi'``,
         ``'k8s'``) or, from the fallback, the environment variable that revealed it.
       num_processes: the number of processes of the job, or ``None`` if the environment is
-        recognised but could not say (JAX then finds out in ``initialize``).
+        recognised but could not say (``initialize`` then runs a single process and says so).
     """
 
     name: str
@@ -63,7 +63,7 @@ def _from_jax(types) -> Cluster | None:
         try:
             count = int(env.get_process_count())
         except Exception as e:  # noqa: BLE001 - a metadata server or variable that fails
-            logging.warning("Cluster %s detected, but its process count is unknown: %s", env, e)
+            logging.info("Cluster %s: its process count is unknown (%s).", env.__name__, e)
             count = None
         return Cluster(getattr(env, "name", "") or env.__name__, count)
     return None
@@ -150,10 +150,18 @@ def initialize(
     cluster = detect_cluster()
     if cluster is None or cluster.num_processes == 1:
         return None
+    if cluster.num_processes is None:
+        logging.warning(
+            "Cluster %s detected, but not how many processes it runs: continuing as a single "
+            "process. For a multi-process job pass --coordinator_address, --num_processes "
+            "and --process_id.",
+            cluster.name,
+        )
+        return None
     logging.info(
-        "Cluster %s with %s processes: calling jax.distributed.initialize().",
+        "Cluster %s with %d processes: calling jax.distributed.initialize().",
         cluster.name,
-        cluster.num_processes if cluster.num_processes is not None else "an unknown number of",
+        cluster.num_processes,
     )
     jax.distributed.initialize()
     return cluster

@@ -159,6 +159,27 @@ def test_fallback_without_jax_detectors(calls, monkeypatch, env, expected):
     assert calls == ([((), {})] if expected else [])
 
 
+def test_cluster_with_an_unknown_process_count_runs_one_process(calls, monkeypatch, caplog):
+    class Unhelpful:  # e.g. Kubernetes without permission to read the job
+        name = "k8s"
+        opt_in_only_method = False
+
+        @classmethod
+        def is_env_present(cls):
+            return True
+
+        @classmethod
+        def get_process_count(cls):
+            raise RuntimeError("403 Forbidden")
+
+    monkeypatch.setattr(distributed, "_jax_cluster_types", lambda: [Unhelpful])
+    with caplog.at_level(std_logging.WARNING):
+        assert distributed.detect_cluster() == distributed.Cluster("k8s", None)
+        assert distributed.initialize() is None
+    assert calls == []
+    assert "continuing as a single process" in caplog.text
+
+
 def test_preemption_sync_is_off_in_a_plain_process():
     assert distributed.preemption_sync_enabled() is False
 
