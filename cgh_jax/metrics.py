@@ -1,45 +1,86 @@
 """Training and evaluation metrics, their writers, and progress reporting.
 
-* :class:`TrainMetrics`: a CLU collection built inside the jitted train step (loss, top-1,
-  gradient / parameter / update global norms, learning rate), merged on device across steps
-  and computed at each logging step.
+* :class:`TrainMetrics`: means (and last values) of the per-step training values (loss,
+  top-1, gradient / parameter / update global norms, learning rate), built inside the jitted
+  train step, merged on device across steps and computed at each logging step. Pure JAX.
 * :class:`EvalTotals`: exact evaluation sums (loss, top-1, top-5 hits and example counts,
   masked), accumulated on the host in float64.
 * :class:`JsonlWriter`: ``workdir/metrics.jsonl``, one JSON object per evaluation, written by
   process 0 only; on resume, lines at or after the restored step are dropped so that an
   interrupted-and-resumed run writes exactly the lines of an uninterrupted one.
-* :func:`create_writer`: CLU writers (TensorBoard + console) on process 0, console-only
-  (logging) elsewhere.
-* :class:`Progress`: steps/s and ETA.
+* :func:`create_writer`: TensorBoard events (through CLU, when CLU, TensorFlow and
+  TensorBoard are installed) plus console lines on process 0, console lines only elsewhere.
+  Without CLU the run keeps its ``metrics.jsonl`` and console lines and says once that it
+  writes no TensorBoard events. Every scalar is also written under ``by_examples/<tag>``
+  against the number of training examples seen, so that runs with different batch sizes
+  (or M3's 3 x batch per update) line up; :func:`hparams_from_config` flattens a config for
+  ``writer.write_hparams``.
+* :class:`Progress`: steps/s and an ETA that includes the remaining evaluations.
 """
 
-# No `from __future__ import annotations`: CLU reads the metric types from the annotations.
+import dataclasses
 import json
 import math
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers
-from clu import metrics as clu_metrics
 from etils import epath
 
 
-@flax.struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-    """Per-step training metrics, averaged over the steps between two logs."""
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainMetrics:
+    """Per-step training values, averaged (or, for some, last) over the steps between logs.
 
-    loss: clu_metrics.Average.from_output("loss")
-    top1: clu_metrics.Average.from_output("top1")
-    grad_norm: clu_metrics.Average.from_output("grad_norm")
-    param_norm: clu_metrics.LastValue.from_output("param_norm")
-    update_norm: clu_metrics.Average.from_output("update_norm")
-    learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+    Built inside the jitted step with :meth:`single_from_model_output`, combined with
+    :meth:`merge` (order matters only for the last values: ``a.merge(b)`` keeps ``b``'s),
+    read with :meth:`compute`. A pytree of scalars, so it can leave a jitted function.
+    """
+
+    AVERAGED: ClassVar[tuple[str, ...]] = ("loss", "top1", "grad_norm", "update_norm")
+    LAST: ClassVar[tuple[str, ...]] = ("param_norm", "learning_rate")
+    ORDER: ClassVar[tuple[str, ...]] = (
+        "loss", "top1", "grad_norm", "param_norm", "update_norm", "learning_rate",
+    )  # fmt: skip
+
+    sums: dict[str, jax.Array]
+    count: jax.Array
+    last: dict[str, jax.Array]
+
+    @classmethod
+    def single_from_model_output(cls, **values) -> "TrainMetrics":
+        """The metrics of one step; ``values`` must name exactly the fields in ORDER."""
+        missing = set(cls.ORDER) - set(values)
+        unknown = set(values) - set(cls.ORDER)
+        if missing or unknown:
+            raise ValueError(
+                f"TrainMetrics needs exactly {list(cls.ORDER)}; missing {sorted(missing)}, "
+                f"unknown {sorted(unknown)}."
+            )
+        as_float = {k: jnp.asarray(v, jnp.float32).reshape(()) for k, v in values.items()}
+        return cls(
+            sums={k: as_float[k] for k in cls.AVERAGED},
+            count=jnp.ones((), jnp.float32),
+            last={k: as_float[k] for k in cls.LAST},
+        )
+
+    def merge(self, other: "TrainMetrics") -> "TrainMetrics":
+        return TrainMetrics(
+            sums={k: self.sums[k] + other.sums[k] for k in self.AVERAGED},
+            count=self.count + other.count,
+            last=dict(other.last),
+        )
+
+    def compute(self) -> dict[str, jax.Array]:
+        """``{name: mean or last value}`` in the order of ORDER."""
+        means = {k: self.sums[k] / self.count for k in self.AVERAGED}
+        return {k: means[k] if k in means else self.last[k] for k in self.ORDER}
 
 
 class EvalTotals:
@@ -151,11 +192,126 @@ class JsonlWriter:
             os.fsync(f.fileno())
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
-    """TensorBoard + logging writer on process 0; logging only on the others."""
-    return metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False
-    )
+class LoggingWriter:
+    """Scalars as console lines (absl logging); the writer of processes other than 0 and
+    of process 0 when CLU is not installed."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        text = ", ".join(f"{k}={_scalar_text(v)}" for k, v in scalars.items())
+        logging.info("[%d] %s", step, text)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        del hparams  # Not echoed to the console: the workdir's config.json holds them.
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _scalar_text(value) -> str:
+    try:
+        return f"{float(value):.6g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class MetricWriter:
+    """Console lines plus, where available, TensorBoard events with a ``by_examples`` copy.
+
+    Args:
+      console: the console writer (:class:`LoggingWriter`).
+      summary: a TensorBoard writer with ``write_scalars``/``write_hparams``/``flush``/
+        ``close`` (CLU's ``SummaryWriter``), or None.
+      examples_per_step: training examples per step (per update); when given, every scalar
+        written at step ``s`` is also written to the summary as ``by_examples/<tag>`` at
+        ``s * examples_per_step``.
+    """
+
+    def __init__(self, console, summary=None, *, examples_per_step: int | None = None):
+        self.console = console
+        self.summary = summary
+        self.examples_per_step = examples_per_step
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        self.console.write_scalars(step, scalars)
+        if self.summary is None:
+            return
+        self.summary.write_scalars(step, scalars)
+        if self.examples_per_step:
+            self.summary.write_scalars(
+                step * self.examples_per_step, {f"by_examples/{k}": v for k, v in scalars.items()}
+            )
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        self.console.write_hparams(hparams)
+        if self.summary is not None:
+            self.summary.write_hparams(dict(hparams))
+
+    def flush(self) -> None:
+        if self.summary is not None:
+            self.summary.flush()
+
+    def close(self) -> None:
+        if self.summary is not None:
+            self.summary.close()
+            self.summary = None
+
+
+_warned_no_tensorboard = False
+
+
+def tensorboard_summary_writer(logdir: str):
+    """CLU's TensorBoard writer for ``logdir``, or None (with one warning) if CLU, or the
+    TensorFlow and TensorBoard it needs, are not installed."""
+    global _warned_no_tensorboard
+    try:
+        from clu import metric_writers
+    except ImportError as e:
+        if not _warned_no_tensorboard:
+            _warned_no_tensorboard = True
+            logging.warning(
+                "No TensorBoard events (%s); metrics.jsonl and the console lines are "
+                "written as usual. Install clu, tensorboard and tensorflow for events.",
+                e,
+            )
+        return None
+    return metric_writers.SummaryWriter(logdir)
+
+
+def create_writer(workdir: str, *, examples_per_step: int | None = None) -> MetricWriter:
+    """TensorBoard (if available) + console writer on process 0; console only elsewhere.
+
+    Args:
+      workdir: where the TensorBoard events go.
+      examples_per_step: training examples per step, for the ``by_examples/`` copies.
+    """
+    summary = None
+    if jax.process_index() == 0:
+        summary = tensorboard_summary_writer(os.fspath(workdir))
+    return MetricWriter(LoggingWriter(), summary, examples_per_step=examples_per_step)
+
+
+def hparams_from_config(config) -> dict[str, bool | int | float | str]:
+    """A config (``ml_collections.ConfigDict`` or mapping) as flat TensorBoard hparams.
+
+    Nested fields are joined with ``.`` (``optimizer.name``); values that are not a bool,
+    int, float or str (lists, None) are written as their ``repr``.
+    """
+    tree = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    flat: dict[str, bool | int | float | str] = {}
+
+    def visit(prefix: str, value) -> None:
+        if isinstance(value, Mapping):
+            for key in sorted(value):
+                visit(f"{prefix}{key}.", value[key])
+            return
+        key = prefix[:-1]
+        flat[key] = value if isinstance(value, bool | int | float | str) else repr(value)
+
+    visit("", tree)
+    return flat
 
 
 def _format_duration(seconds: float) -> str:
@@ -168,30 +324,63 @@ def _format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Steps per second and ETA between reports.
+    """Steps per second and an ETA that counts the evaluations still to come.
+
+    The time between :meth:`pause` and :meth:`resume` is one evaluation: it is left out of
+    the step rate, and its mean duration, times the number of evaluations left, is added to
+    the ETA. Evaluations run before every epoch and after the last step; give
+    ``eval_every_steps`` (the steps per epoch) to count them. Without it, evaluations are
+    still left out of the rate but not counted in the ETA.
 
     Args:
       total_steps: the step at which training ends.
       start_step: the step training (re)starts from.
       clock: a ``time.monotonic``-like function (injectable for tests).
+      eval_every_steps: steps between evaluations, or None.
     """
 
-    def __init__(self, total_steps: int, start_step: int = 0, clock=time.monotonic):
+    def __init__(
+        self,
+        total_steps: int,
+        start_step: int = 0,
+        clock=time.monotonic,
+        *,
+        eval_every_steps: int | None = None,
+    ):
+        if eval_every_steps is not None and eval_every_steps < 1:
+            raise ValueError(f"eval_every_steps must be >= 1, got {eval_every_steps}.")
         self.total_steps = total_steps
+        self.eval_every_steps = eval_every_steps
         self._clock = clock
         self._last_step = start_step
         self._last_time = clock()
         self._paused = 0.0
         self._pause_start: float | None = None
+        self._eval_seconds = 0.0
+        self._evals = 0
 
     def pause(self) -> None:
-        """Excludes what follows (e.g. an evaluation) from the step rate until resume()."""
+        """Starts an evaluation: what follows is not training time, until resume()."""
         self._pause_start = self._clock()
 
     def resume(self) -> None:
         if self._pause_start is not None:
-            self._paused += self._clock() - self._pause_start
+            seconds = self._clock() - self._pause_start
+            self._paused += seconds
+            self._eval_seconds += seconds
+            self._evals += 1
             self._pause_start = None
+
+    def evaluations_left(self, step: int) -> int:
+        """Evaluations still to run after ``step``'s report: one at every multiple of
+        ``eval_every_steps`` in ``[step, total_steps)`` (the loop evaluates at an epoch's
+        start, after that step's report) and the final one; 0 without ``eval_every_steps``."""
+        if self.eval_every_steps is None:
+            return 0
+        every = self.eval_every_steps
+        first = -(-step // every) * every  # the first multiple >= step
+        at_boundaries = max(0, -(-(self.total_steps - first) // every))
+        return at_boundaries + 1
 
     def report(self, step: int) -> dict[str, float]:
         """``{'steps_per_sec', 'eta_seconds'}`` since the previous report."""
@@ -199,7 +388,9 @@ class Progress:
         elapsed = now - self._last_time - self._paused
         done = step - self._last_step
         rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
-        eta = (self.total_steps - step) / rate if rate == rate and rate > 0 else float("inf")
+        train = (self.total_steps - step) / rate if rate == rate and rate > 0 else float("inf")
+        mean_eval = self._eval_seconds / self._evals if self._evals else 0.0
+        eta = train + mean_eval * self.evaluations_left(step)
         self._last_step, self._last_time, self._paused = step, now, 0.0
         return {"steps_per_sec": rate, "eta_seconds": eta}
 

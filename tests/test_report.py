@@ -204,7 +204,7 @@ def test_plot_accuracy_curves_panels_and_lines(tmp_path):
         {"SGD": sgd, "M3": m3}, path=tmp_path / "curves.png", title="t"
     )
     axes = fig.get_axes()
-    assert [ax.get_title() for ax in axes] == ["SGD", "M3"]
+    assert [ax.get_title() for ax in axes] == ["SGD", "M3", "corrupt/noisy: all runs"]
     assert axes[0].get_shared_y_axes().joined(axes[0], axes[1])
     assert len(axes[0].get_lines()) == 4
     test_line = axes[0].get_lines()[3]
@@ -213,7 +213,72 @@ def test_plot_accuracy_curves_panels_and_lines(tmp_path):
     # Mean of the two M3 seeds on the test set; a std band per set.
     np.testing.assert_allclose(axes[1].get_lines()[3].get_ydata()[-1], 100 * (0.815 + 0.9) / 2)
     assert len(axes[1].collections) == 4
+    # The overlay: memorization of every run on one axis.
+    overlay = axes[2].get_lines()
+    np.testing.assert_allclose([line.get_ydata()[-1] for line in overlay], [91.2, 10.3])
+    # One legend, outside the panels: sets and overlaid runs, no legend inside an axes.
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in axes)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:4] == [report.SET_LABELS[s] for s in report.DEFAULT_SETS]
+    assert labels[4:] == ["SGD (overlay)", "M3 (overlay)"]
     _check_png(tmp_path / "curves.png")
+
+
+def test_plot_at_most_three_panels_a_row(tmp_path):
+    names = ["sgd", "m3", "rm3", "ra3", "sgd_3x"]
+    runs = {n: _records(dict(FINAL_SGD, corrupt_noisy=0.1 * (i + 1))) for i, n in enumerate(names)}
+    fig = report.plot_accuracy_curves(runs, path=tmp_path / "five.png")
+    axes = fig.get_axes()
+    assert len(axes) == 6  # five runs and the overlay
+    rows = {}
+    for ax in axes:
+        rows.setdefault(ax.get_subplotspec().rowspan.start, []).append(ax)
+    assert [len(r) for r in rows.values()] == [3, 3]
+    assert len(axes[5].get_lines()) == 5
+    image = _check_png(tmp_path / "five.png")
+    assert image.shape[1] < 2.2 * image.shape[0]  # two rows, not one long row
+    # Four runs: a row of three and one of two (run + overlay), nothing empty left.
+    fig = report.plot_accuracy_curves({n: runs[n] for n in names[:4]})
+    assert len(fig.get_axes()) == 5
+
+
+def test_no_overlay_without_corrupt_sets_or_a_second_run():
+    clean = _records(FINAL_SGD, sets=("pristine", "test"))
+    fig = report.plot_accuracy_curves({"a": clean, "b": clean}, sets=("pristine", "test"))
+    assert [ax.get_title() for ax in fig.get_axes()] == ["a", "b"]
+    fig = report.plot_accuracy_curves({"a": _records(FINAL_SGD)})
+    assert [ax.get_title() for ax in fig.get_axes()] == ["a"]
+    fig = report.plot_accuracy_curves({"a": clean, "b": clean}, overlay=None)
+    assert len(fig.get_axes()) == 2
+
+
+@pytest.mark.parametrize(
+    "model, text",
+    [
+        ({"name": "mlp", "hidden": [32], "dtype": "float32"}, "MLP 32"),
+        ({"name": "mlp", "hidden": [2048, 2048]}, "MLP 2048-2048"),
+        ({"name": "resnet18", "dtype": "bfloat16"}, "ResNet-18, bfloat16"),
+        ({"name": "vgg13_bn"}, "VGG-13-BN"),
+        ({"name": "inception_v3"}, "Inception-V3"),
+        ({"name": "resnet_tiny", "width": 8}, "resnet_tiny (width 8)"),
+    ],
+)
+def test_describe_model(model, text):
+    assert report.describe_model(model) == text
+
+
+def test_report_title_names_the_trained_model(tmp_path):
+    runs = {}
+    for name in ("sgd", "m3"):
+        run = _write_run(tmp_path / name, _records(FINAL_SGD))
+        with open(os.path.join(run, "config.json"), "w") as f:
+            json.dump({"model": {"name": "mlp", "hidden": [32], "dtype": "float32"}}, f)
+        runs[name] = run
+    md = open(report.write_report(tmp_path / "s", runs, title="MNIST, {model}")).read()
+    assert md.startswith("# MNIST, MLP 32\n\nModel: MLP 32.\n")
+    bare = {"sgd": _write_run(tmp_path / "bare", _records(FINAL_SGD))}
+    md = open(report.write_report(tmp_path / "s2", bare, title="T {model}")).read()
+    assert md.startswith("# T model not recorded\n") and "Model:" not in md
 
 
 def test_plot_accuracy_curves_into_given_axes(tmp_path):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -363,6 +364,29 @@ def _as_seed_list(value: Any) -> list[Records]:
     return [load_metrics(v) if isinstance(v, str | os.PathLike) else list(v) for v in value]
 
 
+#: Colors of the runs in the overlay panel (distinct from the sets' colors).
+_RUN_COLORS = (
+    "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black", "tab:gray",
+    "tab:blue", "tab:orange", "tab:green",
+)  # fmt: skip
+
+#: Panels per row of the multi-panel figures.
+MAX_PANELS_PER_ROW = 3
+
+
+def _panel_grid(fig, n: int):
+    """``n`` axes in rows of at most MAX_PANELS_PER_ROW, sharing x and y; extras removed."""
+    ncols = min(MAX_PANELS_PER_ROW, n)
+    nrows = -(-n // ncols)
+    grid = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    for extra in grid[n:]:
+        extra.remove()
+    axes = list(grid[:n])
+    for ax in axes:  # x tick labels on every panel: a removed neighbour may leave a gap.
+        ax.tick_params(labelbottom=True)
+    return axes
+
+
 def plot_accuracy_curves(
     metrics_by_run: Mapping[str, Any],
     *,
@@ -371,13 +395,17 @@ def plot_accuracy_curves(
     path: str | os.PathLike | None = None,
     ax: Any = None,
     title: str | None = None,
+    overlay: str | None = "corrupt_noisy",
 ):
-    """Accuracy against epochs, one panel per run, shared y axis.
+    """Accuracy against epochs, one panel per run, plus an overlay of memorization.
 
-    Each panel draws one line per set (pristine, memorization of the corrupt
-    set, corrupt set against the true label, test), as in the figures of
-    Zielinski et al. (2020). Several seeds per run give the mean with a
-    ``± std`` band.
+    Each run's panel draws one line per set (pristine, memorization of the corrupt set,
+    corrupt set against the true label, test), as in the figures of Zielinski et al.
+    (2020); several seeds per run give the mean with a ``± std`` band. Panels come at most
+    three a row with shared axes and one legend outside them, to their right. A last
+    panel overlays the ``overlay`` set (memorization: the corrupt examples against their
+    noisy label) of every run, so that optimizers compare on one axis; it is drawn when
+    that set is among ``sets`` and at least two runs have it.
 
     Args:
       metrics_by_run: name -> records (a :func:`load_metrics` output), a run
@@ -386,21 +414,31 @@ def plot_accuracy_curves(
       metric: ``top1`` (default), ``top5`` or ``loss``; accuracies in percent.
       path: if given, the figure is saved there (PNG by extension).
       ax: an existing Axes (for one run) or a sequence of Axes (one per run)
-        to draw into; by default a new figure with one panel per run.
+        to draw into (no overlay panel then); by default a new figure.
       title: optional figure title.
+      overlay: the set to overlay across runs, or None for no overlay panel.
 
     Returns:
       The matplotlib ``Figure``.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if not metrics_by_run:
         raise ValueError("metrics_by_run is empty: give at least one run.")
     runs = {name: _as_seed_list(value) for name, value in metrics_by_run.items()}
     n = len(runs)
+    overlay_key = f"{overlay}/{metric}"
+    overlaid = []
+    if ax is None and overlay in sets:
+        overlaid = [name for name, seeds in runs.items() if seed_curves(seeds, overlay_key)[0].size]
+    with_overlay = len(overlaid) >= 2
     if ax is None:
-        fig = Figure(figsize=(4.0 * n + 0.5, 3.6), layout="constrained")
-        axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+        panels = n + with_overlay
+        ncols = min(MAX_PANELS_PER_ROW, panels)
+        nrows = -(-panels // ncols)
+        fig = Figure(figsize=(3.6 * ncols + 2.6, 3.0 * nrows + 0.4), layout="constrained")
+        axes = _panel_grid(fig, panels)
     else:
         axes = list(ax) if isinstance(ax, Sequence | np.ndarray) else [ax]
         if len(axes) != n:
@@ -408,8 +446,10 @@ def plot_accuracy_curves(
         fig = axes[0].figure
     is_accuracy = metric in _ACCURACY_METRICS
     scale = 100.0 if is_accuracy else 1.0
+    metric_label = _METRIC_LABELS.get(metric, metric)
+    y_label = f"{metric_label} (%)" if is_accuracy else metric_label
     x_label = "epoch"
-    for panel, (name, seeds) in zip(axes, runs.items(), strict=True):
+    for panel, (name, seeds) in zip(axes, runs.items(), strict=False):
         for s in sets:
             x, mean, std, x_label = seed_curves(seeds, f"{s}/{metric}")
             if not x.size:
@@ -421,25 +461,102 @@ def plot_accuracy_curves(
                     x, (mean - std) * scale, (mean + std) * scale, color=color, alpha=0.2
                 )
         panel.set_title(name)
+    if with_overlay:
+        panel = axes[n]
+        for i, name in enumerate(overlaid):
+            x, mean, std, x_label = seed_curves(runs[name], overlay_key)
+            color = _RUN_COLORS[i % len(_RUN_COLORS)]
+            panel.plot(x, mean * scale, marker=".", color=color, label=f"{name} (overlay)")
+            if len(runs[name]) > 1:
+                panel.fill_between(
+                    x, (mean - std) * scale, (mean + std) * scale, color=color, alpha=0.2
+                )
+        panel.set_title(f"{_SHORT_SET_LABELS.get(overlay, overlay)}: all runs")
+    for panel in axes:
         panel.set_xlabel(x_label)
         panel.grid(True, alpha=0.3)
-    metric_label = _METRIC_LABELS.get(metric, metric)
-    axes[0].set_ylabel(f"{metric_label} (%)" if is_accuracy else metric_label)
+        panel.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    columns = MAX_PANELS_PER_ROW if ax is None else len(axes)
+    for i, panel in enumerate(axes):
+        if i % columns == 0:
+            panel.set_ylabel(y_label)
     if is_accuracy and ax is None:
         axes[0].set_ylim(-2, 102)
-    handles, labels = axes[0].get_legend_handles_labels()
-    for panel in axes[1:]:
+    handles, labels = [], []
+    for panel in axes:
         for h, lab in zip(*panel.get_legend_handles_labels(), strict=True):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    if handles:
+    if handles and ax is None:
+        fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    elif handles:
         axes[-1].legend(handles, labels, fontsize="small", loc="best")
     if title:
         fig.suptitle(title)
     if path is not None:
         fig.savefig(os.fspath(path), dpi=120)
     return fig
+
+
+# --------------------------------------------------------------------------- model
+
+
+CONFIG_FILENAME = "config.json"
+
+_MODEL_NAMES = (
+    (re.compile(r"resnet(\d+)"), lambda m: f"ResNet-{m[1]}"),
+    (re.compile(r"vgg(\d+)_bn"), lambda m: f"VGG-{m[1]}-BN"),
+    (re.compile(r"vgg(\d+)"), lambda m: f"VGG-{m[1]}"),
+    (re.compile(r"inception_v3"), lambda m: "Inception-V3"),
+    (re.compile(r"mlp"), lambda m: "MLP"),
+    (re.compile(r"cnn"), lambda m: "CNN"),
+)
+
+
+def describe_model(model: Mapping[str, Any]) -> str:
+    """A short human name for a run's ``config.model``.
+
+    Example:
+      >>> describe_model({"name": "mlp", "hidden": [32], "dtype": "float32"})
+      'MLP 32'
+      >>> describe_model({"name": "resnet18", "width": 16, "dtype": "bfloat16"})
+      'ResNet-18 (width 16), bfloat16'
+    """
+    name = str(model.get("name", "model"))
+    text = name
+    for pattern, label in _MODEL_NAMES:
+        match = pattern.fullmatch(name)
+        if match:
+            text = label(match)
+            break
+    hidden = model.get("hidden")
+    if name == "mlp" and hidden:
+        hidden = [hidden] if isinstance(hidden, int) else list(hidden)
+        text += " " + "-".join(str(h) for h in hidden)
+    if model.get("width") is not None:
+        text += f" (width {model['width']})"
+    dtype = model.get("dtype")
+    if dtype and str(dtype) != "float32":
+        text += f", {dtype}"
+    return text
+
+
+def runs_model(run_dirs: Sequence[str | os.PathLike]) -> str | None:
+    """The model of the runs, from their ``config.json`` (``' / '`` between different
+    ones), or None if no run directory holds a config."""
+    names: list[str] = []
+    for run_dir in run_dirs:
+        path = os.path.join(os.fspath(run_dir), CONFIG_FILENAME)
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            model = json.load(f).get("model")
+        if isinstance(model, Mapping):
+            text = describe_model(model)
+            if text not in names:
+                names.append(text)
+    return " / ".join(names) if names else None
 
 
 # --------------------------------------------------------------------------- report
@@ -463,7 +580,9 @@ def write_report(
       study_workdir: directory for the report (created if missing).
       runs: name (e.g. optimizer) -> run directory, or list of run directories
         (seeds, shown as ``mean ± std``).
-      title: the report's heading.
+      title: the report's heading; ``{model}`` in it is replaced by the runs' model as
+        their ``config.json`` records it (:func:`describe_model`, e.g. ``MLP 32``), so a
+        title never names another model than the one trained.
       sets: evaluation sets to show.
 
     Returns:
@@ -479,6 +598,11 @@ def write_report(
     run_lists = {name: _as_run_list(spec) for name, spec in runs.items()}
     records = {name: [load_metrics(d) for d in dirs] for name, dirs in run_lists.items()}
 
+    all_dirs = [d for dirs in run_lists.values() for d in dirs]
+    model = runs_model(all_dirs)
+    if "{model}" in title:
+        title = title.replace("{model}", model or "model not recorded")
+
     os.makedirs(study_workdir, exist_ok=True)
     table = results_table(run_lists, sets=sets, metric="top1")
     fig = plot_accuracy_curves(
@@ -486,9 +610,10 @@ def write_report(
     )
     del fig
 
-    lines = [
-        f"# {title}",
-        "",
+    lines = [f"# {title}", ""]
+    if model is not None:
+        lines += [f"Model: {model}.", ""]
+    lines += [
         "Final top-1 accuracy (%) on each evaluation set. *pristine*: training examples "
         "whose label was not corrupted; *corrupt/noisy*: training examples whose label was "
         "corrupted, scored against the noisy label they were trained on (memorization); "
