@@ -16,11 +16,11 @@ status 2 for usage and configuration errors (the command line, the config, the d
 names, a workdir whose checkpoint has another config) and 1 for failures while running.
 ``CGH_JAX_TRACEBACK=1`` or ``--verbosity=1`` adds the traceback.
 
-Multi-host: on Cloud TPU VMs ``jax.distributed.initialize()`` is called automatically; on
-other clusters pass ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
+Multi-host: :func:`cgh_jax.distributed.initialize` connects the processes when JAX detects a
+cluster of several (Cloud TPU pod slices, SLURM, Open MPI, Kubernetes); elsewhere pass
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
 """
 
-import glob
 import importlib
 import importlib.util
 import os
@@ -41,7 +41,6 @@ EXIT_CONFIG = 2  # the command line, the config or the data it names is wrong
 EXIT_RUNTIME = 1  # a failure while running
 TRACEBACK_ENV = "CGH_JAX_TRACEBACK"
 _HELP_FLAGS = ("-h", "--help", "-help", "-?", "--helpshort", "-helpshort")
-_TPU_ENV = ("TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID", "CLOUD_TPU_TASK_ID", "TPU_ACCELERATOR_TYPE")
 
 HELP = f"""\
 usage: cgh-jax --config=FILE[:ARGS] --workdir=DIR [--config.FIELD=VALUE ...]
@@ -238,23 +237,16 @@ def define_flags() -> None:
 # ----------------------------------------------------------------------------- running
 
 
-def _on_cloud_tpu() -> bool:
-    return any(k in os.environ for k in _TPU_ENV) or bool(glob.glob("/dev/accel*"))
-
-
 def initialize_distributed() -> None:
     """Connects the processes of a multi-host job (before JAX touches any device)."""
-    import jax
+    from cgh_jax import distributed
 
-    explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    if any(v is not None for v in explicit):
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
-    elif _on_cloud_tpu():
-        jax.distributed.initialize()
+    try:
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    except ValueError as e:
+        raise ConfigError(
+            str(e), "pass all of --coordinator_address, --num_processes and --process_id, or none"
+        ) from e
 
 
 def _num_train(sizes) -> int | None:

@@ -179,9 +179,15 @@ class JsonlWriter:
         write_file_atomic(self.path, "".join(kept).encode())
 
     def write(self, record: Mapping[str, Any]) -> None:
+        """Appends one record as strict JSON: a NaN or infinite number is written as
+        ``null`` and its key listed under ``"nonfinite"``."""
         if not self.enabled:
             return
-        line = json.dumps(dict(record)) + "\n"
+        record = dict(record)
+        bad = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            record.update({k: None for k in bad}, nonfinite=bad)
+        line = json.dumps(record, allow_nan=False) + "\n"
         if is_remote(self.path):
             previous = "".join(f"{x}\n" for x in self._lines())
             write_file_atomic(self.path, (previous + line).encode())

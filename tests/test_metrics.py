@@ -177,3 +177,18 @@ def test_a_run_without_clu_keeps_its_metrics(monkeypatch, tmp_path):
     assert lines and lines[-1]["step"] == result["step"] > 0
     assert "test/top1" in lines[-1]
     assert not list(tmp_path.glob("events.out.tfevents*"))
+
+
+def test_jsonl_records_are_strict_json_with_non_finite_values_as_null(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    writer = metrics.JsonlWriter(str(path), enabled=True)
+    writer.write({"step": 3, "test/loss": float("nan"), "test/top1": 0.5, "x": float("inf")})
+    line = path.read_text().strip()
+    record = json.loads(line, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert record == {
+        "step": 3,
+        "test/loss": None,
+        "test/top1": 0.5,
+        "x": None,
+        "nonfinite": ["test/loss", "x"],
+    }
