@@ -72,15 +72,20 @@ from cgh_jax.data.pipeline import (
     steps_per_epoch,
     train_batches,
 )
-from cgh_jax.data.reader import DatasetNotPreparedError
+from cgh_jax.data.errors import DataError, DataNotFoundError, DatasetNotPreparedError
+from cgh_jax.data.sizes import known_sizes
+from cgh_jax.data.tfimport import TensorFlowMissingError
 
 __all__ = [
     "DEFAULTS",
     "SCHEMES",
     "SOURCES",
+    "DataError",
+    "DataNotFoundError",
     "DataSpec",
     "DatasetInfo",
     "DatasetNotPreparedError",
+    "TensorFlowMissingError",
     "EvalSet",
     "clear_caches",
     "corrupt_labels",
@@ -88,6 +93,7 @@ __all__ = [
     "eval_datasets",
     "full_train_eval_batches",
     "get_dataset_info",
+    "known_sizes",
     "resolve",
     "steps_per_epoch",
     "train_batches",
