@@ -113,9 +113,17 @@ def _read(path) -> Table:
 
 
 def _write_atomic(path, payload: bytes) -> None:
+    """Writes ``path`` under a temporary name, then renames it over any older copy."""
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     tmp.write_bytes(payload)
-    tmp.rename(path)
+    try:
+        if "://" in os.fspath(path):
+            tmp.replace(path)  # object stores: copy + delete, readers see old or new
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _is_local_copy(builder, spec: DataSpec) -> bool:
@@ -134,9 +142,11 @@ def _write(builder, spec: DataSpec, split: str, table: Table) -> None:
         buf = io.BytesIO()
         np.savez(buf, images=table.images, labels=table.labels, ids=table.ids)
         _write_atomic(version_dir / _file_name(split, spec), buf.getvalue())
-        _write_atomic(
-            version_dir / "meta.json", json.dumps(_builder_meta(builder), indent=1).encode()
-        )
+        meta_path = version_dir / "meta.json"  # written last: marks the cache usable
+        info = json.loads(meta_path.read_text()) if meta_path.exists() else _builder_meta(builder)
+        if split.isidentifier():  # a whole split (not a slice): its size is now known
+            info["splits"][split] = len(table.ids)
+        _write_atomic(meta_path, json.dumps(info, indent=1).encode())
     except OSError as e:  # a read-only data dir: keep going without the cache
         import logging
 
