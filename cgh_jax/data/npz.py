@@ -88,6 +88,9 @@ def sizes(path: str) -> dict[str, int]:
         for split in SPLITS:
             with archive.open(f"x_{split}.npy") as f:
                 version = np.lib.format.read_magic(f)
-                shape, _, _ = np.lib.format._read_array_header(f, version)
+                if version == (1, 0):
+                    shape, _, _ = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, _ = np.lib.format.read_array_header_2_0(f)
             out[split] = int(shape[0])
     return out
