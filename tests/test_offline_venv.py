@@ -2,9 +2,8 @@
 
 import subprocess
 
-import pytest
-
 import offline_venv
+import pytest
 
 
 def test_closure_follows_requirements_and_skips_excluded():

@@ -145,7 +145,9 @@ def header_size(file: str) -> tuple[int, int]:
         with Image.open(file) as image:
             return image.height, image.width
     except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"file {file!r} is not a readable image ({e}); replace or remove it.")
+        raise DataError(
+            f"file {file!r} is not a readable image ({e}); replace or remove it."
+        ) from None
 
 
 def load(

