@@ -132,3 +132,64 @@ def test_process_zero_writes_while_the_others_wait(tmp_path, monkeypatch):
     for t in (lonely, cached):
         np.testing.assert_array_equal(t.ids, written.ids)
     data.clear_caches()
+
+
+CHILD = """
+import json, sys
+import jax
+
+coordinator, process_id, data_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+jax.distributed.initialize(coordinator, num_processes=2, process_id=process_id,
+                           initialization_timeout=60)
+import ml_collections
+import tensorflow_datasets as tfds
+from cgh_jax import data
+from cgh_jax.data import tfds_arrays
+
+reads = []
+real = tfds_arrays.read_through_tfds
+tfds_arrays.read_through_tfds = lambda *a: reads.append(a[2]) or real(*a)
+spec = data.resolve(ml_collections.ConfigDict(
+    dict(source="tfds", name="mnist", data_dir=data_dir)))
+with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_FILES,
+                            data_dir=data_dir):
+    table = tfds_arrays.load_table(spec, "train")
+print("RESULT " + json.dumps({"reads": reads, "ids": table.ids.tolist()}), flush=True)
+"""
+
+
+def test_two_processes_share_one_cache(tmp_path):
+    """Real processes (jax.distributed on the CPU): process 0 reads through TFDS and writes
+    the cache; process 1 waits at the barrier and reads the cache."""
+    import socket
+    import subprocess
+    import sys
+
+    data_dir = prepared_mnist_dir(tmp_path / "tfds")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+    env = {**os.environ, "PYTHONPATH": _pythonpath(), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, coordinator, str(i), data_dir],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err[-3000:]
+            line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
+            results.append(json.loads(line[len("RESULT ") :]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert results[0]["reads"] == ["train"] and results[1]["reads"] == []
+    assert results[0]["ids"] == results[1]["ids"] and len(results[0]["ids"]) == 24

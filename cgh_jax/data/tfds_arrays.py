@@ -14,8 +14,9 @@ label corruption, evaluation subsets and epoch order.
 
 Files are written under a temporary name and renamed, so a reader never sees half a file.
 With several processes (``jax.process_count() > 1``) process 0 writes while the others wait
-at a barrier, then every process reads; a process that still finds no cache (a data dir
-local to each host) reads through TFDS itself. The cache is written only for a copy that
+at a barrier of the ``jax.distributed`` coordination service, then every process reads; a
+process that still finds no cache (a data dir local to each host) reads through TFDS itself.
+The cache is written only for a copy that
 TFDS prepared in that data dir (not for ``tfds.testing.mock_data`` without a ``data_dir``).
 A name without a version (``cifar10``) reads the only cached version; pin one
 (``cifar10:3.0.2``) when several are cached. Delete ``<data_dir>/cgh_arrays/<name>`` after
@@ -161,10 +162,30 @@ def _cached_file(spec: DataSpec, split: str):
     return f if f.exists() else None
 
 
+BARRIER_TIMEOUT_S = 4 * 3600  # the first read of a large split may take long
+_barriers = 0
+
+
 def _sync(tag: str) -> None:
+    """Waits until every process has reached ``tag``.
+
+    Uses the ``jax.distributed`` coordination service (no device collective, so a long wait
+    while process 0 reads through TFDS runs into no collective timeout; orbax waits the same
+    way), else ``multihost_utils.sync_global_devices``.
+    """
+    global _barriers
     import jax
 
-    if jax.process_count() > 1:
+    if jax.process_count() <= 1:
+        return
+    _barriers += 1  # every process loads the same splits in the same order
+    tag = f"{tag}:{_barriers}"
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is not None:
+        client.wait_at_barrier(tag, timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
+    else:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(tag)
