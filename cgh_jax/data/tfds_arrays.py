@@ -16,11 +16,10 @@ Files are written under a temporary name and renamed, so a reader never sees hal
 With several processes (``jax.process_count() > 1``) process 0 writes while the others wait
 at a barrier of the ``jax.distributed`` coordination service, then every process reads; a
 process that still finds no cache (a data dir local to each host) reads through TFDS itself.
-The cache is written only for a copy that
-TFDS prepared in that data dir (not for ``tfds.testing.mock_data`` without a ``data_dir``).
-A name without a version (``cifar10``) reads the only cached version; pin one
-(``cifar10:3.0.2``) when several are cached. Delete ``<data_dir>/cgh_arrays/<name>`` after
-preparing the dataset again.
+The cache is written only for a copy that TFDS prepared in that data dir (not for
+``tfds.testing.mock_data`` without a ``data_dir``). A name without a version (``cifar10``)
+reads the only cached version; pin one (``cifar10:3.0.2``) when several are cached. Delete
+``<data_dir>/cgh_arrays/<name>`` after preparing the dataset again.
 """
 
 from __future__ import annotations
