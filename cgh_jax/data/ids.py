@@ -111,9 +111,9 @@ def probability_threshold(p: float) -> int:
 
 
 def _tf():
-    import tensorflow as tf
+    from cgh_jax.data.tfimport import tensorflow
 
-    return tf
+    return tensorflow()
 
 
 def splitmix64_tf(x):

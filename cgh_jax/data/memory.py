@@ -1,9 +1,11 @@
 """In-memory path (``config.data.cache=True``): decoded splits held as numpy arrays.
 
 For datasets that fit in host memory (all offline sources, MNIST, CIFAR, ...). Each split is
-read once through TFDS, decoded, resized (if ``image_size``/``resize_size`` ask for it; the
-result is rounded back to uint8) and sorted by example id. Every process holds the whole
-split, so the global batch sequence does not depend on the number of processes:
+read once, decoded, resized (if ``image_size``/``resize_size`` ask for it; the result is
+rounded back to uint8) and sorted by example id: offline sources straight into numpy
+(:mod:`cgh_jax.data.sources`), TFDS datasets through their array cache
+(:mod:`cgh_jax.data.tfds_arrays`); no TensorFlow once that cache exists. Every process holds
+the whole split, so the global batch sequence does not depend on the number of processes:
 
 * epoch order: examples sorted by ``hash_bits(shuffle_seed, id, STREAM_EPOCH + epoch)``, a
   pure function of ``(shuffle_seed, epoch)``; global batch ``s`` is
@@ -17,104 +19,39 @@ split, so the global batch sequence does not depend on the number of processes:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
-import tensorflow as tf
 
-from cgh_jax.data import corruption, preprocess, reader
+from cgh_jax.data import corruption, preprocess, sources, tfds_arrays
 from cgh_jax.data import ids as ids_lib
 from cgh_jax.data.config import DataSpec
+from cgh_jax.data.errors import DataError
 from cgh_jax.data.hosts import EvalSet, Hosts, host_rows, num_eval_batches, per_host_batch_size
-
-
-class Table(NamedTuple):
-    """A decoded split: uint8 images [N, H, W, C], int64 labels [N], int64 ids [N]."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    ids: np.ndarray
-
+from cgh_jax.data.table import Table
 
 _TABLES: dict[tuple, Table] = {}
-MAX_IN_MEMORY_BYTES = 32 * 2**30
 
 
 def clear_cache() -> None:
     _TABLES.clear()
-
-
-def _needs_resize(spec: DataSpec, native: tuple) -> bool:
-    if spec.resize_size > 0:
-        return True
-    return spec.image_size > 0 and tuple(native[:2]) != (spec.image_size, spec.image_size)
-
-
-def _check_fits_in_memory(builder, split, spec, native, channels) -> None:
-    """Refuses (before reading) splits whose decoded images exceed ``MAX_IN_MEMORY_BYTES``."""
-    try:
-        n = builder.info.splits[split].num_examples
-    except (KeyError, ValueError):
-        return  # unknown size (e.g. mocked data): nothing to check cheaply
-    if spec.image_size > 0:
-        height = width = spec.image_size
-    elif None in native[:2]:
-        return  # variable native sizes are rejected after decoding
-    else:
-        height, width = native[:2]
-    needed = n * height * width * channels
-    if needed > MAX_IN_MEMORY_BYTES:
-        raise ValueError(
-            f"split {split!r} of {builder.name!r} needs {needed / 2**30:.0f} GiB as decoded "
-            f"uint8 images (limit {MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB); stream it with "
-            "config.data.cache=False."
-        )
+    sources.clear_cache()
 
 
 def load_table(spec: DataSpec, split: str) -> Table:
     """Reads, decodes and caches one split (sorted by id)."""
     key = (spec.dataset_key, split, spec.image_size, spec.resize_size)
-    if key in _TABLES:
-        return _TABLES[key]
-    builder = reader.get_builder(spec)
-    channels = reader.channels(builder)
-    native = reader.native_shape(builder)
-    resize = _needs_resize(spec, native)
-    _check_fits_in_memory(builder, split, spec, native, channels)
+    if key not in _TABLES:
+        if spec.source == "tfds":
+            _TABLES[key] = tfds_arrays.load_table(spec, split)
+        else:
+            _TABLES[key] = sources.load_table(spec, split)
+    return _TABLES[key]
 
-    def decode(ex):
-        image = preprocess.decode_tf(ex["image"], channels)
-        if resize:
-            image = preprocess.eval_resize_tf(
-                image, image_size=spec.image_size, resize_size=spec.resize_size
-            )
-            image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-        return image, tf.shape(image), ex["label"], ex["id"]
 
-    ds = reader.open_split(builder, split).map(
-        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
-    # Stored sizes may vary (image folders): pad per batch, then insist that none was needed.
-    fixed = resize or None not in native
-    ds = ds.batch(4096) if fixed else ds.padded_batch(4096)
-    parts = list(ds.prefetch(2).as_numpy_iterator())
-    if not parts:
-        raise ValueError(f"split {split!r} of {builder.name!r} is empty.")
-    shapes = np.concatenate([p[1] for p in parts])
-    if np.any(shapes != shapes[0]):
-        raise ValueError(
-            f"the images of {builder.name!r} vary in size (e.g. {tuple(shapes.min(0))} and "
-            f"{tuple(shapes.max(0))}); set config.data.image_size (and resize_size) to hold "
-            "them in memory, or stream them with cache=False."
-        )
-    images = np.concatenate([p[0][:, : shapes[0][0], : shapes[0][1]] for p in parts])
-    labels, ids = (np.concatenate([p[i] for p in parts]) for i in (2, 3))
-    order = np.argsort(ids, kind="stable")
-    table = Table(images[order], labels[order].astype(np.int64), ids[order].astype(np.int64))
-    if np.any(table.ids[1:] == table.ids[:-1]):
-        raise ValueError(f"split {split!r} of {builder.name!r} has duplicate example ids.")
-    _TABLES[key] = table
-    return table
+def num_classes_and_channels(spec: DataSpec) -> tuple[int, int]:
+    if spec.source == "tfds":
+        meta = tfds_arrays.meta(spec)
+        return int(meta["num_classes"]), int(meta["channels"])
+    return sources.num_classes(spec), sources.channels(spec)
 
 
 def select_ids(table: Table, ids_file: str, what: str) -> Table:
@@ -123,7 +60,7 @@ def select_ids(table: Table, ids_file: str, what: str) -> Table:
     pos = np.searchsorted(table.ids, wanted)
     found = (pos < len(table.ids)) & (table.ids[np.minimum(pos, len(table.ids) - 1)] == wanted)
     if not found.all():
-        raise ValueError(
+        raise DataError(
             f"{what} {ids_file!r}: {int((~found).sum())} of {len(wanted)} ids are not in the "
             f"training split (e.g. {wanted[~found][:5].tolist()})."
         )
@@ -149,9 +86,7 @@ class InMemoryData:
 
     def __init__(self, spec: DataSpec):
         self.spec = spec
-        builder = reader.get_builder(spec)
-        self.num_classes = reader.num_classes(builder)
-        self.channels = reader.channels(builder)
+        self.num_classes, self.channels = num_classes_and_channels(spec)
         preprocess.check_normalization(spec.normalize, self.channels)
         if spec.noise > 0:
             corruption.validate_noise(spec.noise, spec.noise_scheme, self.num_classes)

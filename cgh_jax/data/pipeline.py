@@ -50,7 +50,7 @@ def _backend(data_config):
 
 
 def get_dataset_info(data_config) -> DatasetInfo:
-    """Returns :class:`DatasetInfo` (builds offline sources / loads small ones on first use)."""
+    """Returns :class:`DatasetInfo` (reads the splits of the in-memory path on first use)."""
     data = _backend(data_config)
     if isinstance(data, memory.InMemoryData):
         num_test = len(data.test_table().ids)

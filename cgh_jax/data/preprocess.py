@@ -32,9 +32,9 @@ AUGMENTATIONS = ("none", "flip", "inception_crop")
 
 
 def _tf():
-    import tensorflow as tf
+    from cgh_jax.data.tfimport import tensorflow
 
-    return tf
+    return tensorflow()
 
 
 def check_normalization(normalize: str, channels: int) -> None:

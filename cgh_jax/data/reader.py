@@ -1,20 +1,15 @@
-"""Opening TFDS datasets (downloaded or built offline) with stable ids and fast failures."""
+"""Opening TFDS datasets with stable ids and fast failures (imports TensorFlow on use)."""
 
 from __future__ import annotations
 
 import functools
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from cgh_jax.data import ids as ids_lib
-from cgh_jax.data import sources
 from cgh_jax.data.config import DataSpec
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-    """A TFDS dataset has not been downloaded and prepared in the data dir."""
+from cgh_jax.data.errors import DatasetNotPreparedError
+from cgh_jax.data.tfimport import tensorflow, tfds
 
 
 def _not_prepared_message(name: str, data_dir: str) -> str:
@@ -38,21 +33,22 @@ def _not_prepared_message(name: str, data_dir: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _builder(source: str, name: str | None, path: str | None, data_dir: str | None):
-    if source == "tfds":
-        try:
-            return tfds.builder(name, data_dir=data_dir)
-        except tfds.core.registered.DatasetNotFoundError as e:
-            raise ValueError(
-                f"unknown TFDS dataset {name!r} (config.data.name); see "
-                "https://www.tensorflow.org/datasets/catalog for the names."
-            ) from e
-    return sources.get_offline_builder(source, path=path, data_dir=data_dir)
+def _builder(name: str, data_dir: str | None):
+    tfds_ = tfds()
+    try:
+        return tfds_.builder(name, data_dir=data_dir)
+    except tfds_.core.registered.DatasetNotFoundError as e:
+        raise ValueError(
+            f"unknown TFDS dataset {name!r} (config.data.name); see "
+            "https://www.tensorflow.org/datasets/catalog for the names."
+        ) from e
 
 
 def get_builder(spec: DataSpec):
-    """The TFDS builder of ``spec`` (offline sources are built on first use)."""
-    return _builder(*spec.dataset_key)
+    """The TFDS builder of ``spec`` (``source='tfds'``)."""
+    if spec.source != "tfds":
+        raise ValueError(f"source={spec.source!r} is not read through TFDS.")
+    return _builder(spec.name, spec.data_dir)
 
 
 def open_split(builder, split, *, shuffle_files=False, read_config=None):
@@ -62,7 +58,8 @@ def open_split(builder, split, *, shuffle_files=False, read_config=None):
       A ``tf.data.Dataset`` of dicts with ``image`` (encoded bytes or uint8 tensor), ``label``
       (int64) and ``id`` (int64, see :mod:`cgh_jax.data.ids`).
     """
-    read_config = read_config or tfds.ReadConfig()
+    tf, tfds_ = tensorflow(), tfds()
+    read_config = read_config or tfds_.ReadConfig()
     read_config.add_tfds_id = True
     features = builder.info.features
     for key in ("image", "label"):
@@ -71,7 +68,7 @@ def open_split(builder, split, *, shuffle_files=False, read_config=None):
                 f"dataset {builder.name!r} has no {key!r} feature (features: "
                 f"{list(features.keys())}); image classification datasets only."
             )
-    decoders = {"image": tfds.decode.SkipDecoding()}
+    decoders = {"image": tfds_.decode.SkipDecoding()}
     try:
         ds = builder.as_dataset(
             split=split, shuffle_files=shuffle_files, read_config=read_config, decoders=decoders
@@ -110,6 +107,7 @@ def native_shape(builder):
 
 @functools.lru_cache(maxsize=64)
 def _count(builder, split: str) -> int:
+    tf = tensorflow()
     return int(open_split(builder, split).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 

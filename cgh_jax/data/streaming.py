@@ -27,13 +27,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from cgh_jax.data import corruption, preprocess, reader
+from cgh_jax.data import corruption, image_folder, preprocess, reader, sources
 from cgh_jax.data import ids as ids_lib
 from cgh_jax.data.config import DataSpec
 from cgh_jax.data.hosts import EvalSet, Hosts, host_rows, num_eval_batches, per_host_batch_size
+from cgh_jax.data.tfimport import tensorflow, tfds
+
+tf = tensorflow()  # this module is imported only for cache=False
 
 _INT63 = (1 << 63) - 1
 
@@ -45,24 +46,104 @@ def _options() -> tf.data.Options:
     return options
 
 
+class TfdsStream:
+    """Records of a prepared TFDS dataset: per-process ``tfds.even_splits`` (or ``shard``)."""
+
+    def __init__(self, spec: DataSpec):
+        self.builder = reader.get_builder(spec)
+        self.name = self.builder.name
+        self.num_classes = reader.num_classes(self.builder)
+        self.channels = reader.channels(self.builder)
+        self.native_shape = reader.native_shape(self.builder)
+
+    def num_examples(self, split: str) -> int:
+        return reader.num_examples(self.builder, split)
+
+    def _has_split_sizes(self, split: str) -> bool:
+        try:
+            return self.builder.info.splits[split].num_examples > 0
+        except (KeyError, ValueError):
+            return False
+
+    def read(self, split: str, hosts: Hosts, whole: bool, shuffle_seed: int | None):
+        read_config = tfds().ReadConfig(options=_options())
+        if shuffle_seed is not None:
+            read_config.shuffle_seed = shuffle_seed
+        split_arg, shard = split, False
+        if not whole and hosts.count > 1:
+            if self._has_split_sizes(split):
+                split_arg = tfds().even_splits(split, n=hosts.count)[hosts.index]
+            else:
+                shard = True
+        ds = reader.open_split(
+            self.builder,
+            split_arg,
+            shuffle_files=shuffle_seed is not None,
+            read_config=read_config,
+        )
+        return ds.shard(hosts.count, hosts.index) if shard else ds
+
+
+class OfflineStream:
+    """Records of an offline source: the file listing (image folders: the encoded files are
+    read in the pipeline) or the decoded arrays, split into contiguous per-process parts in
+    id order; a seeded permutation of a process's part stands in for TFDS's file shuffling."""
+
+    def __init__(self, spec: DataSpec):
+        self.spec = spec
+        self.name = f"{spec.source}:{spec.path}" if spec.path else spec.source
+        self.num_classes = sources.num_classes(spec)
+        self.channels = sources.channels(spec)
+        if spec.source == "image_folder":
+            self.native_shape = (None, None, 3)
+        else:
+            self.native_shape = tuple(sources.raw_arrays(spec, spec.train_split)[0].shape[1:])
+
+    def num_examples(self, split: str) -> int:
+        return sources.sizes(self.spec)[split]
+
+    def read(self, split: str, hosts: Hosts, whole: bool, shuffle_seed: int | None):
+        if self.spec.source == "image_folder":
+            files = image_folder.listing(self.spec.path, split)
+            ids = np.arange(len(files.paths), dtype=np.int64)
+            columns = {"image": np.asarray(files.paths), "label": files.labels, "id": ids}
+        else:
+            images, labels, ids = sources.raw_arrays(self.spec, split)
+            columns = {"image": images, "label": labels, "id": ids}
+        rows = np.arange(len(ids))
+        if not whole and hosts.count > 1:
+            start, stop = host_rows(len(ids), hosts)
+            rows = rows[start:stop]
+        if shuffle_seed is not None:
+            rows = np.random.default_rng(shuffle_seed).permutation(rows)
+        ds = tf.data.Dataset.from_tensor_slices({k: v[rows] for k, v in columns.items()})
+        if self.spec.source == "image_folder":
+            ds = ds.map(
+                lambda ex: {**ex, "image": tf.io.read_file(ex["image"])},
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+        return ds.with_options(_options())
+
+
 class StreamingData:
     """All pipeline operations of the streaming path for one resolved spec."""
 
     def __init__(self, spec: DataSpec):
         self.spec = spec
-        self.builder = reader.get_builder(spec)
-        self.num_classes = reader.num_classes(self.builder)
-        self.channels = reader.channels(self.builder)
+        self.source = TfdsStream(spec) if spec.source == "tfds" else OfflineStream(spec)
+        self.num_classes = self.source.num_classes
+        self.channels = self.source.channels
         preprocess.check_normalization(spec.normalize, self.channels)
         if spec.noise > 0:
             corruption.validate_noise(spec.noise, spec.noise_scheme, self.num_classes)
         if spec.image_size > 0:
             self.image_shape = (spec.image_size, spec.image_size, self.channels)
         else:
-            native = reader.native_shape(self.builder)
+            native = self.source.native_shape
             if None in native or spec.resize_size > 0:
                 raise ValueError(
-                    f"the images of {self.builder.name!r} need a fixed output size: set "
+                    f"the images of {self.source.name!r} need a fixed output size: set "
                     "config.data.image_size (e.g. 224, with resize_size=256)."
                 )
             self.image_shape = tuple(int(d) for d in native)
@@ -71,7 +152,7 @@ class StreamingData:
         if self.train_ids is not None:
             self.num_train = len(self.train_ids)
         else:
-            self.num_train = reader.num_examples(self.builder, spec.train_split)
+            self.num_train = self.source.num_examples(spec.train_split)
 
     @staticmethod
     def _ids_file(path):
@@ -81,36 +162,14 @@ class StreamingData:
     def num_test(self) -> int:
         if self.test_ids is not None:
             return len(self.test_ids)
-        return reader.num_examples(self.builder, self.spec.test_split)
+        return self.source.num_examples(self.spec.test_split)
 
     # ------------------------------------------------------------------ reading
-
-    def _has_split_sizes(self, split: str) -> bool:
-        try:
-            return self.builder.info.splits[split].num_examples > 0
-        except (KeyError, ValueError):
-            return False
 
     def _read(self, split: str, hosts: Hosts, ids, *, shuffle_seed: int | None, noise=True):
         """This host's records of ``split`` (or of the ``ids`` listed), labels corrupted
         (``noisy``, ``is_corrupt``) unless ``noise`` is False."""
-        read_config = tfds.ReadConfig(options=_options())
-        if shuffle_seed is not None:
-            read_config.shuffle_seed = shuffle_seed
-        split_arg, shard = split, False
-        if ids is None and hosts.count > 1:
-            if self._has_split_sizes(split):
-                split_arg = tfds.even_splits(split, n=hosts.count)[hosts.index]
-            else:
-                shard = True
-        ds = reader.open_split(
-            self.builder,
-            split_arg,
-            shuffle_files=shuffle_seed is not None,
-            read_config=read_config,
-        )
-        if shard:
-            ds = ds.shard(hosts.count, hosts.index)
+        ds = self.source.read(split, hosts, whole=ids is not None, shuffle_seed=shuffle_seed)
         if ids is not None:
             mine = tf.constant(ids[hosts.index :: hosts.count], tf.int64)
             table = tf.lookup.StaticHashTable(
