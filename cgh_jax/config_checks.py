@@ -355,6 +355,14 @@ def _check_data_path(source: str, path: Any) -> None:
         )
     if _is_remote(path):
         return
+    if source == "npz":
+        if not os.path.isfile(path):
+            state = "is a directory" if os.path.isdir(path) else "does not exist"
+            raise ConfigError(
+                f"config.data.path={path!r} {state}",
+                "give a .npz file with x_train, y_train, x_test and y_test",
+            )
+        return
     if not os.path.isdir(path):
         state = "is a file" if os.path.exists(path) else "does not exist"
         raise ConfigError(

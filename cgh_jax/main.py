@@ -21,13 +21,11 @@ cluster of several (Cloud TPU pod slices, SLURM, Open MPI, Kubernetes); elsewher
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
 """
 
-import importlib
-import importlib.util
 import os
 import re
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -249,19 +247,6 @@ def initialize_distributed() -> None:
         ) from e
 
 
-def _num_train(sizes) -> int | None:
-    """The training-split size from what ``cgh_jax.data.known_sizes`` returns (or None)."""
-    if sizes is None:
-        return None
-    if isinstance(sizes, Mapping):
-        value = sizes.get("train", sizes.get("num_train"))
-    elif isinstance(sizes, tuple | list):
-        value = sizes[0] if sizes else None
-    else:
-        value = getattr(sizes, "num_train", getattr(sizes, "train", None))
-    return None if value is None else int(value)
-
-
 def check_devices(config) -> None:
     """Batch sizes against the devices and processes (needs JAX, not the data)."""
     import jax
@@ -275,24 +260,14 @@ def check_dataset_size(config) -> None:
     it after loading."""
     import ml_collections
 
-    known_sizes = getattr(importlib.import_module("cgh_jax.data"), "known_sizes", None)
-    if known_sizes is None:
-        return
+    from cgh_jax.data import known_sizes
+
     if config_checks.is_study(config):
         runs = [ml_collections.ConfigDict(r) for r in config_checks.study_runs(config).values()]
     else:
         runs = [config]
     for run in runs:
-        config_checks.check_dataset_size(run, _num_train(known_sizes(run.data)))
-
-
-def _hide_gpus_from_tensorflow() -> None:
-    """TensorFlow (the TFDS input pipeline's) must not take the accelerators from JAX."""
-    if importlib.util.find_spec("tensorflow") is None:
-        return
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")
+        config_checks.check_dataset_size(run, known_sizes(run.data)[0])
 
 
 def main(argv):
@@ -301,8 +276,7 @@ def main(argv):
         import jax
 
         initialize_distributed()
-        check_devices(FLAGS.config)  # JAX only: before TensorFlow and the data package
-        _hide_gpus_from_tensorflow()
+        check_devices(FLAGS.config)  # JAX only: before the data package
         from cgh_jax import metrics as metrics_lib
 
         metrics_lib.quiet_library_logs()

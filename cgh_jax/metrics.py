@@ -19,6 +19,7 @@
 """
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -273,6 +274,8 @@ def tensorboard_summary_writer(logdir: str):
     TensorFlow and TensorBoard it needs, are not installed."""
     global _warned_no_tensorboard
     try:
+        if importlib.util.find_spec("tensorflow") is None:  # CLU's writer would import it
+            raise ImportError("tensorflow is not installed")
         from clu import metric_writers
     except ImportError as e:
         if not _warned_no_tensorboard:

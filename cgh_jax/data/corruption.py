@@ -34,10 +34,11 @@ import math
 
 import numpy as np
 
+from cgh_jax import choices
 from cgh_jax.data import ids as ids_lib
 
-SCHEMES = ("uniform", "uniform_other", "permute")
-STREAMING_SCHEMES = ("uniform", "uniform_other")
+SCHEMES = choices.NOISE_SCHEMES
+STREAMING_SCHEMES = choices.STREAMING_NOISE_SCHEMES
 
 
 def validate_noise(fraction, scheme: str, num_classes: int | None = None) -> None:

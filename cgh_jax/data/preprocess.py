@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from cgh_jax import choices
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-NORMALIZATIONS = ("imagenet", "unit")
-AUGMENTATIONS = ("none", "flip", "inception_crop")
+NORMALIZATIONS = choices.NORMALIZATIONS
+AUGMENTATIONS = choices.AUGMENTATIONS
 
 
 def _tf():
