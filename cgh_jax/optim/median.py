@@ -228,7 +228,10 @@ def coordinate_median(x: jax.Array) -> jax.Array:
     median is one of the column's zeros; on backends whose ``minimum``/``maximum`` order
     ``-0.0`` below ``+0.0`` (XLA on the CPU does, whatever the operand order) the result is
     the median under that total order, deterministic; ``numpy.median`` may return the other
-    zero.
+    zero. Subnormals: XLA on the CPU runs float32/bfloat16 arithmetic with subnormals
+    flushed to zero, so there a subnormal compares equal to zero and a subnormal median may
+    come out as a zero (the group means feeding M3 are computed under the same rule, so they
+    never hold subnormals there). On other backends subnormals are ordinary values.
 
     Args:
       x: array with a leading axis of odd size.
