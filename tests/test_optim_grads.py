@@ -245,7 +245,10 @@ def _by_hand_sequential(params, stats, batch, momentum=0.9):
     for j in range(K):
         group = jax.tree.map(lambda x, j=j: x[j::K], batch)
         _, new = model.apply(
-            {"params": params, "batch_stats": stats}, group["x"], train=True, mutable=["batch_stats"]
+            {"params": params, "batch_stats": stats},
+            group["x"],
+            train=True,
+            mutable=["batch_stats"],
         )
         stats = new["batch_stats"]
     return stats
@@ -256,8 +259,13 @@ def _sequential_fn(vectorize, **kw):
     if vectorize:
         kw.setdefault("state_momentum", 0.9)
     return cgh_jax.grouped_grads(
-        _loss_fn(), K, has_aux=True, has_state=True, vectorize=vectorize,
-        batch_stats_update="sequential", **kw,
+        _loss_fn(),
+        K,
+        has_aux=True,
+        has_state=True,
+        vectorize=vectorize,
+        batch_stats_update="sequential",
+        **kw,
     )
 
 
@@ -270,7 +278,9 @@ def test_sequential_batch_stats_equal_consecutive_train_mode_updates(problem):
     closed = 0.9**K * r + sum(0.9 ** (K - 1 - j) * 0.1 * h[j::K].mean(0) for j in range(K))
     np.testing.assert_allclose(by_hand["BatchNorm_0"]["mean"], closed, rtol=1e-5, atol=1e-6)
     # Not the mean of the group updates.
-    assert not np.allclose(by_hand["BatchNorm_0"]["mean"], reference[3]["batch_stats"]["BatchNorm_0"]["mean"])
+    assert not np.allclose(
+        by_hand["BatchNorm_0"]["mean"], reference[3]["batch_stats"]["BatchNorm_0"]["mean"]
+    )
 
     loop = jax.jit(_sequential_fn(False))(params, batch, stats)
     vmapped = jax.jit(_sequential_fn(True))(params, batch, stats)
@@ -312,14 +322,18 @@ def test_sequential_state_update_float64_and_plain_state():
         r0 = {"a": rng.standard_normal(4), "b": [rng.standard_normal((2, 3))]}
         stats = [jax.tree.map(lambda x: rng.standard_normal(x.shape), r0) for _ in range(5)]
         m = 0.7
-        parallel = jax.tree.map(lambda r, *s: np.stack([m * r + (1 - m) * x for x in s]), r0, *stats)
+        parallel = jax.tree.map(
+            lambda r, *s: np.stack([m * r + (1 - m) * x for x in s]), r0, *stats
+        )
         expected = r0
         for s in stats:
             expected = jax.tree.map(lambda r, x: m * r + (1 - m) * x, expected, s)
         out = cgh_jax.optim.grads.sequential_state_update(r0, parallel, m)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13), out, expected)
         # m = 0: the last group's statistics, exactly.
-        out0 = cgh_jax.optim.grads.sequential_state_update(r0, jax.tree.map(jnp.asarray, parallel), 0.0)
+        out0 = cgh_jax.optim.grads.sequential_state_update(
+            r0, jax.tree.map(jnp.asarray, parallel), 0.0
+        )
         jax.tree.map(lambda a, s: np.testing.assert_array_equal(a, s[-1]), out0, parallel)
 
 
@@ -337,7 +351,11 @@ def test_sequential_threads_any_state_in_the_loop():
     assert int(out.state["count"]) == 8 and float(out.state["sum"]) == float(batch.sum())
     with pytest.raises(ValueError, match="integer leaf"):
         cgh_jax.grouped_grads(
-            loss, 3, has_state=True, batch_stats_update="sequential", state_argnum=0,
+            loss,
+            3,
+            has_state=True,
+            batch_stats_update="sequential",
+            state_argnum=0,
             state_momentum=0.9,
         )(jnp.ones(2), batch, state)
 
@@ -363,8 +381,13 @@ def test_sequential_errors(problem):
         with pytest.raises(ValueError, match="structure"):
             fn(params, batch, stats)
         fn = cgh_jax.grouped_grads(
-            _loss_fn(), K, state_argnum=0, state_collection="stats", state_momentum=0.9,
-            vectorize=vectorize, **kw,
+            _loss_fn(),
+            K,
+            state_argnum=0,
+            state_collection="stats",
+            state_momentum=0.9,
+            vectorize=vectorize,
+            **kw,
         )
         with pytest.raises(ValueError, match="'stats'"):
             fn(params, batch, stats)
@@ -379,15 +402,26 @@ def test_sequential_under_shard_map(problem):
     mesh = Mesh(np.array(jax.devices()[:NUM_DEVICES]), ("data",))
     for vectorize in (True, False):
         grad_fn = cgh_jax.grouped_grads(
-            _loss_fn("data"), K, has_aux=True, has_state=True, axis_name="data",
-            vectorize=vectorize, batch_stats_update="sequential", state_argnum=0,
-            state_collection="batch_stats", state_momentum=0.9,
+            _loss_fn("data"),
+            K,
+            has_aux=True,
+            has_state=True,
+            axis_name="data",
+            vectorize=vectorize,
+            batch_stats_update="sequential",
+            state_argnum=0,
+            state_collection="batch_stats",
+            state_momentum=0.9,
         )
         sharded = jax.jit(
             jax.shard_map(
-                lambda p, b, s: grad_fn(p, b, s).state, mesh=mesh,
-                in_specs=(P(), P("data"), P()), out_specs=P(),
+                lambda p, b, s, grad_fn=grad_fn: grad_fn(p, b, s).state,
+                mesh=mesh,
+                in_specs=(P(), P("data"), P()),
+                out_specs=P(),
             )
         )
         out = sharded(params, batch, stats)["batch_stats"]
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out, by_hand)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out, by_hand
+        )

@@ -171,8 +171,15 @@ from cgh_jax.optim.median import _MAX_NETWORK_SIZE, median_selection_network  # 
 KERNEL_KS = [1, 3, 5, 7, 9, 11, 15, 21, 31]
 # (comparators, elementwise min/max operations) claimed in median_selection_network's docstring.
 NETWORK_SIZES = {
-    1: (0, 0), 3: (3, 4), 5: (8, 12), 7: (14, 22), 9: (21, 34), 11: (28, 46),
-    15: (47, 80), 21: (79, 138), 31: (140, 250),
+    1: (0, 0),
+    3: (3, 4),
+    5: (8, 12),
+    7: (14, 22),
+    9: (21, 34),
+    11: (28, 46),
+    15: (47, 80),
+    21: (79, 138),
+    31: (140, 250),
 }
 
 

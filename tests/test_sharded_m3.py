@@ -437,7 +437,12 @@ def test_batchnorm_sequential_statistics(layout, num_devices, vectorize):
     params, stats = variables["params"], variables["batch_stats"]
     kw = dict(has_aux=True, has_state=True, layout=layout, vectorize=vectorize)
     seq = sharded_median_of_means_grads(
-        loss_fn, K, mesh, batch_stats_update="sequential", state_argnum=0, state_momentum=0.9,
+        loss_fn,
+        K,
+        mesh,
+        batch_stats_update="sequential",
+        state_argnum=0,
+        state_momentum=0.9,
         **kw,
     )
     out = jax.jit(seq)(params, batch, stats)

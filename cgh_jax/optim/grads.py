@@ -413,9 +413,7 @@ def grouped_grads(
             )
             if sequential:
                 old = state_in(args)
-                _check_same_state(
-                    old, jax.tree.map(lambda x: x[0], state_out(state)), "loss_fn"
-                )
+                _check_same_state(old, jax.tree.map(lambda x: x[0], state_out(state)), "loss_fn")
                 state = wrap(sequential_state_update(old, state_out(state), state_momentum))
             elif has_state:
                 state = jax.tree.map(_mean_over_groups, state)

@@ -116,9 +116,7 @@ def _pairwise_sort(p: int) -> list[tuple[int, int]]:
         while d > 0:
             # Wire b against b - d * a, for b >= (d + 1) a in the lower half of each block
             # of 2a wires.
-            pairs.extend(
-                (b - d * a, b) for b in range((d + 1) * a, p) if (b // a) % 2 == 0
-            )
+            pairs.extend((b - d * a, b) for b in range((d + 1) * a, p) if (b // a) % 2 == 0)
             d //= 2
         a //= 2
         e = 2 * e + 1
@@ -134,11 +132,7 @@ def _restrict(pairs: list[tuple[int, int]], offset: int, k: int) -> list[tuple[i
     with a lower wire and is its maximum), so the pads stay put and what remains is a
     sorting network on the ``k`` window wires.
     """
-    return [
-        (lo - offset, hi - offset)
-        for lo, hi in pairs
-        if offset <= lo and hi < offset + k
-    ]
+    return [(lo - offset, hi - offset) for lo, hi in pairs if offset <= lo and hi < offset + k]
 
 
 def _prune(pairs: list[tuple[int, int]], out: int) -> tuple[Comparator, ...]:
@@ -162,7 +156,7 @@ def _cost(network: tuple[Comparator, ...]) -> int:
     return sum(c.keep_min + c.keep_max for c in network)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def median_selection_network(k: int) -> tuple[Comparator, ...]:
     r"""The comparators of the min/max network that selects the median of ``k`` values.
 
