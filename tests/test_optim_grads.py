@@ -425,3 +425,20 @@ def test_sequential_under_shard_map(problem):
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out, by_hand
         )
+
+
+def test_check_state_momentum(problem):
+    params, stats, batch, _ = problem
+    check = cgh_jax.optim.grads.check_state_momentum
+    kw = dict(state_argnum=0, state_collection="batch_stats", has_aux=True)
+    check(_loss_fn(), 0.9, params, batch, stats, **kw)  # BNNet's BatchNorm(momentum=0.9)
+    with pytest.raises(ValueError, match=r"BatchNorm_0.*0\.99"):
+        check(_loss_fn(), 0.99, params, batch, stats, **kw)
+
+    def counter(w, b, state):
+        return jnp.mean(b @ w), {"n": state["n"] + 1}
+
+    with pytest.raises(ValueError, match="not updated as"):  # slope 1, not a running average
+        check(counter, 0.5, jnp.ones(2), jnp.ones((4, 2)), {"n": jnp.float32(0)}, state_argnum=0)
+    with pytest.raises(ValueError, match="integer"):
+        check(counter, 0.5, jnp.ones(2), jnp.ones((4, 2)), {"n": jnp.int32(0)}, state_argnum=0)

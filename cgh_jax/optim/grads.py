@@ -152,6 +152,76 @@ def sequential_state_update(old_state: Any, group_states: Any, momentum: float) 
     return jax.tree.map(fold, old_state, group_states)
 
 
+def check_state_momentum(
+    loss_fn: Callable[..., Any],
+    momentum: float,
+    params: Any,
+    batch: Any,
+    *args: Any,
+    state_argnum: int,
+    state_collection: str | None = None,
+    has_aux: bool = False,
+    rtol: float = 1e-3,
+) -> None:
+    r"""Checks the assumption of :func:`sequential_state_update` on one batch.
+
+    Runs ``loss_fn`` (in the convention of :func:`grouped_grads` with ``has_state=True``)
+    on ``batch`` from two states, :math:`r` (``args[state_argnum]``) and
+    :math:`r + \delta` with :math:`\delta_i = 1 + |r_i|`, and checks, leaf by leaf, that
+    the new states differ by :math:`m\,\delta`: the update is
+    :math:`r \mapsto m\,r + c` with a :math:`c` that does not depend on :math:`r`, which is
+    what the fold of ``batch_stats_update='sequential'`` under ``vmap`` (and in
+    :func:`cgh_jax.optim.sharded_median_of_means_grads`) relies on. A caller sets
+    ``state_momentum`` from the model (e.g. a ResNet's ``bn_momentum``); this catches a
+    wrong value, a layer with another momentum, or a state that is not a running average.
+    Run it once, outside the training step (two forward passes).
+
+    Args:
+      loss_fn: as for :func:`grouped_grads` with ``has_state=True``.
+      momentum: the claimed decay ``m``.
+      params: parameters.
+      batch: a batch (any size the model accepts).
+      *args: the extra arguments of ``loss_fn``, the state at ``state_argnum``.
+      state_argnum: position of the state in ``args``.
+      state_collection: as for :func:`grouped_grads`.
+      has_aux: whether ``loss_fn`` also returns aux (``(loss, (aux, state))``).
+      rtol: relative tolerance on :math:`m\,\delta`.
+
+    Raises:
+      ValueError: naming the first leaf whose update is not affine with slope ``m``, or an
+        integer leaf.
+    """
+    m = _check_momentum(momentum)
+    fn = _normalize_loss_fn(loss_fn, has_aux, True)
+    old = args[state_argnum]
+
+    def new_state(state):
+        shifted = args[:state_argnum] + (state,) + args[state_argnum + 1 :]
+        out = fn(params, batch, None, *shifted)[1][1]
+        return out if state_collection is None else out[state_collection]
+
+    delta = jax.tree.map(lambda r: 1.0 + jnp.abs(jnp.asarray(r, jnp.float32)), old)
+    shifted = jax.tree.map(lambda r, d: (r + d).astype(jnp.result_type(r)), old, delta)
+    n0, n1 = jax.jit(new_state)(old), jax.jit(new_state)(shifted)
+    _check_same_state(old, n0, "loss_fn")
+    flat, _ = jax.tree_util.tree_flatten_with_path(old)
+    for (path, r), a, b, d in zip(
+        flat, jax.tree.leaves(n0), jax.tree.leaves(n1), jax.tree.leaves(delta), strict=True
+    ):
+        name = jax.tree_util.keystr(path)
+        if not jnp.issubdtype(jnp.result_type(r), jnp.inexact):
+            raise ValueError(f"State leaf {name} is an integer, not a running average.")
+        got = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+        want = m * np.asarray(d, np.float64)
+        if not np.allclose(got, want, rtol=rtol, atol=rtol * float(np.max(want, initial=0.0))):
+            slope = float(np.median(got / np.asarray(d, np.float64)))
+            raise ValueError(
+                f"State leaf {name} is not updated as r <- {m} r + c: shifting the state by d "
+                f"moved the update by {slope:.4g} d (median). Pass the model's own momentum "
+                "as state_momentum, or use vectorize=False (which threads the state)."
+            )
+
+
 def _check_same_state(old: Any, new: Any, where: str) -> None:
     """Raises ValueError unless ``new`` has ``old``'s structure, shapes and dtypes."""
 
