@@ -86,13 +86,15 @@ def bench_median_kernel(size: int, repeats: int) -> None:
 def _previous_coordinate_median(x: jax.Array) -> jax.Array:
     """The median kernel before selection networks, for comparison in table (c) only.
 
-    k <= 9: an odd-even transposition sorting network (k rounds of neighbour comparators),
-    whose unused comparators XLA's dead-code elimination removes; larger k: a sort along the
-    group axis, then NaN restored where a column holds one.
+    k = 3: ``median3``; k <= 9: an odd-even transposition sorting network (k rounds of
+    neighbour comparators), whose unused comparators XLA's dead-code elimination removes;
+    larger k: a sort along the group axis, then NaN restored where a column holds one.
     """
     k = x.shape[0]
     if k == 1:
         return x[0]
+    if k == 3:
+        return median3(x[0], x[1], x[2])
     if k <= 9:
         vals = [x[i] for i in range(k)]
         for rnd in range(k):
