@@ -7,8 +7,9 @@ rescaled.
 The median of ``k`` values is computed by a *selection network*: a sorting network on ``k``
 wires from which every comparator that cannot reach the middle output has been removed (see
 :func:`median_selection_network`). A comparator is one elementwise ``minimum`` and/or
-``maximum``, so XLA fuses the whole network into one pass that reads the ``k`` inputs once
-and writes the result once: no sort, no gather, no arithmetic.
+``maximum`` (on the floats' order-preserving integer keys, see :func:`coordinate_median`),
+so XLA fuses the whole network into one pass that reads the ``k`` inputs once and writes
+the result once: no sort, no gather, no arithmetic.
 """
 
 from __future__ import annotations
@@ -194,13 +195,44 @@ def median_selection_network(k: int) -> tuple[Comparator, ...]:
 
 
 def _median_network(values: list[jax.Array]) -> jax.Array:
-    """Median of an odd number of same-shaped arrays by :func:`median_selection_network`."""
+    """Median of an odd number of same-shaped arrays by :func:`median_selection_network`.
+
+    Plain ``minimum``/``maximum`` on the values (any ordered dtype); see
+    :func:`coordinate_median` for the order it uses on floats.
+    """
     vals: list[jax.Array | None] = list(values)
     for c in median_selection_network(len(vals)):
         a, b = vals[c.lo], vals[c.hi]
         vals[c.lo] = jnp.minimum(a, b) if c.keep_min else None
         vals[c.hi] = jnp.maximum(a, b) if c.keep_max else None
     return vals[len(vals) // 2]
+
+
+_ORDER_INT = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+
+
+def _order_key(x: jax.Array) -> jax.Array:
+    r"""The float bits as a signed integer that sorts like the float (an involution).
+
+    With :math:`i` the bits of ``x`` read as a signed integer of the same width,
+    ``key = i XOR ((i >> (w - 1)) AND (2^{w-1} - 1))``: non-negative floats keep their bits
+    (already ordered), negative ones get their magnitude bits flipped, so a larger
+    magnitude becomes a smaller integer. The order is IEEE's on numbers, with
+    :math:`-0 < +0` and subnormals as ordinary values; the sign bit is unchanged, so the
+    same map decodes a key.
+    """
+    it = _ORDER_INT[x.dtype.itemsize]
+    i = jax.lax.bitcast_convert_type(x, it) if x.dtype != it else x
+    return i ^ ((i >> (8 * x.dtype.itemsize - 1)) & jnp.asarray(jnp.iinfo(it).max, it))
+
+
+def _float_median_network(values: list[jax.Array]) -> jax.Array:
+    """The selection network on order keys of floats, with NaN restored."""
+    dtype = values[0].dtype
+    keys = _median_network([_order_key(v) for v in values])
+    med = jax.lax.bitcast_convert_type(_order_key(keys), dtype)
+    any_nan = functools.reduce(jnp.logical_or, [jnp.isnan(v) for v in values])
+    return jnp.where(any_nan, jnp.asarray(jnp.nan, dtype), med)
 
 
 def coordinate_median(x: jax.Array) -> jax.Array:
@@ -211,21 +243,26 @@ def coordinate_median(x: jax.Array) -> jax.Array:
     with :math:`m = (k-1)/2` (zero-based). The result is an order statistic: one of the
     inputs, bit for bit, in the input dtype.
 
-    ``k = 1`` returns ``x[0]``; ``k = 3`` uses :func:`median3`; ``k`` up to 127 a pruned
-    min/max selection network (:func:`median_selection_network`: e.g. 34 elementwise
-    operations at k = 9, 250 at k = 31), which XLA fuses into one memory-bound pass, so the
-    time per input element stays about flat in ``k``; larger ``k`` a sort along the axis.
+    ``k = 1`` returns ``x[0]``; ``k`` up to 127 a pruned min/max selection network
+    (:func:`median_selection_network`: e.g. 34 elementwise operations at k = 9, 250 at
+    k = 31) that XLA fuses into one pass, so the time per input element grows only slowly
+    with ``k``; larger ``k`` a sort along the axis.
 
-    Special values: a NaN anywhere in a coordinate's column gives NaN there (``minimum`` and
-    ``maximum`` propagate NaN, and every input has a path to the output through the
-    network). ``±inf`` are ordinary values. ``-0.0`` and ``+0.0`` compare equal, so a zero
-    median is one of the column's zeros; on backends whose ``minimum``/``maximum`` order
-    ``-0.0`` below ``+0.0`` (XLA on the CPU does, whatever the operand order) the result is
-    the median under that total order, deterministic; ``numpy.median`` may return the other
-    zero. Subnormals: XLA on the CPU runs float32/bfloat16 arithmetic with subnormals
-    flushed to zero, so there a subnormal compares equal to zero and a subnormal median may
-    come out as a zero (the group means feeding M3 are computed under the same rule, so they
-    never hold subnormals there). On other backends subnormals are ordinary values.
+    Floating-point inputs (float16, bfloat16, float32, float64) go through the network as
+    their order-preserving integer keys (``_order_key``: the bits, with the magnitude
+    bits of negative values flipped), compared by integer ``minimum``/``maximum``, and
+    are decoded back bit for bit. This fixes every detail of the order on every backend,
+    and integer comparisons are cheaper on CPUs than NaN-propagating float ones:
+
+    - ``-0.0 < +0.0``: the median of a column of zeros is the median under that order
+      (``numpy.median``, which treats them as equal, may return the other zero);
+    - subnormals are ordinary values (float comparisons on XLA's CPU backend would read
+      them as zero);
+    - ``±inf`` are the extreme values;
+    - a NaN anywhere in a column gives NaN there (a quiet NaN of the dtype, whatever the
+      input's NaN payload).
+
+    Integer and boolean inputs go through the network directly.
 
     Args:
       x: array with a leading axis of odd size.
@@ -242,12 +279,14 @@ def coordinate_median(x: jax.Array) -> jax.Array:
     _checks.check_odd_group_count(k, "the leading axis size")
     if k == 1:
         return x[0]
-    if k == 3:
-        return median3(x[0], x[1], x[2])
+    inexact = jnp.issubdtype(x.dtype, jnp.inexact)
     if k <= _MAX_NETWORK_SIZE:
-        return _median_network([x[i] for i in range(k)])
+        rows = [x[i] for i in range(k)]
+        if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize in _ORDER_INT:
+            return _float_median_network(rows)
+        return _median_network(rows)
     med = jnp.sort(x, axis=0)[k // 2]
-    if jnp.issubdtype(x.dtype, jnp.inexact):
+    if inexact:
         med = jnp.where(jnp.isnan(x).any(axis=0), jnp.asarray(jnp.nan, x.dtype), med)
     return med
 
