@@ -17,9 +17,10 @@ Prints three tables:
     rotating order), and the table shows the median over rounds.
 (c) the exact coordinate-wise median of k arrays (``coordinate_median``, x: [k, N]) for odd
     k from 1 to 31: time per input element (time / (k N)) of the current kernel (pruned
-    min/max selection networks for every k) next to the previous one (an odd-even
-    transposition network for k <= 9, a sort along the group axis above), kept here for
-    comparison only. Rounds alternate the two kernels and every k; the table shows medians.
+    min/max selection networks on order-preserving integer keys, for every k) next to the
+    previous one (an odd-even transposition network for k <= 9, a sort along the group axis
+    above), kept here for comparison only, and to the same network on the floats
+    themselves. Rounds rotate the kernels for every k; the table shows medians.
 
 Usage::
 
@@ -45,7 +46,7 @@ import optax
 
 import cgh_jax
 from cgh_jax.optim import coordinate_median, median3
-from cgh_jax.optim.median import median_selection_network
+from cgh_jax.optim.median import _median_network, median_selection_network
 
 
 def _time(fn: Callable[[], object], repeats: int) -> float:
@@ -114,15 +115,23 @@ def bench_median_vs_k(size: int, ks: list[int], rounds: int, max_seconds: float)
     A timing of the previous kernel that took longer than ``max_seconds`` is not repeated in
     later rounds (the sort at k >= 11 takes up to seconds per call on a small CPU).
     """
-    kernels = {"new": jax.jit(coordinate_median), "old": jax.jit(_previous_coordinate_median)}
+    kernels = {
+        "new": jax.jit(coordinate_median),
+        "old": jax.jit(_previous_coordinate_median),
+        # The same selection network on the floats themselves (NaN-propagating float
+        # min/max), to show what the integer keys of coordinate_median buy.
+        "float": jax.jit(lambda x: x[0] if len(x) == 1 else _median_network(list(x))),
+    }
     xs = {k: jax.random.normal(jax.random.key(k), (k, size), jnp.float32) for k in ks}
     times: dict[tuple[str, int], list[float]] = {}
-    for k in ks:  # compile, and check the two kernels agree bit for bit
-        outs = [kernels[name](xs[k]).block_until_ready() for name in kernels]
-        np.testing.assert_array_equal(np.asarray(outs[0]), np.asarray(outs[1]))
+    for k in ks:  # compile, and check the kernels agree bit for bit
+        outs = [np.asarray(kernels[name](xs[k]).block_until_ready()) for name in kernels]
+        for out in outs[1:]:
+            np.testing.assert_array_equal(out.view(np.uint32), outs[0].view(np.uint32))
     for r in range(rounds):
         for k in ks:
-            names = list(kernels) if r % 2 == 0 else list(kernels)[::-1]
+            names = list(kernels)
+            names = names[r % len(names) :] + names[: r % len(names)]
             for name in names:
                 past = times.setdefault((name, k), [])
                 if past and max(past) > max_seconds:
@@ -138,7 +147,7 @@ def bench_median_vs_k(size: int, ks: list[int], rounds: int, max_seconds: float)
     )
     print(
         f"    {'k':>3}{'ops':>6}{'new (ms)':>10}{'new ns/el':>11}{'/ new k=9':>11}"
-        f"{'old (ms)':>11}{'old ns/el':>11}{'old/new':>9}"
+        f"{'old (ms)':>11}{'old ns/el':>11}{'old/new':>9}{'float-net ns/el':>17}"
     )
     for k in ks:
         new, old = per_el[("new", k)], per_el[("old", k)]
@@ -147,8 +156,10 @@ def bench_median_vs_k(size: int, ks: list[int], rounds: int, max_seconds: float)
         print(
             f"    {k:>3}{ops:>6}{new * k * size * 1e3:>10.2f}{new * 1e9:>11.3f}{rel}"
             f"{old * k * size * 1e3:>11.1f}{old * 1e9:>11.3f}{old / new:>9.1f}"
+            f"{per_el[('float', k)] * 1e9:>17.3f}"
         )
     print("    ops: elementwise min/max operations of the new kernel's selection network")
+    print("    float-net: the same network on the floats (float min/max) instead of integer keys")
 
 
 class MLP(nn.Module):
