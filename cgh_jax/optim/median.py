@@ -173,8 +173,9 @@ def median_selection_network(k: int) -> tuple[Comparator, ...]:
     depends on, it computes exactly the :math:`(k-1)/2`-th smallest value (zero-based) for
     any totally ordered input, ties included. Sizes (comparators / elementwise min+max
     operations): k = 3: 3/4, 5: 8/12, 7: 14/22, 9: 21/34, 11: 28/46, 15: 47/80, 21: 79/138,
-    31: 140/250 (``tests/test_optim_median.py`` checks these). For comparison, the best
-    known median networks have 19 comparators at k = 9 and 99 at k = 25 (ours: 21 and 103).
+    31: 140/250 (``tests/test_optim_median.py`` checks these). For comparison, the
+    hand-made median networks of image filtering use 19 comparators at k = 9 (Paeth) and 99
+    at k = 25 (Smith); ours have 21 and 103.
 
     Args:
       k: a positive odd integer.
