@@ -1,6 +1,6 @@
 """Cost of the Coherent Gradients transforms relative to plain SGD.
 
-Prints two tables:
+Prints three tables:
 
 (a) the throughput (bytes read + written per second) of the exact median-of-3 kernel
     (``median3``, a min/max network; reads 3 arrays of N floats, writes one) as a fraction
@@ -15,11 +15,18 @@ Prints two tables:
     loop over the groups instead of ``jax.vmap``). The steps are jit-compiled with donated
     buffers and timed side by side in one process: each round times every method once (in
     rotating order), and the table shows the median over rounds.
+(c) the exact coordinate-wise median of k arrays (``coordinate_median``, x: [k, N]) for odd
+    k from 1 to 31: time per input element (time / (k N)) of the current kernel (pruned
+    min/max selection networks on order-preserving integer keys, for every k) next to the
+    previous one (an odd-even transposition network for k <= 9, a sort along the group axis
+    above), kept here for comparison only, and to the same network on the floats
+    themselves. Rounds rotate the kernels for every k; the table shows medians.
 
 Usage::
 
     python benchmarks/transforms.py                 # defaults used in docs/benchmarks.md
     python benchmarks/transforms.py --rounds 5 --steps 5 --median-size 4194304  # quicker
+    python benchmarks/transforms.py --only median-k     # table (c) alone
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ import numpy as np
 import optax
 
 import cgh_jax
-from cgh_jax.optim import median3
+from cgh_jax.optim import coordinate_median, median3
+from cgh_jax.optim.median import _median_network, median_selection_network
 
 
 def _time(fn: Callable[[], object], repeats: int) -> float:
@@ -74,6 +82,84 @@ def bench_median_kernel(size: int, repeats: int) -> None:
             f"    {name:<18}{t * 1e3:>10.2f}{rate / 1e9:>8.2f}"
             f"{rate / rates['copy N -> N'][1]:>10.2f}{rate / rates['copy 2N -> 2N'][1]:>11.2f}"
         )
+
+
+def _previous_coordinate_median(x: jax.Array) -> jax.Array:
+    """The median kernel before selection networks, for comparison in table (c) only.
+
+    k = 3: ``median3``; k <= 9: an odd-even transposition sorting network (k rounds of
+    neighbour comparators), whose unused comparators XLA's dead-code elimination removes;
+    larger k: a sort along the group axis, then NaN restored where a column holds one.
+    """
+    k = x.shape[0]
+    if k == 1:
+        return x[0]
+    if k == 3:
+        return median3(x[0], x[1], x[2])
+    if k <= 9:
+        vals = [x[i] for i in range(k)]
+        for rnd in range(k):
+            for i in range(rnd % 2, k - 1, 2):
+                vals[i], vals[i + 1] = (
+                    jnp.minimum(vals[i], vals[i + 1]),
+                    jnp.maximum(vals[i], vals[i + 1]),
+                )
+        return vals[k // 2]
+    med = jnp.sort(x, axis=0)[k // 2]
+    return jnp.where(jnp.isnan(x).any(axis=0), jnp.asarray(jnp.nan, x.dtype), med)
+
+
+def bench_median_vs_k(size: int, ks: list[int], rounds: int, max_seconds: float) -> None:
+    """Table (c): time per input element of the median kernel against k, current vs previous.
+
+    A timing of the previous kernel that took longer than ``max_seconds`` is not repeated in
+    later rounds (the sort at k >= 11 takes up to seconds per call on a small CPU).
+    """
+    kernels = {
+        "new": jax.jit(coordinate_median),
+        "old": jax.jit(_previous_coordinate_median),
+        # The same selection network on the floats themselves (NaN-propagating float
+        # min/max), to show what the integer keys of coordinate_median buy.
+        "float": jax.jit(lambda x: x[0] if len(x) == 1 else _median_network(list(x))),
+    }
+    xs = {k: jax.random.normal(jax.random.key(k), (k, size), jnp.float32) for k in ks}
+    times: dict[tuple[str, int], list[float]] = {}
+    for k in ks:  # compile, and check the kernels agree bit for bit
+        outs = [np.asarray(kernels[name](xs[k]).block_until_ready()) for name in kernels]
+        for out in outs[1:]:
+            np.testing.assert_array_equal(out.view(np.uint32), outs[0].view(np.uint32))
+    for r in range(rounds):
+        for k in ks:
+            names = list(kernels)
+            names = names[r % len(names) :] + names[: r % len(names)]
+            for name in names:
+                past = times.setdefault((name, k), [])
+                if past and max(past) > max_seconds:
+                    continue
+                start = time.perf_counter()
+                kernels[name](xs[k]).block_until_ready()
+                past.append(time.perf_counter() - start)
+    per_el = {key: statistics.median(t) / (key[1] * size) for key, t in times.items()}
+    k9 = per_el.get(("new", 9))
+    print(
+        f"(c) coordinate_median of x: [k, N], N = {size:,} float32, median of up to {rounds} "
+        "rounds (ns per input element = time / (k N))"
+    )
+    print(
+        f"    {'k':>3}{'ops':>6}{'new (ms)':>10}{'new ns/el':>11}{'/ new k=9':>11}"
+        f"{'old (ms)':>11}{'old ns/el':>11}{'old/new':>9}{'float-net ns/el':>17}"
+    )
+    for k in ks:
+        new, old = per_el[("new", k)], per_el[("old", k)]
+        ops = sum(c.keep_min + c.keep_max for c in median_selection_network(k))
+        rel = f"{new / k9:>11.2f}" if k9 else f"{'':>11}"
+        print(
+            f"    {k:>3}{ops:>6}{new * k * size * 1e3:>10.2f}{new * 1e9:>11.3f}{rel}"
+            f"{old * k * size * 1e3:>11.1f}{old * 1e9:>11.3f}{old / new:>9.1f}"
+            f"{per_el[('float', k)] * 1e9:>17.3f}"
+        )
+    print("    ops: elementwise min/max operations of the new kernel's selection network")
+    print("    float-net: the same network on the floats (float min/max) instead of integer keys")
 
 
 class MLP(nn.Module):
@@ -180,6 +266,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=300)
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timings per method")
+    parser.add_argument(
+        "--median-k-size", type=int, default=1 << 20, help="N (floats per group) for table (c)"
+    )
+    parser.add_argument(
+        "--median-ks", default="1,3,5,7,9,11,15,21,31", help="odd k for table (c), comma-separated"
+    )
+    parser.add_argument("--median-k-rounds", type=int, default=15, help="rounds for table (c)")
+    parser.add_argument(
+        "--only",
+        choices=("all", "median-k"),
+        default="all",
+        help="median-k: print table (c) only",
+    )
     args = parser.parse_args()
     if args.batch_size % 3:
         parser.error("--batch-size must be a multiple of 3 (M3 splits it into 3 groups).")
@@ -188,12 +287,19 @@ def main() -> None:
         f"jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}, "
         f"{jax.device_count()} device(s), {os.cpu_count()} CPU core(s), {platform.machine()}"
     )
+    ks = [int(k) for k in args.median_ks.split(",")]
+    if any(k < 1 or k % 2 == 0 for k in ks):
+        parser.error("--median-ks takes positive odd integers.")
+    if args.only == "median-k":
+        bench_median_vs_k(args.median_k_size, ks, args.median_k_rounds, max_seconds=0.5)
+        return
     bench_median_kernel(args.median_size, args.kernel_repeats)
     print("(b) step time relative to optax.sgd (median over rounds)")
     print(f"      {'method':<10}{'time/step':>12}{'ratio':>8}")
     bench_steps("MLP 784-2048-10", MLP(), args.batch_size, args.steps, args.rounds)
     bench_steps("CNN c16-c32-d10", SmallCNN(), args.batch_size, args.steps, args.rounds)
     print("    * m3_sgd with grouped_grads(..., vectorize=False): a loop over the 3 groups")
+    bench_median_vs_k(args.median_k_size, ks, args.median_k_rounds, max_seconds=0.5)
 
 
 if __name__ == "__main__":

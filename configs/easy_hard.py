@@ -1,7 +1,8 @@
 r"""Easy and hard examples (W&S 2020, section 4): probe, split, then train within each side.
 
-1. ``stage=probe``: SGD for 2 epochs on clean labels; afterwards every training example's
-   correctness (eval mode) is written to ``WORKDIR/per_example/epoch_002.npz``.
+1. ``stage=probe``: SGD with momentum 0.9 for 2 epochs on clean labels, no weight decay,
+   no augmentation; afterwards every training example's correctness (eval mode) is written
+   to ``WORKDIR/per_example/epoch_002.npz``.
 2. Split (not a training run): easy = classified correctly, hard = not; each side is cut
    into disjoint train/test parts::
 
@@ -9,8 +10,14 @@ r"""Easy and hard examples (W&S 2020, section 4): probe, split, then train withi
        m('workdirs/probe/per_example/epoch_002.npz', 'workdirs/ids', \
          train_size=500_000, test_size=100_000, seed=0)"   # MNIST: e.g. 0.8 / 0.2
 
-3. ``stage=easy`` / ``stage=hard``: train on ``ids/<stage>_train.npy``, evaluate on the
-   held-out ``ids/<stage>_test.npy`` (examples of the train split, true labels) as ``test``.
+3. ``stage=easy`` / ``stage=hard``: train (the same SGD, momentum 0.9) on
+   ``ids/<stage>_train.npy``, evaluate on the held-out ``ids/<stage>_test.npy`` (examples of
+   the train split, true labels) as ``test``.
+
+Momentum: the authors' easy/hard commands run their trainer with its default momentum 0.9,
+the probe and the training within each side alike; ``momentum=0`` gives plain SGD (the
+setting of this repository's results before this default: docs/results/easy_hard used
+momentum 0 throughout).
 
 Commands (``dataset=mnist`` uses TFDS ``mnist``, or IDX files with ``path=...``;
 ``dataset=imagenet`` uses ResNet-18 with the ImageNet settings)::
@@ -26,15 +33,17 @@ Commands (``dataset=mnist`` uses TFDS ``mnist``, or IDX files with ``path=...``;
 
 Arguments: ``stage=probe|easy|hard``, ``dataset=mnist|imagenet``, ``ids`` (directory of the
 id files), ``path`` (MNIST IDX directory), ``epochs`` (easy/hard training; default 20 for
-MNIST, 30 for ImageNet), ``lr``, ``batch``, ``seed``, ``data_dir``, ``runlocal``.
+MNIST, 30 for ImageNet), ``lr``, ``batch``, ``momentum`` (default 0.9), ``seed``,
+``data_dir``, ``runlocal``.
 
 Hardware and time: MNIST on a CPU (the probe takes well under a minute for the 2048-unit
 MLP; each side a few minutes); ImageNet as ``configs/imagenet_resnet18.py`` (the probe is 2
 epochs, about 1/45 of a full run).
 
-Expected result (the paper's finding, not reproduced here): the model trained on easy
-examples reaches a much higher accuracy on held-out easy examples than the model trained on
-hard examples reaches on held-out hard examples.
+Expected result (the paper's finding, with momentum 0.9; not reproduced here with that
+setting, while docs/results/easy_hard shows the same ordering on MNIST with momentum 0): the
+model trained on easy examples reaches a much higher accuracy on held-out easy examples than
+the model trained on hard examples reaches on held-out hard examples.
 """
 
 import os
@@ -54,6 +63,7 @@ def get_config(arg=None):
         epochs=0,
         lr=0.0,
         batch=0,
+        momentum=0.9,
         seed=0,
         data_dir="",
         runlocal=False,
@@ -83,7 +93,10 @@ def get_config(arg=None):
         tiny = {"name": "resnet_tiny", "dtype": "float32"}
     else:
         raise ValueError(f"dataset={args.dataset!r} is not one of mnist, imagenet.")
-    cfg.optimizer = configlib.optimizer_config(name="sgd", learning_rate=0.1)
+    # The authors' trainer default (their easy/hard commands do not set it).
+    cfg.optimizer = configlib.optimizer_config(
+        name="sgd", learning_rate=0.1, momentum=args.momentum
+    )
     cfg.data.noise = 0.0
     cfg.eval_batch_size = 1000
     cfg.log_every_steps = 100

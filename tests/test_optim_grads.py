@@ -234,3 +234,211 @@ def test_errors():
         cgh_jax.grouped_grads(loss, 3.0)
     with pytest.raises(ValueError, match=r"\(loss, aux\)"):
         cgh_jax.grouped_grads(loss, 3, has_aux=True)(jnp.zeros(2), jnp.ones((6, 2)))
+
+
+# --- BatchNorm running statistics: 'sequential' (k consecutive updates) vs 'mean' ----------
+
+
+def _by_hand_sequential(params, stats, batch, momentum=0.9):
+    """k train-mode forward passes, one per group in group order, threading batch_stats."""
+    model = BNNet()
+    for j in range(K):
+        group = jax.tree.map(lambda x, j=j: x[j::K], batch)
+        _, new = model.apply(
+            {"params": params, "batch_stats": stats},
+            group["x"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        stats = new["batch_stats"]
+    return stats
+
+
+def _sequential_fn(vectorize, **kw):
+    kw = {"state_argnum": 0, "state_collection": "batch_stats", **kw}
+    if vectorize:
+        kw.setdefault("state_momentum", 0.9)
+    return cgh_jax.grouped_grads(
+        _loss_fn(),
+        K,
+        has_aux=True,
+        has_state=True,
+        vectorize=vectorize,
+        batch_stats_update="sequential",
+        **kw,
+    )
+
+
+def test_sequential_batch_stats_equal_consecutive_train_mode_updates(problem):
+    params, stats, batch, reference = problem
+    by_hand = jax.jit(_by_hand_sequential)(params, stats, batch)
+    # Independent closed form: r_k = m^k r0 + sum_j m^(k-j) (1 - m) mu_j (float64).
+    h = np.asarray(batch["x"] @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"], np.float64)
+    r = np.asarray(stats["BatchNorm_0"]["mean"], np.float64)
+    closed = 0.9**K * r + sum(0.9 ** (K - 1 - j) * 0.1 * h[j::K].mean(0) for j in range(K))
+    np.testing.assert_allclose(by_hand["BatchNorm_0"]["mean"], closed, rtol=1e-5, atol=1e-6)
+    # Not the mean of the group updates.
+    assert not np.allclose(
+        by_hand["BatchNorm_0"]["mean"], reference[3]["batch_stats"]["BatchNorm_0"]["mean"]
+    )
+
+    loop = jax.jit(_sequential_fn(False))(params, batch, stats)
+    vmapped = jax.jit(_sequential_fn(True))(params, batch, stats)
+    # The loop threads the state as the hand loop does (XLA compiles the two programs
+    # differently, so 1 ulp apart at most); the vmap fold agrees to a few ulps.
+    for out, tol in ((loop, 2.5e-7), (vmapped, 1e-6)):
+        assert set(out.state) == {"batch_stats"}
+        for path in (("BatchNorm_0", "mean"), ("BatchNorm_0", "var")):
+            got, want = out.state["batch_stats"], by_hand
+            for key in path:
+                got, want = got[key], want[key]
+            assert got.dtype == want.dtype
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    # Gradients, losses and aux do not depend on the running statistics in train mode.
+    mean_out = jax.jit(
+        cgh_jax.grouped_grads(_loss_fn(), K, has_aux=True, has_state=True, vectorize=False)
+    )(params, batch, stats)
+    jax.tree.map(np.testing.assert_array_equal, loop.grads, mean_out.grads)
+    np.testing.assert_array_equal(loop.loss, mean_out.loss)
+    _assert_matches(
+        vmapped._replace(state=reference[3]), reference
+    )  # grads/loss/aux of the vmap path unchanged too
+
+
+def test_mean_batch_stats_is_the_default_bit_for_bit(problem):
+    params, stats, batch, _ = problem
+    for vectorize in (True, False):
+        kw = dict(has_aux=True, has_state=True, vectorize=vectorize)
+        default = jax.jit(cgh_jax.grouped_grads(_loss_fn(), K, **kw))(params, batch, stats)
+        mean = jax.jit(cgh_jax.grouped_grads(_loss_fn(), K, batch_stats_update="mean", **kw))(
+            params, batch, stats
+        )
+        jax.tree.map(np.testing.assert_array_equal, default, mean)
+
+
+def test_sequential_state_update_float64_and_plain_state():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        r0 = {"a": rng.standard_normal(4), "b": [rng.standard_normal((2, 3))]}
+        stats = [jax.tree.map(lambda x: rng.standard_normal(x.shape), r0) for _ in range(5)]
+        m = 0.7
+        parallel = jax.tree.map(
+            lambda r, *s: np.stack([m * r + (1 - m) * x for x in s]), r0, *stats
+        )
+        expected = r0
+        for s in stats:
+            expected = jax.tree.map(lambda r, x: m * r + (1 - m) * x, expected, s)
+        out = cgh_jax.optim.grads.sequential_state_update(r0, parallel, m)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13), out, expected)
+        # m = 0: the last group's statistics, exactly.
+        out0 = cgh_jax.optim.grads.sequential_state_update(
+            r0, jax.tree.map(jnp.asarray, parallel), 0.0
+        )
+        jax.tree.map(lambda a, s: np.testing.assert_array_equal(a, s[-1]), out0, parallel)
+
+
+def test_sequential_threads_any_state_in_the_loop():
+    """vectorize=False threads a non-running-average state (a counter) and a bare state."""
+
+    def loss(w, batch, state):
+        return jnp.mean(batch @ w), {"count": state["count"] + 1, "sum": state["sum"] + batch.sum()}
+
+    state = {"count": jnp.int32(5), "sum": jnp.float32(0.0)}
+    batch = jnp.arange(12.0).reshape(6, 2)
+    out = cgh_jax.grouped_grads(
+        loss, 3, has_state=True, vectorize=False, batch_stats_update="sequential", state_argnum=0
+    )(jnp.ones(2), batch, state)
+    assert int(out.state["count"]) == 8 and float(out.state["sum"]) == float(batch.sum())
+    with pytest.raises(ValueError, match="integer leaf"):
+        cgh_jax.grouped_grads(
+            loss,
+            3,
+            has_state=True,
+            batch_stats_update="sequential",
+            state_argnum=0,
+            state_momentum=0.9,
+        )(jnp.ones(2), batch, state)
+
+
+def test_sequential_errors(problem):
+    params, stats, batch, _ = problem
+    kw = dict(has_aux=True, has_state=True, batch_stats_update="sequential")
+    with pytest.raises(ValueError, match="one of"):
+        cgh_jax.grouped_grads(_loss_fn(), K, has_state=True, batch_stats_update="seq")
+    with pytest.raises(ValueError, match="has_state=True"):
+        cgh_jax.grouped_grads(_loss_fn(), K, batch_stats_update="sequential", state_argnum=0)
+    with pytest.raises(ValueError, match="state_argnum"):
+        cgh_jax.grouped_grads(_loss_fn(), K, **kw)
+    with pytest.raises(ValueError, match="state_momentum"):
+        cgh_jax.grouped_grads(_loss_fn(), K, state_argnum=0, **kw)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        cgh_jax.grouped_grads(_loss_fn(), K, state_argnum=0, state_momentum=1.0, **kw)
+    for vectorize in (True, False):
+        # Without state_collection the returned {'batch_stats': ...} does not match.
+        fn = cgh_jax.grouped_grads(
+            _loss_fn(), K, state_argnum=0, state_momentum=0.9, vectorize=vectorize, **kw
+        )
+        with pytest.raises(ValueError, match="structure"):
+            fn(params, batch, stats)
+        fn = cgh_jax.grouped_grads(
+            _loss_fn(),
+            K,
+            state_argnum=0,
+            state_collection="stats",
+            state_momentum=0.9,
+            vectorize=vectorize,
+            **kw,
+        )
+        with pytest.raises(ValueError, match="'stats'"):
+            fn(params, batch, stats)
+    with pytest.raises(ValueError, match="extra argument"):
+        _sequential_fn(True, state_argnum=1)(params, batch, stats)
+
+
+def test_sequential_under_shard_map(problem):
+    """Per-device code with a global BatchNorm (axis_name): the same k sequential updates."""
+    params, stats, batch, _ = problem
+    by_hand = jax.jit(_by_hand_sequential)(params, stats, batch)
+    mesh = Mesh(np.array(jax.devices()[:NUM_DEVICES]), ("data",))
+    for vectorize in (True, False):
+        grad_fn = cgh_jax.grouped_grads(
+            _loss_fn("data"),
+            K,
+            has_aux=True,
+            has_state=True,
+            axis_name="data",
+            vectorize=vectorize,
+            batch_stats_update="sequential",
+            state_argnum=0,
+            state_collection="batch_stats",
+            state_momentum=0.9,
+        )
+        sharded = jax.jit(
+            jax.shard_map(
+                lambda p, b, s, grad_fn=grad_fn: grad_fn(p, b, s).state,
+                mesh=mesh,
+                in_specs=(P(), P("data"), P()),
+                out_specs=P(),
+            )
+        )
+        out = sharded(params, batch, stats)["batch_stats"]
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out, by_hand
+        )
+
+
+def test_check_state_momentum(problem):
+    params, stats, batch, _ = problem
+    check = cgh_jax.optim.grads.check_state_momentum
+    kw = dict(state_argnum=0, state_collection="batch_stats", has_aux=True)
+    check(_loss_fn(), 0.9, params, batch, stats, **kw)  # BNNet's BatchNorm(momentum=0.9)
+    with pytest.raises(ValueError, match=r"BatchNorm_0.*0\.99"):
+        check(_loss_fn(), 0.99, params, batch, stats, **kw)
+
+    def counter(w, b, state):
+        return jnp.mean(b @ w), {"n": state["n"] + 1}
+
+    with pytest.raises(ValueError, match="not updated as"):  # slope 1, not a running average
+        check(counter, 0.5, jnp.ones(2), jnp.ones((4, 2)), {"n": jnp.float32(0)}, state_argnum=0)
+    with pytest.raises(ValueError, match="integer"):
+        check(counter, 0.5, jnp.ones(2), jnp.ones((4, 2)), {"n": jnp.int32(0)}, state_argnum=0)

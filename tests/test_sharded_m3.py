@@ -396,3 +396,71 @@ def test_unrolled_chunks_equal_vmapped(layout):
     _assert_close(outs[0].grads, outs[1].grads)
     _assert_close(outs[0].state, outs[1].state)
     np.testing.assert_allclose(outs[0].loss, outs[1].loss, rtol=1e-6)
+
+
+def _sequential_chunk_reference(loss_fn, params, batch, stats, num_devices, layout):
+    """k running-statistics updates in group order, threaded by hand: group j's update is
+    the mean of the updates of its D chunks, each made from the state after group j - 1."""
+    size = batch["label"].shape[0]
+    b = size // num_devices
+
+    def chunks(x):
+        local = x.reshape(num_devices, b, *x.shape[1:])
+        if layout == "reduce_scatter":
+            local = jnp.swapaxes(local.reshape(num_devices, b // K, K, *x.shape[1:]), 1, 2)
+        return local.reshape(num_devices * K, b // K, *x.shape[1:])
+
+    cs = jax.tree.map(chunks, batch)
+    # chunk v = d*k + c; its group: c (column-major) or v // D (row-major).
+    group_of = [
+        (v % K) if layout == "reduce_scatter" else (v // num_devices)
+        for v in range(num_devices * K)
+    ]
+    state_of = jax.jit(lambda s, chunk: loss_fn(params, chunk, s)[1][1])
+    for j in range(K):
+        updates = [
+            state_of(stats, jax.tree.map(lambda x, v=v: x[v], cs))
+            for v in range(num_devices * K)
+            if group_of[v] == j
+        ]
+        stats = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *updates)
+    return stats
+
+
+@pytest.mark.parametrize(
+    "layout,num_devices", [("reduce_scatter", 8), ("group_sharded", 8), ("group_sharded", 6)]
+)
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_batchnorm_sequential_statistics(layout, num_devices, vectorize):
+    mesh = _mesh(num_devices)
+    loss_fn, variables, batch = _bn_setup(2 * K * num_devices)
+    params, stats = variables["params"], variables["batch_stats"]
+    kw = dict(has_aux=True, has_state=True, layout=layout, vectorize=vectorize)
+    seq = sharded_median_of_means_grads(
+        loss_fn,
+        K,
+        mesh,
+        batch_stats_update="sequential",
+        state_argnum=0,
+        state_momentum=0.9,
+        **kw,
+    )
+    out = jax.jit(seq)(params, batch, stats)
+    ref = _sequential_chunk_reference(loss_fn, params, batch, stats, num_devices, layout)
+    _assert_close(out.state, ref, rtol=1e-6, atol=1e-6)
+    # The median direction does not depend on the option; 'mean' is the default.
+    mean = jax.jit(sharded_median_of_means_grads(loss_fn, K, mesh, **kw))(params, batch, stats)
+    jax.tree.map(np.testing.assert_array_equal, out.grads, mean.grads)
+    assert not np.allclose(out.state["BatchNorm_0"]["mean"], mean.state["BatchNorm_0"]["mean"])
+
+
+def test_batchnorm_sequential_needs_momentum_and_state_argnum():
+    mesh = _mesh(4)
+    loss_fn, _, _ = _bn_setup(12)
+    kw = dict(has_aux=True, has_state=True, batch_stats_update="sequential")
+    with pytest.raises(ValueError, match="state_argnum"):
+        sharded_median_of_means_grads(loss_fn, K, mesh, **kw)
+    with pytest.raises(ValueError, match="folded, not threaded"):
+        sharded_median_of_means_grads(loss_fn, K, mesh, state_argnum=0, **kw)
+    with pytest.raises(ValueError, match="one of"):
+        sharded_median_of_means_grads(loss_fn, K, mesh, has_state=True, batch_stats_update="x")

@@ -19,8 +19,8 @@ class GroupedGrads(NamedTuple):
         each group.
       loss: ``[k]``, the mean loss of each group.
       aux: the auxiliary output of the loss with a leading ``[k]`` axis, or None.
-      state: the new mutable collections (e.g. ``{'batch_stats': ...}``) averaged over the
-        groups, or None.
+      state: the new mutable collections (e.g. ``{'batch_stats': ...}``): the mean of the
+        groups' updates, or ``k`` sequential updates (``batch_stats_update``); or None.
     """
 
     grads: Any
@@ -69,6 +69,172 @@ def _mean_over_groups(x: jax.Array) -> jax.Array:
     if jnp.issubdtype(x.dtype, jnp.inexact):
         return jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=0).astype(x.dtype)
     return x[0]
+
+
+BATCH_STATS_UPDATES = ("mean", "sequential")
+"""Accepted values of ``batch_stats_update`` in :func:`grouped_grads`."""
+
+
+def _check_momentum(momentum: Any) -> float:
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise ValueError(f"state_momentum must be a float in [0, 1), got {momentum!r}.")
+    if not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(f"state_momentum must lie in [0, 1), got {momentum!r}.")
+    return float(momentum)
+
+
+def sequential_state_update(old_state: Any, group_states: Any, momentum: float) -> Any:
+    r"""Folds ``k`` running-statistics updates made in parallel into ``k`` sequential ones.
+
+    **Assumption** (stated, not detected): every floating-point leaf of the state is a
+    running average with decay ``momentum``,
+    :math:`r \leftarrow m\,r + (1-m)\,s`, where the batch statistic :math:`s` does not
+    depend on :math:`r` (Flax's ``nn.BatchNorm(momentum=m)`` in train mode: its running
+    mean and variance, with ``s`` the batch mean and the biased batch variance). Given the
+    update of each group *from the same* ``old_state`` :math:`r_0`,
+    :math:`n_j = m\,r_0 + (1-m)\,s_j` (``group_states``, leading axis ``[k]``), each
+    group's contribution is :math:`(1-m)\,s_j = n_j - m\,r_0`, and ``k`` consecutive
+    updates in group order give
+
+    .. math::
+      r_k = m^k r_0 + \sum_{j=1}^{k} m^{k-j} (1-m)\, s_j,
+
+    computed by the recurrence :math:`r_j = m\,r_{j-1} + (n_j - m\,r_0)` in at least
+    float32, then cast to the leaf's dtype. Mathematically exact; in floating point it
+    agrees with ``k`` consecutive updates to a few units in the last place (the recovered
+    :math:`n_j - m r_0` carries the rounding of :math:`n_j`).
+
+    Args:
+      old_state: the state before the update (e.g. the ``batch_stats`` tree).
+      group_states: a tree of the same structure, each leaf with a leading axis ``[k]``:
+        group ``j``'s updated state, computed from ``old_state``.
+      momentum: the decay ``m`` in ``[0, 1)`` (Flax ``BatchNorm.momentum``; PyTorch's
+        ``momentum=0.1`` is ``m = 0.9``).
+
+    Returns:
+      The state after the ``k`` sequential updates, structured and typed like
+      ``old_state``.
+
+    Raises:
+      ValueError: if the trees differ in structure or shapes, or a leaf is not floating
+        point (an integer counter is not a running average).
+    """
+    m = _check_momentum(momentum)
+    old_def, new_def = jax.tree.structure(old_state), jax.tree.structure(group_states)
+    if old_def != new_def:
+        raise ValueError(
+            "batch_stats_update='sequential': the state loss_fn returns must have the "
+            f"structure of the state it is given; got {new_def} for {old_def}."
+        )
+
+    def fold(r0, new):
+        r0, new = jnp.asarray(r0), jnp.asarray(new)
+        if new.shape[1:] != r0.shape or new.ndim == 0:
+            raise ValueError(
+                "batch_stats_update='sequential': a group state of shape "
+                f"{new.shape} does not match the old state's {r0.shape} with a leading group "
+                "axis."
+            )
+        if not jnp.issubdtype(r0.dtype, jnp.inexact):
+            raise ValueError(
+                "batch_stats_update='sequential' folds running averages; the state holds an "
+                f"integer leaf ({r0.dtype}). Use vectorize=False with state_argnum, which "
+                "threads any state through the groups."
+            )
+        wide = jnp.promote_types(r0.dtype, jnp.float32)
+        r0w, neww = r0.astype(wide), new.astype(wide)
+        base = m * r0w
+        r = r0w
+        for j in range(new.shape[0]):
+            r = m * r + (neww[j] - base)
+        return r.astype(r0.dtype)
+
+    return jax.tree.map(fold, old_state, group_states)
+
+
+def check_state_momentum(
+    loss_fn: Callable[..., Any],
+    momentum: float,
+    params: Any,
+    batch: Any,
+    *args: Any,
+    state_argnum: int,
+    state_collection: str | None = None,
+    has_aux: bool = False,
+    rtol: float = 1e-3,
+) -> None:
+    r"""Checks the assumption of :func:`sequential_state_update` on one batch.
+
+    Runs ``loss_fn`` (in the convention of :func:`grouped_grads` with ``has_state=True``)
+    on ``batch`` from two states, :math:`r` (``args[state_argnum]``) and
+    :math:`r + \delta` with :math:`\delta_i = 1 + |r_i|`, and checks, leaf by leaf, that
+    the new states differ by :math:`m\,\delta`: the update is
+    :math:`r \mapsto m\,r + c` with a :math:`c` that does not depend on :math:`r`, which is
+    what the fold of ``batch_stats_update='sequential'`` under ``vmap`` (and in
+    :func:`cgh_jax.optim.sharded_median_of_means_grads`) relies on. A caller sets
+    ``state_momentum`` from the model (e.g. a ResNet's ``bn_momentum``); this catches a
+    wrong value, a layer with another momentum, or a state that is not a running average.
+    Run it once, outside the training step (two forward passes).
+
+    Args:
+      loss_fn: as for :func:`grouped_grads` with ``has_state=True``.
+      momentum: the claimed decay ``m``.
+      params: parameters.
+      batch: a batch (any size the model accepts).
+      *args: the extra arguments of ``loss_fn``, the state at ``state_argnum``.
+      state_argnum: position of the state in ``args``.
+      state_collection: as for :func:`grouped_grads`.
+      has_aux: whether ``loss_fn`` also returns aux (``(loss, (aux, state))``).
+      rtol: relative tolerance on :math:`m\,\delta`.
+
+    Raises:
+      ValueError: naming the first leaf whose update is not affine with slope ``m``, or an
+        integer leaf.
+    """
+    m = _check_momentum(momentum)
+    fn = _normalize_loss_fn(loss_fn, has_aux, True)
+    old = args[state_argnum]
+
+    def new_state(state):
+        shifted = args[:state_argnum] + (state,) + args[state_argnum + 1 :]
+        out = fn(params, batch, None, *shifted)[1][1]
+        return out if state_collection is None else out[state_collection]
+
+    delta = jax.tree.map(lambda r: 1.0 + jnp.abs(jnp.asarray(r, jnp.float32)), old)
+    shifted = jax.tree.map(lambda r, d: (r + d).astype(jnp.result_type(r)), old, delta)
+    n0, n1 = jax.jit(new_state)(old), jax.jit(new_state)(shifted)
+    _check_same_state(old, n0, "loss_fn")
+    flat, _ = jax.tree_util.tree_flatten_with_path(old)
+    for (path, r), a, b, d in zip(
+        flat, jax.tree.leaves(n0), jax.tree.leaves(n1), jax.tree.leaves(delta), strict=True
+    ):
+        name = jax.tree_util.keystr(path)
+        if not jnp.issubdtype(jnp.result_type(r), jnp.inexact):
+            raise ValueError(f"State leaf {name} is an integer, not a running average.")
+        got = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+        want = m * np.asarray(d, np.float64)
+        if not np.allclose(got, want, rtol=rtol, atol=rtol * float(np.max(want, initial=0.0))):
+            slope = float(np.median(got / np.asarray(d, np.float64)))
+            raise ValueError(
+                f"State leaf {name} is not updated as r <- {m} r + c: shifting the state by d "
+                f"moved the update by {slope:.4g} d (median). Pass the model's own momentum "
+                "as state_momentum, or use vectorize=False (which threads the state)."
+            )
+
+
+def _check_same_state(old: Any, new: Any, where: str) -> None:
+    """Raises ValueError unless ``new`` has ``old``'s structure, shapes and dtypes."""
+
+    def spec(tree):
+        return [(jnp.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(tree)]
+
+    if jax.tree.structure(old) != jax.tree.structure(new) or spec(old) != spec(new):
+        raise ValueError(
+            f"batch_stats_update='sequential': {where} must return its new state with the "
+            "structure, shapes and dtypes of the state it is given (args[state_argnum], or "
+            "{state_collection: args[state_argnum]} with state_collection); got "
+            f"{jax.tree.structure(new)} for {jax.tree.structure(old)}."
+        )
 
 
 def _pmean(tree: Any, axis_name: Any) -> Any:
@@ -138,6 +304,10 @@ def grouped_grads(
     has_state: bool = False,
     axis_name: Any = None,
     vectorize: bool = True,
+    batch_stats_update: str = "mean",
+    state_argnum: int | None = None,
+    state_collection: str | None = None,
+    state_momentum: float | None = None,
 ) -> Callable[..., GroupedGrads]:
     r"""Mean gradients of ``num_groups`` groups of a batch, stacked on a leading axis.
 
@@ -161,12 +331,30 @@ def grouped_grads(
     communication-efficient data-parallel path.
 
     **Mutable state** (``has_state=True``, e.g. Flax ``batch_stats``): each group normalizes
-    with its own batch statistics, as a separate SGD-sized mini-batch would, and the new
-    states of the groups are averaged. For BatchNorm this is exact bookkeeping: the running
-    mean update :math:`r \leftarrow m\,r + (1-m)\,\mu_j` is affine in the batch statistic
-    :math:`\mu_j` with weights summing to one, so the average of the :math:`k` updated
-    running statistics equals one update with the average of the group statistics (and
-    likewise for the variance). Integer state leaves are taken from group 0.
+    with its own batch statistics, as a separate SGD-sized mini-batch would. The gradients
+    do not depend on the running statistics (train-mode BatchNorm normalizes with the batch
+    statistics), so only the returned state depends on ``batch_stats_update``:
+
+    - ``'mean'`` (default): the new states of the groups, each updated from the same old
+      state, are averaged. For BatchNorm the running update
+      :math:`r \leftarrow m\,r + (1-m)\,\mu_j` is affine in the batch statistic with
+      weights summing to one, so this is one update with the average of the group
+      statistics, :math:`m\,r_0 + (1-m)\,\bar\mu`. Integer state leaves are taken from
+      group 0.
+    - ``'sequential'`` (the authors' trainer: ``k`` train-mode forward passes, one per
+      group, in group order): ``k`` consecutive updates,
+      :math:`r_k = m^k r_0 + \sum_{j=1}^{k} m^{k-j}(1-m)\,\mu_j`. It needs to know which
+      argument is the state: ``state_argnum`` (index into ``*args``), and
+      ``state_collection`` when ``loss_fn`` returns ``{state_collection: new}`` for an
+      argument ``old`` (Flax's ``mutable=['batch_stats']`` output) rather than ``new``
+      itself. With ``vectorize=False`` the state is threaded through the loop: group
+      ``j`` runs on the state group ``j - 1`` produced, exactly as ``k`` consecutive calls
+      (any state, not only running averages; ``state_momentum`` is not used). With
+      ``vectorize=True`` the groups run in parallel from the old state and their updates
+      are folded by :func:`sequential_state_update`, which assumes that every
+      floating-point state leaf is a running average with decay ``state_momentum`` (true
+      of Flax ``BatchNorm(momentum=state_momentum)``; the caller states it, it is not
+      detected) and agrees with the loop to a few units in the last place.
 
     **RNG**: ``rng`` is split into :math:`k` keys; group :math:`j` gets key :math:`j`
     (e.g. independent dropout masks).
@@ -192,10 +380,20 @@ def grouped_grads(
         ``B/k`` examples. Same results; the loop avoids the grouped convolutions that
         ``vmap`` makes of convolution weight gradients, which are slow on some backends
         (see ``docs/benchmarks.md``), at the cost of ``k`` smaller kernels.
+      batch_stats_update: ``'mean'`` or ``'sequential'``: how the groups' state updates
+        combine (see above). Only with ``has_state``.
+      state_argnum: for ``'sequential'``, the position in ``*args`` of the state that
+        ``loss_fn`` returns updated.
+      state_collection: for ``'sequential'``, None when ``loss_fn`` returns the new state
+        itself, or the key under which it returns it (``'batch_stats'`` for a loss that
+        returns Flax's mutable-collections dict).
+      state_momentum: for ``'sequential'`` with ``vectorize=True``, the decay ``m`` of the
+        running averages in the state (Flax ``BatchNorm.momentum``), in ``[0, 1)``.
 
     Returns:
       ``grad_fn(params, batch, *args, rng=None) -> GroupedGrads``. It raises ValueError if
-      the batch size is not divisible by ``num_groups``.
+      the batch size is not divisible by ``num_groups``, and for ``'sequential'`` if the
+      state returned does not match the state given (structure, shapes, dtypes).
 
     Example:
       >>> import jax.numpy as jnp
@@ -223,9 +421,55 @@ def grouped_grads(
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}.")
     num_groups = int(num_groups)
+    if batch_stats_update not in BATCH_STATS_UPDATES:
+        raise ValueError(
+            f"batch_stats_update must be one of {BATCH_STATS_UPDATES}, got {batch_stats_update!r}."
+        )
+    sequential = batch_stats_update == "sequential"
+    if sequential:
+        if not has_state:
+            raise ValueError("batch_stats_update='sequential' needs has_state=True.")
+        if isinstance(state_argnum, bool) or not isinstance(state_argnum, numbers.Integral):
+            raise ValueError(
+                "batch_stats_update='sequential' needs state_argnum, the position in *args of "
+                f"the state that loss_fn updates (e.g. 0); got {state_argnum!r}."
+            )
+        if vectorize:
+            if state_momentum is None:
+                raise ValueError(
+                    "batch_stats_update='sequential' with vectorize=True needs "
+                    "state_momentum, the decay of the running averages (Flax "
+                    "BatchNorm.momentum), to fold the k parallel updates into sequential "
+                    "ones; or use vectorize=False, which threads the state through the groups."
+                )
+            state_momentum = _check_momentum(state_momentum)
     value_and_grad = jax.value_and_grad(
         _normalize_loss_fn(loss_fn, has_aux, has_state), has_aux=True
     )
+
+    def state_in(args):
+        if not 0 <= state_argnum < len(args):
+            raise ValueError(
+                f"state_argnum={state_argnum} but grad_fn got {len(args)} extra argument(s)."
+            )
+        return args[state_argnum]
+
+    def state_out(new):
+        if state_collection is None:
+            return new
+        if not isinstance(new, dict) or set(new) != {state_collection}:
+            keys = sorted(new) if isinstance(new, dict) else type(new).__name__
+            raise ValueError(
+                f"state_collection={state_collection!r}: loss_fn must return its new state "
+                f"as {{{state_collection!r}: ...}}; got {keys}."
+            )
+        return new[state_collection]
+
+    def wrap(new):
+        return new if state_collection is None else {state_collection: new}
+
+    def with_state(args, state):
+        return args[:state_argnum] + (state,) + args[state_argnum + 1 :]
 
     def grad_fn(params, batch, *args, rng=None):
         groups = group_batch(batch, num_groups)
@@ -237,19 +481,31 @@ def grouped_grads(
             (loss, (aux, state)), grads = jax.vmap(value_and_grad, in_axes=in_axes)(
                 params, groups, rngs, *args
             )
+            if sequential:
+                old = state_in(args)
+                _check_same_state(old, jax.tree.map(lambda x: x[0], state_out(state)), "loss_fn")
+                state = wrap(sequential_state_update(old, state_out(state), state_momentum))
+            elif has_state:
+                state = jax.tree.map(_mean_over_groups, state)
         else:
-            outs = [
-                value_and_grad(
+            outs = []
+            for j in range(num_groups):
+                out = value_and_grad(
                     params,
                     jax.tree.map(lambda x, j=j: x[j], groups),
                     None if rngs is None else rngs[j],
                     *args,
                 )
-                for j in range(num_groups)
-            ]
+                if sequential:  # the next group runs on the state this one produced
+                    new = state_out(out[0][1][1])
+                    _check_same_state(state_in(args), new, "loss_fn")
+                    args = with_state(args, new)
+                outs.append(out)
             (loss, (aux, state)), grads = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-        if has_state:
-            state = jax.tree.map(_mean_over_groups, state)
+            if sequential:
+                state = wrap(state_in(args))
+            elif has_state:
+                state = jax.tree.map(_mean_over_groups, state)
         if axis_name is not None:
             grads, loss, aux, state = _pmean((grads, loss, aux, state), axis_name)
         return GroupedGrads(

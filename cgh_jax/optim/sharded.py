@@ -53,6 +53,12 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from cgh_jax.optim import _checks
+from cgh_jax.optim.grads import (
+    BATCH_STATS_UPDATES,
+    _check_momentum,
+    _check_same_state,
+    sequential_state_update,
+)
 from cgh_jax.optim.median import coordinate_median
 
 __all__ = [
@@ -191,6 +197,10 @@ def sharded_median_of_means_grads(
     layout: str = "auto",
     axis_name: str = "data",
     vectorize: bool = True,
+    batch_stats_update: str = "mean",
+    state_argnum: int | None = None,
+    state_collection: str | None = None,
+    state_momentum: float | None = None,
 ) -> Callable[..., MedianGrads]:
     r"""Median-of-means gradient of a batch sharded over ``mesh``, with few collectives.
 
@@ -245,6 +255,18 @@ def sharded_median_of_means_grads(
         unrolls a loop over them (same results). Under ``vmap`` a convolution's weight
         gradient becomes a grouped convolution, which some backends (XLA on CPU) run
         slowly; the loop keeps ordinary convolutions.
+      batch_stats_update: ``'mean'`` (default): the new state is the mean of the ``D k``
+        chunk updates, all made from the old state. ``'sequential'``: ``k`` consecutive
+        running-average updates in group order, group ``j``'s batch statistic being the
+        mean of its ``D`` chunks' statistics (the chunks of a group run on different
+        devices at once, so the state cannot be threaded; the chunk updates are averaged
+        per group and folded by :func:`cgh_jax.optim.grads.sequential_state_update`,
+        which assumes every floating-point state leaf is a running average with decay
+        ``state_momentum``, as Flax ``BatchNorm(momentum=state_momentum)``'s are).
+      state_argnum: for ``'sequential'``, the position in ``*args`` of the state.
+      state_collection: for ``'sequential'``, the key under which ``loss_fn`` returns
+        the new state (``'batch_stats'``), or None if it returns the state itself.
+      state_momentum: for ``'sequential'``, the decay ``m`` in ``[0, 1)``.
 
     Returns:
       ``grad_fn``. Its ``params`` and ``*args`` are replicated, ``batch`` leaves have a
@@ -280,6 +302,27 @@ def sharded_median_of_means_grads(
         raise ValueError(
             f"axis_name {axis_name!r} is not an axis of the mesh (axes {tuple(mesh.shape)})."
         )
+    if batch_stats_update not in BATCH_STATS_UPDATES:
+        raise ValueError(
+            f"batch_stats_update must be one of {BATCH_STATS_UPDATES}, got {batch_stats_update!r}."
+        )
+    sequential = batch_stats_update == "sequential"
+    if sequential:
+        if not has_state:
+            raise ValueError("batch_stats_update='sequential' needs has_state=True.")
+        if isinstance(state_argnum, bool) or not isinstance(state_argnum, int):
+            raise ValueError(
+                "batch_stats_update='sequential' needs state_argnum, the position in *args of "
+                f"the state that loss_fn updates (e.g. 0); got {state_argnum!r}."
+            )
+        if state_momentum is None:
+            raise ValueError(
+                "batch_stats_update='sequential' in sharded_median_of_means_grads needs "
+                "state_momentum (the decay of the running averages, Flax BatchNorm.momentum): "
+                "a group's chunks run on different devices at once, so the k updates are "
+                "folded, not threaded."
+            )
+        state_momentum = _check_momentum(state_momentum)
     k = num_groups
     num_devices = mesh.shape[axis_name]
     layout = resolve_layout(layout, k, num_devices)
@@ -368,8 +411,37 @@ def sharded_median_of_means_grads(
 
         loss = _group_means(loss)
         aux = None if aux is None else jax.tree.map(_group_means, aux)
-        state = None if state is None else jax.tree.map(_state_mean, state)
+        if sequential:
+            state = _sequential_state(args, state)
+        elif state is not None:
+            state = jax.tree.map(_state_mean, state)
         return MedianGrads(grads, loss, aux, state)
+
+    def _sequential_state(args, state):
+        """Per-chunk states ``[k, ...]`` -> k sequential updates of ``args[state_argnum]``."""
+        if not 0 <= state_argnum < len(args):
+            raise ValueError(
+                f"state_argnum={state_argnum} but grad_fn got {len(args)} extra argument(s)."
+            )
+        old = args[state_argnum]
+        if state_collection is not None:
+            if not isinstance(state, dict) or set(state) != {state_collection}:
+                keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+                raise ValueError(
+                    f"state_collection={state_collection!r}: loss_fn must return its new "
+                    f"state as {{{state_collection!r}: ...}}; got {keys}."
+                )
+            state = state[state_collection]
+        _check_same_state(old, jax.tree.map(lambda x: x[0], state), "loss_fn")
+        for leaf in jax.tree.leaves(old):
+            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+                raise ValueError(
+                    "batch_stats_update='sequential' folds running averages; the state holds "
+                    f"an integer leaf ({jnp.result_type(leaf)})."
+                )
+        group_states = jax.tree.map(_group_means, state)  # [k, ...]: mean over each group's chunks
+        new = sequential_state_update(old, group_states, state_momentum)
+        return new if state_collection is None else {state_collection: new}
 
     def _group_means(x):
         """Per-chunk values ``[k, ...]`` -> group means ``[k, ...]`` over all devices.
