@@ -16,6 +16,9 @@ SCHEDULES = ("constant", "step", "cosine")
 M3_LAYOUTS = ("auto", "vmap", "loop", "reduce_scatter", "group_sharded")
 """``config.optimizer.m3_layout``."""
 
+M3_BATCH_STATS = ("sequential", "mean")
+"""``config.optimizer.m3_batch_stats``: how an M3 update moves BatchNorm running statistics."""
+
 SHARDED_M3_LAYOUTS = ("reduce_scatter", "group_sharded")
 """M3 layouts that split each update's batch over ``devices x num_groups`` chunks."""
 

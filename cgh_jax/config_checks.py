@@ -301,6 +301,7 @@ def check_optimizer(cfg: Mapping[str, Any], *, prefix: str = "optimizer") -> Non
             "use an odd number of groups such as 3 or 5",
         )
     _choice(p + "m3_layout", get("m3_layout"), choices.M3_LAYOUTS)
+    _choice(p + "m3_batch_stats", get("m3_batch_stats"), choices.M3_BATCH_STATS)
     _int(p + "num_clipped", get("num_clipped"), low=0)
     _choice(p + "schedule", get("schedule"), choices.SCHEDULES)
     epochs = get("decay_epochs")

@@ -207,6 +207,7 @@ def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
     cfg.weight_decay = 0.0
     cfg.num_groups = 3
     cfg.m3_layout = "auto"
+    cfg.m3_batch_stats = "sequential"
     cfg.num_clipped = 0
     cfg.schedule = "constant"
     cfg.decay_epochs = (30, 60)

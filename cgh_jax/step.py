@@ -13,7 +13,8 @@ consumes (``spec.gradient``):
   and the median in the optimizer; ``reduce_scatter`` / ``group_sharded`` (several
   devices): :func:`cgh_jax.optim.sharded_median_of_means_grads` inside the step, the same
   update with fewer collective bytes (BatchNorm statistics per device chunk). Running
-  statistics are the mean over groups (chunks);
+  statistics move as ``spec.m3_batch_stats`` says: ``sequential`` (one update per group,
+  in order, as the authors' three forward passes) or ``mean``;
 - ``PER_EXAMPLE`` (``winsorize``): :func:`cgh_jax.optim.per_example_grads` (models without
   BatchNorm).
 
@@ -41,6 +42,7 @@ from cgh_jax.optim import (
     per_example_grads,
     sharded_median_of_means_grads,
 )
+from cgh_jax.optim.grads import check_state_momentum
 from cgh_jax.optim.spec import GROUPED_LAYOUTS, Gradient, OptimizerSpec
 
 
@@ -161,11 +163,67 @@ def make_loss_fn(model, *, has_state: bool) -> Callable:
 # ----------------------------------------------------------------------------- steps
 
 
+def batch_stats_options(model, spec: OptimizerSpec, *, has_state: bool) -> dict[str, Any]:
+    """How M3's group forward passes move BatchNorm running statistics (keywords of
+    ``grouped_grads`` / ``sharded_median_of_means_grads``): ``spec.m3_batch_stats`` with
+    the model's ``bn_momentum`` (the fold of ``sequential`` outside the ``loop`` layout
+    needs it; :func:`cgh_jax.optim.grads.check_state_momentum` checks it)."""
+    if not has_state:
+        return {}
+    return dict(
+        batch_stats_update=spec.m3_batch_stats,
+        state_argnum=0,
+        state_collection="batch_stats",
+        state_momentum=getattr(model, "bn_momentum", None),
+    )
+
+
+def check_batch_stats_fold(model, spec: OptimizerSpec, state: TrainState, image_shape) -> None:
+    """Before training: M3's ``sequential`` BatchNorm statistics outside the ``loop`` layout
+    fold the groups' updates with the model's ``bn_momentum``; checks on one random batch
+    that every running statistic is such an average (two forward passes).
+
+    Raises:
+      ValueError: the model has no ``bn_momentum``, or a statistic is not a running average
+        with that momentum; use ``optimizer.m3_layout='loop'`` or ``m3_batch_stats='mean'``.
+    """
+    has_state = bool(jax.tree.leaves(state.batch_stats))
+    options = batch_stats_options(model, spec, has_state=has_state)
+    if (
+        spec.gradient is not Gradient.GROUPED
+        or options.get("batch_stats_update") != "sequential"
+        or spec.m3_layout == "loop"
+    ):
+        return
+    if options["state_momentum"] is None:
+        raise ValueError(
+            f"optimizer.m3_batch_stats='sequential' with m3_layout={spec.m3_layout!r} needs "
+            f"the model's BatchNorm momentum, and {type(model).__name__} has no bn_momentum; "
+            "set optimizer.m3_layout='loop' or optimizer.m3_batch_stats='mean'"
+        )
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(8, *image_shape)), jnp.float32),
+        "label": jnp.zeros((8,), jnp.int32),
+    }
+    check_state_momentum(
+        make_loss_fn(model, has_state=True),
+        options["state_momentum"],
+        state.params,
+        batch,
+        state.batch_stats,
+        state_argnum=0,
+        state_collection="batch_stats",
+        has_aux=True,
+    )
+
+
 def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize: bool):
     """``fn(state, batch, rng) -> (loss, top1, grads for the optimizer, direction, new
     batch_stats or None)``; ``direction`` is the update direction before weight decay."""
     loss_fn = make_loss_fn(model, has_state=has_state)
     kind = spec.gradient
+    stats = batch_stats_options(model, spec, has_state=has_state)
     if kind is Gradient.BATCH:
 
         def batch_fn(state, batch, rng):
@@ -187,6 +245,7 @@ def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize
             has_state=has_state,
             layout=spec.m3_layout,
             vectorize=vectorize,
+            **stats,
         )
         reduce = None
     elif kind is Gradient.GROUPED:
@@ -201,6 +260,7 @@ def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize
             has_aux=True,
             has_state=has_state,
             vectorize=spec.m3_layout == "vmap",
+            **stats,
         )
         reduce = coordinate_median
     else:
@@ -369,7 +429,9 @@ __all__ = [
     "Steps",
     "TrainState",
     "abstract_train_state",
+    "batch_stats_options",
     "build_steps",
+    "check_batch_stats_fold",
     "create_train_state",
     "cross_entropy",
     "make_eval_step",

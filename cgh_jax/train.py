@@ -240,6 +240,7 @@ class Run:
             state = step_lib.create_train_state(
                 self.model, self.steps.tx, image_shape, rng, self.mesh
             )
+        step_lib.check_batch_stats_fold(self.model, spec, state, image_shape)
         self.state = state
 
     # -- pieces of the loop

@@ -25,7 +25,16 @@ K = 3
 
 
 def _optimizer(**overrides):
-    base = dict(name="m3", learning_rate=0.1, num_groups=K, weight_decay=1e-3, momentum=0.9)
+    # BatchNorm statistics as the mean over groups (chunks), as _chunk_reference makes them;
+    # the sequential option is checked in tests/test_optim_grads.py and test_sharded_m3.py.
+    base = dict(
+        name="m3",
+        learning_rate=0.1,
+        num_groups=K,
+        weight_decay=1e-3,
+        momentum=0.9,
+        m3_batch_stats="mean",
+    )
     return ml_collections.ConfigDict({**base, **overrides})
 
 

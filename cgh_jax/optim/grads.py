@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cgh_jax import choices
+
 
 class GroupedGrads(NamedTuple):
     """What :func:`grouped_grads` and :func:`per_example_grads` return.
@@ -71,7 +73,7 @@ def _mean_over_groups(x: jax.Array) -> jax.Array:
     return x[0]
 
 
-BATCH_STATS_UPDATES = ("mean", "sequential")
+BATCH_STATS_UPDATES = choices.M3_BATCH_STATS
 """Accepted values of ``batch_stats_update`` in :func:`grouped_grads`."""
 
 

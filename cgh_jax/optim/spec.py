@@ -14,6 +14,10 @@ The optimizer config (``config.optimizer``) has these fields:
 ``m3_layout``       M3: how the train step computes the median of the group means:
                     ``auto`` (default) | ``vmap`` | ``loop`` | ``reduce_scatter`` |
                     ``group_sharded`` (:meth:`OptimizerSpec.resolve_layout`).
+``m3_batch_stats``  M3 with BatchNorm: ``sequential`` (default, the authors': one
+                    running-statistics update per group, in order, as ``num_groups``
+                    train-mode forward passes make) or ``mean`` (one update with the mean
+                    of the groups' statistics).
 ``num_clipped``     winsorize: per coordinate, clip to the ``num_clipped``-th smallest and
                     largest per-example values before averaging.
 ``schedule``        ``constant`` | ``step`` | ``cosine``, all stepped per epoch.
@@ -120,6 +124,7 @@ class OptimizerSpec:
       num_clipped: winsorize's clipped values per side (0 otherwise).
       batch_size: examples per group (M3) or per update (the others).
       m3_layout: the configured layout until :meth:`with_layout` fixes a concrete one.
+      m3_batch_stats: ``sequential`` | ``mean`` (M3's BatchNorm running statistics).
       schedule_kind, decay_epochs, decay_factor, warmup_epochs: the schedule, in epochs.
       steps_per_epoch, num_epochs: the schedule's length (:meth:`with_duration`); 1 / 1
         until then.
@@ -134,6 +139,7 @@ class OptimizerSpec:
     num_groups: int = 1
     num_clipped: int = 0
     m3_layout: str = "auto"
+    m3_batch_stats: str = "sequential"
     schedule_kind: str = "constant"
     decay_epochs: tuple[float, ...] = ()
     decay_factor: float = 0.1
@@ -322,6 +328,7 @@ def resolve(cfg: Mapping[str, Any], *, batch_size: int) -> OptimizerSpec:
         num_groups=int(get("num_groups")) if name == "m3" else 1,
         num_clipped=int(get("num_clipped")) if name == "winsorize" else 0,
         m3_layout=get("m3_layout"),
+        m3_batch_stats=get("m3_batch_stats"),
         schedule_kind=get("schedule"),
         decay_epochs=tuple(get("decay_epochs") or ()),
         decay_factor=float(get("decay_factor")),
