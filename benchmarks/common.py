@@ -53,7 +53,7 @@ def optimizer_spec(
     cfg: dict[str, Any] = {"name": name, "learning_rate": learning_rate}
     groups = 1
     if layout is not None:
-        cfg.update(num_groups=num_groups, m3_layout=layout)
+        cfg = {**cfg, "num_groups": num_groups, "m3_layout": layout}
         groups = num_groups
     if examples_per_update % groups:
         raise ValueError(

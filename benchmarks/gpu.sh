@@ -27,7 +27,7 @@
 #                 beside the repository); extracted into the temporary folder.
 #   CIFAR10_ARGS  config arguments of the CIFAR-10 run (default opt=m3,epochs=1: 130 updates
 #                 of 3 x 128 images).
-#   TABLE_S DEFAULT_S CIFAR10_S  time limit of each part in seconds (default 270, 120, 150;
+#   TABLE_S DEFAULT_S CIFAR10_S  time limit of each part in seconds (default 250, 120, 150;
 #                 the table starts no new training run after TABLE_S - 70 s). A part cut
 #                 short still leaves its rows; the script goes on with the next part.
 set -euo pipefail
@@ -48,12 +48,14 @@ if [ "$smoke" = 1 ]; then  # no time limits: a smoke run on a busy CPU is slow, 
   default_config="configs/default.py:runlocal=True"
   cifar_args="${CIFAR10_ARGS:-opt=m3,runlocal=True}"
   cifar_members=(--wildcards 'cifar10jpg/*/*/000?.jpg')
+  cifar_flags=()
 else
-  TABLE_S="${TABLE_S:-270}" DEFAULT_S="${DEFAULT_S:-120}" CIFAR10_S="${CIFAR10_S:-150}"
+  TABLE_S="${TABLE_S:-250}" DEFAULT_S="${DEFAULT_S:-120}" CIFAR10_S="${CIFAR10_S:-150}"
   table_flags=(--budget-s "$((TABLE_S > 140 ? TABLE_S - 70 : TABLE_S / 2))")
   default_config="configs/default.py"
   cifar_args="${CIFAR10_ARGS:-opt=m3,epochs=1}"
   cifar_members=()
+  cifar_flags=(--config.log_every_steps=20)  # several progress reports in 130 updates
 fi
 
 TMP="$(mktemp -d)"  # wheels, CIFAR-10 images, prepared data: removed at the end
@@ -125,7 +127,7 @@ if [ "$runs_ok" = 1 ] && [[ " $PARTS " == *" cifar10 "* ]]; then
   tarball="${CIFAR10_TAR:-../shared/data/cifar10/cifar10jpg.tar.gz}"
   if [ -f "$tarball" ]; then
     tar xzf "$tarball" -C "$TMP" ${cifar_members[@]+"${cifar_members[@]}"}
-    train cifar10 "$CIFAR10_S" \
+    train cifar10 "$CIFAR10_S" ${cifar_flags[@]+"${cifar_flags[@]}"} \
       --config="configs/cifar10_resnet18.py:$cifar_args,path=$TMP/cifar10jpg,data_dir=$TMP/data"
   else
     note "- cifar10: skipped: no tarball at $tarball (set CIFAR10_TAR)."
