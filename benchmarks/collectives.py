@@ -87,7 +87,7 @@ def traffic_rows(model, image_shape, batch_size, num_devices, label):
     rows, sgd = [], None
     for name, variant in METHODS.items():
         if variant == "m3_group_sharded" and num_devices < K:
-            continue  # with fewer devices than groups it would be reduce_scatter again
+            continue  # it needs at least as many devices as groups
         spec = optimizer_spec(variant, examples_per_update=batch_size, num_groups=K)
         trainer = TrainerStep(model, spec, mesh, image_shape)
         compiled = trainer.compile(trainer.abstract_batch(batch_size))

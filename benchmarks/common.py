@@ -68,9 +68,9 @@ class TrainerStep:
 
     Built as :class:`cgh_jax.train` builds it: the model's facts read from its abstract
     variables, the M3 layout fixed by :meth:`OptimizerSpec.resolve_layout` (an explicit
-    layout stays as configured, ``group_sharded`` on fewer devices than groups becomes
-    ``reduce_scatter``), then :func:`cgh_jax.step.build_steps` (state replicated and
-    donated, batch sharded on ``'data'``).
+    layout stays as configured; one that cannot run on the mesh is refused), then
+    :func:`cgh_jax.step.build_steps` (state replicated and donated, batch sharded on
+    ``'data'``).
 
     Attributes:
       spec: the spec with its concrete layout.
