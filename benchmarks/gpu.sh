@@ -127,8 +127,9 @@ if [ "$runs_ok" = 1 ] && [[ " $PARTS " == *" cifar10 "* ]]; then
   tarball="${CIFAR10_TAR:-../shared/data/cifar10/cifar10jpg.tar.gz}"
   if [ -f "$tarball" ]; then
     tar xzf "$tarball" -C "$TMP" ${cifar_members[@]+"${cifar_members[@]}"}
-    train cifar10 "$CIFAR10_S" ${cifar_flags[@]+"${cifar_flags[@]}"} \
-      --config="configs/cifar10_resnet18.py:$cifar_args,path=$TMP/cifar10jpg,data_dir=$TMP/data"
+    train cifar10 "$CIFAR10_S" \
+      --config="configs/cifar10_resnet18.py:$cifar_args,path=$TMP/cifar10jpg,data_dir=$TMP/data" \
+      ${cifar_flags[@]+"${cifar_flags[@]}"}
   else
     note "- cifar10: skipped: no tarball at $tarball (set CIFAR10_TAR)."
   fi
