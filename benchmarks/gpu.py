@@ -16,7 +16,7 @@ Measures, on the first JAX device:
   needed: only jax, flax, optax and numpy.
 
 ``benchmarks/gpu.sh`` runs this script and then two real training runs through
-``python -m cgh_jax.main``, adding their steps/s to the table (:func:`append_runs`).
+``python -m cgh_jax.main``, adding their steps/s to the table (``benchmarks/train_rates.py``).
 
 Run from the repository root (no install needed)::
 
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import StepRunner, TrainerStep, optimizer_spec
+from benchmarks.common import StepRunner, TrainerStep, memory_summary, optimizer_spec
 from cgh_jax import sharding as sharding_lib
 from cgh_jax.models import get_model
 
@@ -53,18 +53,12 @@ OPTIMIZERS = ("sgd", "m3", "rm3", "ra3", "m3_loop")
 
 
 def _memory_bytes(compiled) -> float | None:
+    """XLA's peak bytes of a compiled step (:func:`memory_summary`), None where the backend
+    has no memory analysis."""
     try:
-        m = compiled.memory_analysis()
+        return memory_summary(compiled)["peak"]
     except Exception:  # not every backend implements it
         return None
-    if m is None:
-        return None
-    return float(
-        m.argument_size_in_bytes
-        + m.output_size_in_bytes
-        + m.temp_size_in_bytes
-        - m.alias_size_in_bytes
-    )
 
 
 def bench_train(
