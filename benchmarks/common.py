@@ -1,4 +1,9 @@
-"""Shared pieces of the CPU benchmark scripts: train steps, memory analysis, timing, tables.
+"""Shared pieces of the benchmark scripts: the trainer's step, memory analysis, timing, tables.
+
+Every benchmark that updates parameters times or compiles the trainer's own step
+(:func:`cgh_jax.step.build_steps`, the program ``cgh_jax.train`` runs) with an
+:class:`~cgh_jax.optim.spec.OptimizerSpec`; a benchmark *variant* is an optimizer config
+and, for M3, the ``m3_layout`` the spec is built with (:data:`VARIANTS`).
 
 Import after the script has set ``XLA_FLAGS`` (this module imports jax).
 """
@@ -13,64 +18,134 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from cgh_jax.optim import grouped_grads, m3_sgd, ra3_sgd, rm3_sgd
-from cgh_jax.optim.sharded import sharded_median_of_means_grads
+from cgh_jax import sharding as sharding_lib
+from cgh_jax import step as step_lib
+from cgh_jax.optim import spec as spec_lib
 
-OPTIMIZERS = ("sgd", "m3", "rm3", "ra3")
+VARIANTS = {
+    "sgd": ("sgd", None),
+    "m3": ("m3", "vmap"),
+    "m3_loop": ("m3", "loop"),
+    "rm3": ("rm3", None),
+    "ra3": ("ra3", None),
+    "m3_reduce_scatter": ("m3", "reduce_scatter"),
+    "m3_group_sharded": ("m3", "group_sharded"),
+}
+"""Benchmark variant -> (optimizer name, M3 layout). ``m3`` is M3 with ``grouped_grads``
+through ``jax.vmap``, ``m3_loop`` the same with an unrolled loop over the groups
+(``vectorize=False``); the last two are the communication-efficient layouts of
+:mod:`cgh_jax.optim.sharded`, which need a mesh of several devices."""
 
 
-def make_train_step(
-    loss_fn: Callable[..., Any],
-    optimizer: str,
-    *,
-    num_groups: int = 3,
-    has_state: bool = False,
-    learning_rate: float = 0.1,
-    mesh: Any = None,
-    layout: str = "auto",
-) -> tuple[optax.GradientTransformation, Callable]:
-    """One update ``step(params, extra, opt_state, batch) -> (params, extra, opt_state)``.
+def optimizer_spec(
+    variant: str, *, examples_per_update: int, num_groups: int = 3, learning_rate: float = 0.1
+) -> spec_lib.OptimizerSpec:
+    """The resolved optimizer of a benchmark variant at ``examples_per_update`` examples.
 
-    ``loss_fn(params, batch)`` returns the loss, or with ``has_state``
-    ``loss_fn(params, batch, extra) -> (loss, new_extra)`` (e.g. BatchNorm statistics).
-    Optimizers: ``sgd``, ``m3`` (``grouped_grads`` + ``m3_sgd``), ``m3_loop`` (the same with
-    ``grouped_grads(..., vectorize=False)``), ``rm3``, ``ra3``, and ``m3_sharded``
-    (:func:`sharded_median_of_means_grads` over ``mesh`` + ``sgd``).
+    Every variant sees the same examples per update: M3 takes ``num_groups`` groups of
+    ``examples_per_update / num_groups``, the others one batch of ``examples_per_update``.
+    Constant learning rate, no momentum, no weight decay (the papers' comparisons).
     """
-    tx = {
-        "sgd": optax.sgd(learning_rate),
-        "m3": m3_sgd(learning_rate, num_groups=num_groups),
-        "m3_loop": m3_sgd(learning_rate, num_groups=num_groups),
-        "rm3": rm3_sgd(learning_rate),
-        "ra3": ra3_sgd(learning_rate),
-        "m3_sharded": optax.sgd(learning_rate),
-    }[optimizer]
-    args = lambda extra: (extra,) if has_state else ()
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}.")
+    name, layout = VARIANTS[variant]
+    cfg: dict[str, Any] = {"name": name, "learning_rate": learning_rate}
+    groups = 1
+    if layout is not None:
+        cfg = {**cfg, "num_groups": num_groups, "m3_layout": layout}
+        groups = num_groups
+    if examples_per_update % groups:
+        raise ValueError(
+            f"{variant}: {examples_per_update} examples per update are not a multiple of "
+            f"{groups} groups."
+        )
+    return spec_lib.resolve(cfg, batch_size=examples_per_update // groups)
 
-    def grads_and_extra(params, extra, batch):
-        if optimizer in ("m3", "m3_loop"):
-            vectorize = optimizer == "m3"
-            grad_fn = grouped_grads(loss_fn, num_groups, has_state=has_state, vectorize=vectorize)
-            out = grad_fn(params, batch, *args(extra))
-            return out.grads, out.state if has_state else extra
-        if optimizer == "m3_sharded":
-            fn = sharded_median_of_means_grads(
-                loss_fn, num_groups, mesh, has_state=has_state, layout=layout
+
+class TrainerStep:
+    """The trainer's jitted train step for one model, optimizer spec and mesh.
+
+    Built as :class:`cgh_jax.train` builds it: the model's facts read from its abstract
+    variables, the M3 layout fixed by :meth:`OptimizerSpec.resolve_layout` (an explicit
+    layout stays as configured; one that cannot run on the mesh is refused), then
+    :func:`cgh_jax.step.build_steps` (state replicated and donated, batch sharded on
+    ``'data'``).
+
+    Attributes:
+      spec: the spec with its concrete layout.
+      steps: :class:`cgh_jax.step.Steps` (``train``, ``eval``, ``tx``).
+      image_shape: ``(H, W, C)`` (or ``(D,)``) of one example.
+    """
+
+    def __init__(self, model, spec: spec_lib.OptimizerSpec, mesh, image_shape: Sequence[int]):
+        self.model, self.mesh, self.image_shape = model, mesh, tuple(image_shape)
+        platform = jax.default_backend()
+        facts = step_lib.model_facts(model, self.image_shape, mesh)
+        if spec.gradient is spec_lib.Gradient.GROUPED:
+            layout, _ = spec.resolve_layout(
+                num_devices=mesh.devices.size,
+                has_conv=facts.has_conv,
+                has_state=facts.has_state,
+                platform=platform,
             )
-            out = fn(params, batch, *args(extra))
-            return out.grads, out.state if has_state else extra
-        if has_state:
-            return jax.grad(loss_fn, has_aux=True)(params, batch, extra)
-        return jax.grad(loss_fn)(params, batch), extra
+            spec = spec.with_layout(layout)
+        self.spec = spec
+        self.steps = step_lib.build_steps(
+            model, spec, mesh, facts=facts, with_top5=False, platform=platform
+        )
 
-    def step(params, extra, opt_state, batch):
-        grads, extra = grads_and_extra(params, extra, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), extra, opt_state
+    def abstract_state(self) -> step_lib.TrainState:
+        """Shapes and shardings of the train state (lowering without initializing)."""
+        return step_lib.abstract_train_state(self.model, self.steps.tx, self.image_shape, self.mesh)
 
-    return tx, step
+    def init_state(self, seed: int = 0) -> step_lib.TrainState:
+        """A freshly initialized train state (the trainer's ``create_train_state``)."""
+        rng = jax.random.PRNGKey(seed)
+        return step_lib.create_train_state(
+            self.model, self.steps.tx, self.image_shape, rng, self.mesh
+        )
+
+    def abstract_batch(self, num_examples: int, dtype: Any = jnp.float32) -> dict[str, Any]:
+        """Shapes and sharding of a batch of ``num_examples`` (``image``, ``label``)."""
+        sharding = sharding_lib.batch_sharding(self.mesh)
+        return {
+            "image": jax.ShapeDtypeStruct(
+                (num_examples, *self.image_shape), dtype, sharding=sharding
+            ),
+            "label": jax.ShapeDtypeStruct((num_examples,), jnp.int32, sharding=sharding),
+        }
+
+    def random_batch(self, num_examples: int, num_classes: int, seed: int = 0) -> dict[str, Any]:
+        """A synthetic batch (standard normal images, uniform labels) on the mesh."""
+        k1, k2 = jax.random.split(jax.random.key(seed))
+        batch = {
+            "image": jax.random.normal(k1, (num_examples, *self.image_shape), jnp.float32),
+            "label": jax.random.randint(k2, (num_examples,), 0, num_classes, jnp.int32),
+        }
+        return jax.device_put(batch, sharding_lib.batch_sharding(self.mesh))
+
+    def compile(self, batch: dict[str, Any], state: Any = None):
+        """The compiled train step for ``batch`` (arrays or ``ShapeDtypeStruct``s)."""
+        state = self.abstract_state() if state is None else state
+        return self.steps.train.lower(state, batch).compile()
+
+
+class StepRunner:
+    """Calls a compiled train step on a state it holds (the step donates it): one call, one
+    update; returns the new parameters to block on. ``finite`` is the step's own flag (loss
+    and norms finite) of the last call."""
+
+    def __init__(self, compiled, state: step_lib.TrainState, batch):
+        self.compiled, self.state, self.batch, self._finite = compiled, state, batch, None
+
+    def __call__(self):
+        self.state, _, self._finite = self.compiled(self.state, self.batch)
+        return self.state.params
+
+    @property
+    def finite(self) -> bool:
+        return bool(self._finite)
 
 
 def memory_summary(compiled) -> dict[str, float]:

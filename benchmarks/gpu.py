@@ -2,16 +2,21 @@
 
 Measures, on the first JAX device:
 
-* images/s and step time of ResNet-50 and ResNet-18 at 224x224 (compute bfloat16, float32
-  parameters, synthetic data) for SGD, M3, RM3 and RA3 at the same images per update
-  (SGD, RM3 and RA3 at batch ``3 g``, M3 as 3 groups of ``g``; ``g = 256`` by default, the
-  papers' setting), plus M3 with the three group gradients computed in an unrolled loop
-  (``m3_loop``, ``grouped_grads(..., vectorize=False)``) to compare with the vmapped groups;
+* images/s and step time of the trainer's own train step (``cgh_jax.step.build_steps`` with
+  an ``OptimizerSpec``, as ``cgh_jax.train`` runs it) for ResNet-50 and ResNet-18 at
+  224x224 (compute bfloat16, float32 parameters, synthetic data) with SGD, M3, RM3 and RA3
+  at the same images per update (SGD, RM3 and RA3 at batch ``3 g``, M3 as 3 groups of
+  ``g``; ``g = 256`` by default, the papers' setting), plus M3 with the three group
+  gradients computed in an unrolled loop (``m3_loop``, ``m3_layout='loop'``) to compare
+  with the vmapped groups (``m3``, ``m3_layout='vmap'``);
 * compile time and XLA's memory analysis of every train step (arguments + outputs +
   temporaries - aliased), and the device's peak memory;
 * the host's JPEG decode + random-resized-crop + flip + resize throughput with a process
   pool (numpy + Pillow; skipped with a note when Pillow is missing). TensorFlow is not
   needed: only jax, flax, optax and numpy.
+
+``benchmarks/gpu.sh`` runs this script and then two real training runs through
+``python -m cgh_jax.main``, adding their steps/s to the table (``benchmarks/train_rates.py``).
 
 Run from the repository root (no install needed)::
 
@@ -36,10 +41,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from benchmarks.common import StepRunner, TrainerStep, memory_summary, optimizer_spec
+from cgh_jax import sharding as sharding_lib
 from cgh_jax.models import get_model
-from cgh_jax.optim import grouped_grads, m3_sgd, ra3_sgd, rm3_sgd
 
 OPTIMIZERS = ("sgd", "m3", "rm3", "ra3", "m3_loop")
 
@@ -47,124 +52,49 @@ OPTIMIZERS = ("sgd", "m3", "rm3", "ra3", "m3_loop")
 # ----------------------------------------------------------------------------- training
 
 
-def _loss_fn(model):
-    def loss_fn(params, batch, batch_stats):
-        logits, new_vars = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, new_vars["batch_stats"]
-
-    return loss_fn
-
-
-def make_step(model, optimizer: str, num_groups: int, learning_rate: float = 0.1):
-    """Returns ``(tx, step)``; ``step(params, batch_stats, opt_state, batch)`` is one update.
-
-    ``sgd``, ``rm3`` and ``ra3`` take the gradient of the whole batch; ``m3`` splits it into
-    ``num_groups`` groups with :func:`cgh_jax.grouped_grads` (one vmapped gradient);
-    ``m3_loop`` computes the same group gradients one after the other
-    (``grouped_grads(..., vectorize=False)``) to show what the vmapped form costs or saves.
-    """
-    loss_fn = _loss_fn(model)
-    if optimizer == "sgd":
-        tx = optax.sgd(learning_rate)
-    elif optimizer in ("m3", "m3_loop"):
-        tx = m3_sgd(learning_rate, num_groups=num_groups)
-    elif optimizer == "rm3":
-        tx = rm3_sgd(learning_rate)
-    elif optimizer == "ra3":
-        tx = ra3_sgd(learning_rate)
-    else:
-        raise ValueError(f"Unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}.")
-
-    def grads_and_stats(params, batch_stats, batch):
-        if optimizer == "m3":
-            out = grouped_grads(loss_fn, num_groups, has_state=True)(params, batch, batch_stats)
-            return out.grads, out.state
-        if optimizer == "m3_loop":
-            grad_fn = grouped_grads(loss_fn, num_groups, has_state=True, vectorize=False)
-            out = grad_fn(params, batch, batch_stats)
-            return out.grads, out.state
-        return jax.grad(loss_fn, has_aux=True)(params, batch, batch_stats)
-
-    def step(params, batch_stats, opt_state, batch):
-        grads, batch_stats = grads_and_stats(params, batch_stats, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state
-
-    return tx, jax.jit(step, donate_argnums=(0, 1, 2))
-
-
 def _memory_bytes(compiled) -> float | None:
+    """XLA's peak bytes of a compiled step (:func:`memory_summary`), None where the backend
+    has no memory analysis."""
     try:
-        m = compiled.memory_analysis()
+        return memory_summary(compiled)["peak"]
     except Exception:  # not every backend implements it
         return None
-    if m is None:
-        return None
-    return float(
-        m.argument_size_in_bytes
-        + m.output_size_in_bytes
-        + m.temp_size_in_bytes
-        - m.alias_size_in_bytes
-    )
-
-
-def make_inputs(
-    model_name: str, *, image_size: int, batch_size: int, dtype: Any
-) -> tuple[Any, dict[str, Any], dict[str, jax.Array]]:
-    """The model, its initial variables and one synthetic batch (kept on the device)."""
-    model = get_model(model_name, num_classes=1000, dtype=dtype)
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": jnp.asarray(
-            rng.standard_normal((batch_size, image_size, image_size, 3), dtype=np.float32)
-        ),
-        "label": jnp.asarray(rng.integers(0, 1000, batch_size), dtype=jnp.int32),
-    }
-    variables = jax.jit(lambda k: model.init(k, batch["image"][:1], train=False))(jax.random.key(0))
-    return model, variables, batch
 
 
 def bench_train(
     model_name: str,
     optimizer: str,
-    inputs: tuple[Any, dict[str, Any], dict[str, jax.Array]],
     *,
+    image_size: int,
+    dtype: Any,
     group_batch: int,
     num_groups: int,
     steps: int,
     warmup: int,
 ) -> dict[str, Any]:
-    """Times ``steps`` updates of the model with ``optimizer`` on a synthetic batch."""
-    model, variables, batch = inputs
+    """Times ``steps`` updates of the trainer's step with ``optimizer`` on a synthetic
+    batch (kept on the device), on a one-device mesh."""
     batch_size = group_batch * num_groups
-    # Copies: the step donates its inputs, and the next optimizer starts from the same ones.
-    params = jax.tree.map(jnp.copy, variables["params"])
-    batch_stats = jax.tree.map(jnp.copy, variables["batch_stats"])
-    tx, step = make_step(model, optimizer, num_groups)
-    opt_state = tx.init(params)
+    model = get_model(model_name, num_classes=1000, dtype=dtype)
+    spec = optimizer_spec(optimizer, examples_per_update=batch_size, num_groups=num_groups)
+    trainer = TrainerStep(model, spec, sharding_lib.create_mesh(1), (image_size, image_size, 3))
+    state = trainer.init_state()
+    batch = trainer.random_batch(batch_size, num_classes=1000)
 
     t0 = time.perf_counter()
-    compiled = step.lower(params, batch_stats, opt_state, batch).compile()
+    compiled = trainer.compile(batch, state)
     compile_s = time.perf_counter() - t0
     memory = _memory_bytes(compiled)
 
-    state = (params, batch_stats, opt_state)
+    run = StepRunner(compiled, state, batch)
     for _ in range(warmup):
-        state = compiled(*state, batch)
-    jax.block_until_ready(state)
+        run()
+    jax.block_until_ready(run.state)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        state = compiled(*state, batch)
-        jax.block_until_ready(state)
+        jax.block_until_ready(run())
         times.append(time.perf_counter() - t)
-    loss_ok = bool(all(np.isfinite(x).all() for x in jax.tree.leaves(state[0])))
     step_s = float(np.median(times))
     return {
         "model": model_name,
@@ -176,7 +106,7 @@ def bench_train(
         "images_per_s": batch_size / step_s,
         "compile_s": compile_s,
         "memory_gib": None if memory is None else memory / 2**30,
-        "finite": loss_ok,
+        "finite": run.finite,
     }
 
 
@@ -336,13 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--pipeline-seconds", type=float, default=8.0)
     parser.add_argument(
-        "--budget-s", type=float, default=360.0, help="skip remaining train runs after this"
+        "--budget-s",
+        type=float,
+        default=None,
+        help="skip remaining train runs after this many seconds (default 360; none with --smoke)",
     )
     parser.add_argument("--output", default=None, help="markdown file (default $OUT/...)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.models, args.group_batch, args.image_size = "resnet_tiny", 4, 32
         args.steps, args.warmup, args.pipeline_seconds = 2, 1, 0.5
+    if args.budget_s is None:
+        args.budget_s = float("inf") if args.smoke else 360.0
     models = [m for m in args.models.split(",") if m]
     optimizers = [o for o in args.optimizers.split(",") if o]
     unknown = sorted(set(optimizers) - set(OPTIMIZERS))
@@ -389,24 +324,17 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for model_name in models:
-        inputs = None
         for opt in optimizers:
             elapsed = time.perf_counter() - start
             if elapsed > args.budget_s:
                 rows.append({"model": model_name, "optimizer": opt, "error": "skipped (time)"})
                 continue
             try:
-                if inputs is None:
-                    inputs = make_inputs(
-                        model_name,
-                        image_size=args.image_size,
-                        batch_size=args.group_batch * args.num_groups,
-                        dtype=dtype,
-                    )
                 row = bench_train(
                     model_name,
                     opt,
-                    inputs,
+                    image_size=args.image_size,
+                    dtype=dtype,
                     group_batch=args.group_batch,
                     num_groups=args.num_groups,
                     steps=args.steps,

@@ -1,9 +1,11 @@
 """Step time of M3, RM3 and RA3 relative to SGD for narrow ResNets on this CPU.
 
-One full train step (gradient, optimizer, parameter update; BatchNorm statistics carried)
-at the same global batch for every optimizer (M3: ``3 x batch/3``), measured side by side
-in one process (``m3_loop``: M3 with the three group gradients in an unrolled loop,
-``grouped_grads(..., vectorize=False)``): every repetition runs each optimizer in turn,
+The trainer's own train step (``cgh_jax.step.build_steps`` with an ``OptimizerSpec``:
+gradient, optimizer, parameter update and the step's metrics; BatchNorm statistics carried,
+the state donated) at the same global batch for every optimizer (M3: ``3 x batch/3``),
+measured side by side in one process (``m3``: ``m3_layout='vmap'``; ``m3_loop``:
+``m3_layout='loop'``, the three group gradients in an unrolled loop): every repetition runs
+each optimizer in turn,
 and the table reports the median over repetitions, so all optimizers see the same machine
 load. Besides wall time it reports the process's CPU time per step, which other
 processes on a shared machine do not inflate. Usage, from the
@@ -21,16 +23,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import argparse  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
+    StepRunner,
+    TrainerStep,
     interleaved_step_times,
-    make_train_step,
     markdown_table,
     median,
     num_params,
+    optimizer_spec,
 )
+from cgh_jax import sharding as sharding_lib  # noqa: E402
 from cgh_jax.models import get_model  # noqa: E402
 
 OPTIMIZERS = ("sgd", "m3", "m3_loop", "rm3", "ra3")
@@ -43,37 +46,16 @@ MODELS = {
 def build_runners(model_name: str, batch_size: int):
     base = "resnet18" if model_name.startswith("resnet18") else model_name
     model = get_model(base, num_classes=10, **MODELS[model_name])
-    images = jax.random.normal(jax.random.key(0), (batch_size, 32, 32, 3))
-    labels = jax.random.randint(jax.random.key(1), (batch_size,), 0, 10)
-    batch = {"image": images, "label": labels}
-    variables = jax.jit(lambda k: model.init(k, images[:1]))(jax.random.key(2))
-
-    def loss_fn(params, batch, stats):
-        logits, new = model.apply(
-            {"params": params, "batch_stats": stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, new["batch_stats"]
-
-    runners = {}
+    mesh = sharding_lib.create_mesh(1)
+    runners, count = {}, 0
     for opt in OPTIMIZERS:
-        tx, step = make_train_step(loss_fn, opt, has_state=True)
-        state = [
-            jax.tree.map(jnp.copy, variables["params"]),
-            jax.tree.map(jnp.copy, variables["batch_stats"]),
-            tx.init(variables["params"]),
-        ]
-        compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*state, batch).compile()
-
-        def run(state=state, compiled=compiled):
-            state[:] = compiled(*state, batch)
-            return state[0]
-
-        runners[opt] = run
-    return runners, num_params(variables["params"])
+        spec = optimizer_spec(opt, examples_per_update=batch_size)
+        trainer = TrainerStep(model, spec, mesh, (32, 32, 3))
+        state = trainer.init_state()
+        batch = trainer.random_batch(batch_size, num_classes=10)
+        count = num_params(state.params)
+        runners[opt] = StepRunner(trainer.compile(batch, state), state, batch)
+    return runners, count
 
 
 def main(argv=None) -> int:

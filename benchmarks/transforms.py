@@ -7,14 +7,15 @@ Prints three tables:
     of the throughput of a plain jit-compiled copy: of N floats (same output size) and of
     2N floats (same total bytes, 4N floats). A mean-of-3 kernel ((a + b + c) / 3, the same
     traffic as the median) is shown for comparison.
-(b) the time of one training step (forward, backward, optimizer, parameter update) of
-    ``m3_sgd``, ``rm3_sgd`` and ``ra3_sgd`` relative to ``optax.sgd`` at the same global
+(b) the time of one step of the trainer's own train step (``cgh_jax.step.build_steps``
+    with an ``OptimizerSpec``: forward, backward, optimizer, parameter update, the step's
+    metrics) with ``m3_sgd``, ``rm3_sgd`` and ``ra3_sgd`` relative to SGD at the same global
     batch, on an MLP and on a small CNN. M3 computes 3 group-mean gradients with
-    ``cgh_jax.grouped_grads`` (3 groups of batch/3 examples); the others one gradient of the
-    whole batch; ``m3_sgd*`` is M3 with ``grouped_grads(..., vectorize=False)`` (an unrolled
-    loop over the groups instead of ``jax.vmap``). The steps are jit-compiled with donated
-    buffers and timed side by side in one process: each round times every method once (in
-    rotating order), and the table shows the median over rounds.
+    ``cgh_jax.grouped_grads`` (3 groups of batch/3 examples, ``m3_layout='vmap'``); the
+    others one gradient of the whole batch; ``m3_sgd*`` is M3 with ``m3_layout='loop'`` (an
+    unrolled loop over the groups instead of ``jax.vmap``). The steps are jit-compiled with
+    the state donated and timed side by side in one process: each round times every method
+    once (in rotating order), and the table shows the median over rounds.
 (c) the exact coordinate-wise median of k arrays (``coordinate_median``, x: [k, N]) for odd
     k from 1 to 31: time per input element (time / (k N)) of the current kernel (pruned
     min/max selection networks on order-preserving integer keys, for every k) next to the
@@ -22,11 +23,11 @@ Prints three tables:
     above), kept here for comparison only, and to the same network on the floats
     themselves. Rounds rotate the kernels for every k; the table shows medians.
 
-Usage::
+Usage, from the repository root::
 
-    python benchmarks/transforms.py                 # defaults used in docs/benchmarks.md
-    python benchmarks/transforms.py --rounds 5 --steps 5 --median-size 4194304  # quicker
-    python benchmarks/transforms.py --only median-k     # table (c) alone
+    PYTHONPATH=. python benchmarks/transforms.py     # defaults used in docs/benchmarks.md
+    PYTHONPATH=. python benchmarks/transforms.py --rounds 5 --steps 5 --median-size 4194304
+    PYTHONPATH=. python benchmarks/transforms.py --only median-k     # table (c) alone
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import cgh_jax
+from benchmarks.common import StepRunner, TrainerStep, num_params, optimizer_spec
+from cgh_jax import sharding as sharding_lib
 from cgh_jax.optim import coordinate_median, median3
 from cgh_jax.optim.median import _median_network, median_selection_network
 
@@ -164,7 +166,7 @@ def bench_median_vs_k(size: int, ks: list[int], rounds: int, max_seconds: float)
 
 class MLP(nn.Module):
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(2048)(x))
         return nn.Dense(10)(x)
@@ -172,7 +174,7 @@ class MLP(nn.Module):
 
 class SmallCNN(nn.Module):
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
         x = nn.relu(nn.Conv(16, (3, 3))(x))
         x = nn.avg_pool(x, (2, 2), (2, 2))
         x = nn.relu(nn.Conv(32, (3, 3))(x))
@@ -181,79 +183,37 @@ class SmallCNN(nn.Module):
         return nn.Dense(10)(x)
 
 
-def _make_steps(model: nn.Module, batch_size: int, lr: float = 0.01):
-    """Returns (params, batch, {name: (jitted step, optimizer)})."""
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": jnp.asarray(rng.standard_normal((batch_size, 28, 28, 1)), jnp.float32),
-        "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32),
-    }
-    params = model.init(jax.random.key(0), batch["image"][:1])["params"]
-
-    def loss_fn(params, batch):
-        logits = model.apply({"params": params}, batch["image"])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-
-    grouped = {
-        True: cgh_jax.grouped_grads(loss_fn, 3),
-        False: cgh_jax.grouped_grads(loss_fn, 3, vectorize=False),
-    }
-
-    def plain_step(opt):
-        def step(params, state, batch):
-            grads = jax.grad(loss_fn)(params, batch)
-            updates, state = opt.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-
-        return jax.jit(step, donate_argnums=(0, 1))
-
-    def m3_step(opt, vectorize=True):
-        def step(params, state, batch):
-            grads = grouped[vectorize](params, batch).grads
-            updates, state = opt.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-
-        return jax.jit(step, donate_argnums=(0, 1))
-
-    opts = {
-        "sgd": (optax.sgd(lr), plain_step),
-        "m3_sgd": (cgh_jax.m3_sgd(lr), m3_step),
-        "m3_sgd*": (cgh_jax.m3_sgd(lr), lambda opt: m3_step(opt, vectorize=False)),
-        "rm3_sgd": (cgh_jax.rm3_sgd(lr), plain_step),
-        "ra3_sgd": (cgh_jax.ra3_sgd(lr), plain_step),
-    }
-    return params, batch, {name: (make(opt), opt) for name, (opt, make) in opts.items()}
+METHODS = {"sgd": "sgd", "m3_sgd": "m3", "m3_sgd*": "m3_loop", "rm3_sgd": "rm3", "ra3_sgd": "ra3"}
+"""Printed name -> benchmark variant (:data:`benchmarks.common.VARIANTS`)."""
 
 
 def bench_steps(name: str, model: nn.Module, batch_size: int, steps: int, rounds: int) -> None:
-    params, batch, methods = _make_steps(model, batch_size)
-    num_params = sum(p.size for p in jax.tree.leaves(params))
-    state = {}
-    for method, (step, opt) in methods.items():
-        p = jax.tree.map(jnp.copy, params)
-        s = opt.init(p)
-        p, s = step(p, s, batch)  # compile
-        jax.block_until_ready(p)
-        state[method] = (p, s)
+    mesh = sharding_lib.create_mesh(1)
+    runners, count = {}, 0
+    for method, variant in METHODS.items():
+        spec = optimizer_spec(variant, examples_per_update=batch_size, learning_rate=0.01)
+        trainer = TrainerStep(model, spec, mesh, (28, 28, 1))
+        state = trainer.init_state()
+        batch = trainer.random_batch(batch_size, num_classes=10)
+        count = num_params(state.params)
+        runners[method] = StepRunner(trainer.compile(batch, state), state, batch)
+        jax.block_until_ready(runners[method]())  # the first step, outside the timings
 
     def run(method):
-        step = methods[method][0]
-        p, s = state[method]
         start = time.perf_counter()
         for _ in range(steps):
-            p, s = step(p, s, batch)
-        jax.block_until_ready(p)
-        state[method] = (p, s)
+            out = runners[method]()
+        jax.block_until_ready(out)
         return (time.perf_counter() - start) / steps
 
-    names = list(methods)
+    names = list(METHODS)
     times = {m: [] for m in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for m in order:
             times[m].append(run(m))
     base = statistics.median(times["sgd"])
-    print(f"    {name} ({num_params:,} params), batch {batch_size}:")
+    print(f"    {name} ({count:,} params), batch {batch_size}:")
     for m in names:
         t = statistics.median(times[m])
         print(f"      {m:<10}{t * 1e3:>9.2f} ms{t / base:>8.3f}")
@@ -294,11 +254,11 @@ def main() -> None:
         bench_median_vs_k(args.median_k_size, ks, args.median_k_rounds, max_seconds=0.5)
         return
     bench_median_kernel(args.median_size, args.kernel_repeats)
-    print("(b) step time relative to optax.sgd (median over rounds)")
+    print("(b) trainer step time relative to SGD (median over rounds)")
     print(f"      {'method':<10}{'time/step':>12}{'ratio':>8}")
     bench_steps("MLP 784-2048-10", MLP(), args.batch_size, args.steps, args.rounds)
     bench_steps("CNN c16-c32-d10", SmallCNN(), args.batch_size, args.steps, args.rounds)
-    print("    * m3_sgd with grouped_grads(..., vectorize=False): a loop over the 3 groups")
+    print("    * m3_sgd with m3_layout='loop': a loop over the 3 groups instead of jax.vmap")
     bench_median_vs_k(args.median_k_size, ks, args.median_k_rounds, max_seconds=0.5)
 
 

@@ -3,7 +3,9 @@
 ``benchmarks/gpu.sh`` is only run on a lent accelerator, so its ``--smoke`` mode (a tiny
 ResNet, 2 steps) runs here on the CPU in a fresh process: it must time every optimizer,
 measure the input pipeline and write its table without importing TensorFlow, TFDS, CLU,
-ml_collections or Orbax (the accelerator image has JAX, flax, optax and numpy).
+ml_collections or Orbax (the accelerator image has JAX, flax, optax and numpy). The table
+of trainer runs that ``gpu.sh`` appends comes from ``benchmarks/train_rates.py``, which reads
+the runs' logs.
 """
 
 from __future__ import annotations
@@ -48,3 +50,48 @@ def test_gpu_benchmark_smoke_writes_a_table_for_every_optimizer(tmp_path):
     assert rows[0].split("|")[6].strip() == "1.000"  # SGD against itself
     pipeline = [line for line in table.splitlines() if "JPEG" in line]
     assert pipeline and all(float(line.split("|")[3]) > 0 for line in pipeline)
+
+
+_STUDY_LOG = """\
+I1129 19:00:00.000000 1 study.py:123] Study run 1/2: sgd -> /w/default/sgd
+I1129 19:00:01.000000 1 train.py:347] Training mlp with sgd: 400 steps (40 per epoch, 100 \
+examples per update) on 1 devices in 1 processes.
+I1129 19:00:02.000000 1 train.py:393] step 200/400 (epoch 5.00) 50.00 steps/s, ETA 0:04: \
+loss=1, top1=0.5
+I1129 19:00:03.000000 1 train.py:393] step 400/400 (epoch 10.00) 300.00 steps/s, ETA 0:00: \
+loss=1, top1=0.5
+I1129 19:00:04.000000 1 study.py:129] Run sgd finished in 12.5 s.
+I1129 19:00:05.000000 1 study.py:123] Study run 2/2: m3 -> /w/default/m3
+I1129 19:00:05.000000 1 train.py:239] M3 layout vmap (auto: one device; grouped path).
+I1129 19:00:06.000000 1 train.py:347] Training mlp with m3: 130 steps (13 per epoch, 300 \
+examples per update) on 1 devices in 1 processes.
+I1129 19:00:07.000000 1 train.py:393] step 100/130 (epoch 7.69) 20.00 steps/s, ETA 0:01: \
+loss=1, top1=0.5
+"""
+
+
+def test_train_rates_reads_steps_per_second_of_each_run_from_the_logs(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_rates
+
+    runs = train_rates.parse_log("default", _STUDY_LOG)
+    assert [(r.name, r.optimizer, r.examples_per_update) for r in runs] == [
+        ("sgd", "sgd", 100),
+        ("m3", "m3", 300),
+    ]
+    assert runs[0].steps_per_s == (300.0, False)  # the first report includes compilation
+    assert runs[1].steps_per_s == (20.0, True)  # the only report
+    assert (runs[0].last_step, runs[0].total_steps, runs[0].wall_s) == (400, 400, 12.5)
+    single = _STUDY_LOG.split("I1129 19:00:05.000000 1 study.py:123]")[0].split("\n", 1)[1]
+    (run,) = train_rates.parse_log("cifar10", single)
+    assert (run.job, run.name, run.model) == ("cifar10", "cifar10", "mlp")
+
+    log = tmp_path / "default.log"
+    log.write_text(_STUDY_LOG)
+    output = tmp_path / "table.md"
+    argv = [f"default={log}", f"cifar10={tmp_path / 'none.log'}", "--output", str(output)]
+    assert train_rates.main(argv) == 0
+    rows = [line for line in output.read_text().splitlines() if line.startswith("| default")]
+    assert [row.split("|")[7].strip() for row in rows] == ["300.0", "20.0*"]
+    assert [row.split("|")[8].strip() for row in rows] == ["30000", "6000"]
+    assert "| cifar10 | - |" in output.read_text()
