@@ -82,15 +82,7 @@ class TrainerStep:
         self.model, self.mesh, self.image_shape = model, mesh, tuple(image_shape)
         platform = jax.default_backend()
         facts = step_lib.model_facts(model, self.image_shape, mesh)
-        if spec.gradient is spec_lib.Gradient.GROUPED:
-            layout, _ = spec.resolve_layout(
-                num_devices=mesh.devices.size,
-                has_conv=facts.has_conv,
-                has_state=facts.has_state,
-                platform=platform,
-            )
-            spec = spec.with_layout(layout)
-        self.spec = spec
+        self.spec = spec = step_lib.fix_layout(spec, facts, mesh, platform)
         self.steps = step_lib.build_steps(
             model, spec, mesh, facts=facts, with_top5=False, platform=platform
         )

@@ -207,15 +207,7 @@ class Run:
                 f"optimizer {spec.name!r} needs per-example gradients, which BatchNorm models "
                 f"({config.model.name!r}) do not have; use a model without BatchNorm."
             )
-        if spec.gradient is spec_lib.Gradient.GROUPED:
-            layout, reason = spec.resolve_layout(
-                num_devices=self.mesh.devices.size,
-                has_conv=facts.has_conv,
-                has_state=facts.has_state,
-                platform=jax.default_backend(),
-            )
-            logging.info("M3 layout %s (%s).", layout, reason)
-            spec = spec.with_layout(layout)
+        spec = step_lib.fix_layout(spec, facts, self.mesh, jax.default_backend())
         self.spec = spec = spec.with_duration(
             steps_per_epoch=self.steps_per_epoch, num_epochs=config.num_epochs
         )

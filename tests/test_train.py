@@ -131,6 +131,6 @@ def test_winsorize_rejects_batchnorm(mock_imagenet, tmp_path):
 
 def test_batch_must_split_over_devices(mock_imagenet, tmp_path):
     cfg = imagenet_config("sgd", {"name": "mlp", "hidden": (8,)}, batch_size=12)
-    with pytest.raises(ValueError, match="does not split evenly over 8 devices"):
+    with pytest.raises(ValueError, match="do not split evenly over 8 devices"):
         train.train_and_evaluate(cfg, str(tmp_path))
     assert not os.path.exists(tmp_path / "metrics.jsonl")
