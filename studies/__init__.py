@@ -5,11 +5,4 @@ study module holds its runs and comparisons as data (:class:`studies.runs.Run` l
 comparison pairs, verdict rules) plus ``train(args)`` and ``page(args, trained)``.
 """
 
-STUDIES = (
-    "label_noise",
-    "suppression",
-    "easy_hard",
-    "coherence",
-    "imagenet",
-    "summary",
-)
+STUDIES = ("label_noise", "suppression", "easy_hard", "coherence", "imagenet", "summary")

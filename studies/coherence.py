@@ -1,12 +1,9 @@
 r"""m-coherence over training, real vs random labels (Chatterjee & Zielinski 2020).
 
-For the per-example gradients :math:`g_1, \dots, g_m` of a fixed sample of :math:`m` training
-examples, :math:`\alpha = \lVert \sum_i g_i \rVert^2 / \sum_i \lVert g_i \rVert^2` is 1 when
-they are pairwise orthogonal and :math:`m` when identical (below 1 when they cancel). The CG
-MLP (2048 ReLUs) is trained by the trainer with SGD (lr 0.1, batch 100) twice on the same
-MNIST examples, with real and with random labels (noise 1.0 of the W&S scheme);
-``cgh_jax.analysis.CoherenceHook`` measures the sample's :math:`\alpha` and accuracy at steps
-spaced logarithmically. CGH expects real labels to be far more coherent early on, and
+The CG MLP trains with SGD on the same 2,000 MNIST images twice, with real and with random
+labels; ``cgh_jax.analysis.CoherenceHook`` measures the m-coherence
+:math:`\alpha = \lVert \sum_i g_i \rVert^2 / \sum_i \lVert g_i \rVert^2` of a fixed sample at steps
+spaced logarithmically. CGH expects real labels to be far more coherent early on, and the
 coherence to fall as the examples are fitted. A few minutes on 2 CPU cores::
 
   python -m studies coherence --out docs/results/coherence
@@ -20,52 +17,31 @@ from pathlib import Path
 import numpy as np
 
 from studies import page as P
-from studies.runs import (
-    SUBSET_SEED,
-    Run,
-    build_config,
-    run_training,
-    run_wall_s,
-    say,
-    train_examples,
-)
+from studies import runs as R
 
 KINDS = {"real labels": 0.0, "random labels": 1.0}
-SUBSET, SAMPLE, CHUNK, EPOCHS, SEED, SAMPLE_SEED = 2_000, 200, 100, 60, 0, 0
+SUBSET, SAMPLE, CHUNK, EPOCHS, SAMPLE_SEED = 2_000, 200, 100, 60, 0
 STEPS = (0, 3, 10, 30, 100, 300, 600, 1000, 2000, 3000)
 HELDOUT, EVAL_CAP = 1_000, 500  # the trainer's per-epoch evaluation, kept small
-SETTINGS = {"eval_batch_size": 400, "checkpoint_every_steps": 0, "log_every_steps": 100}
-QUICK = {"num_epochs": 2, "model.hidden": (32,), "batch_size": 40}
 QUICK_SUBSET, QUICK_SAMPLE, QUICK_CHUNK = (800, 200), 64, 16
 POINTS = "coherence.json"  # the measured points, beside the run's metrics.jsonl
 
 
-def plan(quick: bool) -> dict[str, Run]:
+def plan(quick: bool) -> dict[str, R.Run]:
+    subset = QUICK_SUBSET if quick else (SUBSET, HELDOUT)
     return {
-        kind: Run(
-            dir="real" if noise == 0 else "random",
-            config="mnist_cg",
-            arg=f"opt=sgd,scheme=uniform,net=2048,noise={noise}",
-            overrides={**SETTINGS, "num_epochs": EPOCHS, **(QUICK if quick else {})},
-            seed=SEED,
-            subset=QUICK_SUBSET if quick else (SUBSET, HELDOUT),
-            eval_cap=EVAL_CAP,
-        )
+        kind: R.cg_sgd("real" if noise == 0 else "random", noise, EPOCHS, quick, subset, EVAL_CAP)
         for kind, noise in KINDS.items()
     }
 
 
 def fixed_sample(data_config, size: int, seed: int = SAMPLE_SEED) -> dict[str, np.ndarray]:
     """A seeded random sample of ``size`` training examples, with the labels trained on."""
-    got = train_examples(data_config, ("image", "label", "true_label"), batch_size=500)
+    got = R.train_examples(data_config, ("image", "label", "true_label"), batch_size=500)
     if got["label"].size < size:
         raise ValueError(f"The training set has {got['label'].size} examples, fewer than {size}.")
     pick = np.sort(np.random.default_rng(seed).choice(got["label"].size, size, replace=False))
-    return {
-        "image": got["image"][pick],
-        "label": got["label"][pick].astype(np.int32),
-        "true_label": got["true_label"][pick].astype(np.int32),
-    }
+    return {k: v[pick] if k == "image" else v[pick].astype(np.int32) for k, v in got.items()}
 
 
 def train(args):
@@ -75,10 +51,10 @@ def train(args):
     m, chunk = (QUICK_SAMPLE, QUICK_CHUNK) if args.quick else (SAMPLE, CHUNK)
     curves, dirs, configs = {}, {}, {}
     for kind, run in plan(args.quick).items():
-        cfg, run_dir = build_config(run, args), Path(args.workdir) / run.dir
+        cfg, run_dir = R.build_config(run, args), Path(args.workdir) / run.dir
         hook = CoherenceHook(fixed_sample(cfg.data, m), STEPS, chunk)
-        say(f"coherence: training with {kind}, measuring m-coherence of {m} examples")
-        run_training(cfg, run_dir, hooks=[hook])
+        R.say(f"coherence: training with {kind}, measuring m-coherence of {m} examples")
+        R.run_training(cfg, run_dir, hooks=[hook])
         if hook.points and hook.points[0]["step"] == min(STEPS):
             (run_dir / POINTS).write_text(json.dumps(hook.points, indent=1))
         elif hook.points or not (run_dir / POINTS).exists():
@@ -86,12 +62,9 @@ def train(args):
                 f"{run_dir} has no complete m-coherence points (the run was resumed, or "
                 "finished without the hook); delete the run directory and rerun."
             )
-        curves[kind], dirs[kind], configs[kind] = _load(run_dir), run_dir, cfg
+        curves[kind] = json.loads((run_dir / POINTS).read_text())
+        dirs[kind], configs[kind] = run_dir, cfg
     return curves, dirs, configs, m, chunk
-
-
-def _load(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / POINTS).read_text())
 
 
 def plot(curves: dict[str, list[dict]], path: Path, m: int) -> None:
@@ -120,12 +93,20 @@ def plot(curves: dict[str, list[dict]], path: Path, m: int) -> None:
     fig.savefig(path, dpi=120)
 
 
-def verdict(curves: dict[str, list[dict]], m: int) -> list[str]:
+def _facts(curves: dict[str, list[dict]]):
+    """Real and random curves, their points paired by step, those up to step 100, the real
+    curve's peak and whether it ends below half of it."""
     real, rand = curves["real labels"], curves["random labels"]
     by_step = {p["step"]: p for p in rand}
     pairs = [(p, by_step[p["step"]]) for p in real if p["step"] in by_step]
-    higher = [a["alpha"] > b["alpha"] for a, b in pairs]
+    peak = max(real, key=lambda p: p["alpha"])
     early = [(a, b) for a, b in pairs if a["step"] <= 100]
+    return real, rand, pairs, early, peak, real[-1]["alpha"] < peak["alpha"] / 2
+
+
+def verdict(curves: dict[str, list[dict]], m: int) -> list[str]:
+    real, rand, pairs, early, peak, falls = _facts(curves)
+    higher = [a["alpha"] > b["alpha"] for a, b in pairs]
     if all(higher):
         lines = [
             f"- **Real labels are more coherent at every measured step** ({len(pairs)} "
@@ -143,8 +124,7 @@ def verdict(curves: dict[str, list[dict]], m: int) -> list[str]:
             f"- Early in training (steps ≤ 100) the real-label coherence is up to "
             f"{ratio:.1f}x the random-label coherence."
         )
-    peak, last = max(real, key=lambda p: p["alpha"]), real[-1]
-    falls = last["alpha"] < peak["alpha"] / 2
+    last = real[-1]
     lines.append(
         f"- Real labels: α peaks at {peak['alpha']:.1f} (step {peak['step']}) and ends at "
         f"{last['alpha']:.1f} (step {last['step']}, sample accuracy "
@@ -178,12 +158,8 @@ def verdict(curves: dict[str, list[dict]], m: int) -> list[str]:
 
 def summary_item(curves: dict[str, list[dict]]) -> dict[str, str]:
     """The README summary row (computed from the curves)."""
-    real, rand = curves["real labels"], curves["random labels"]
-    by_step = {p["step"]: p for p in rand}
-    early = [(p, by_step[p["step"]]) for p in real if p["step"] in by_step and p["step"] <= 100]
+    real, rand, _, early, peak, falls = _facts(curves)
     more_coherent = bool(early) and all(a["alpha"] > b["alpha"] for a, b in early)
-    peak = max(real, key=lambda p: p["alpha"])
-    falls = real[-1]["alpha"] < peak["alpha"] / 2
     return {
         "study": "m-coherence (Chatterjee & Zielinski 2020)",
         "setting": f"MNIST, MLP 2048, SGD; m = {real[0]['m']:,} training examples",
@@ -198,58 +174,39 @@ def summary_item(curves: dict[str, list[dict]]) -> dict[str, str]:
 def page(args, trained) -> P.Page:
     curves, dirs, configs, m, chunk = trained
     plot(curves, Path(args.out) / "coherence.png", m)
-    rand_by_step = {p["step"]: p for p in curves["random labels"]}
-    rows = []
-    for p in curves["real labels"]:
-        q = rand_by_step.get(p["step"])
-        rows.append(
-            [
-                f"{p['step']:,}",
-                f"{p['epoch']:.2f}",
-                f"{p['alpha']:.2f}",
-                P.pct(p["accuracy"]),
-                f"{q['alpha']:.2f}" if q else "—",
-                P.pct(q["accuracy"]) if q else "—",
-            ]
-        )
-    columns = [
-        "step",
-        "epoch",
-        "α, real labels",
-        "sample accuracy, real",
-        "α, random labels",
-        "sample accuracy (random labels)",
+    rand = {p["step"]: p for p in curves["random labels"]}
+    rows = [
+        [f"{p['step']:,}", f"{p['epoch']:.2f}", f"{p['alpha']:.2f}", P.pct(p["accuracy"])]
+        + ([f"{q['alpha']:.2f}", P.pct(q["accuracy"])] if (q := rand.get(p["step"])) else ["—"] * 2)
+        for p in curves["real labels"]
     ]
+    columns = (
+        "step|epoch|α, real labels|sample accuracy, real|α, random labels|"
+        "sample accuracy (random labels)"
+    ).split("|")
     steps = [p["step"] for p in curves["real labels"]]
     cfg = configs["real labels"]
-    walls = {kind: run_wall_s(d) for kind, d in dirs.items()}
+    walls = {kind: R.run_wall_s(d) for kind, d in dirs.items()}
     data = (
-        P.QUICK_DATA
-        if args.quick
-        else f"real MNIST IDX files ({args.mnist}); a seeded random subset of {SUBSET:,} "
-        f"training examples (numpy default_rng({SUBSET_SEED})); the sample: {m:,} examples of "
+        f"real MNIST IDX files ({args.mnist}); a seeded random subset of {SUBSET:,} "
+        f"training examples (numpy default_rng({R.SUBSET_SEED})); the sample: {m:,} examples of "
         f"the subset drawn by numpy default_rng({SAMPLE_SEED}), with the labels trained on"
     )
     return P.Page(
         title="m-coherence over training: real vs random labels (Chatterjee & Zielinski 2020)",
-        seeds=[SEED],
+        seeds=[R.CG_SEED],
         data=data,
         body=[
             "## Results",
-            "",
             P.markdown_table(columns, rows),
-            "",
             "![m-coherence and sample accuracy against steps](coherence.png)",
-            "",
             "## What CGH expects, and what happened",
-            "",
-            *verdict(curves, m),
+            "\n".join(verdict(curves, m)),
         ],
         runs_wall_s=sum(walls.values()),
         extra={
-            "Model and optimizer": f"MLP {'-'.join(str(h) for h in cfg.model.hidden)} (ReLU), "
-            f"SGD lr {cfg.optimizer.learning_rate}, batch {cfg.batch_size}, "
-            f"{cfg.num_epochs} epochs ({max(steps):,} steps)",
+            "Model and optimizer": f"{P.mlp_sgd(cfg)}, {cfg.num_epochs} epochs "
+            f"({max(steps):,} steps)",
             "Random labels": "noise 1.0 of the W&S `uniform` scheme (every label redrawn "
             "uniformly over the 10 classes, noise seed 0)",
             "Measurement": f"`cgh_jax.analysis.CoherenceHook` (`m_coherence`) on m = {m:,} "

@@ -1,78 +1,57 @@
-r"""Easy and hard examples (Zielinski, Krishnan & Chatterjee 2020, section 4).
+r"""Easy and hard examples (W&S §4): probe, split, then train and test within each side.
 
-1. Probe: the CG MLP (2048 ReLUs), 2 epochs of SGD (lr 0.1, batch 100) on clean MNIST;
-   every training example is *easy* if then classified correctly in evaluation mode, *hard*
-   otherwise (``configs/easy_hard.py:stage=probe``).
-2. Split: each side is cut at random (seeded) into disjoint train and test parts of the same
-   sizes on both sides, 80% / 20% of the hard side
-   (``cgh_jax.analysis.easy_hard.make_easy_hard_splits``).
-3. A fresh model per side and seed trains on the side's train part and is tested on its
-   held-out part (``stage=easy`` / ``stage=hard``).
-
-W&S find (on ImageNet) that easy examples generalize much better among themselves than hard
-ones. About 6 minutes on 2 CPU cores::
+A 2-epoch SGD probe of the CG MLP on all MNIST training images labels each example easy
+(correct in evaluation mode) or hard; each side is cut into equal-size train/test parts (80% /
+20% of the hard side) and a fresh model per side and seed trains on its train part and is
+tested on its test part. W&S find easy examples generalize much better among themselves.
+About 6 minutes on 2 CPU cores::
 
   python -m studies easy_hard --out docs/results/easy_hard
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from studies import page as P
-from studies.runs import REPO, Run, run_wall_s, say, seeded
-from studies.runs import train as train_run
+from studies import runs as R
 
 SIDES = ("easy", "hard")
 SEEDS, EPOCHS, PROBE_SEED, SPLIT_SEED = (0, 1, 2), 20, 0, 0
 TRAIN_FRACTION, TEST_FRACTION = 0.8, 0.2  # of the smaller (hard) side, per side
-SETTINGS = {"eval_batch_size": 400, "checkpoint_every_steps": 0, "log_every_steps": 100}
-QUICK = {"model.hidden": (32,), "batch_size": 40}
 QUICK_SEEDS, QUICK_EPOCHS = (0,), 2
 
 
-def plan(quick: bool) -> tuple[Run, dict[str, list[Run]]]:
+def plan(quick: bool) -> tuple[R.Run, dict[str, list[R.Run]]]:
     """The probe run, and per side one run per seed on the side's ids."""
-    settings = {**SETTINGS, **(QUICK if quick else {})}
-    probe = Run(
-        "probe",
-        "easy_hard",
-        "stage=probe,dataset=mnist",
-        overrides={**settings, "data.eval_subset_size": 400 if quick else 5_000},
-        seed=PROBE_SEED,
-    )
+    small = R.QUICK_MLP if quick else {}
+    probe_set = {**small, "data.eval_subset_size": 400 if quick else 5_000}
+    probe = R.Run("probe", "easy_hard", "stage=probe,dataset=mnist", probe_set, PROBE_SEED)
     sides = {
-        side: seeded(
-            Run(
-                side,
-                "easy_hard",
-                f"stage={side},dataset=mnist,ids={{workdir}}/ids",
-                overrides={**settings, "num_epochs": QUICK_EPOCHS if quick else EPOCHS},
-            ),
-            QUICK_SEEDS if quick else SEEDS,
-        )
+        side: R.Run(side, "easy_hard", f"stage={side},dataset=mnist,ids={{workdir}}/ids")
         for side in SIDES
     }
-    return probe, sides
+    epochs = {**small, "num_epochs": QUICK_EPOCHS if quick else EPOCHS}
+    seeds = QUICK_SEEDS if quick else SEEDS
+    return probe, {
+        k: R.seeded(dataclasses.replace(r, overrides=epochs), seeds) for k, r in sides.items()
+    }
 
 
 def train(args):
     from cgh_jax.analysis import easy_hard
 
     probe, sides = plan(args.quick)
-    probe_dir, cfg = train_run(probe, args)
+    probe_dir, cfg = R.train(probe, args)
     records = probe_dir / "per_example" / f"epoch_{int(cfg.num_epochs):03d}.npz"
     if not records.exists():
         raise FileNotFoundError(f"The probe wrote no per-example records at {records}.")
-    split = easy_hard.make_easy_hard_splits(
-        records,
-        Path(args.workdir) / "ids",
-        train_size=TRAIN_FRACTION,
-        test_size=TEST_FRACTION,
-        seed=SPLIT_SEED,
-    )
-    say(f"easy_hard: {split['num_easy']:,} easy, {split['num_hard']:,} hard; {split['sizes']}")
-    dirs = {side: [train_run(run, args)[0] for run in runs] for side, runs in sides.items()}
+    ids = Path(args.workdir) / "ids"
+    fractions = dict(train_size=TRAIN_FRACTION, test_size=TEST_FRACTION, seed=SPLIT_SEED)
+    split = easy_hard.make_easy_hard_splits(records, ids, **fractions)
+    R.say(f"easy_hard: {split['num_easy']:,} easy, {split['num_hard']:,} hard; {split['sizes']}")
+    dirs = {side: [R.train(run, args)[0] for run in runs] for side, runs in sides.items()}
     return probe_dir, cfg, split, dirs
 
 
@@ -80,19 +59,11 @@ def side_rows(runs: dict[str, list[Path]], sizes: dict[str, int]) -> list[dict]:
     rows = []
     for side, dirs in runs.items():
         finals = P.finals(dirs)
-        train = [f["train_sample/top1"] for f in finals]
-        test = [f["test/top1"] for f in finals]
+        train, test = ([f[f"{k}/top1"] for f in finals] for k in ("train_sample", "test"))
+        row = dict(side=side, train_size=sizes[f"{side}_train"], test_size=sizes[f"{side}_test"])
+        row.update(train=train, test=test, gap=[a - b for a, b in zip(train, test, strict=True)])
         rows.append(
-            dict(
-                side=side,
-                train_size=sizes[f"{side}_train"],
-                test_size=sizes[f"{side}_test"],
-                train=train,
-                test=test,
-                gap=[a - b for a, b in zip(train, test, strict=True)],
-                epochs=finals[0]["epoch"],
-                wall_s=[run_wall_s(d) for d in dirs],
-            )
+            {**row, "epochs": finals[0]["epoch"], "wall_s": [R.run_wall_s(d) for d in dirs]}
         )
     return rows
 
@@ -153,16 +124,10 @@ def summary_item(rows: list[dict]) -> dict[str, str]:
     }
 
 
-COLUMNS = [
-    "trained and tested on",
-    "train examples",
-    "held-out test examples",
-    "final train accuracy",
-    "test accuracy",
-    "generalization gap (points)",
-    "epochs",
-    "wall time per run",
-]
+COLUMNS = (
+    "trained and tested on|train examples|held-out test examples|final train accuracy|"
+    "test accuracy|generalization gap (points)|epochs|wall time per run"
+).split("|")
 
 
 def page(args, trained) -> P.Page:
@@ -179,63 +144,40 @@ def page(args, trained) -> P.Page:
     )
     probe_final = P.finals([probe_dir])[0]
     table = [
-        [
-            f"{r['side']} → {r['side']}",
-            f"{r['train_size']:,}",
-            f"{r['test_size']:,}",
-            P.pct(r["train"]),
-            P.pct(r["test"]),
-            P.pct(r["gap"]),
-            f"{r['epochs']:g}",
-            P.format_seconds(sum(r["wall_s"]) / len(r["wall_s"])),
-        ]
+        [f"{r['side']} → {r['side']}", f"{r['train_size']:,}", f"{r['test_size']:,}"]
+        + [P.pct(r[k]) for k in ("train", "test", "gap")]
+        + [f"{r['epochs']:g}", P.format_seconds(P.mean(r["wall_s"]))]
         for r in rows
     ]
-    hard_classes = split.get("class_counts", {}).get("hard_train")
-    class_line = ""
-    if hard_classes:
-        counts = sorted(hard_classes.items(), key=lambda x: int(x[0]))
-        class_line = (
-            "True classes of the hard train part (digit: count): "
-            + ", ".join(f"{k}: {v}" for k, v in counts)
-            + "."
-        )
+    counts = sorted(
+        split.get("class_counts", {}).get("hard_train", {}).items(), key=lambda x: int(x[0])
+    )
+    classes = ", ".join(f"{k}: {v}" for k, v in counts)
     seeds = QUICK_SEEDS if args.quick else SEEDS
+    ids = P.relpath(Path(args.workdir) / "ids", R.REPO)
     body = [
         "## Results",
-        "",
         "Accuracy in %; the generalization gap is the final training accuracy minus the test "
         "accuracy, in points.",
-        "",
         P.markdown_table(COLUMNS, table),
-        "",
         "![train and test accuracy of the easy and hard sides](curves.png)",
-        "",
-        class_line,
-        "",
+        f"True classes of the hard train part (digit: count): {classes}." if counts else "",
         "## What W&S found, and what happened here",
-        "",
-        *verdict(rows),
-        "",
-        "Id files and their summary: `"
-        + P.relpath(Path(args.workdir) / "ids", REPO)
-        + "/` (`easy_hard_summary.json`).",
+        "\n".join(verdict(rows)),
+        f"Id files and their summary: `{ids}/` (`easy_hard_summary.json`).",
     ]
     data = (
-        P.QUICK_DATA
-        if args.quick
-        else f"real MNIST IDX files ({args.mnist}): all 60,000 training examples for the "
-        "probe; the easy/hard parts are drawn from them (the MNIST test split is not used)"
+        f"real MNIST IDX files ({args.mnist}): all 60,000 training examples for the probe; the "
+        "easy/hard parts are drawn from them (the MNIST test split is not used)"
     )
     return P.Page(
         title="Easy and hard examples (W&S §4)",
         seeds=list(seeds),
         data=data,
         body=body,
-        runs_wall_s=run_wall_s(probe_dir) + sum(w for r in rows for w in r["wall_s"]),
+        runs_wall_s=R.run_wall_s(probe_dir) + sum(w for r in rows for w in r["wall_s"]),
         extra={
-            "Model and optimizer": f"MLP {'-'.join(str(h) for h in cfg.model.hidden)} (ReLU), "
-            f"SGD lr {cfg.optimizer.learning_rate}, batch {cfg.batch_size}, no momentum",
+            "Model and optimizer": f"{P.mlp_sgd(cfg)}, no momentum",
             "Probe": f"2 epochs on clean labels, seed {PROBE_SEED}; final training-sample "
             f"accuracy {P.pct(probe_final['train_sample/top1'])}%, test "
             f"{P.pct(probe_final['test/top1'])}%",

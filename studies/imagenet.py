@@ -38,8 +38,6 @@ SMOKE_ARGS = {
     "easy_hard": ["stage=probe,dataset=imagenet,runlocal"],
 }
 MOCK_EXAMPLES = 64
-
-
 FACTS = ("Hardware and time", "Expected result", "Arguments")
 
 
@@ -65,12 +63,19 @@ def docstring_parts(name: str) -> tuple[str, list[str], list[str]]:
     return doc.split("\n\n")[0].strip(), commands, items
 
 
-def config_section(name: str, title: str) -> str:
+def head(name: str, title: str) -> tuple[list[str], list[str]]:
+    """A section's heading, summary and facts from the config's docstring, and its commands."""
     summary, commands, facts = docstring_parts(name)
-    lines = [f"## {title}: `configs/{name}.py`", "", summary, "", *facts]
-    lines += ["", "Launch command from the config's docstring:", ""]
-    for block in commands:
-        lines += ["```bash", block, "```", ""]
+    return [f"## {title}: `configs/{name}.py`", "", summary, "", *facts, ""], commands
+
+
+def bash(blocks) -> list[str]:
+    return [line for block in blocks for line in ("```bash", block, "```", "")]
+
+
+def config_section(name: str, title: str) -> str:
+    lines, commands = head(name, title)
+    lines += ["Launch command from the config's docstring:", "", *bash(commands)]
     lines += [
         "The run matrix of the paper (one workdir per run; on a pod slice run each command "
         "on every worker, see [docs/launch.md](../launch.md)):",
@@ -85,16 +90,12 @@ def config_section(name: str, title: str) -> str:
                 f"--workdir=gs://BUCKET/cgh/{tag} "
                 "--config.data.data_dir=gs://BUCKET/tensorflow_datasets"
             )
-    lines += ["```", ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, "```", ""])
 
 
 def easy_hard_section() -> str:
-    summary, commands, facts = docstring_parts("easy_hard")
-    lines = ["## Easy and hard examples on ImageNet: `configs/easy_hard.py`", "", summary, ""]
+    lines, commands = head("easy_hard", "Easy and hard examples on ImageNet")
     lines += [
-        *facts,
-        "",
         "The three stages with the paper's split sizes (500,000 train and 100,000 test "
         "examples per side):",
         "",
@@ -117,9 +118,7 @@ def easy_hard_section() -> str:
         "The commands in the config's docstring (MNIST form):",
         "",
     ]
-    for block in commands:
-        lines += ["```bash", block, "```", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + bash(commands))
 
 
 def smoke_runs() -> list[list[str]]:

@@ -1,13 +1,9 @@
-r"""Label noise (Chatterjee 2020, section 3; Zielinski et al. 2020, figure 1).
+r"""Label noise (CG §3; W&S Fig. 1): pristine vs corrupt examples at 0-100% noise.
 
-The CG MLP (2048 ReLUs) is trained with plain SGD (lr 0.1, batch 100) on MNIST whose
-training labels are redrawn uniformly over the 10 classes with probability 0, 25, 50, 75 or
-100% (an example is *corrupt* iff its label changed). Before each epoch the trainer measures
-the accuracy on pristine and on corrupt examples (against the label trained on:
-memorization). CGH predicts (1) pristine examples are learned faster than corrupt ones and
-(2) learning slows as the noise grows. To fit 2 CPU cores: a seeded subset of 2,000 training
-examples, 60 epochs, tested on 2,000 held-out examples of the training split (about 8
-minutes)::
+The CG MLP (2048 ReLUs), SGD lr 0.1, batch 100, on a seeded subset of 2,000 MNIST images
+whose labels are redrawn uniformly with probability p; tested on 2,000 held-out ones. CGH
+predicts (1) pristine examples are learned faster than corrupt ones, (2) learning slows as
+the noise grows. About 8 minutes on 2 CPU cores::
 
   python -m studies label_noise --out docs/results/label_noise
 """
@@ -18,28 +14,18 @@ import math
 from pathlib import Path
 
 from studies import page as P
-from studies.runs import REPO, SUBSET_SEED, Run, noise_counts, run_wall_s
-from studies.runs import train as train_run
+from studies import runs as R
 
 NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
-SUBSET, HELDOUT, EPOCHS, EVAL_CAP, SEED = 2_000, 2_000, 60, 1_000, 0
+SUBSET, HELDOUT, EPOCHS, EVAL_CAP = 2_000, 2_000, 60, 1_000
 QUICK_LEVELS, QUICK_SUBSET = (0.0, 0.5), (600, 200)
-QUICK = {"num_epochs": 2, "model.hidden": (32,), "batch_size": 40}
-SETTINGS = {"eval_batch_size": 400, "checkpoint_every_steps": 0, "log_every_steps": 100}
 
 
-def plan(quick: bool) -> dict[float, Run]:
+def plan(quick: bool) -> dict[float, R.Run]:
     """One run per noise level: the paper's config on the subset, data per ``--quick``."""
+    subset = QUICK_SUBSET if quick else (SUBSET, HELDOUT)
     return {
-        noise: Run(
-            dir=f"noise{round(noise * 100):03d}",
-            config="mnist_cg",
-            arg=f"opt=sgd,scheme=uniform,net=2048,noise={noise}",
-            overrides={**SETTINGS, "num_epochs": EPOCHS, **(QUICK if quick else {})},
-            seed=SEED,
-            subset=QUICK_SUBSET if quick else (SUBSET, HELDOUT),
-            eval_cap=EVAL_CAP,
-        )
+        noise: R.cg_sgd(f"noise{round(noise * 100):03d}", noise, EPOCHS, quick, subset, EVAL_CAP)
         for noise in (QUICK_LEVELS if quick else NOISE_LEVELS)
     }
 
@@ -49,7 +35,7 @@ def label(noise: float) -> str:
 
 
 def train(args):
-    return {noise: train_run(run, args) for noise, run in plan(args.quick).items()}
+    return {noise: R.train(run, args) for noise, run in plan(args.quick).items()}
 
 
 def plot_rates(metrics: dict[float, list], path: Path) -> None:
@@ -76,78 +62,78 @@ def plot_rates(metrics: dict[float, list], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _predictions(rows: list[dict]) -> tuple[list[dict], list[float], bool, bool]:
+def _predictions(rows: list[dict]) -> tuple[list[dict], list[dict], bool, bool]:
+    """Rows strictly between 0 and 100% noise, rows below 100% by noise, and whether the
+    two predictions hold."""
     noisy = [r for r in rows if 0 < r["noise"] < 1]
-    ep1 = [r["pristine_ep1"] for r in sorted(rows, key=lambda r: r["noise"]) if r["noise"] < 1]
+    below = sorted((r for r in rows if r["noise"] < 1), key=lambda r: r["noise"])
+    ep1 = [r["pristine_ep1"] for r in below]
     p1 = bool(noisy) and all(r["pristine_ep1"] > r["corrupt_ep1"] for r in noisy)
     p2 = len(ep1) > 1 and all(a >= b for a, b in zip(ep1, ep1[1:], strict=False))
-    return noisy, ep1, p1, p2
+    return noisy, below, p1, p2
+
+
+def _monotone(values: list[float], sign: int) -> bool:
+    return all(sign * (b - a) > 0 for a, b in zip(values, values[1:], strict=False))
 
 
 def verdicts(rows: list[dict], epochs: float) -> list[str]:
     """Plain statements of whether the measurements match CGH's two predictions."""
+    noisy, below, p1, p2 = _predictions(rows)
+    gaps = [(label(r["noise"]), 100 * (r["pristine_ep1"] - r["corrupt_ep1"])) for r in noisy]
     lines = []
-    noisy, ep1, p1, p2 = _predictions(rows)
-    ordered = sorted(rows, key=lambda r: r["noise"])
     if p1:
-        gaps = ", ".join(
-            f"{100 * (r['pristine_ep1'] - r['corrupt_ep1']):.1f} points at {label(r['noise'])}"
-            for r in noisy
-        )
+        each = ", ".join(f"{g:.1f} points at {n}" for n, g in gaps)
         lines.append(
             "- **Prediction 1 holds** at every noise level strictly between 0 and 100%: after "
             "one epoch the pristine examples are fitted better than the corrupt ones (columns "
-            f"*after 1 epoch*; the gaps are {gaps})."
+            f"*after 1 epoch*; the gaps are {each})."
         )
     elif noisy:
-        bad = ", ".join(
-            label(r["noise"]) for r in noisy if not r["pristine_ep1"] > r["corrupt_ep1"]
-        )
+        bad = ", ".join(n for n, g in gaps if not g > 0)
         lines.append(
             f"- **Prediction 1 does not hold** at {bad}: there the corrupt examples were "
             "fitted at least as well as the pristine ones after one epoch."
         )
-    for r in (r for r in rows if r["noise"] == 1.0):
+    lines += [
+        "- At 100% noise every label is redrawn, so within each true class all 10 labels are "
+        "equally frequent; the 'pristine' examples are those whose random label happens to "
+        "equal the true one. No direction favours the true label, so CGH predicts no head "
+        "start for them: after one epoch the difference is "
+        f"{100 * (r['pristine_ep1'] - r['corrupt_ep1']):+.1f} points."
+        for r in rows
+        if r["noise"] == 1.0
+    ]
+    values = ", ".join(f"{100 * r['pristine_ep1']:.1f}%" for r in below)
+    if len(below) > 1 and p2:
         lines.append(
-            "- At 100% noise every label is redrawn, so within each true class all 10 labels "
-            "are equally frequent; the 'pristine' examples are those whose random label "
-            "happens to equal the true one. No direction favours the true label, so CGH "
-            "predicts no head start for them: after one epoch the difference is "
-            f"{100 * (r['pristine_ep1'] - r['corrupt_ep1']):+.1f} points."
+            "- **Prediction 2 holds** for the pristine examples: their accuracy after one epoch "
+            f"falls as the noise grows ({values} at {', '.join(label(r['noise']) for r in below)})."
         )
-    if len(ep1) > 1:
-        values = ", ".join(f"{100 * v:.1f}%" for v in ep1)
-        if p2:
-            levels = ", ".join(label(r["noise"]) for r in ordered if r["noise"] < 1)
-            lines.append(
-                "- **Prediction 2 holds** for the pristine examples: their accuracy after one "
-                f"epoch falls as the noise grows ({values} at {levels})."
-            )
-        else:
-            lines.append(
-                "- **Prediction 2 does not hold strictly** for the pristine examples: their "
-                f"accuracy after one epoch is {values} for increasing noise (not monotone)."
-            )
-    reach = [(r["noise"], r["corrupt_to_50"]) for r in ordered if 0 < r["noise"] < 1]
+    elif len(below) > 1:
+        lines.append(
+            "- **Prediction 2 does not hold strictly** for the pristine examples: their "
+            f"accuracy after one epoch is {values} for increasing noise (not monotone)."
+        )
+    reach = [r for r in below if r["noise"] > 0]
+    reached = [r["corrupt_to_50"] for r in reach]
     if reach:
         text = ", ".join(
-            f"{label(n)}: " + (f"epoch {e:g}" if not math.isnan(e) else f"not within {epochs:g}")
-            for n, e in reach
+            f"{label(r['noise'])}: "
+            + (f"epoch {e:g}" if not math.isnan(e) else f"not within {epochs:g}")
+            for r, e in zip(reach, reached, strict=True)
         )
         lines.append(f"- Epoch at which the corrupt examples reach 50% memorization: {text}.")
-        reached = [e for _, e in reach]
-        if len(reached) > 1 and not any(math.isnan(e) for e in reached):
-            if all(a > b for a, b in zip(reached, reached[1:], strict=False)):
-                lines.append(
-                    "- Memorization of the corrupt examples comes *sooner* as the noise grows: "
-                    "with more corrupt examples, fewer pristine ones pull each image towards "
-                    "its true class. The slow-down of prediction 2 is seen in the pristine "
-                    "examples, not in the corrupt ones."
-                )
-            elif all(a < b for a, b in zip(reached, reached[1:], strict=False)):
-                lines.append(
-                    "- Memorization of the corrupt examples comes later as the noise grows."
-                )
+    if len(reached) > 1 and not any(math.isnan(e) for e in reached):
+        if _monotone(reached, -1):
+            lines.append(
+                "- Memorization of the corrupt examples comes *sooner* as the noise grows: with "
+                "more corrupt examples, fewer pristine ones pull each image towards its true "
+                "class. The slow-down of prediction 2 is seen in the pristine examples, not in "
+                "the corrupt ones."
+            )
+        elif _monotone(reached, 1):
+            lines.append("- Memorization of the corrupt examples comes later as the noise grows.")
     return lines
 
 
@@ -174,20 +160,13 @@ def row(noise: float, run_dir: Path, cfg) -> dict:
 
     records = report.load_metrics(run_dir)
     final = report.final_metrics(records)
-    pristine, corrupt = noise_counts(cfg.data)
-    return dict(
-        noise=noise,
-        num_pristine=pristine,
-        num_corrupt=corrupt,
-        eval_subset=cfg.data.eval_subset_size,
-        pristine_ep1=P.value_at_epoch(records, "pristine/top1", 1),
-        corrupt_ep1=P.value_at_epoch(records, "corrupt_noisy/top1", 1),
-        pristine_to_50=P.first_epoch_at_least(records, "pristine/top1", 0.5),
-        corrupt_to_50=P.first_epoch_at_least(records, "corrupt_noisy/top1", 0.5),
-        final={k: v for k, v in final.items() if "/" in k},
-        epochs=final["epoch"],
-        wall_s=run_wall_s(run_dir),
-    )
+    pristine, corrupt = R.noise_counts(cfg.data)
+    row = dict(noise=noise, num_pristine=pristine, num_corrupt=corrupt)
+    for name, key in (("pristine", "pristine/top1"), ("corrupt", "corrupt_noisy/top1")):
+        row[f"{name}_ep1"] = P.value_at_epoch(records, key, 1)
+        row[f"{name}_to_50"] = P.first_epoch_at_least(records, key, 0.5)
+    row.update(final={k: v for k, v in final.items() if "/" in k}, epochs=final["epoch"])
+    return {**row, "eval_subset": cfg.data.eval_subset_size, "wall_s": R.run_wall_s(run_dir)}
 
 
 COLUMNS = (
@@ -226,40 +205,32 @@ def page(args, trained) -> P.Page:
     rows = [row(noise, d, cfg) for noise, (d, cfg) in trained.items()]
     cfg0 = next(iter(trained.values()))[1]
     epochs = cfg0.num_epochs
-    hidden = "-".join(str(h) for h in cfg0.model.hidden)
     body = [
         "## Results",
-        "",
         "Top-1 accuracy in %. *Corrupt (noisy label)* is memorization: agreement with the "
         "wrong label the example was trained on.",
-        "",
         P.markdown_table(COLUMNS, [table_row(r) for r in rows]),
-        "",
         "![accuracy curves per noise level](curves.png)",
-        "",
         "![pristine and corrupt accuracy for all noise levels](rates.png)",
-        "",
         "## What CGH predicts, and what happened",
-        "",
-        *verdicts(rows, epochs),
-        "",
-        "Runs: `" + P.relpath(args.workdir, REPO) + "/<noiseNNN>/metrics.jsonl`.",
+        "\n".join(verdicts(rows, epochs)),
+        f"Runs: `{P.relpath(args.workdir, R.REPO)}/<noiseNNN>/metrics.jsonl`.",
     ]
     data = (
         f"real MNIST IDX files ({args.mnist}); training on a seeded random subset of "
         f"{SUBSET:,} of the 60,000 training examples; test: {HELDOUT:,} other "
         f"training-split examples held out, with their true labels (one permutation by "
-        f"numpy default_rng({SUBSET_SEED}) cut into the two parts)"
+        f"numpy default_rng({R.SUBSET_SEED}) cut into the two parts)"
     )
     return P.Page(
         title="Label noise: pristine vs corrupt examples (CG §3, W&S Figure 1)",
-        seeds=[SEED],
-        data=P.QUICK_DATA if args.quick else data,
+        seeds=[R.CG_SEED],
+        data=data,
         body=body,
         runs_wall_s=sum(r["wall_s"] for r in rows),
         extra={
-            "Model and optimizer": f"MLP {hidden} (ReLU), SGD lr {cfg0.optimizer.learning_rate}"
-            f", batch {cfg0.batch_size}, no momentum, no weight decay, constant learning rate",
+            "Model and optimizer": f"{P.mlp_sgd(cfg0)}, no momentum, no weight decay, constant "
+            "learning rate",
             "Label noise": "W&S `uniform` scheme, noise seed 0: with probability p the label "
             "is redrawn uniformly over all 10 classes; corrupt = label changed",
             "Epochs": f"{epochs}; accuracies measured before each epoch and after the last on "

