@@ -1,8 +1,4 @@
-"""The studies: the papers' findings reproduced through the one trainer, one page each.
-
-``python -m studies <study> --out docs/results/<study> [--quick]`` (see ``__main__``). A
-study module holds its runs and comparisons as data (:class:`studies.runs.Run` lists,
-comparison pairs, verdict rules) plus ``train(args)`` and ``page(args, trained)``.
-"""
+"""The studies: ``python -m studies <study> --out DIR``; each module's runs and comparisons
+are data (``studies.runs.Run`` lists, pairs, verdict rules) read back from the trainer's runs."""
 
 STUDIES = ("label_noise", "suppression", "easy_hard", "coherence", "imagenet", "summary")

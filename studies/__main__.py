@@ -1,9 +1,6 @@
-"""The one command line of the studies: ``python -m studies <study> --out DIR [--quick] ...``.
-
-Parses the shared arguments and the study's ``ARGS``, times ``train(args)`` and writes
-``page(args, trained)`` as ``README.md`` and ``results.json``; page-only modules return
-``{file name: text}`` from ``write(args)``.
-"""
+"""The one command line: ``python -m studies <study> --out DIR [--quick] ...``; it parses the
+shared and the study's ``ARGS``, times ``train(args)`` and writes ``page(args, trained)`` as
+``README.md`` and ``results.json`` (page-only modules: ``write(args)`` -> file name: text)."""
 
 from __future__ import annotations
 
@@ -33,37 +30,27 @@ TRAINING_ARGS = [  # the arguments of every study that trains
 ]
 
 
-def build_parser(name: str, module) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m studies {name}",
-        description=module.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def parse_args(name: str, module, argv: list[str]) -> argparse.Namespace:
+    """Parses ``argv`` (after the study's name) and checks the inputs before any work."""
+    parser = argparse.ArgumentParser(f"python -m studies {name}", description=module.__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--out", required=True, help="directory for the page and its files")
     parser.add_argument("--verbose", action="store_true", help="show the trainer's progress lines")
     trains = TRAINING_ARGS if hasattr(module, "train") else []
     for flags, kwargs in [*trains, *getattr(module, "ARGS", ())]:
         parser.add_argument(*flags, **kwargs)
-    return parser
-
-
-def parse_args(name: str, module, argv: list[str]) -> argparse.Namespace:
-    """Parses ``argv`` (after the study's name) and checks the inputs before any work."""
-    parser = build_parser(name, module)
     args = parser.parse_args(argv)
-    args.study = name
-    args.command = shlex.join(["python", "-m", "studies", name, *argv])
-    if not hasattr(module, "train"):
-        return args
-    runs = "studies_quick" if args.quick else "studies"
-    args.workdir = args.workdir or str(REPO / "workdirs" / runs / name)
-    if not args.quick and not any(Path(args.mnist).glob("train-labels*")):
-        parser.error(
-            f"--mnist {args.mnist!r} holds no MNIST IDX files (train-images-idx3-ubyte[.gz], "
-            "...); pass the directory that has them, or use --quick."
-        )
-    with contextlib.suppress(ValueError):  # shown relative to the repository root
-        args.mnist = os.path.relpath(Path(args.mnist).resolve(), REPO)
+    args.study, args.command = name, shlex.join(["python", "-m", "studies", name, *argv])
+    if hasattr(module, "train"):
+        runs = "studies_quick" if args.quick else "studies"
+        args.workdir = args.workdir or str(REPO / "workdirs" / runs / name)
+        if not args.quick and not any(Path(args.mnist).glob("train-labels*")):
+            parser.error(
+                f"--mnist {args.mnist!r} holds no MNIST IDX files (train-images-idx3-ubyte"
+                "[.gz], ...); pass the directory that has them, or use --quick."
+            )
+        with contextlib.suppress(ValueError):  # shown relative to the repository root
+            args.mnist = os.path.relpath(Path(args.mnist).resolve(), REPO)
     return args
 
 
@@ -74,11 +61,10 @@ def quiet_logs(verbose: bool) -> None:
     logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
     for name in ("tensorflow", "absl", "orbax", "jax"):
         py_logging.getLogger(name).setLevel(py_logging.INFO if verbose else py_logging.ERROR)
-    with contextlib.suppress(ImportError):
+    with contextlib.suppress(ImportError):  # the TFDS paths' TensorFlow stays off the GPU
         import tensorflow as tf
 
         tf.config.set_visible_devices([], "GPU")
-        tf.get_logger().setLevel("ERROR")
 
 
 def _json_default(value):
@@ -112,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     text = header(page, args, wall_s=wall_s, generated=utc_now()) + "\n" + "\n\n".join(page.body)
     (out / "README.md").write_text(text.rstrip() + "\n", encoding="utf-8")
     payload = {"study": name, "quick": args.quick, "command": args.command, "wall_s": wall_s}
-    if page.runs_wall_s is not None:
-        payload["runs_wall_s"] = page.runs_wall_s
+    payload.update({} if page.runs_wall_s is None else {"runs_wall_s": page.runs_wall_s})
     text = json.dumps({**payload, **page.payload}, indent=2, sort_keys=True, default=_json_default)
     (out / "results.json").write_text(text + "\n")
     say(f"{name}: wrote {out / 'README.md'} in {format_seconds(wall_s)}")

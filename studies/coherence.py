@@ -79,23 +79,19 @@ def plot(curves: dict[str, list[dict]], path: Path, m: int) -> None:
         acc = [100 * p["accuracy"] for p in points]
         ax_acc.plot(x, acc, marker=".", color=colors[kind], label=kind)
     ax_alpha.axhline(1.0, color="gray", lw=0.8, ls="--", label="orthogonal gradients (1)")
-    ax_alpha.set_yscale("log")
-    ax_alpha.set_ylabel(f"m-coherence α (m = {m:,})")
+    ax_alpha.set(yscale="log", ylabel=f"m-coherence α (m = {m:,})")
     ax_alpha.set_title("m-coherence of per-example gradients")
-    ax_acc.set_ylabel("accuracy on the sample (%), trained labels")
+    ax_acc.set(ylabel="accuracy on the sample (%), trained labels", ylim=(-2, 102))
     ax_acc.set_title("fit of the sample")
-    ax_acc.set_ylim(-2, 102)
     for ax in (ax_alpha, ax_acc):
-        ax.set_xscale("log")
-        ax.set_xlabel("step (step 0 drawn at 0.5)")
+        ax.set(xscale="log", xlabel="step (step 0 drawn at 0.5)")
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
 
 
 def _facts(curves: dict[str, list[dict]]):
-    """Real and random curves, their points paired by step, those up to step 100, the real
-    curve's peak and whether it ends below half of it."""
+    """The curves, their points paired by step (all, up to step 100), the real peak, its fall."""
     real, rand = curves["real labels"], curves["random labels"]
     by_step = {p["step"]: p for p in rand}
     pairs = [(p, by_step[p["step"]]) for p in real if p["step"] in by_step]
@@ -107,17 +103,14 @@ def _facts(curves: dict[str, list[dict]]):
 def verdict(curves: dict[str, list[dict]], m: int) -> list[str]:
     real, rand, pairs, early, peak, falls = _facts(curves)
     higher = [a["alpha"] > b["alpha"] for a, b in pairs]
-    if all(higher):
-        lines = [
-            f"- **Real labels are more coherent at every measured step** ({len(pairs)} "
-            "points): the prediction holds."
-        ]
-    else:
-        lower = [a["step"] for (a, b), h in zip(pairs, higher, strict=True) if not h]
-        lines = [
-            f"- Real labels are more coherent at {sum(higher)} of {len(pairs)} measured steps; "
-            f"not at steps {', '.join(map(str, lower))}."
-        ]
+    lower = ", ".join(str(a["step"]) for (a, b), h in zip(pairs, higher, strict=True) if not h)
+    lines = [
+        f"- **Real labels are more coherent at every measured step** ({len(pairs)} points): "
+        "the prediction holds."
+        if all(higher)
+        else f"- Real labels are more coherent at {sum(higher)} of {len(pairs)} measured steps; "
+        f"not at steps {lower}."
+    ]
     if early:
         ratio = max(a["alpha"] / b["alpha"] for a, b in early if b["alpha"] > 0)
         lines.append(
@@ -180,10 +173,8 @@ def page(args, trained) -> P.Page:
         + ([f"{q['alpha']:.2f}", P.pct(q["accuracy"])] if (q := rand.get(p["step"])) else ["—"] * 2)
         for p in curves["real labels"]
     ]
-    columns = (
-        "step|epoch|α, real labels|sample accuracy, real|α, random labels|"
-        "sample accuracy (random labels)"
-    ).split("|")
+    columns = "step|epoch|α, real labels|sample accuracy, real|α, random labels|sample "
+    columns = (columns + "accuracy (random labels)").split("|")
     steps = [p["step"] for p in curves["real labels"]]
     cfg = configs["real labels"]
     walls = {kind: R.run_wall_s(d) for kind, d in dirs.items()}

@@ -12,6 +12,7 @@ About 6 minutes on 2 CPU cores::
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from studies import page as P
@@ -62,9 +63,8 @@ def side_rows(runs: dict[str, list[Path]], sizes: dict[str, int]) -> list[dict]:
         train, test = ([f[f"{k}/top1"] for f in finals] for k in ("train_sample", "test"))
         row = dict(side=side, train_size=sizes[f"{side}_train"], test_size=sizes[f"{side}_test"])
         row.update(train=train, test=test, gap=[a - b for a, b in zip(train, test, strict=True)])
-        rows.append(
-            {**row, "epochs": finals[0]["epoch"], "wall_s": [R.run_wall_s(d) for d in dirs]}
-        )
+        row.update(epochs=finals[0]["epoch"], wall_s=[R.run_wall_s(d) for d in dirs])
+        rows.append(row)
     return rows
 
 
@@ -80,32 +80,25 @@ def verdict(rows: list[dict]) -> list[str]:
     easy, hard, diff, spread = _compare(rows)
     e, h = 100 * P.mean(easy["test"]), 100 * P.mean(hard["test"])
     tail = f"({100 * diff:+.1f} points; largest seed std {100 * spread:.1f})."
-    if 100 * diff > 2 * 100 * spread:
-        first = (
-            "- **The W&S finding holds here**: trained and tested within its side, the easy "
-            f"side reaches {e:.1f}% test accuracy and the hard side {h:.1f}% {tail}"
-        )
-    else:
-        first = (
-            f"- **The W&S finding does not hold here**: easy → easy test accuracy {e:.1f}% vs "
-            f"hard → hard {h:.1f}% {tail}"
-        )
+    first = (
+        "- **The W&S finding holds here**: trained and tested within its side, the easy side "
+        f"reaches {e:.1f}% test accuracy and the hard side {h:.1f}% {tail}"
+        if 100 * diff > 2 * 100 * spread
+        else f"- **The W&S finding does not hold here**: easy → easy test accuracy {e:.1f}% vs "
+        f"hard → hard {h:.1f}% {tail}"
+    )
     gap_e, gap_h = 100 * P.mean(easy["gap"]), 100 * P.mean(hard["gap"])
     fit_e, fit_h = 100 * P.mean(easy["train"]), 100 * P.mean(hard["train"])
-    gaps = (
+    second = (
         "- Generalization gap (final training accuracy minus test accuracy): easy "
         f"{gap_e:.1f} points, hard {gap_h:.1f} points"
     )
     if min(P.mean(easy["train"]), P.mean(hard["train"])) > 0.9:
-        second = (
-            f"{gaps}. Both sides fit their training part ({fit_e:.1f}% and {fit_h:.1f}%), so "
-            "the difference is in generalization, not in fitting."
-        )
+        second += f". Both sides fit their training part ({fit_e:.1f}% and {fit_h:.1f}%), so "
+        second += "the difference is in generalization, not in fitting."
     else:
-        second = (
-            f"{gaps}; training accuracy {fit_e:.1f}% (easy) and {fit_h:.1f}% (hard): a side "
-            "that is not fitted yet understates its gap."
-        )
+        second += f"; training accuracy {fit_e:.1f}% (easy) and {fit_h:.1f}% (hard): a side "
+        second += "that is not fitted yet understates its gap."
     return [first, second]
 
 
@@ -136,12 +129,9 @@ def page(args, trained) -> P.Page:
     probe_dir, cfg, split, runs = trained
     out = Path(args.out)
     rows = side_rows(runs, split["sizes"])
-    report.plot_accuracy_curves(
-        {f"{side} → {side}": dirs for side, dirs in runs.items()},
-        sets=("train_sample", "test"),
-        path=out / "curves.png",
-        title="Trained on one side, tested on held-out examples of the same side",
-    )
+    title = "Trained on one side, tested on held-out examples of the same side"
+    curves, path = {f"{side} → {side}": dirs for side, dirs in runs.items()}, out / "curves.png"
+    report.plot_accuracy_curves(curves, sets=("train_sample", "test"), path=path, title=title)
     probe_final = P.finals([probe_dir])[0]
     table = [
         [f"{r['side']} → {r['side']}", f"{r['train_size']:,}", f"{r['test_size']:,}"]
@@ -149,12 +139,11 @@ def page(args, trained) -> P.Page:
         + [f"{r['epochs']:g}", P.format_seconds(P.mean(r["wall_s"]))]
         for r in rows
     ]
-    counts = sorted(
-        split.get("class_counts", {}).get("hard_train", {}).items(), key=lambda x: int(x[0])
-    )
+    hard = split.get("class_counts", {}).get("hard_train", {})
+    counts = sorted(hard.items(), key=lambda x: int(x[0]))
     classes = ", ".join(f"{k}: {v}" for k, v in counts)
     seeds = QUICK_SEEDS if args.quick else SEEDS
-    ids = P.relpath(Path(args.workdir) / "ids", R.REPO)
+    ids = os.path.relpath(Path(args.workdir) / "ids", R.REPO)
     body = [
         "## Results",
         "Accuracy in %; the generalization gap is the final training accuracy minus the test "

@@ -1,9 +1,5 @@
-r"""The ImageNet versions of the studies: launch commands, hardware and expected wall times.
-
-Writes ``imagenet.md`` from the docstrings of the full-scale configs (so the page never
-drifts from them) with the papers' run matrix (SGD / M3 / RM3 / RA3 at each noise level) as
-ready-to-paste commands; ``--smoke`` also runs every config's ``runlocal`` form on
-``tfds.testing.mock_data`` ImageNet and records the outcome::
+r"""The studies at ImageNet scale: ``imagenet.md`` from the full-scale configs' docstrings and
+the papers' run matrix; ``--smoke`` runs each config's ``runlocal`` form on mock ImageNet::
 
   python -m studies imagenet --out docs/results --smoke
 """
@@ -126,27 +122,25 @@ def smoke_runs() -> list[list[str]]:
     import tensorflow_datasets as tfds
 
     rows = []
-    for name, arg_list in SMOKE_ARGS.items():
-        for arg in arg_list:
-            workdir, model, seconds = Path(tempfile.mkdtemp(prefix="cgh_smoke_")), "?", math.nan
-            start = time.monotonic()
-            try:
-                cfg = load_config(name, arg)
-                model = cfg.model.name
-                with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-                    record = run_training(cfg, workdir)
-                seconds = time.monotonic() - start
-                sets = ", ".join(sorted({k.split("/")[0] for k in record if "/" in k}))
-                outcome = f"ok: {record['step']} steps, evaluation keys {sets}"
-            except Exception as e:  # the page reports any failure verbatim
-                outcome = f"**failed**: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                traceback.print_exc()
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
-            say(f"smoke {name}:{arg}: {outcome}")
-            rows.append(
-                [f"`configs/{name}.py:{arg}`", f"`{model}`", format_seconds(seconds), outcome]
-            )
+    for name, arg in ((name, arg) for name, args in SMOKE_ARGS.items() for arg in args):
+        workdir, model, seconds = Path(tempfile.mkdtemp(prefix="cgh_smoke_")), "?", math.nan
+        start = time.monotonic()
+        try:
+            cfg = load_config(name, arg)
+            model = cfg.model.name
+            with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+                record = run_training(cfg, workdir)
+            seconds = time.monotonic() - start
+            sets = ", ".join(sorted({k.split("/")[0] for k in record if "/" in k}))
+            outcome = f"ok: {record['step']} steps, evaluation keys {sets}"
+        except Exception as e:  # the page reports any failure verbatim
+            outcome = f"**failed**: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            traceback.print_exc()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        say(f"smoke {name}:{arg}: {outcome}")
+        cell = f"`configs/{name}.py:{arg}`"
+        rows.append([cell, f"`{model}`", format_seconds(seconds), outcome])
     return rows
 
 

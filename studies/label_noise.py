@@ -11,6 +11,7 @@ the noise grows. About 8 minutes on 2 CPU cores::
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from studies import page as P
@@ -54,27 +55,21 @@ def plot_rates(metrics: dict[float, list], path: Path) -> None:
     axes[0].set_title("pristine training examples")
     axes[1].set_title("corrupt training examples, noisy label (memorization)")
     for ax in axes:
-        ax.set_xlabel("epoch")
+        ax.set(xlabel="epoch", ylim=(-2, 102))
         ax.grid(True, alpha=0.3)
-        ax.set_ylim(-2, 102)
     axes[0].set_ylabel("top-1 accuracy (%)")
     axes[0].legend(fontsize="small")
     fig.savefig(path, dpi=120)
 
 
 def _predictions(rows: list[dict]) -> tuple[list[dict], list[dict], bool, bool]:
-    """Rows strictly between 0 and 100% noise, rows below 100% by noise, and whether the
-    two predictions hold."""
+    """Rows with 0 < noise < 1, rows with noise < 1 by noise, and the two predictions' verdicts."""
     noisy = [r for r in rows if 0 < r["noise"] < 1]
     below = sorted((r for r in rows if r["noise"] < 1), key=lambda r: r["noise"])
     ep1 = [r["pristine_ep1"] for r in below]
     p1 = bool(noisy) and all(r["pristine_ep1"] > r["corrupt_ep1"] for r in noisy)
     p2 = len(ep1) > 1 and all(a >= b for a, b in zip(ep1, ep1[1:], strict=False))
     return noisy, below, p1, p2
-
-
-def _monotone(values: list[float], sign: int) -> bool:
-    return all(sign * (b - a) > 0 for a, b in zip(values, values[1:], strict=False))
 
 
 def verdicts(rows: list[dict], epochs: float) -> list[str]:
@@ -125,14 +120,14 @@ def verdicts(rows: list[dict], epochs: float) -> list[str]:
         )
         lines.append(f"- Epoch at which the corrupt examples reach 50% memorization: {text}.")
     if len(reached) > 1 and not any(math.isnan(e) for e in reached):
-        if _monotone(reached, -1):
+        if all(a > b for a, b in zip(reached, reached[1:], strict=False)):
             lines.append(
                 "- Memorization of the corrupt examples comes *sooner* as the noise grows: with "
                 "more corrupt examples, fewer pristine ones pull each image towards its true "
                 "class. The slow-down of prediction 2 is seen in the pristine examples, not in "
                 "the corrupt ones."
             )
-        elif _monotone(reached, 1):
+        elif all(a < b for a, b in zip(reached, reached[1:], strict=False)):
             lines.append("- Memorization of the corrupt examples comes later as the noise grows.")
     return lines
 
@@ -178,14 +173,12 @@ COLUMNS = (
 
 def table_row(r: dict) -> list[str]:
     epochs = ("—" if math.isnan(e) else f"{e:g}" for e in (r["pristine_to_50"], r["corrupt_to_50"]))
-    sets = ("pristine", "corrupt_noisy", "corrupt_true", "test")
     return [
         label(r["noise"]),
         f"{r['num_corrupt']:,} / {r['num_pristine'] + r['num_corrupt']:,}",
-        P.pct(r["pristine_ep1"]),
-        P.pct(r["corrupt_ep1"]),
+        *(P.pct(r[f"{k}_ep1"]) for k in ("pristine", "corrupt")),
         *epochs,
-        *(P.pct(r["final"].get(f"{k}/top1", math.nan)) for k in sets),
+        *(P.pct(r["final"].get(f"{k}/top1", math.nan)) for k in P.SETS),
         P.format_seconds(r["wall_s"]),
     ]
 
@@ -195,12 +188,9 @@ def page(args, trained) -> P.Page:
 
     out = Path(args.out)
     metrics = {noise: report.load_metrics(d) for noise, (d, _) in trained.items()}
-    report.plot_accuracy_curves(
-        {label(n): m for n, m in metrics.items()},
-        sets=("pristine", "corrupt_noisy", "corrupt_true", "test"),
-        path=out / "curves.png",
-        title="MNIST, MLP 2048, SGD lr 0.1, batch 100: accuracy against epochs",
-    )
+    title = "MNIST, MLP 2048, SGD lr 0.1, batch 100: accuracy against epochs"
+    curves = {label(n): m for n, m in metrics.items()}
+    report.plot_accuracy_curves(curves, sets=P.SETS, path=out / "curves.png", title=title)
     plot_rates(metrics, out / "rates.png")
     rows = [row(noise, d, cfg) for noise, (d, cfg) in trained.items()]
     cfg0 = next(iter(trained.values()))[1]
@@ -214,7 +204,7 @@ def page(args, trained) -> P.Page:
         "![pristine and corrupt accuracy for all noise levels](rates.png)",
         "## What CGH predicts, and what happened",
         "\n".join(verdicts(rows, epochs)),
-        f"Runs: `{P.relpath(args.workdir, R.REPO)}/<noiseNNN>/metrics.jsonl`.",
+        f"Runs: `{os.path.relpath(args.workdir, R.REPO)}/<noiseNNN>/metrics.jsonl`.",
     ]
     data = (
         f"real MNIST IDX files ({args.mnist}); training on a seeded random subset of "

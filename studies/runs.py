@@ -1,9 +1,5 @@
-"""A study's runs as data, and the one way they are trained (``cgh_jax.train``).
-
-A :class:`Run` names a config of ``configs/``, its argument, field overrides, a seed and the
-data subset; :func:`train` builds the config, trains it (or reuses the finished run) and
-returns the run directory, whose ``metrics.jsonl`` the study reads back.
-"""
+"""A study's runs as data (:class:`Run`), and the one way they are trained or reused: with
+:func:`cgh_jax.train.train_and_evaluate`."""
 
 from __future__ import annotations
 
@@ -85,22 +81,19 @@ def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(module.get_config(arg).to_dict())
 
 
-def extract_cifar10(tarball: Path = CIFAR10_TARBALL, cache_dir: Path = CACHE_DIR) -> Path:
+def extract_cifar10() -> Path:
     """Extracts the CIFAR-10 JPEG tree (``train/<class>/*.jpg``, ``test/...``) once into
-    ``cache_dir`` and returns its folder; a finished extraction leaves a marker file."""
-    root, marker = cache_dir / "cifar10jpg", cache_dir / "cifar10jpg.extracted"
+    :data:`CACHE_DIR` and returns its folder; a finished extraction leaves a marker file."""
+    root, marker = CACHE_DIR / "cifar10jpg", CACHE_DIR / "cifar10jpg.extracted"
     if marker.exists() and (root / "train").is_dir():
         return root
-    if not tarball.exists():
-        raise FileNotFoundError(
-            f"CIFAR-10 JPEG tarball {tarball} not found; it ships in ../shared/data/cifar10 "
-            "beside the repository."
-        )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    say(f"Extracting {tarball} into {cache_dir} (once)")
-    with tarfile.open(tarball) as tar:
-        tar.extractall(cache_dir, filter="data")
-    marker.write_text(str(tarball))
+    if not CIFAR10_TARBALL.exists():
+        raise FileNotFoundError(f"CIFAR-10 tarball {CIFAR10_TARBALL} not found (../shared/data).")
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    say(f"Extracting {CIFAR10_TARBALL} into {CACHE_DIR} (once)")
+    with tarfile.open(CIFAR10_TARBALL) as tar:
+        tar.extractall(CACHE_DIR, filter="data")
+    marker.write_text(str(CIFAR10_TARBALL))
     return root
 
 
@@ -177,8 +170,7 @@ def write_subsets(data_config, sizes: Mapping[str, int], seed: int, directory) -
     ids, _, _ = training_labels(cfg)
     if min(sizes.values()) < 1 or sum(sizes.values()) > ids.size:
         raise ValueError(
-            f"Subset sizes {dict(sizes)} must be positive and sum to at most {ids.size} (the "
-            "training split)."
+            f"Subset sizes {dict(sizes)} must be positive and sum to at most {ids.size}."
         )
     perm = np.random.default_rng(seed).permutation(ids)
     directory = Path(directory)
@@ -202,8 +194,7 @@ def noise_counts(data_config) -> tuple[int, int]:
 
 def fit_eval_subset(data_config, cap: int) -> int:
     """Sets ``eval_subset_size`` to the largest size <= ``cap`` that the pristine and corrupt
-    sets allow (the data layer draws that many from each, and at high noise the pristine set
-    is small)."""
+    sets allow (the data layer draws that many from each; few are pristine at high noise)."""
     pristine, corrupt = noise_counts(data_config)
     sizes = [cap, pristine + corrupt, pristine] + ([corrupt] if data_config.noise > 0 else [])
     data_config.eval_subset_size = int(min(s for s in sizes if s > 0))
@@ -211,8 +202,7 @@ def fit_eval_subset(data_config, cap: int) -> int:
 
 
 def train(run: Run, args, hooks: Sequence[Any] = ()) -> tuple[Path, ml_collections.ConfigDict]:
-    """Trains ``run`` (or reuses it, finished) in ``<workdir>/<run.dir>``; returns the run
-    directory and the config."""
+    """Trains (or reuses) ``run`` in ``<workdir>/<run.dir>``; returns the dir and the config."""
     run_dir, cfg = Path(args.workdir) / run.dir, build_config(run, args)
     say(f"{args.study}: {run.dir} -> {run_dir}")
     run_training(cfg, run_dir, hooks)
@@ -249,14 +239,12 @@ def _reuse_finished(config, workdir: Path) -> dict[str, Any]:
     old = checkpointing.fingerprinted_config(json.loads((workdir / "config.json").read_text()))
     new = checkpointing.fingerprinted_config(config)
     defaults = checkpointing.fingerprinted_config(configlib.base_config())
-    differ = checkpointing.describe_mismatch(old, new, defaults)
-    if differ:
+    if differ := checkpointing.describe_mismatch(old, new, defaults):
         raise ValueError(
             f"{workdir} holds a finished run of another config (fields {'; '.join(differ)}). "
             "Delete the run directory to retrain it, or use another --workdir."
         )
-    added = sorted(new.keys() - old.keys())
-    if added:
+    if added := sorted(new.keys() - old.keys()):
         say(f"{workdir}: reusing the finished run; fields added to the config since: {added}")
     final = report.final_metrics(report.load_metrics(workdir))
     return {**final, "study_wall_s": run_wall_s(workdir)}

@@ -1,8 +1,5 @@
-"""The summary table of all studies, for the README: ``<out>/summary.md``.
-
-Reads the ``results.json`` each study wrote into ``<out>/<study>/`` and writes one row per
-finding (setting, measured, CGH's prediction, match) with the commands and the wall time of
-their training runs; every cell comes from a study's own output::
+"""The summary table of all studies for the README (``<out>/summary.md``), every cell from a
+study's ``results.json``::
 
   python -m studies summary --out docs/results
 """
@@ -49,8 +46,7 @@ def write(args) -> dict[str, str]:
             f"- [{study}]({study}/README.md): `{payload['command']}` — "
             f"{format_seconds(seconds)} of training{note}"
         )
-    quick = sorted(s for s, p in results.items() if p.get("quick"))
-    if quick:
+    if quick := sorted(s for s, p in results.items() if p.get("quick")):
         lines += [
             "",
             f"**Warning**: {', '.join(quick)} come from `--quick` smoke runs; their numbers "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 from studies import page as P
@@ -115,17 +116,13 @@ GROUPS = (
         epochs=180,
     ),
 )
+QUICK = zip(GROUPS[:3], ((SGD, M3), (WINSOR[0],), (M3,)), (600, 300, 600), strict=True)
 QUICK_GROUPS = tuple(
-    dataclasses.replace(g, settings=settings, seeds=(0,), epochs=1, subset=subset, heldout=200)
-    for g, settings, subset in zip(
-        GROUPS[:3], ((SGD, M3), (WINSOR[0],), (M3,)), (600, 300, 600), strict=True
-    )
+    dataclasses.replace(g, settings=s, seeds=(0,), epochs=1, subset=n, heldout=200)
+    for g, s, n in QUICK
 )
-QUICK_MODELS = {
-    "2048": {"model.hidden": (32,)},
-    "3x256": {"model.hidden": (16, 16, 16)},
-    "cnn": {"model": dict(name="cnn", features=(4, 8), hidden=16, dtype="float32")},
-}
+QUICK_MODELS = {"2048": {"model.hidden": (32,)}, "3x256": {"model.hidden": (16, 16, 16)}}
+QUICK_MODELS["cnn"] = {"model": dict(name="cnn", features=(4, 8), hidden=16, dtype="float32")}
 CNN = {
     "data.augment": "none",  # the W&S comparisons train without augmentation
     "optimizer.schedule": "constant",
@@ -175,11 +172,10 @@ def train(args) -> dict[str, dict[str, list[Path]]]:
     """Trains every setting x seed of the selected groups; group -> name -> finished dirs."""
     from cgh_jax.train import NonFiniteError
 
-    found = {}
+    found = {g.key: {s.name: [] for s in g.settings} for g in selected(args)}
     for group in selected(args):
-        found[group.key] = {}
         for setting in group.settings:
-            dirs = found[group.key][setting.name] = []
+            dirs = found[group.key][setting.name]
             for run in group_runs(group, setting, args.quick):
                 try:
                     dirs.append(R.train(run, args)[0])
@@ -202,10 +198,10 @@ def group_rows(group: Group, runs: dict[str, list[Path]]) -> list[dict]:
         dirs = runs[setting.name]
         finals = P.finals(dirs)
         row = dict(name=setting.name, key=setting.key, runs=len(dirs))
-        row["diverged"] = len(group.seeds) - len(dirs)
+        row.update(diverged=len(group.seeds) - len(dirs), wall_s=[R.run_wall_s(d) for d in dirs])
         row.update({k: [f.get(f"{k}/top1", math.nan) for f in finals] for k in SETS})
         row.update(epochs=[f["epoch"] for f in finals], steps=[f["step"] for f in finals])
-        rows.append({**row, "wall_s": [R.run_wall_s(d) for d in dirs]})
+        rows.append(row)
     return rows
 
 
@@ -346,12 +342,8 @@ def group_section(args, group: Group, runs: dict[str, list[Path]]) -> tuple[list
     finished = {name: dirs for name, dirs in runs.items() if dirs}
     figure = f"curves_{group.key}.png"
     if finished:
-        report.plot_accuracy_curves(
-            finished,
-            sets=("pristine", "corrupt_noisy", "corrupt_true", "test"),
-            path=Path(args.out) / figure,
-            title=f"{group.title}, {NOISE:.0%} label noise",
-        )
+        path, title = Path(args.out) / figure, f"{group.title}, {NOISE:.0%} label noise"
+        report.plot_accuracy_curves(finished, sets=P.SETS, path=path, title=title)
     data = (
         f"training on a seeded random subset of {group.subset:,} training examples, tested on "
         f"{group.heldout:,} other examples of the training split held out (true labels)"
@@ -393,7 +385,7 @@ def page(args, trained) -> P.Page:
         "averages the same three gradients RM3 takes the median of, and separates the "
         "median from the staleness of the gradients.",
         *sections,
-        "Runs: `" + P.relpath(args.workdir, R.REPO) + "/<group>/<optimizer>/seed<k>/`.",
+        "Runs: `" + os.path.relpath(args.workdir, R.REPO) + "/<group>/<optimizer>/seed<k>/`.",
     ]
     return P.Page(
         title=f"Suppressing weak directions at {NOISE:.0%} label noise (W&S §3, CG §5)",
