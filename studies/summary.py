@@ -11,7 +11,7 @@ from pathlib import Path
 
 from studies.page import format_seconds, markdown_table
 
-STUDIES = ("label_noise", "suppression", "easy_hard", "coherence")
+STUDIES = ("label_noise", "suppression", "easy_hard", "coherence", "median")
 
 
 def write(args) -> dict[str, str]:

@@ -20,7 +20,7 @@ from studies import page, runs
 from studies.__main__ import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TRAINED = ("label_noise", "suppression", "easy_hard", "coherence")
+TRAINED = ("label_noise", "suppression", "easy_hard", "coherence", "median")
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +126,17 @@ def test_coherence_page(results_dir):
         == (curves["real labels"])
     )
     assert _is_png(out / "coherence" / "coherence.png")
+
+
+def test_median_page(results_dir):
+    out, _, found = results_dir
+    (cell,) = found["median"]["cells"].values()
+    for pair in ("m3-sgd_b300", "rm3-ra3"):
+        mid, lo, hi = cell["effects"][pair]  # paired by seed over 2 seeds: a t-interval
+        assert lo <= mid <= hi
+    assert set(cell["values"]) >= {"m3", "sgd_b300", "m3_k1", "m3_k15"}
+    assert any("95% CI" in line for line in cell["verdicts"])
+    assert _is_png(out / "median" / "dose_0.50_600.png")
 
 
 @pytest.mark.parametrize("name", ["label_noise", "coherence"])
