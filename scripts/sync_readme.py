@@ -3,7 +3,7 @@
   python scripts/sync_readme.py [--default-report workdirs/default/report.md]
 
 - ``<!-- results-summary -->``: the table of ``docs/results/summary.md`` (written by
-  ``python studies/summary.py --out docs/results``), links rebased to the README.
+  ``python -m studies summary --out docs/results``), links rebased to the README.
 - ``<!-- default-job-results -->``: the table of the default job's ``report.md`` (written by
   ``bash run.sh``), when ``--default-report`` is given.
 

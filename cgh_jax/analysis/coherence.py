@@ -17,7 +17,7 @@ helps" in between. :math:`\\alpha / m` is the normalized version in
 :math:`m \\times m` matrix of dot products nor stores all gradients, only a
 running parameter-shaped sum :math:`\\sum_i g_i` and a running scalar
 :math:`\\sum_i \\lVert g_i \\rVert^2`, updated one jitted chunk of examples at a
-time.
+time. :class:`CoherenceHook` measures it during a run of the trainer, at chosen steps.
 
 References:
   Chatterjee & Zielinski, *Making Coherence Out of Nothing At All: Measuring
@@ -33,6 +33,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+
+from cgh_jax.hooks import Hook
+from cgh_jax.step import cross_entropy
 
 
 class CoherenceStats(NamedTuple):
@@ -239,3 +243,87 @@ def m_coherence(
         carry = _chunk_update(carry, params, chunk, mask, args, loss_fn=loss_fn, has_aux=has_aux)
     total, norm_sq_sum = carry
     return _stats(total, norm_sq_sum, m)
+
+
+class CoherenceHook(Hook):
+    """Measures the m-coherence and the accuracy of a fixed sample at chosen steps of a run.
+
+    A :class:`cgh_jax.hooks.Hook` for ``train_and_evaluate(config, workdir, hooks=[...])``:
+    step 0 is measured at the first evaluation (before any update), step ``s`` right after
+    update ``s``, and, with ``last``, the run's last step too. The loss is the mean
+    cross-entropy in evaluation mode (BatchNorm with its running statistics) against the
+    sample's ``label``. Each measurement appends to :attr:`points` a dict with ``step``,
+    ``epoch``, ``alpha``, ``m``, ``mean_grad_norm_sq``, ``accuracy`` (against ``label``) and,
+    when the sample has ``true_label``, ``true_accuracy``.
+
+    Args:
+      sample: host arrays ``{'image': [m, ...], 'label': [m], 'true_label': [m]
+        (optional)}``.
+      steps: the steps to measure at (those beyond the run are skipped).
+      chunk_size: examples per chunk of :func:`m_coherence`.
+      last: also measure at the run's last step.
+    """
+
+    def __init__(self, sample: dict[str, Any], steps, chunk_size: int, *, last: bool = True):
+        self.sample = {k: np.asarray(v) for k, v in sample.items()}
+        self.steps = {int(s) for s in steps}
+        self.chunk_size = chunk_size
+        self.last = last
+        self.points: list[dict[str, Any]] = []
+        self._fns = None
+
+    def _wanted(self, run) -> set[int]:
+        wanted = {s for s in self.steps if s <= run.total_steps}
+        return wanted | {run.total_steps} if self.last else wanted
+
+    def on_eval(self, run, record: dict[str, Any]) -> None:
+        if int(record["step"]) == 0 and 0 in self._wanted(run):
+            self.measure(run, 0)
+
+    def on_step(self, run, step: int) -> None:
+        if step in self._wanted(run):
+            self.measure(run, step)
+
+    def _functions(self, model):
+        if self._fns is None:
+
+            def variables(params, batch_stats):
+                return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+            def loss_fn(params, batch, batch_stats):
+                logits = model.apply(variables(params, batch_stats), batch["image"], train=False)
+                return jnp.mean(cross_entropy(logits, batch["label"]))
+
+            @jax.jit
+            def accuracy(params, batch_stats, images, labels):
+                logits = model.apply(variables(params, batch_stats), images, train=False)
+                return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+
+            self._fns = loss_fn, accuracy
+        return self._fns
+
+    def measure(self, run, step: int) -> dict[str, Any]:
+        """Measures the sample at the run's current state and appends the point."""
+        if any(p["step"] == step for p in self.points):
+            return next(p for p in self.points if p["step"] == step)
+        loss_fn, accuracy = self._functions(run.model)
+        params, stats = run.state.params, run.state.batch_stats
+        batch = {"image": self.sample["image"], "label": self.sample["label"]}
+        got = m_coherence(loss_fn, params, batch, chunk_size=self.chunk_size, args=(stats,))
+        m = int(got.num_examples)
+        point = {
+            "step": step,
+            "epoch": step / run.steps_per_epoch,
+            "alpha": float(got.alpha),
+            "m": m,
+            "mean_grad_norm_sq": float(got.norm_sq_sum) / m,
+            "accuracy": float(accuracy(params, stats, batch["image"], batch["label"])),
+        }
+        if "true_label" in self.sample:
+            true = self.sample["true_label"]
+            point["true_accuracy"] = float(accuracy(params, stats, batch["image"], true))
+        logging.info(
+            "m-coherence at step %d: %.3f (accuracy %.3f).", step, point["alpha"], point["accuracy"]
+        )
+        self.points.append(point)
+        return point

