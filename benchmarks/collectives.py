@@ -4,7 +4,7 @@ Runs on fake CPU devices (the flag below is set before jax is imported); nothing
 the numbers come from the compiled, SPMD-partitioned programs, so they are what the same
 programs would send on real devices.
 
-Measures (see :func:`cgh_jax.optim.sharded.hlo_collective_traffic`):
+Measures (see :func:`cgh_jax.optim.hlo.hlo_collective_traffic`):
 
 * HLO bytes: the sum over collective instructions of operand + result bytes (one device);
 * ring bytes: bytes one device sends under ring algorithms (all-reduce ``2(n-1)/n S``,
@@ -47,7 +47,7 @@ from benchmarks.common import (  # noqa: E402
     optimizer_spec,
 )
 from cgh_jax.models import get_model  # noqa: E402
-from cgh_jax.optim.sharded import hlo_collective_traffic, summarize_traffic  # noqa: E402
+from cgh_jax.optim.hlo import hlo_collective_traffic, summarize_traffic  # noqa: E402
 
 K = 3
 

@@ -9,18 +9,16 @@ Every problem raises :class:`ConfigError` (a ``ValueError``) whose message has o
 ``<what is wrong>; <what to do>``, and names the field (``config.optimizer.name``), the
 value and the accepted values.
 
-* :func:`load_config_file` -- the ``--config=FILE[:ARGS]`` file and its arguments.
-* :func:`check_override_names` -- ``--config.<field>`` names exist (with a suggestion).
 * :func:`check_config` -- every field of a training or study config: types, ranges, names
   (models, optimizers, data sources), the data path and its files, batch sizes against
   groups and clipping, the optimizer against the model.
 * :func:`check_optimizer` -- the complete optimizer-field rules.
-* :func:`check_override_types` -- an override keeps the type of the field's value.
-* :func:`check_study_overrides` -- a study refuses overrides its runs would replace.
-* :func:`check_workdir` -- the work directory exists as a folder or can be created, and is
-  writable; nothing in it is changed.
 * :func:`check_dataset_size`, :func:`check_devices` -- batch sizes against the numbers that
   are known only later (dataset size, device count); they take plain numbers.
+
+The command line's own checks (the config file, its overrides, the work directory) are in
+:mod:`cgh_jax.cli_checks`; the runs of a study config (and the overrides a study refuses) in
+:mod:`cgh_jax.study`.
 """
 
 from __future__ import annotations
@@ -30,8 +28,6 @@ import difflib
 import math
 import numbers
 import os
-import re
-import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -39,8 +35,6 @@ import ml_collections
 
 from cgh_jax import choices, configlib
 
-RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_STUDY_FIELDS = ("optimizers", "variants", "title")
 _IDX_PREFIXES = {"train": "train", "test": "t10k"}
 _IMAGE_FOLDER_TEST_DIRS = ("test", "val", "validation")
 
@@ -157,107 +151,6 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-# ----------------------------------------------------------------------------- the file
-
-
-def split_config_spec(spec: str) -> tuple[str, str | None]:
-    """``"configs/x.py:a=1"`` -> ``("configs/x.py", "a=1")``; no colon -> ``(path, None)``."""
-    path, sep, arg = spec.partition(":")
-    return path, (arg if sep else None)
-
-
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """Runs ``get_config`` of the config file ``spec`` (``FILE[:ARGS]``) and returns its config.
-
-    The file is executed as a fresh module, exactly as ``ml_collections.config_flags`` does;
-    ``get_config(ARGS)`` is called with the text after the first colon (without a colon,
-    ``get_config()``).
-
-    Raises:
-      ConfigError: no such file, a file that does not load or has no ``get_config``, an
-        argument ``get_config`` refuses (unknown key, bad type or value), or a result that
-        is not a ConfigDict.
-    """
-    path, arg = split_config_spec(spec)
-    where = f"--config={spec}"
-    if not path:
-        raise ConfigError("--config names no file", "pass --config=configs/<name>.py[:ARGS]")
-    if not os.path.isfile(path):
-        state = "is a directory" if os.path.isdir(path) else "does not exist"
-        folder = os.path.dirname(path) or "."
-        found = (
-            sorted(f for f in os.listdir(folder) if f.endswith(".py"))
-            if os.path.isdir(folder)
-            else []
-        )
-        hint = f"; config files in {folder}: {_one_of(found)}" if found else ""
-        raise ConfigError(
-            f"config file {path!r} {state} (from {where}, relative to {os.getcwd()})",
-            f"pass an existing config file{_suggest(os.path.basename(path), found)}{hint}",
-        )
-    module = types.ModuleType("cgh_jax_config_file")
-    module.__file__ = os.path.abspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            code = compile(f.read(), path, "exec")
-        exec(code, module.__dict__)  # noqa: S102 - the user's own config file
-    except Exception as e:  # any error while importing the file is the file's problem
-        raise ConfigError(
-            f"config file {path!r} failed to load: {type(e).__name__}: {e}",
-            "fix the file (rerun with CGH_JAX_TRACEBACK=1 for the traceback)",
-        ) from e
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        raise ConfigError(
-            f"config file {path!r} defines no get_config function",
-            "define get_config(arg=None) returning an ml_collections.ConfigDict",
-        )
-    try:
-        config = get_config() if arg is None else get_config(arg)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e.what}", e.fix) from e
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        what, _, fix = " ".join(str(e).split()).rstrip(".").partition("; ")
-        fix = fix or f"fix the arguments (the docstring of {path} lists them)"
-        raise ConfigError(f"{where}: {what}", fix) from e
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(
-            f"get_config of {path!r} returned {type(config).__name__}, not a ConfigDict",
-            "return an ml_collections.ConfigDict (e.g. configlib.base_config())",
-        )
-    return config
-
-
-def check_override_names(config: ml_collections.ConfigDict, names: Iterable[str]) -> None:
-    """Checks that every ``--config.<name>`` override names an existing field.
-
-    Raises:
-      ConfigError: naming the unknown field, the closest existing one and the fields there.
-    """
-    for name in names:
-        node: Any = config
-        parts = name.split(".")
-        for depth, part in enumerate(parts):
-            at = ".".join(parts[:depth])
-            if not isinstance(node, ml_collections.ConfigDict):
-                raise ConfigError(
-                    f"--config.{name}: config.{at} is a value ({node!r}), not a group of fields",
-                    f"override --config.{at} itself",
-                )
-            if part not in node:
-                fields = sorted(node.keys())
-                hint = _suggest(part, fields)
-                if at == "model" and part == "num_classes":
-                    fix = "the number of classes comes from the dataset; remove the override"
-                else:
-                    fix = f"fields of config{'.' + at if at else ''}: {_one_of(fields)}"
-                raise ConfigError(
-                    f"--config.{name}: config{'.' + at if at else ''} has no field {part!r}{hint}",
-                    fix,
-                )
-            node = node[part]
 
 
 # ----------------------------------------------------------------------------- fields
@@ -530,185 +423,6 @@ def examples_per_update(config: Mapping[str, Any]) -> int:
     return int(config["batch_size"])
 
 
-# ----------------------------------------------------------------------------- studies
-
-
-def is_study(config: Mapping[str, Any]) -> bool:
-    """True if ``config`` has a non-empty ``study.optimizers``."""
-    return "study" in config and bool(_get(config["study"], "optimizers"))
-
-
-def _variants(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    variants = _get(config["study"], "variants") or {}
-    if not isinstance(variants, Mapping | ml_collections.ConfigDict):
-        raise ConfigError(
-            f"config.study.variants={variants!r} is not a mapping",
-            "give {run name: {field: value, ...}}",
-        )
-    out = {}
-    for name, fields in _to_dict(variants).items():
-        if not isinstance(fields, Mapping):
-            raise ConfigError(
-                f"config.study.variants[{name!r}]={fields!r} is not a mapping of fields",
-                "give {field: value, ...}, e.g. {'batch_size': 300}",
-            )
-        out[str(name)] = dict(fields)
-    return out
-
-
-def _merge(cfg: dict[str, Any], fields: Mapping[str, Any], run: str, at: str = "") -> None:
-    for key, value in fields.items():
-        path = f"{at}{key}"
-        if key not in cfg:
-            raise ConfigError(
-                f"config.study.variants[{run!r}] sets {path!r}, which is not a config field"
-                f"{_suggest(key, cfg)}",
-                f"fields here: {_one_of(sorted(cfg))}",
-            )
-        if isinstance(cfg[key], Mapping) and isinstance(value, Mapping):
-            _merge(cfg[key], value, run, f"{path}.")
-        else:
-            cfg[key] = value
-
-
-def study_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each run of a study config as a plain nested dict, without the ``study`` field.
-
-    A run name is an optimizer name (``optimizer.name`` replaced) or a key of
-    ``config.study.variants`` (its nested fields merged in), as in ``cgh_jax.study``.
-
-    Raises:
-      ConfigError: an empty, repeated, malformed or unknown run name, or a variant that sets
-        a field the config lacks.
-    """
-    study = config["study"]
-    _known_fields("study.", study, _STUDY_FIELDS)
-    names = _get(study, "optimizers")
-    if isinstance(names, str) or not isinstance(names, list | tuple) or not names:
-        raise ConfigError(
-            f"config.study.optimizers={names!r} is not a non-empty tuple of run names",
-            "give e.g. ('sgd', 'm3')",
-        )
-    if len(set(names)) != len(names):
-        raise ConfigError(
-            f"config.study.optimizers={tuple(names)!r} repeats a run", "name each run once"
-        )
-    variants = _variants(config)
-    base = _to_dict(config)
-    base.pop("study")
-    runs = {}
-    for name in names:
-        if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
-            raise ConfigError(
-                f"study run name {name!r} is not a directory name",
-                "use only letters, digits, '_', '.' and '-'",
-            )
-        cfg = _to_dict(base)
-        if name in variants:
-            _merge(cfg, variants[name], name)
-        elif name in choices.OPTIMIZERS:
-            cfg["optimizer"]["name"] = name
-        else:
-            valid = (*choices.OPTIMIZERS, *variants)
-            raise ConfigError(
-                f"config.study.optimizers has {name!r}, which is neither an optimizer nor a "
-                f"study variant{_suggest(name, valid)}",
-                f"use one of {_one_of(valid)}",
-            )
-        runs[name] = cfg
-    return runs
-
-
-def _ignored_by(config: Mapping[str, Any], field: str) -> list[str]:
-    """The runs of a study that replace ``field`` with their own value."""
-    variants = _variants(config)
-    runs = []
-    for name in _get(config["study"], "optimizers"):
-        if name in variants:
-            set_fields = _flatten(variants[name])
-            if any(field == f or field.startswith(f + ".") for f in set_fields):
-                runs.append(name)
-        elif field == "optimizer.name":
-            runs.append(name)
-    return runs
-
-
-def _same_kind(old: Any, new: Any) -> bool:
-    if isinstance(old, bool) or isinstance(new, bool):
-        return isinstance(old, bool) and isinstance(new, bool)
-    if _is_int(old):
-        return _is_int(new)
-    if _is_number(old):
-        return _is_number(new)
-    if isinstance(old, list | tuple):
-        return isinstance(new, list | tuple) and (
-            not old or all(_same_kind(old[0], v) for v in new)
-        )
-    return isinstance(new, type(old))
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, list | tuple) and value:
-        return f"a {type(value).__name__} of {type(value[0]).__name__}"
-    return f"a {type(value).__name__}"
-
-
-def check_override_types(final: Any, own: Any) -> None:
-    """Refuses an override whose value has another type than the config file's own value.
-
-    Integers may replace floats; a tuple's elements must have the type of the config's
-    first element (``--config.model.hidden='(512, 512)'``, not ``abc``). Fields the config
-    leaves unset (None) take any value.
-
-    Raises:
-      ConfigError: naming the field, the given value and the expected type.
-    """
-    new, old = _flatten(_to_dict(final)), _flatten(_to_dict(own))
-    for field in sorted(new):
-        before, after = old.get(field), new[field]
-        if before is None or before == after or _same_kind(before, after):
-            continue
-        raise ConfigError(
-            f"--config.{field}={after!r} is {_type_name(after)}, but the config's value "
-            f"{before!r} is {_type_name(before)}",
-            f"give a value like {before!r}",
-        )
-
-
-def check_study_overrides(final: Any, own: Any, spec: str) -> None:
-    """Refuses command-line overrides of a study config that its runs would replace.
-
-    Args:
-      final: the config after the ``--config.<field>`` overrides.
-      own: the config file's own result for the same ``:ARGS`` (no overrides).
-      spec: the ``--config`` value, for the message.
-
-    Raises:
-      ConfigError: naming the overridden field and the runs that set their own value.
-    """
-    if not is_study(final):
-        return
-    new, old = _flatten(_to_dict(final)), _flatten(_to_dict(own))
-    for field in sorted(new):
-        if field.startswith("study.") or new[field] == old.get(field, new[field]):
-            continue
-        runs = _ignored_by(final, field)
-        if runs:
-            path, _ = split_config_spec(spec)
-            how = (
-                f"choose the runs with the config's argument instead, e.g. "
-                f"--config={path}:opts=sgd+m3"
-                if field == "optimizer.name"
-                else f"set it through the config's arguments ({path} lists them) or "
-                "--config.study.variants"
-            )
-            raise ConfigError(
-                f"--config.{field}={new[field]!r} would be ignored: the study {path} sets "
-                f"{field} itself in its run(s) {_one_of(runs)}",
-                how,
-            )
-
-
 # ----------------------------------------------------------------------------- everything
 
 
@@ -725,6 +439,8 @@ def check_config(config: Any) -> None:
         raise ConfigError(
             f"the config is a {type(config).__name__}", "pass an ml_collections.ConfigDict"
         )
+    from cgh_jax.study import is_study, study_runs  # cgh_jax.study imports this module
+
     if "study" not in config or not is_study(config):
         if "study" in config:
             raise ConfigError(
@@ -743,6 +459,8 @@ def check_config(config: Any) -> None:
 
 
 def _runs(config: Any) -> list[tuple[str, Mapping[str, Any]]]:
+    from cgh_jax.study import is_study, study_runs  # cgh_jax.study imports this module
+
     if is_study(config):
         return [(f"study run {n!r}: ", r) for n, r in study_runs(config).items()]
     return [("", _to_dict(config))]
@@ -808,75 +526,6 @@ def check_devices(config: Any, num_devices: int, num_processes: int = 1) -> None
                 )
 
 
-# ----------------------------------------------------------------------------- workdir
-
-
-def check_workdir(workdir: Any) -> None:
-    """Checks that ``workdir`` is, or can be created as, a writable directory.
-
-    Nothing is left behind: an existing directory gets a probe file that is removed at
-    once; a missing one is created and removed again (its missing parents too). Remote
-    paths (``gs://...``) are not checked.
-
-    Raises:
-      ConfigError: no workdir, a file in the way, or a directory that cannot be written.
-    """
-    if not workdir or not isinstance(workdir, str | os.PathLike):
-        raise ConfigError("--workdir is not set", "pass --workdir=DIR for checkpoints and metrics")
-    path = os.path.abspath(os.fspath(workdir))
-    if _is_remote(workdir):
-        return
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(
-            f"--workdir={workdir} is a file, not a directory",
-            "pass a new or existing directory",
-        )
-    if os.path.isdir(path):
-        checkpoints = os.path.join(path, "checkpoints")
-        if os.path.exists(checkpoints) and not os.path.isdir(checkpoints):
-            raise ConfigError(
-                f"--workdir={workdir} holds a file named checkpoints where the checkpoint "
-                "directory goes",
-                "move that file away or pass another --workdir",
-            )
-        _probe_writable(path, workdir)
-        return
-    # The topmost missing directory: create and remove it to prove that it can be made.
-    top = path
-    while not os.path.exists(os.path.dirname(top)):
-        top = os.path.dirname(top)
-    parent = os.path.dirname(top)
-    if not os.path.isdir(parent):
-        raise ConfigError(
-            f"--workdir={workdir} cannot be created: {parent} is a file",
-            "pass a directory whose parent is a directory",
-        )
-    try:
-        os.mkdir(top)
-    except OSError as e:
-        raise ConfigError(
-            f"--workdir={workdir} cannot be created in {parent}: {e.strerror}",
-            "pass a directory in a writable location",
-        ) from e
-    try:
-        _probe_writable(top, workdir)
-    finally:
-        os.rmdir(top)
-
-
-def _probe_writable(directory: str, workdir: Any) -> None:
-    probe = os.path.join(directory, f".cgh-jax-write-probe-{os.getpid()}")
-    try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except OSError as e:
-        raise ConfigError(
-            f"--workdir={workdir} is not writable: {e.strerror}",
-            "pass a directory you can write to",
-        ) from e
-    os.close(fd)
-    os.unlink(probe)
-
-
 __all__ = [
     "ConfigError",
     "check_config",
@@ -884,13 +533,5 @@ __all__ = [
     "check_dataset_size",
     "check_devices",
     "check_optimizer",
-    "check_override_names",
-    "check_override_types",
-    "check_study_overrides",
-    "check_workdir",
     "examples_per_update",
-    "is_study",
-    "load_config_file",
-    "split_config_spec",
-    "study_runs",
 ]

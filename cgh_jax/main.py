@@ -6,10 +6,10 @@ comparison study (``cgh_jax.study``); any other config trains one run
 ``--config.<field>=value``; the config is locked, so a mistyped field is an error.
 
 Everything that can be checked without data is checked before JAX, TensorFlow or a model
-is imported (:mod:`cgh_jax.config_checks`): the config file and its arguments, every
-field, the overrides, the work directory. Then, after the imports and before any data is
-loaded, the batch sizes against the dataset size (where the data package knows it
-cheaply) and the device count.
+is imported (:mod:`cgh_jax.cli_checks`, :mod:`cgh_jax.config_checks`, :mod:`cgh_jax.study`):
+the config file and its arguments, every field, the overrides, the work directory. Then,
+after the imports and before any data is loaded, the batch sizes against the dataset size
+(where the data package knows it cheaply) and the device count.
 
 Errors are one line on stderr, ``cgh-jax: error: <what is wrong>; <what to do>``, with exit
 status 2 for usage and configuration errors (the command line, the config, the data it
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cgh_jax import config_checks
+from cgh_jax import cli_checks, config_checks, study
 from cgh_jax.config_checks import ConfigError
 
 FLAGS = flags.FLAGS
@@ -194,8 +194,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
             raise ConfigError(
                 "--workdir is required", "pass --workdir=DIR for checkpoints and metrics"
             )
-        own = config_checks.load_config_file(spec)
-        config_checks.check_override_names(own, _override_names(argv[1:]))
+        own = cli_checks.load_config_file(spec)
+        cli_checks.check_override_names(own, _override_names(argv[1:]))
         try:
             rest = FLAGS(argv)
         except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
@@ -205,10 +205,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
                 f"unexpected argument(s) {' '.join(rest[1:])}",
                 "pass flags only (--config=..., --workdir=..., --config.FIELD=VALUE)",
             )
-        config_checks.check_override_types(FLAGS.config, own)
-        config_checks.check_study_overrides(FLAGS.config, own, spec)
+        cli_checks.check_override_types(FLAGS.config, own)
+        study.check_study_overrides(FLAGS.config, own, spec)
         config_checks.check_config(FLAGS.config)
-        config_checks.check_workdir(FLAGS.workdir)
+        cli_checks.check_workdir(FLAGS.workdir)
     except ConfigError as e:
         fail(str(e), EXIT_CONFIG, argv)
     return rest
@@ -262,8 +262,8 @@ def check_dataset_size(config) -> None:
 
     from cgh_jax.data import known_sizes
 
-    if config_checks.is_study(config):
-        runs = [ml_collections.ConfigDict(r) for r in config_checks.study_runs(config).values()]
+    if study.is_study(config):
+        runs = [ml_collections.ConfigDict(r) for r in study.study_runs(config).values()]
     else:
         runs = [config]
     for run in runs:
@@ -289,9 +289,7 @@ def main(argv):
             jax.device_count(),
             jax.devices()[0].device_kind,
         )
-        if config_checks.is_study(FLAGS.config):
-            from cgh_jax import study
-
+        if study.is_study(FLAGS.config):
             study.run_study(FLAGS.config, FLAGS.workdir)
         else:
             from cgh_jax import train

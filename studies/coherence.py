@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
+from cgh_jax.analysis import examples, plots, report
 from studies import page as P
 from studies import runs as R
 
@@ -35,15 +34,6 @@ def plan(quick: bool) -> dict[str, R.Run]:
     }
 
 
-def fixed_sample(data_config, size: int, seed: int = SAMPLE_SEED) -> dict[str, np.ndarray]:
-    """A seeded random sample of ``size`` training examples, with the labels trained on."""
-    got = R.train_examples(data_config, ("image", "label", "true_label"), batch_size=500)
-    if got["label"].size < size:
-        raise ValueError(f"The training set has {got['label'].size} examples, fewer than {size}.")
-    pick = np.sort(np.random.default_rng(seed).choice(got["label"].size, size, replace=False))
-    return {k: v[pick] if k == "image" else v[pick].astype(np.int32) for k, v in got.items()}
-
-
 def train(args):
     """Trains both runs with the m-coherence hook; a finished run's points are read back."""
     from cgh_jax.analysis import CoherenceHook
@@ -52,7 +42,7 @@ def train(args):
     curves, dirs, configs = {}, {}, {}
     for kind, run in plan(args.quick).items():
         cfg, run_dir = R.build_config(run, args), Path(args.workdir) / run.dir
-        hook = CoherenceHook(fixed_sample(cfg.data, m), STEPS, chunk)
+        hook = CoherenceHook(examples.sample_examples(cfg.data, m, SAMPLE_SEED), STEPS, chunk)
         R.say(f"coherence: training with {kind}, measuring m-coherence of {m} examples")
         R.run_training(cfg, run_dir, hooks=[hook])
         if hook.points and hook.points[0]["step"] == min(STEPS):
@@ -65,29 +55,6 @@ def train(args):
         curves[kind] = json.loads((run_dir / POINTS).read_text())
         dirs[kind], configs[kind] = run_dir, cfg
     return curves, dirs, configs, m, chunk
-
-
-def plot(curves: dict[str, list[dict]], path: Path, m: int) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    ax_alpha, ax_acc = fig.subplots(1, 2)
-    colors = {"real labels": "tab:blue", "random labels": "tab:red"}
-    for kind, points in curves.items():
-        x = [max(p["step"], 0.5) for p in points]
-        ax_alpha.plot(x, [p["alpha"] for p in points], marker=".", color=colors[kind], label=kind)
-        acc = [100 * p["accuracy"] for p in points]
-        ax_acc.plot(x, acc, marker=".", color=colors[kind], label=kind)
-    ax_alpha.axhline(1.0, color="gray", lw=0.8, ls="--", label="orthogonal gradients (1)")
-    ax_alpha.set(yscale="log", ylabel=f"m-coherence α (m = {m:,})")
-    ax_alpha.set_title("m-coherence of per-example gradients")
-    ax_acc.set(ylabel="accuracy on the sample (%), trained labels", ylim=(-2, 102))
-    ax_acc.set_title("fit of the sample")
-    for ax in (ax_alpha, ax_acc):
-        ax.set(xscale="log", xlabel="step (step 0 drawn at 0.5)")
-        ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize="small")
-    fig.savefig(path, dpi=120)
 
 
 def _facts(curves: dict[str, list[dict]]):
@@ -166,7 +133,7 @@ def summary_item(curves: dict[str, list[dict]]) -> dict[str, str]:
 
 def page(args, trained) -> P.Page:
     curves, dirs, configs, m, chunk = trained
-    plot(curves, Path(args.out) / "coherence.png", m)
+    plots.plot_coherence_curves(curves, Path(args.out) / "coherence.png", m=m)
     rand = {p["step"]: p for p in curves["random labels"]}
     rows = [
         [f"{p['step']:,}", f"{p['epoch']:.2f}", f"{p['alpha']:.2f}", P.pct(p["accuracy"])]
@@ -189,7 +156,7 @@ def page(args, trained) -> P.Page:
         data=data,
         body=[
             "## Results",
-            P.markdown_table(columns, rows),
+            report.markdown_table(columns, rows),
             "![m-coherence and sample accuracy against steps](coherence.png)",
             "## What CGH expects, and what happened",
             "\n".join(verdict(curves, m)),

@@ -15,6 +15,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from cgh_jax.analysis import plots, report, stats
 from studies import page as P
 from studies import runs as R
 
@@ -59,7 +60,7 @@ def train(args):
 def side_rows(runs: dict[str, list[Path]], sizes: dict[str, int]) -> list[dict]:
     rows = []
     for side, dirs in runs.items():
-        finals = P.finals(dirs)
+        finals = report.run_finals(dirs)
         train, test = ([f[f"{k}/top1"] for f in finals] for k in ("train_sample", "test"))
         row = dict(side=side, train_size=sizes[f"{side}_train"], test_size=sizes[f"{side}_test"])
         row.update(train=train, test=test, gap=[a - b for a, b in zip(train, test, strict=True)])
@@ -72,13 +73,13 @@ def _compare(rows: list[dict]):
     """Easy row, hard row, test difference (fraction) and the larger seed spread."""
     by = {r["side"]: r for r in rows}
     easy, hard = by["easy"], by["hard"]
-    spread = max(P.spread(easy["test"]), P.spread(hard["test"]))
-    return easy, hard, P.mean(easy["test"]) - P.mean(hard["test"]), spread
+    spread = max(stats.std(easy["test"]), stats.std(hard["test"]))
+    return easy, hard, stats.mean(easy["test"]) - stats.mean(hard["test"]), spread
 
 
 def verdict(rows: list[dict]) -> list[str]:
     easy, hard, diff, spread = _compare(rows)
-    e, h = 100 * P.mean(easy["test"]), 100 * P.mean(hard["test"])
+    e, h = 100 * stats.mean(easy["test"]), 100 * stats.mean(hard["test"])
     tail = f"({100 * diff:+.1f} points; largest seed std {100 * spread:.1f})."
     first = (
         "- **The W&S finding holds here**: trained and tested within its side, the easy side "
@@ -87,13 +88,13 @@ def verdict(rows: list[dict]) -> list[str]:
         else f"- **The W&S finding does not hold here**: easy → easy test accuracy {e:.1f}% vs "
         f"hard → hard {h:.1f}% {tail}"
     )
-    gap_e, gap_h = 100 * P.mean(easy["gap"]), 100 * P.mean(hard["gap"])
-    fit_e, fit_h = 100 * P.mean(easy["train"]), 100 * P.mean(hard["train"])
+    gap_e, gap_h = 100 * stats.mean(easy["gap"]), 100 * stats.mean(hard["gap"])
+    fit_e, fit_h = 100 * stats.mean(easy["train"]), 100 * stats.mean(hard["train"])
     second = (
         "- Generalization gap (final training accuracy minus test accuracy): easy "
         f"{gap_e:.1f} points, hard {gap_h:.1f} points"
     )
-    if min(P.mean(easy["train"]), P.mean(hard["train"])) > 0.9:
+    if min(stats.mean(easy["train"]), stats.mean(hard["train"])) > 0.9:
         second += f". Both sides fit their training part ({fit_e:.1f}% and {fit_h:.1f}%), so "
         second += "the difference is in generalization, not in fitting."
     else:
@@ -124,19 +125,17 @@ COLUMNS = (
 
 
 def page(args, trained) -> P.Page:
-    from cgh_jax.analysis import report
-
     probe_dir, cfg, split, runs = trained
     out = Path(args.out)
     rows = side_rows(runs, split["sizes"])
     title = "Trained on one side, tested on held-out examples of the same side"
     curves, path = {f"{side} → {side}": dirs for side, dirs in runs.items()}, out / "curves.png"
-    report.plot_accuracy_curves(curves, sets=("train_sample", "test"), path=path, title=title)
-    probe_final = P.finals([probe_dir])[0]
+    plots.plot_accuracy_curves(curves, sets=("train_sample", "test"), path=path, title=title)
+    probe_final = report.run_finals([probe_dir])[0]
     table = [
         [f"{r['side']} → {r['side']}", f"{r['train_size']:,}", f"{r['test_size']:,}"]
         + [P.pct(r[k]) for k in ("train", "test", "gap")]
-        + [f"{r['epochs']:g}", P.format_seconds(P.mean(r["wall_s"]))]
+        + [f"{r['epochs']:g}", P.format_seconds(stats.mean(r["wall_s"]))]
         for r in rows
     ]
     hard = split.get("class_counts", {}).get("hard_train", {})
@@ -148,7 +147,7 @@ def page(args, trained) -> P.Page:
         "## Results",
         "Accuracy in %; the generalization gap is the final training accuracy minus the test "
         "accuracy, in points.",
-        P.markdown_table(COLUMNS, table),
+        report.markdown_table(COLUMNS, table),
         "![train and test accuracy of the easy and hard sides](curves.png)",
         f"True classes of the hard train part (digit: count): {classes}." if counts else "",
         "## What W&S found, and what happened here",

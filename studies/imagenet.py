@@ -15,7 +15,8 @@ import time
 import traceback
 from pathlib import Path
 
-from studies.page import format_seconds, machine, markdown_table
+from cgh_jax.analysis.report import markdown_table
+from studies.page import format_seconds, machine
 from studies.runs import REPO, load_config, run_training, say
 
 CONFIGS = {

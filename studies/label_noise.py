@@ -14,6 +14,7 @@ import math
 import os
 from pathlib import Path
 
+from cgh_jax.analysis import examples, plots, report
 from studies import page as P
 from studies import runs as R
 
@@ -37,29 +38,6 @@ def label(noise: float) -> str:
 
 def train(args):
     return {noise: R.train(run, args) for noise, run in plan(args.quick).items()}
-
-
-def plot_rates(metrics: dict[float, list], path: Path) -> None:
-    """Pristine and memorized-corrupt accuracy against epochs, one line per noise level."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    colors = ["tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown"]
-    for (noise, records), color in zip(metrics.items(), colors, strict=False):
-        epochs = [r["epoch"] for r in records]
-        for ax, key in zip(axes, ("pristine/top1", "corrupt_noisy/top1"), strict=True):
-            values = [100 * r[key] if r.get(key) is not None else math.nan for r in records]
-            if not all(math.isnan(v) for v in values):
-                ax.plot(epochs, values, marker=".", color=color, label=label(noise))
-    axes[0].set_title("pristine training examples")
-    axes[1].set_title("corrupt training examples, noisy label (memorization)")
-    for ax in axes:
-        ax.set(xlabel="epoch", ylim=(-2, 102))
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("top-1 accuracy (%)")
-    axes[0].legend(fontsize="small")
-    fig.savefig(path, dpi=120)
 
 
 def _predictions(rows: list[dict]) -> tuple[list[dict], list[dict], bool, bool]:
@@ -151,15 +129,13 @@ def summary_item(rows: list[dict], epochs: float) -> dict[str, str]:
 
 
 def row(noise: float, run_dir: Path, cfg) -> dict:
-    from cgh_jax.analysis import report
-
     records = report.load_metrics(run_dir)
     final = report.final_metrics(records)
-    pristine, corrupt = R.noise_counts(cfg.data)
+    pristine, corrupt = examples.noise_counts(cfg.data)
     row = dict(noise=noise, num_pristine=pristine, num_corrupt=corrupt)
     for name, key in (("pristine", "pristine/top1"), ("corrupt", "corrupt_noisy/top1")):
-        row[f"{name}_ep1"] = P.value_at_epoch(records, key, 1)
-        row[f"{name}_to_50"] = P.first_epoch_at_least(records, key, 0.5)
+        row[f"{name}_ep1"] = report.value_at_epoch(records, key, 1)
+        row[f"{name}_to_50"] = report.first_epoch_at_least(records, key, 0.5)
     row.update(final={k: v for k, v in final.items() if "/" in k}, epochs=final["epoch"])
     return {**row, "eval_subset": cfg.data.eval_subset_size, "wall_s": R.run_wall_s(run_dir)}
 
@@ -184,14 +160,12 @@ def table_row(r: dict) -> list[str]:
 
 
 def page(args, trained) -> P.Page:
-    from cgh_jax.analysis import report
-
     out = Path(args.out)
     metrics = {noise: report.load_metrics(d) for noise, (d, _) in trained.items()}
     title = "MNIST, MLP 2048, SGD lr 0.1, batch 100: accuracy against epochs"
     curves = {label(n): m for n, m in metrics.items()}
-    report.plot_accuracy_curves(curves, sets=P.SETS, path=out / "curves.png", title=title)
-    plot_rates(metrics, out / "rates.png")
+    plots.plot_accuracy_curves(curves, sets=P.SETS, path=out / "curves.png", title=title)
+    plots.plot_memorization_rates(curves, out / "rates.png")
     rows = [row(noise, d, cfg) for noise, (d, cfg) in trained.items()]
     cfg0 = next(iter(trained.values()))[1]
     epochs = cfg0.num_epochs
@@ -199,7 +173,7 @@ def page(args, trained) -> P.Page:
         "## Results",
         "Top-1 accuracy in %. *Corrupt (noisy label)* is memorization: agreement with the "
         "wrong label the example was trained on.",
-        P.markdown_table(COLUMNS, [table_row(r) for r in rows]),
+        report.markdown_table(COLUMNS, [table_row(r) for r in rows]),
         "![accuracy curves per noise level](curves.png)",
         "![pristine and corrupt accuracy for all noise levels](rates.png)",
         "## What CGH predicts, and what happened",

@@ -12,9 +12,10 @@ examples per update. Differences in memorization (``corrupt_noisy``) are paired 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
+from cgh_jax.analysis import plots, report, stats
+from cgh_jax.analysis.stats import paired_difference
 from studies import page as P
 from studies import runs as R
 
@@ -32,8 +33,6 @@ PAIRS["rm3"] = ("rm3", 100, 1)  # key: (optimizer, batch, groups)
 COMPARE = (("m3", "sgd_b300"), ("rm3", "ra3"))  # (suppressor, its mean-gradient twin)
 KS, PER_UPDATE = (1, 3, 5, 9, 15), 360  # the dose-response: k groups of PER_UPDATE / k
 QUICK = dict(noises=(0.5,), sizes=(600,), seeds=(0, 1), epochs=1)
-# Two-sided 95% t quantiles for 1..10 degrees of freedom (beyond: df 10's, conservative).
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
 def settings(quick: bool) -> dict[str, tuple[str, int, int]]:
@@ -80,14 +79,6 @@ def train(args):
     }
 
 
-def paired(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """Mean of the per-seed differences ``a - b`` and its 95% t-interval (NaN with one seed)."""
-    diffs = [x - y for x, y in zip(a, b, strict=True)]
-    mid, n = P.mean(diffs), len(diffs)
-    half = T95[min(n - 1, len(T95)) - 1] * P.spread(diffs) / math.sqrt(n) if n > 1 else math.nan
-    return mid, mid - half, mid + half
-
-
 def effect(name: str, base: str, mem: tuple, test: tuple) -> str:
     """One verdict: the memorization difference with its interval, the test one beside."""
     mid, lo, hi = (100 * v for v in mem)
@@ -101,48 +92,38 @@ def effect(name: str, base: str, mem: tuple, test: tuple) -> str:
 
 
 def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], dict]:
-    finals = {key: P.finals(d) for key, d in dirs.items()}
+    finals = {key: report.run_finals(d) for key, d in dirs.items()}
     value = {k: {s: [f[f"{s}/top1"] for f in fs] for s in P.SETS} for k, fs in finals.items()}
     mem = {k: v["corrupt_noisy"] for k, v in value.items()}
     names = {"sgd_b300": "SGD, batch 300", "m3": "M3", "rm3": "RM3", "ra3": "RA3"}
     names |= {f"m3_k{k}": f"median of {k} group means of {PER_UPDATE // k}" for k in KS}
     rows = [[names[k], *(P.pct(v[s]) for s in ("corrupt_noisy", "test"))] for k, v in value.items()]
-    tests = {(a, b): paired(value[a]["test"], value[b]["test"]) for a, b in COMPARE}
-    effects = {(a, b): paired(mem[a], mem[b]) for a, b in COMPARE}
-    dose = paired(mem[f"m3_k{KS[-1]}"], mem[f"m3_k{KS[0]}"])
-    dose_test = paired(value[f"m3_k{KS[-1]}"]["test"], value[f"m3_k{KS[0]}"]["test"])
+    tests = {(a, b): paired_difference(value[a]["test"], value[b]["test"]) for a, b in COMPARE}
+    effects = {(a, b): paired_difference(mem[a], mem[b]) for a, b in COMPARE}
+    dose = paired_difference(mem[f"m3_k{KS[-1]}"], mem[f"m3_k{KS[0]}"])
+    dose_test = paired_difference(value[f"m3_k{KS[-1]}"]["test"], value[f"m3_k{KS[0]}"]["test"])
     lines = [effect(names[a], names[b], effects[a, b], tests[a, b]) for a, b in COMPARE]
     lines.append(effect(names[f"m3_k{KS[-1]}"], names[f"m3_k{KS[0]}"], dose, dose_test))
-    half = P.mean(mem["sgd_b300"]) >= 0.5
+    half = stats.mean(mem["sgd_b300"]) >= 0.5
     lines.append(
         f"- SGD at batch 300 memorizes {P.pct(mem['sgd_b300'])}% of the corrupt labels: "
         + ("at least half, as the design asks." if half else "**less than half**: train longer.")
     )
     figure = f"dose_{cell[0]:.2f}_{cell[1]}.png"
-    plot_dose(value, Path(args.out) / figure, f"{cell[0]:.0%} noise, {cell[1]:,} examples")
+    plots.plot_against(
+        {k: value[f"m3_k{k}"] for k in KS},
+        Path(args.out) / figure,
+        xlabel=f"k (groups of {PER_UPDATE} examples per update)",
+        title=f"{cell[0]:.0%} noise, {cell[1]:,} examples",
+    )
     section = [
         f"## {cell[0]:.0%} label noise, {cell[1]:,} training examples",
-        P.markdown_table(["run", "corrupt, noisy label (memorization)", "test"], rows),
+        report.markdown_table(["run", "corrupt, noisy label (memorization)", "test"], rows),
         f"![memorization and test accuracy against k]({figure})",
         "\n".join(lines),
     ]
     result = {"effects": {f"{a}-{b}": effects[a, b] for a, b in COMPARE}, "dose": dose}
     return section, {**result, "values": value, "verdicts": lines, "sgd_half": half}
-
-
-def plot_dose(value: dict, path: Path, title: str) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 3.5), layout="constrained")
-    ax = fig.subplots()
-    for key, label in (("corrupt_noisy", "memorization"), ("test", "test accuracy")):
-        means = [100 * P.mean(value[f"m3_k{k}"][key]) for k in KS]
-        errs = [100 * P.spread(value[f"m3_k{k}"][key]) for k in KS]
-        ax.errorbar(KS, means, yerr=errs, marker=".", capsize=3, label=label)
-    ax.set(xlabel=f"k (groups of {PER_UPDATE} examples per update)", ylabel="%", title=title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.savefig(path, dpi=120)
 
 
 def page(args, trained) -> P.Page:

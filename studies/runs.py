@@ -13,12 +13,12 @@ import sys
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import ml_collections
-import numpy as np
+
+from cgh_jax.analysis import examples
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -124,7 +124,9 @@ def build_config(run: Run, args) -> ml_collections.ConfigDict:
         cfg.seed = cfg.data.shuffle_seed = run.seed
     if run.subset[0]:
         sizes = {"train": run.subset[0], **({"heldout": run.subset[1]} if run.subset[1] else {})}
-        ids = write_subsets(cfg.data, sizes, SUBSET_SEED, Path(args.workdir) / run.subset_dir)
+        ids = examples.write_subsets(
+            cfg.data, sizes, SUBSET_SEED, Path(args.workdir) / run.subset_dir
+        )
         cfg.data.train_ids_file = str(ids["train"])
         if "heldout" in ids:
             cfg.data.test_ids_file = str(ids["heldout"])
@@ -133,69 +135,10 @@ def build_config(run: Run, args) -> ml_collections.ConfigDict:
     return cfg
 
 
-def train_examples(data_config, keys: Sequence[str], batch_size: int = 2000) -> dict[str, Any]:
-    """The given fields of every training example, in the data layer's order (after
-    ``train_ids_file`` filtering), exactly as the trainer sees them."""
-    from cgh_jax import data
-
-    parts = {k: [] for k in keys}
-    for batch in data.full_train_eval_batches(data_config, global_batch_size=batch_size):
-        keep = np.asarray(batch["mask"], bool)
-        for k in keys:
-            parts[k].append(np.asarray(batch[k])[keep])
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-@cache
-def _labels(fingerprint: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cfg = ml_collections.ConfigDict(json.loads(fingerprint))
-    got = train_examples(cfg, ("id", "label", "true_label"))
-    order = np.argsort(got["id"], kind="stable")
-    return got["id"][order], got["label"][order], got["true_label"][order]
-
-
-def training_labels(data_config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(ids, noisy_labels, true_labels)`` of every training example, in id order."""
-    return _labels(json.dumps(data_config.to_dict(), sort_keys=True))
-
-
-def write_subsets(data_config, sizes: Mapping[str, int], seed: int, directory) -> dict[str, Path]:
-    """Cuts one seeded permutation of the training ids (``default_rng(seed)``, the config's
-    own ``train_ids_file`` ignored) into consecutive parts of the given sizes, e.g.
-    ``{"train": 2000, "heldout": 2000}``; writes ``<name>_<size>_seed<seed>.npy`` (sorted
-    int64 ids) into ``directory`` and returns name -> path."""
-    cfg = ml_collections.ConfigDict(data_config.to_dict())
-    cfg.train_ids_file = cfg.test_ids_file = None
-    cfg.noise = 0.0
-    ids, _, _ = training_labels(cfg)
-    if min(sizes.values()) < 1 or sum(sizes.values()) > ids.size:
-        raise ValueError(
-            f"Subset sizes {dict(sizes)} must be positive and sum to at most {ids.size}."
-        )
-    perm = np.random.default_rng(seed).permutation(ids)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths, start = {}, 0
-    for name, size in sizes.items():
-        part = np.sort(perm[start : start + size]).astype(np.int64)
-        start += size
-        path = paths[name] = directory / f"{name}_{size}_seed{seed}.npy"
-        if not (path.exists() and np.array_equal(np.load(path), part)):
-            np.save(path, part)
-    return paths
-
-
-def noise_counts(data_config) -> tuple[int, int]:
-    """``(num_pristine, num_corrupt)`` training examples under the config's label noise."""
-    _, labels, true = training_labels(data_config)
-    corrupt = int(np.sum(labels != true))
-    return int(labels.size - corrupt), corrupt
-
-
 def fit_eval_subset(data_config, cap: int) -> int:
     """Sets ``eval_subset_size`` to the largest size <= ``cap`` that the pristine and corrupt
     sets allow (the data layer draws that many from each; few are pristine at high noise)."""
-    pristine, corrupt = noise_counts(data_config)
+    pristine, corrupt = examples.noise_counts(data_config)
     sizes = [cap, pristine + corrupt, pristine] + ([corrupt] if data_config.noise > 0 else [])
     data_config.eval_subset_size = int(min(s for s in sizes if s > 0))
     return data_config.eval_subset_size

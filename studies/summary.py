@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from studies.page import format_seconds, markdown_table
+from cgh_jax.analysis.report import markdown_table
+from studies.page import format_seconds
 
 STUDIES = ("label_noise", "suppression", "easy_hard", "coherence", "median")
 

@@ -18,9 +18,10 @@ import math
 import os
 from pathlib import Path
 
+from cgh_jax.analysis import plots, report
+from cgh_jax.analysis.stats import mean, std
 from studies import page as P
 from studies import runs as R
-from studies.page import mean, spread
 
 NOISE, EVAL_CAP, CONV_LR = 0.5, 1_000, 0.05
 SETS = ("corrupt_noisy", "corrupt_true", "pristine", "test")
@@ -196,7 +197,7 @@ def group_rows(group: Group, runs: dict[str, list[Path]]) -> list[dict]:
     rows = []
     for setting in group.settings:
         dirs = runs[setting.name]
-        finals = P.finals(dirs)
+        finals = report.run_finals(dirs)
         row = dict(name=setting.name, key=setting.key, runs=len(dirs))
         row.update(diverged=len(group.seeds) - len(dirs), wall_s=[R.run_wall_s(d) for d in dirs])
         row.update({k: [f.get(f"{k}/top1", math.nan) for f in finals] for k in SETS})
@@ -212,7 +213,7 @@ def _pair(rows: list[dict], name: str, baseline: str):
     if name not in by or baseline not in by:
         return None
     a, b = by[name], by[baseline]
-    floor = 2 * max(spread(a["corrupt_noisy"]), spread(b["corrupt_noisy"]))
+    floor = 2 * max(std(a["corrupt_noisy"]), std(b["corrupt_noisy"]))
     return mean(a["corrupt_noisy"]), mean(b["corrupt_noisy"]), floor, a, b
 
 
@@ -336,14 +337,12 @@ def table_row(r: dict) -> list[str]:
 
 
 def group_section(args, group: Group, runs: dict[str, list[Path]]) -> tuple[list[str], dict]:
-    from cgh_jax.analysis import report
-
     rows = group_rows(group, runs)
     finished = {name: dirs for name, dirs in runs.items() if dirs}
     figure = f"curves_{group.key}.png"
     if finished:
         path, title = Path(args.out) / figure, f"{group.title}, {NOISE:.0%} label noise"
-        report.plot_accuracy_curves(finished, sets=P.SETS, path=path, title=title)
+        plots.plot_accuracy_curves(finished, sets=P.SETS, path=path, title=title)
     data = (
         f"training on a seeded random subset of {group.subset:,} training examples, tested on "
         f"{group.heldout:,} other examples of the training split held out (true labels)"
@@ -357,7 +356,7 @@ def group_section(args, group: Group, runs: dict[str, list[Path]]) -> tuple[list
         "sample std over seeds where there are several).",
         "Trained by " + "; ".join(run_machines(finished)) + "." if finished else "",
         "Final top-1 accuracy in %:",
-        P.markdown_table(COLUMNS, [table_row(r) for r in rows]),
+        report.markdown_table(COLUMNS, [table_row(r) for r in rows]),
         f"![{group.title}]({figure})" if finished else "(no finished run)",
         *(["\n".join(verdicts)] if verdicts else []),
     ]

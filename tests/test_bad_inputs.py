@@ -28,7 +28,7 @@ import optax
 import pytest
 
 import cgh_jax
-from cgh_jax import choices, config_checks, configlib
+from cgh_jax import choices, cli_checks, config_checks, configlib
 from cgh_jax.config_checks import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -429,7 +429,8 @@ def test_help_lists_config_and_workdir():
 
 def test_command_line_modules_import_nothing_heavy():
     code = (
-        "import sys, cgh_jax, cgh_jax.main, cgh_jax.config_checks, cgh_jax.configlib; "
+        "import sys, cgh_jax, cgh_jax.main, cgh_jax.config_checks, cgh_jax.cli_checks, "
+        "cgh_jax.study, cgh_jax.configlib; "
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     out = subprocess.run(
@@ -546,7 +547,7 @@ def test_every_shipped_config_passes_the_checks():
         if not name.endswith(".py"):
             continue
         for arg in ("", ":runlocal"):
-            cfg = config_checks.load_config_file(os.path.join(REPO, "configs", name) + arg)
+            cfg = cli_checks.load_config_file(os.path.join(REPO, "configs", name) + arg)
             cfg.data.data_dir = None  # the TFDS default location need not exist here
             config_checks.check_config(cfg)
 

@@ -1,4 +1,4 @@
-"""Tests for cgh_jax.analysis.report: metrics loading, tables, figures, report."""
+"""Tests for cgh_jax.analysis.report and .plots: metrics loading, tables, figures, report."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from cgh_jax.analysis import report
+from cgh_jax.analysis import plots, report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -102,14 +102,6 @@ def test_final_metrics_takes_last_record_and_latest_wall_time():
     assert final["test/top1"] == 0.7 and final["epoch"] == 1 and final["wall_time_s"] == 5.0
 
 
-def test_mean_std_matches_numpy():
-    values = [0.3, 0.5, 0.9, 0.2]
-    mean, std = report.mean_std(values)
-    np.testing.assert_allclose(mean, np.mean(values))
-    np.testing.assert_allclose(std, np.std(values, ddof=1))
-    assert report.mean_std([4.0]) == (4.0, 0.0)
-
-
 def test_write_report_table_numbers_and_png(tmp_path):
     sgd = _write_run(tmp_path / "sgd", _records(FINAL_SGD, epochs=3))
     m3 = _write_run(tmp_path / "m3", _records(FINAL_M3, epochs=3, wall=False))
@@ -200,7 +192,7 @@ def test_seed_curves_mean_std_on_common_epochs():
 def test_plot_accuracy_curves_panels_and_lines(tmp_path):
     sgd = _records(FINAL_SGD, epochs=3)
     m3 = [_records(FINAL_M3, epochs=3), _records(dict(FINAL_M3, test=0.9), epochs=3)]
-    fig = report.plot_accuracy_curves(
+    fig = plots.plot_accuracy_curves(
         {"SGD": sgd, "M3": m3}, path=tmp_path / "curves.png", title="t"
     )
     axes = fig.get_axes()
@@ -227,7 +219,7 @@ def test_plot_accuracy_curves_panels_and_lines(tmp_path):
 def test_plot_at_most_three_panels_a_row(tmp_path):
     names = ["sgd", "m3", "rm3", "ra3", "sgd_3x"]
     runs = {n: _records(dict(FINAL_SGD, corrupt_noisy=0.1 * (i + 1))) for i, n in enumerate(names)}
-    fig = report.plot_accuracy_curves(runs, path=tmp_path / "five.png")
+    fig = plots.plot_accuracy_curves(runs, path=tmp_path / "five.png")
     axes = fig.get_axes()
     assert len(axes) == 6  # five runs and the overlay
     rows = {}
@@ -238,17 +230,17 @@ def test_plot_at_most_three_panels_a_row(tmp_path):
     image = _check_png(tmp_path / "five.png")
     assert image.shape[1] < 2.2 * image.shape[0]  # two rows, not one long row
     # Four runs: a row of three and one of two (run + overlay), nothing empty left.
-    fig = report.plot_accuracy_curves({n: runs[n] for n in names[:4]})
+    fig = plots.plot_accuracy_curves({n: runs[n] for n in names[:4]})
     assert len(fig.get_axes()) == 5
 
 
 def test_no_overlay_without_corrupt_sets_or_a_second_run():
     clean = _records(FINAL_SGD, sets=("pristine", "test"))
-    fig = report.plot_accuracy_curves({"a": clean, "b": clean}, sets=("pristine", "test"))
+    fig = plots.plot_accuracy_curves({"a": clean, "b": clean}, sets=("pristine", "test"))
     assert [ax.get_title() for ax in fig.get_axes()] == ["a", "b"]
-    fig = report.plot_accuracy_curves({"a": _records(FINAL_SGD)})
+    fig = plots.plot_accuracy_curves({"a": _records(FINAL_SGD)})
     assert [ax.get_title() for ax in fig.get_axes()] == ["a"]
-    fig = report.plot_accuracy_curves({"a": clean, "b": clean}, overlay=None)
+    fig = plots.plot_accuracy_curves({"a": clean, "b": clean}, overlay=None)
     assert len(fig.get_axes()) == 2
 
 
@@ -286,10 +278,29 @@ def test_plot_accuracy_curves_into_given_axes(tmp_path):
 
     fig = Figure()
     ax = fig.subplots()
-    out = report.plot_accuracy_curves({"SGD": _records(FINAL_SGD)}, ax=ax, sets=("test",))
+    out = plots.plot_accuracy_curves({"SGD": _records(FINAL_SGD)}, ax=ax, sets=("test",))
     assert out is fig and len(ax.get_lines()) == 1
     with pytest.raises(ValueError, match="one Axes per run"):
-        report.plot_accuracy_curves({"a": _records(FINAL_SGD), "b": _records(FINAL_SGD)}, ax=ax)
+        plots.plot_accuracy_curves({"a": _records(FINAL_SGD), "b": _records(FINAL_SGD)}, ax=ax)
+
+
+def test_study_figures(tmp_path):
+    """The figures of the studies: memorization rates, values against k, m-coherence."""
+    runs = {"noise 0.2": _records(FINAL_SGD), "noise 0.5": _records(FINAL_M3)}
+    fig = plots.plot_memorization_rates(runs, tmp_path / "rates.png")
+    assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]
+    by_k = {1: {"corrupt_noisy": [0.9, 0.8], "test": [0.6, 0.7]}, 3: {"corrupt_noisy": [0.5, 0.4]}}
+    by_k[3]["test"] = [0.65, float("nan")]
+    fig = plots.plot_against(by_k, tmp_path / "dose.png", xlabel="k", title="t")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "memorization",
+        "test accuracy",
+    ]
+    points = [{"step": s, "alpha": 1.0 + s, "accuracy": 0.1 * s} for s in (0, 3, 10)]
+    fig = plots.plot_coherence_curves({"real": points, "random": points}, tmp_path / "c.png", m=8)
+    assert [ln.get_color() for ln in fig.axes[0].get_lines()[:2]] == ["tab:blue", "tab:red"]
+    for name in ("rates.png", "dose.png", "c.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_bad_inputs(tmp_path):

@@ -14,12 +14,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cgh_jax.optim import coordinate_median, grouped_grads, m3_sgd
-from cgh_jax.optim.sharded import (
-    hlo_collective_traffic,
-    resolve_layout,
-    sharded_median_of_means_grads,
-    summarize_traffic,
-)
+from cgh_jax.optim.hlo import hlo_collective_traffic, summarize_traffic
+from cgh_jax.optim.sharded import resolve_layout, sharded_median_of_means_grads
 
 K = 3
 

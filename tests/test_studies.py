@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cgh_jax.analysis import examples, report
 from studies import page, runs
 from studies.__main__ import main
 
@@ -221,17 +222,17 @@ def test_runs_are_data(tmp_path):
 def test_write_subsets_disjoint_and_deterministic(tmp_path, data_dir):
     cfg = runs.load_config("default").data
     cfg.data_dir = data_dir
-    paths = runs.write_subsets(cfg, {"train": 300, "heldout": 100}, 7, tmp_path)
+    paths = examples.write_subsets(cfg, {"train": 300, "heldout": 100}, 7, tmp_path)
     train, held = np.load(paths["train"]), np.load(paths["heldout"])
     assert train.size == 300 and held.size == 100
     assert not set(train) & set(held)
     assert np.all(np.diff(train) > 0)
-    ids, _, _ = runs.training_labels(cfg)
+    ids, _, _ = examples.training_labels(cfg)
     assert set(train) <= set(ids) and set(held) <= set(ids)
-    again = runs.write_subsets(cfg, {"train": 300, "heldout": 100}, 7, tmp_path / "b")
+    again = examples.write_subsets(cfg, {"train": 300, "heldout": 100}, 7, tmp_path / "b")
     assert np.array_equal(np.load(again["train"]), train)
     with pytest.raises(ValueError, match="sum to at most"):
-        runs.write_subsets(cfg, {"train": ids.size, "heldout": 1}, 7, tmp_path / "c")
+        examples.write_subsets(cfg, {"train": ids.size, "heldout": 1}, 7, tmp_path / "c")
 
 
 def test_formatting_helpers():
@@ -241,7 +242,7 @@ def test_formatting_helpers():
     assert page.format_seconds(42) == "42s"
     assert page.format_seconds(185) == "3m 05s"
     assert page.format_seconds(3720) == "1h 02m"
-    table = page.markdown_table(["a", "b"], [["x|y", 1]])
+    table = report.markdown_table(["a", "b"], [["x|y", 1]])
     assert table.splitlines() == ["| a | b |", "|---|---:|", "| x\\|y | 1 |"]
 
 
@@ -252,10 +253,10 @@ def test_epoch_lookups():
         {"epoch": 2, "k": 0.6},
         {"epoch": 3, "k": 0.55},
     ]
-    assert page.first_epoch_at_least(records, "k", 0.5) == 2
-    assert math.isnan(page.first_epoch_at_least(records, "k", 0.9))
-    assert page.value_at_epoch(records, "k", 1) == 0.4
-    assert math.isnan(page.value_at_epoch(records, "k", 5))
+    assert report.first_epoch_at_least(records, "k", 0.5) == 2
+    assert math.isnan(report.first_epoch_at_least(records, "k", 0.9))
+    assert report.value_at_epoch(records, "k", 1) == 0.4
+    assert math.isnan(report.value_at_epoch(records, "k", 5))
 
 
 def test_bad_arguments_fail_early(tmp_path):

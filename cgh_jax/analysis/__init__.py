@@ -1,4 +1,5 @@
-"""Analysis: m-coherence of per-example gradients, study reports, easy/hard splits."""
+"""Analysis: m-coherence of per-example gradients, study reports and figures, statistics over
+seeds, easy/hard splits."""
 
 from cgh_jax.analysis.coherence import (
     CoherenceHook,
@@ -7,15 +8,15 @@ from cgh_jax.analysis.coherence import (
     m_coherence,
 )
 from cgh_jax.analysis.easy_hard import load_records, make_easy_hard_splits, split_easy_hard
+from cgh_jax.analysis.plots import plot_accuracy_curves
 from cgh_jax.analysis.report import (
     final_metrics,
     load_metrics,
-    mean_std,
-    plot_accuracy_curves,
     results_table,
     summarize_runs,
     write_report,
 )
+from cgh_jax.analysis.stats import mean_std, paired_difference
 
 __all__ = [
     "CoherenceHook",
@@ -27,6 +28,7 @@ __all__ = [
     "m_coherence",
     "make_easy_hard_splits",
     "mean_std",
+    "paired_difference",
     "plot_accuracy_curves",
     "results_table",
     "split_easy_hard",

@@ -1,4 +1,4 @@
-"""Study reports: final-accuracy tables and accuracy-vs-epoch figures.
+"""Study reports: final-accuracy tables, and the report that adds the figure.
 
 A run directory written by :func:`cgh_jax.train.train_and_evaluate` holds
 ``metrics.jsonl``: one JSON object per evaluation with the keys ``step``,
@@ -23,11 +23,9 @@ Typical use::
       title="MNIST, 50% label noise")
 
 A run may also be a list of run directories (several seeds): tables then show
-``mean ± std`` over seeds and figures the mean curve with a ``± std`` band.
-
-Matplotlib is imported only inside the plotting functions, and through its
-object-oriented API (``matplotlib.figure.Figure`` with the Agg canvas), so
-nothing here changes the global pyplot backend of a notebook or script.
+``mean ± std`` over seeds and figures the mean curve with a ``± std`` band
+(:func:`seed_curves`). The figure itself is drawn by
+:func:`cgh_jax.analysis.plots.plot_accuracy_curves`.
 """
 
 from __future__ import annotations
@@ -40,6 +38,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from cgh_jax.analysis.stats import mean_std
 
 METRICS_FILENAME = "metrics.jsonl"
 REPORT_FILENAME = "report.md"
@@ -66,14 +66,6 @@ _SHORT_SET_LABELS = {
 }
 
 _METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "loss": "loss"}
-
-_SET_COLORS = {
-    "pristine": "tab:blue",
-    "corrupt_noisy": "tab:red",
-    "corrupt_true": "tab:orange",
-    "train_sample": "tab:gray",
-    "test": "tab:green",
-}
 
 _ACCURACY_METRICS = ("top1", "top5")
 _MISSING = "—"
@@ -172,6 +164,27 @@ def final_metrics(records: Records) -> dict[str, Any]:
     return final
 
 
+def run_finals(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """The final values (:func:`final_metrics`) of each run directory, in order."""
+    return [final_metrics(load_metrics(d)) for d in run_dirs]
+
+
+def first_epoch_at_least(records: Records, key: str, level: float) -> float:
+    """The first evaluated epoch at which ``key`` reaches ``level`` (NaN if never)."""
+    for record in records:
+        if record.get(key) is not None and record[key] >= level:
+            return float(record["epoch"])
+    return math.nan
+
+
+def value_at_epoch(records: Records, key: str, epoch: float) -> float:
+    """The value of ``key`` at the evaluation of ``epoch`` (NaN if not evaluated)."""
+    for record in records:
+        if abs(float(record["epoch"]) - epoch) < 1e-9 and record.get(key) is not None:
+            return float(record[key])
+    return math.nan
+
+
 def _check_accuracy(key: str, value: Any, where: str) -> float:
     value = float(value)
     if key.rsplit("/", 1)[-1] in _ACCURACY_METRICS and not (
@@ -182,20 +195,6 @@ def _check_accuracy(key: str, value: Any, where: str) -> float:
             "accuracies as fractions; reports convert them to percent."
         )
     return value
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``ddof=1``; 0 for a single value).
-
-    Example:
-      >>> mean_std([1.0, 2.0, 3.0])
-      (2.0, 1.0)
-    """
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        raise ValueError("mean_std needs at least one value.")
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-    return float(arr.mean()), std
 
 
 def format_seconds(seconds: float) -> str:
@@ -251,8 +250,7 @@ def summarize_runs(
         keys = [f"{s}/{metric}" for s in sets] + ["epoch", "step", "wall_time_s"]
         for key in keys:
             row[key] = []
-        for run_dir in run_dirs:
-            final = final_metrics(load_metrics(run_dir))
+        for run_dir, final in zip(run_dirs, run_finals(run_dirs), strict=True):
             for key in keys:
                 value = final.get(key)
                 row[key].append(math.nan if value is None else _check_accuracy(key, value, run_dir))
@@ -291,12 +289,9 @@ def results_table(
     header += ["epochs", "wall time"]
     if show_runs:
         header.append("runs")
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
-    ]
+    table = []
     for row in rows:
-        cells = [str(row["name"]).replace("|", "\\|")]
+        cells = [str(row["name"])]
         cells += [_format_cell(row[f"{s}/{metric}"], scale, fmt) for s in sets]
         epochs = [e for e in row["epoch"] if not math.isnan(e)]
         if not epochs:
@@ -314,7 +309,18 @@ def results_table(
             cells.append(_MISSING)
         if show_runs:
             cells.append(str(row["num_runs"]))
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    return markdown_table(header, table)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
+    """A markdown table; ``align`` gives one of ``l``/``r`` per column (default l, then r)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    lines = [
+        "| " + " | ".join(str(h) for h in header) + " |",
+        "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|",
+    ]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -362,141 +368,6 @@ def _as_seed_list(value: Any) -> list[Records]:
     if isinstance(value[0], dict):
         return [value]
     return [load_metrics(v) if isinstance(v, str | os.PathLike) else list(v) for v in value]
-
-
-#: Colors of the runs in the overlay panel (distinct from the sets' colors).
-_RUN_COLORS = (
-    "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black", "tab:gray",
-    "tab:blue", "tab:orange", "tab:green",
-)  # fmt: skip
-
-#: Panels per row of the multi-panel figures.
-MAX_PANELS_PER_ROW = 3
-
-
-def _panel_grid(fig, n: int):
-    """``n`` axes in rows of at most MAX_PANELS_PER_ROW, sharing x and y; extras removed."""
-    ncols = min(MAX_PANELS_PER_ROW, n)
-    nrows = -(-n // ncols)
-    grid = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
-    for extra in grid[n:]:
-        extra.remove()
-    axes = list(grid[:n])
-    for ax in axes:  # x tick labels on every panel: a removed neighbour may leave a gap.
-        ax.tick_params(labelbottom=True)
-    return axes
-
-
-def plot_accuracy_curves(
-    metrics_by_run: Mapping[str, Any],
-    *,
-    sets: Sequence[str] = DEFAULT_SETS,
-    metric: str = "top1",
-    path: str | os.PathLike | None = None,
-    ax: Any = None,
-    title: str | None = None,
-    overlay: str | None = "corrupt_noisy",
-):
-    """Accuracy against epochs, one panel per run, plus an overlay of memorization.
-
-    Each run's panel draws one line per set (pristine, memorization of the corrupt set,
-    corrupt set against the true label, test), as in the figures of Zielinski et al.
-    (2020); several seeds per run give the mean with a ``± std`` band. Panels come at most
-    three a row with shared axes and one legend outside them, to their right. A last
-    panel overlays the ``overlay`` set (memorization: the corrupt examples against their
-    noisy label) of every run, so that optimizers compare on one axis; it is drawn when
-    that set is among ``sets`` and at least two runs have it.
-
-    Args:
-      metrics_by_run: name -> records (a :func:`load_metrics` output), a run
-        directory, or a list of either (seeds).
-      sets: the sets to draw; sets a run lacks are skipped.
-      metric: ``top1`` (default), ``top5`` or ``loss``; accuracies in percent.
-      path: if given, the figure is saved there (PNG by extension).
-      ax: an existing Axes (for one run) or a sequence of Axes (one per run)
-        to draw into (no overlay panel then); by default a new figure.
-      title: optional figure title.
-      overlay: the set to overlay across runs, or None for no overlay panel.
-
-    Returns:
-      The matplotlib ``Figure``.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    if not metrics_by_run:
-        raise ValueError("metrics_by_run is empty: give at least one run.")
-    runs = {name: _as_seed_list(value) for name, value in metrics_by_run.items()}
-    n = len(runs)
-    overlay_key = f"{overlay}/{metric}"
-    overlaid = []
-    if ax is None and overlay in sets:
-        overlaid = [name for name, seeds in runs.items() if seed_curves(seeds, overlay_key)[0].size]
-    with_overlay = len(overlaid) >= 2
-    if ax is None:
-        panels = n + with_overlay
-        ncols = min(MAX_PANELS_PER_ROW, panels)
-        nrows = -(-panels // ncols)
-        fig = Figure(figsize=(3.6 * ncols + 2.6, 3.0 * nrows + 0.4), layout="constrained")
-        axes = _panel_grid(fig, panels)
-    else:
-        axes = list(ax) if isinstance(ax, Sequence | np.ndarray) else [ax]
-        if len(axes) != n:
-            raise ValueError(f"Got {len(axes)} Axes for {n} runs: pass one Axes per run.")
-        fig = axes[0].figure
-    is_accuracy = metric in _ACCURACY_METRICS
-    scale = 100.0 if is_accuracy else 1.0
-    metric_label = _METRIC_LABELS.get(metric, metric)
-    y_label = f"{metric_label} (%)" if is_accuracy else metric_label
-    x_label = "epoch"
-    for panel, (name, seeds) in zip(axes, runs.items(), strict=False):
-        for s in sets:
-            x, mean, std, x_label = seed_curves(seeds, f"{s}/{metric}")
-            if not x.size:
-                continue
-            color = _SET_COLORS.get(s)
-            panel.plot(x, mean * scale, marker=".", label=SET_LABELS.get(s, s), color=color)
-            if len(seeds) > 1:
-                panel.fill_between(
-                    x, (mean - std) * scale, (mean + std) * scale, color=color, alpha=0.2
-                )
-        panel.set_title(name)
-    if with_overlay:
-        panel = axes[n]
-        for i, name in enumerate(overlaid):
-            x, mean, std, x_label = seed_curves(runs[name], overlay_key)
-            color = _RUN_COLORS[i % len(_RUN_COLORS)]
-            panel.plot(x, mean * scale, marker=".", color=color, label=f"{name} (overlay)")
-            if len(runs[name]) > 1:
-                panel.fill_between(
-                    x, (mean - std) * scale, (mean + std) * scale, color=color, alpha=0.2
-                )
-        panel.set_title(f"{_SHORT_SET_LABELS.get(overlay, overlay)}: all runs")
-    for panel in axes:
-        panel.set_xlabel(x_label)
-        panel.grid(True, alpha=0.3)
-        panel.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    columns = MAX_PANELS_PER_ROW if ax is None else len(axes)
-    for i, panel in enumerate(axes):
-        if i % columns == 0:
-            panel.set_ylabel(y_label)
-    if is_accuracy and ax is None:
-        axes[0].set_ylim(-2, 102)
-    handles, labels = [], []
-    for panel in axes:
-        for h, lab in zip(*panel.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles and ax is None:
-        fig.legend(handles, labels, loc="outside right upper", fontsize="small")
-    elif handles:
-        axes[-1].legend(handles, labels, fontsize="small", loc="best")
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        fig.savefig(os.fspath(path), dpi=120)
-    return fig
 
 
 # --------------------------------------------------------------------------- model
@@ -605,6 +476,8 @@ def write_report(
 
     os.makedirs(study_workdir, exist_ok=True)
     table = results_table(run_lists, sets=sets, metric="top1")
+    from cgh_jax.analysis.plots import plot_accuracy_curves  # imports this module
+
     fig = plot_accuracy_curves(
         records, sets=sets, metric="top1", path=os.path.join(study_workdir, FIGURE_FILENAME)
     )

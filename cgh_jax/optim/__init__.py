@@ -13,6 +13,7 @@ Data-parallel M3 with little communication: :func:`sharded_median_of_means_grads
 
 from cgh_jax.optim.alias import m3_sgd, ra3_sgd, rm3_sgd, winsorized_sgd
 from cgh_jax.optim.grads import GroupedGrads, group_batch, grouped_grads, per_example_grads
+from cgh_jax.optim.hlo import hlo_collective_traffic, summarize_traffic
 from cgh_jax.optim.median import (
     MedianOfMeansState,
     coordinate_median,
@@ -30,10 +31,8 @@ from cgh_jax.optim.running import (
 from cgh_jax.optim.sharded import (
     LAYOUTS,
     MedianGrads,
-    hlo_collective_traffic,
     resolve_layout,
     sharded_median_of_means_grads,
-    summarize_traffic,
 )
 from cgh_jax.optim.winsorize import WinsorizeState, winsorize, winsorized_mean
 
