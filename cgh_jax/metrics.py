@@ -323,7 +323,7 @@ def hparams_from_config(config) -> dict[str, bool | int | float | str]:
     return flat
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
     seconds = int(round(seconds))
@@ -406,7 +406,7 @@ class Progress:
     def describe(self, step: int, epoch: float, report: Mapping[str, float]) -> str:
         return (
             f"step {step}/{self.total_steps} (epoch {epoch:.2f}) "
-            f"{report['steps_per_sec']:.2f} steps/s, ETA {_format_duration(report['eta_seconds'])}"
+            f"{report['steps_per_sec']:.2f} steps/s, ETA {format_duration(report['eta_seconds'])}"
         )
 
 

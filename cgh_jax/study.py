@@ -243,8 +243,18 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str | None:
         if result.get("preempted"):
             logging.warning("Study stopped by SIGTERM during %s; rerun to resume.", name)
             return None
-        logging.info("Run %s finished in %.1f s.", name, time.monotonic() - t0)
         runs[name] = run_dir
+        took, done, left = time.monotonic() - t0, time.monotonic() - start, len(names) - i - 1
+        eta = f", ETA {metrics_lib.format_duration(done / (i + 1) * left)}" if left else ""
+        logging.info(
+            "Run %s finished in %.1f s; study: %d/%d runs in %s%s.",
+            name,
+            took,
+            i + 1,
+            len(names),
+            metrics_lib.format_duration(done),
+            eta,
+        )
 
     from cgh_jax.analysis.report import write_report  # matplotlib only when reporting
 

@@ -178,6 +178,7 @@ def test_default_job_runlocal_through_the_command_line(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-4000:]
     assert "steps/s" in run.stderr and "ETA" in run.stderr
+    assert "study: 1/5 runs in" in run.stderr and "study: 5/5 runs in" in run.stderr
     report = (workdir / "report.md").read_text()
     for opt in ("sgd", "m3", "rm3", "ra3"):
         assert f"| {opt} |" in report
