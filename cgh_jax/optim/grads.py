@@ -85,6 +85,47 @@ def _check_momentum(momentum: Any) -> float:
     return float(momentum)
 
 
+def check_batch_stats_update(
+    batch_stats_update: str,
+    *,
+    has_state: bool,
+    state_argnum: Any,
+    state_momentum: Any,
+    fold: bool,
+    why_fold: str,
+) -> float | None:
+    """Checks the ``batch_stats_update`` arguments of the grouped gradients.
+
+    Args:
+      batch_stats_update: ``'mean'`` or ``'sequential'``.
+      has_state, state_argnum, state_momentum: as given to the gradient function.
+      fold: ``'sequential'`` is computed by :func:`sequential_state_update` (needs
+        ``state_momentum``), not by threading the state through the groups.
+      why_fold: the end of the error message when ``state_momentum`` is missing.
+
+    Returns:
+      The checked momentum (``None`` when it is not needed).
+    """
+    if batch_stats_update not in BATCH_STATS_UPDATES:
+        raise ValueError(
+            f"batch_stats_update must be one of {BATCH_STATS_UPDATES}, got {batch_stats_update!r}."
+        )
+    if batch_stats_update != "sequential":
+        return None
+    if not has_state:
+        raise ValueError("batch_stats_update='sequential' needs has_state=True.")
+    if isinstance(state_argnum, bool) or not isinstance(state_argnum, numbers.Integral):
+        raise ValueError(
+            "batch_stats_update='sequential' needs state_argnum, the position in *args of "
+            f"the state that loss_fn updates (e.g. 0); got {state_argnum!r}."
+        )
+    if not fold:
+        return None
+    if state_momentum is None:
+        raise ValueError(f"batch_stats_update='sequential' {why_fold}")
+    return _check_momentum(state_momentum)
+
+
 def sequential_state_update(old_state: Any, group_states: Any, momentum: float) -> Any:
     r"""Folds ``k`` running-statistics updates made in parallel into ``k`` sequential ones.
 
@@ -423,28 +464,17 @@ def grouped_grads(
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}.")
     num_groups = int(num_groups)
-    if batch_stats_update not in BATCH_STATS_UPDATES:
-        raise ValueError(
-            f"batch_stats_update must be one of {BATCH_STATS_UPDATES}, got {batch_stats_update!r}."
-        )
     sequential = batch_stats_update == "sequential"
-    if sequential:
-        if not has_state:
-            raise ValueError("batch_stats_update='sequential' needs has_state=True.")
-        if isinstance(state_argnum, bool) or not isinstance(state_argnum, numbers.Integral):
-            raise ValueError(
-                "batch_stats_update='sequential' needs state_argnum, the position in *args of "
-                f"the state that loss_fn updates (e.g. 0); got {state_argnum!r}."
-            )
-        if vectorize:
-            if state_momentum is None:
-                raise ValueError(
-                    "batch_stats_update='sequential' with vectorize=True needs "
-                    "state_momentum, the decay of the running averages (Flax "
-                    "BatchNorm.momentum), to fold the k parallel updates into sequential "
-                    "ones; or use vectorize=False, which threads the state through the groups."
-                )
-            state_momentum = _check_momentum(state_momentum)
+    state_momentum = check_batch_stats_update(
+        batch_stats_update,
+        has_state=has_state,
+        state_argnum=state_argnum,
+        state_momentum=state_momentum,
+        fold=vectorize,
+        why_fold="with vectorize=True needs state_momentum, the decay of the running averages "
+        "(Flax BatchNorm.momentum), to fold the k parallel updates into sequential ones; or "
+        "use vectorize=False, which threads the state through the groups.",
+    )
     value_and_grad = jax.value_and_grad(
         _normalize_loss_fn(loss_fn, has_aux, has_state), has_aux=True
     )

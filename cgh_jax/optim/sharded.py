@@ -52,9 +52,8 @@ from jax.sharding import PartitionSpec as P
 
 from cgh_jax.optim import _checks
 from cgh_jax.optim.grads import (
-    BATCH_STATS_UPDATES,
-    _check_momentum,
     _check_same_state,
+    check_batch_stats_update,
     sequential_state_update,
 )
 from cgh_jax.optim.median import coordinate_median
@@ -297,27 +296,17 @@ def sharded_median_of_means_grads(
         raise ValueError(
             f"axis_name {axis_name!r} is not an axis of the mesh (axes {tuple(mesh.shape)})."
         )
-    if batch_stats_update not in BATCH_STATS_UPDATES:
-        raise ValueError(
-            f"batch_stats_update must be one of {BATCH_STATS_UPDATES}, got {batch_stats_update!r}."
-        )
     sequential = batch_stats_update == "sequential"
-    if sequential:
-        if not has_state:
-            raise ValueError("batch_stats_update='sequential' needs has_state=True.")
-        if isinstance(state_argnum, bool) or not isinstance(state_argnum, int):
-            raise ValueError(
-                "batch_stats_update='sequential' needs state_argnum, the position in *args of "
-                f"the state that loss_fn updates (e.g. 0); got {state_argnum!r}."
-            )
-        if state_momentum is None:
-            raise ValueError(
-                "batch_stats_update='sequential' in sharded_median_of_means_grads needs "
-                "state_momentum (the decay of the running averages, Flax BatchNorm.momentum): "
-                "a group's chunks run on different devices at once, so the k updates are "
-                "folded, not threaded."
-            )
-        state_momentum = _check_momentum(state_momentum)
+    state_momentum = check_batch_stats_update(
+        batch_stats_update,
+        has_state=has_state,
+        state_argnum=state_argnum,
+        state_momentum=state_momentum,
+        fold=True,
+        why_fold="in sharded_median_of_means_grads needs state_momentum (the decay of the "
+        "running averages, Flax BatchNorm.momentum): a group's chunks run on different "
+        "devices at once, so the k updates are folded, not threaded.",
+    )
     k = num_groups
     num_devices = mesh.shape[axis_name]
     layout = resolve_layout(layout, k, num_devices)
