@@ -79,7 +79,9 @@ def test_scalars_also_against_examples_seen():
     assert summary.closed
 
 
-def test_without_clu_the_writer_logs_and_warns_once(monkeypatch, tmp_path, caplog):
+@pytest.fixture
+def without_clu(monkeypatch):
+    """``import clu`` fails, as where CLU is not installed; the warning not yet given."""
     real_import = builtins.__import__
 
     def no_clu(name, *args, **kwargs):
@@ -89,6 +91,9 @@ def test_without_clu_the_writer_logs_and_warns_once(monkeypatch, tmp_path, caplo
 
     monkeypatch.setattr(builtins, "__import__", no_clu)
     monkeypatch.setattr(metrics, "_warned_no_tensorboard", False)
+
+
+def test_without_clu_the_writer_logs_and_warns_once(without_clu, tmp_path, caplog):
     with caplog.at_level(std_logging.INFO):
         first = metrics.create_writer(str(tmp_path), examples_per_step=100)
         second = metrics.create_writer(str(tmp_path))
@@ -157,21 +162,12 @@ def test_eta_without_an_evaluation_schedule_is_training_time():
     assert np.isinf(metrics.Progress(10, 0, clock=lambda: 0.0).report(0)["eta_seconds"])
 
 
-def test_a_run_without_clu_keeps_its_metrics(monkeypatch, tmp_path):
+def test_a_run_without_clu_keeps_its_metrics(without_clu, tmp_path):
     """The trainer with CLU (and so TensorBoard events) unavailable: same metrics.jsonl."""
     from cgh_jax import study, train
 
     config = study.run_config(_default_config("runlocal"), "sgd")
 
-    real_import = builtins.__import__
-
-    def no_clu(name, *args, **kwargs):
-        if name == "clu" or name.startswith("clu."):
-            raise ImportError("No module named 'clu'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_clu)
-    monkeypatch.setattr(metrics, "_warned_no_tensorboard", False)
     result = train.train_and_evaluate(config, str(tmp_path))
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines and lines[-1]["step"] == result["step"] > 0
