@@ -466,22 +466,23 @@ def _runs(config: Any) -> list[tuple[str, Mapping[str, Any]]]:
     return [("", _to_dict(config))]
 
 
-def check_dataset_size(config: Any, num_train: int | None) -> None:
-    """Refuses an update batch larger than the training split (``num_train`` examples).
+def check_dataset_size(config: Any, num_train: Any) -> None:
+    """Refuses an update batch larger than the training split.
 
-    ``num_train=None`` (the size is not known without reading the data) checks nothing.
+    ``num_train``: the split's size, or a function of a run's data config returning it
+    (each run of a study may read other data); ``None`` (the size is not known without
+    reading the data) checks nothing.
     """
-    if num_train is None:
-        return
     for where, run in _runs(config):
+        size = num_train(run["data"]) if callable(num_train) else num_train
         need = examples_per_update(run)
-        if need > num_train:
+        if size is not None and need > size:
             m3 = run["optimizer"]["name"] == "m3"
             detail = f" (num_groups x batch_size = {need})" if m3 else ""
             raise ConfigError(
                 f"{where}one update needs {need} examples{detail}, more than the "
-                f"{num_train} of the training split",
-                f"lower config.batch_size to at most {num_train // (need // run['batch_size'])}",
+                f"{size} of the training split",
+                f"lower config.batch_size to at most {size // (need // run['batch_size'])}",
             )
 
 

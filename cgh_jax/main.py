@@ -258,16 +258,9 @@ def check_dataset_size(config) -> None:
     """Update batches against the training-split size, where the data package knows it
     without loading the data (``cgh_jax.data.known_sizes``); otherwise the trainer checks
     it after loading."""
-    import ml_collections
-
     from cgh_jax.data import known_sizes
 
-    if study.is_study(config):
-        runs = [ml_collections.ConfigDict(r) for r in study.study_runs(config).values()]
-    else:
-        runs = [config]
-    for run in runs:
-        config_checks.check_dataset_size(run, known_sizes(run.data)[0])
+    config_checks.check_dataset_size(config, lambda data: known_sizes(data)[0])
 
 
 def main(argv):
