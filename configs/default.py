@@ -19,9 +19,10 @@ Arguments: ``epochs``, ``noise``, ``hidden`` (e.g. ``hidden=512``), ``lr``, ``ba
 ``opts`` (run names, e.g. ``opts=sgd+m3``; ``sgd_3x`` is the control), ``seed``,
 ``runlocal`` (a 32-unit MLP, 3 steps per run).
 
-Hardware and time: default job: about 2.5 minutes on 2 CPU cores for its five training
-runs (measured 2 min 8 s and 2 min 33 s; 6 min 17 s with a test suite sharing the cores),
-plus about 1 minute for the first ``bash run.sh`` to set up ``.venv``.
+Hardware and time: default job: 1 to 2.5 minutes on 2 CPU cores for its five training
+runs (65 s on an otherwise idle machine; 2 min 8 s and 2 min 33 s with other work on the
+cores; 6 min 17 s with a test suite alongside), plus about 1 minute for the first
+``bash run.sh`` to set up ``.venv``.
 
 Result (measured, deterministic on CPU; final top-1 in %)::
 
