@@ -383,6 +383,7 @@ def _check_run(config: Mapping[str, Any], where: str = "") -> None:
     for key in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps"):
         _int(key, config[key], low=1)
     _int("steps_per_dispatch", config["steps_per_dispatch"], low=1)
+    _int("eval_every_epochs", config["eval_every_epochs"], low=1)
     _int("max_steps", config["max_steps"], low=1, extra=(-1,))
     _int("checkpoint_every_steps", config["checkpoint_every_steps"], low=0)
     _int("keep_checkpoints", config["keep_checkpoints"], low=1)

@@ -25,6 +25,9 @@ Training config fields (``train_and_evaluate`` reads exactly these):
                            warmup) are given in epochs and converted to steps in one place.
 ``max_steps``              stop after this many updates (-1: ``num_epochs`` full epochs).
 ``eval_batch_size``        global batch size of the evaluations.
+``eval_every_epochs``      evaluate before every this-many-th epoch (1: before each epoch)
+                           and always at the end; larger values save time on long runs
+                           whose curve is not needed at every epoch.
 ``log_every_steps``        train metrics (loss, top1, norms) and progress are written every
                            this many steps; non-finite values are checked at least this often.
 ``steps_per_dispatch``     train steps per dispatch (``jax.lax.scan`` over that many batches
@@ -228,6 +231,7 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.num_epochs = 1
     cfg.max_steps = -1
     cfg.eval_batch_size = 1000
+    cfg.eval_every_epochs = 1
     cfg.log_every_steps = 50
     cfg.steps_per_dispatch = 1
     cfg.checkpoint_every_steps = 0

@@ -9,7 +9,8 @@ measures memorization the way the papers do:
 * :func:`evaluate`: exact (masked) sums over the evaluation sets ``pristine``, ``corrupt``
   (scored against the noisy label: ``corrupt_noisy``, and the true label:
   ``corrupt_true``), ``train_sample`` and ``test``; top-1, top-5 (more than 5 classes) and
-  loss, before each epoch and after the last;
+  loss, before every ``eval_every_epochs``-th epoch (and each of ``per_example_epochs``)
+  and after the last;
 * hooks (:mod:`cgh_jax.hooks`) after each step, each evaluation and at the end; the
   per-example records of ``config.per_example_epochs`` are one;
 * the loop: train metrics every ``log_every_steps`` (loss, top-1, gradient / parameter /
@@ -321,7 +322,8 @@ class Run:
         self.write_config()
         self.writer.write_hparams(metrics_lib.hparams_from_config(config))
         eval_sets = data_lib.eval_datasets(config.data, global_batch_size=config.eval_batch_size)
-        progress = metrics_lib.Progress(self.total_steps, step, eval_every_steps=spe)
+        eval_every = config.eval_every_epochs
+        progress = metrics_lib.Progress(self.total_steps, step, eval_every_steps=spe * eval_every)
         per_dispatch = config.steps_per_dispatch
         watcher = PreemptionWatcher()
         pending: list[tuple[int, jax.Array]] = []
@@ -342,7 +344,9 @@ class Run:
         try:
             while step < self.total_steps and not preempted:
                 epoch, start_batch = divmod(step, spe)
-                if start_batch == 0:
+                if start_batch == 0 and (
+                    epoch % eval_every == 0 or epoch in config.per_example_epochs
+                ):
                     progress.pause()
                     last_record = self.evaluate(step, eval_sets, pending)
                     progress.resume()

@@ -1,11 +1,12 @@
 r"""Is it the median? M3 and RM3 against their mean-gradient twins at equal updates.
 
-On MNIST (CG MLP, lr 0.1, uniform label noise 25% and 50%, 4,000 and 20,000 training
-examples, 2,000 held out) every pair sees the same examples in the same number of updates:
-(a) M3 (median of 3 group means of 100) vs SGD at batch 300, and RM3 vs RA3 (median vs mean
-of the last three gradients); (b) the median of k group means for k = 1, 3, 5, 9, 15 at 360
-examples per update. Differences in memorization (``corrupt_noisy``) are paired by seed with a
-95% t-interval; test accuracy beside it. The runs are long; train them where there is time::
+On MNIST (CG MLP, lr 0.1, uniform label noise 25% and 50%, 4,000 and 10,000 training
+examples, 2,000 held out) every run of a cell takes 360 examples per update, so all see the
+same examples in the same number of updates: (a) M3 (median of 3 group means of 120) vs SGD at
+batch 360, and RM3 vs RA3 (median vs mean of the last three gradients of batch 120); (b) the
+median of k group means for k = 1 (SGD), 3 (M3), 5, 9, 15. Differences in memorization
+(``corrupt_noisy``) are paired by seed with a 95% t-interval; test accuracy beside it. The runs
+are long; train them where there is time (finished runs are reused)::
 
   python -m studies median --out docs/results/median
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from cgh_jax.analysis import plots, report, stats
 from cgh_jax.analysis.stats import paired_difference
 from studies import page as P
@@ -21,25 +24,19 @@ from studies import runs as R
 
 NOISES, SIZES, SEEDS, HELDOUT, EVAL_CAP = (
     (0.25, 0.5),
-    (4_000, 20_000),
+    (4_000, 10_000),
     (0, 1, 2, 3, 4),
     2_000,
     1_000,
 )
-# SGD at batch 300 has memorized >= half of the corrupt labels by then (a one-seed pilot).
-EPOCHS = {4_000: 250, 20_000: 200}
-PAIRS = {"sgd_b300": ("sgd", 300, 1), "m3": ("m3", 100, 3), "ra3": ("ra3", 100, 1)}
-PAIRS["rm3"] = ("rm3", 100, 1)  # key: (optimizer, batch, groups)
-COMPARE = (("m3", "sgd_b300"), ("rm3", "ra3"))  # (suppressor, its mean-gradient twin)
+# SGD at batch 360 memorizes >= half of the corrupt labels by then (a one-seed pilot at 300).
+EPOCHS, EVAL_EVERY = {4_000: 250, 10_000: 200}, 10  # evaluations: every 10 epochs and the end
 KS, PER_UPDATE = (1, 3, 5, 9, 15), 360  # the dose-response: k groups of PER_UPDATE / k
-QUICK = dict(noises=(0.5,), sizes=(600,), seeds=(0, 1), epochs=1)
-
-
-def settings(quick: bool) -> dict[str, tuple[str, int, int]]:
-    """Run key -> (optimizer, batch per group, groups): the pairs and the dose-response."""
-    small = 40 if quick else 100  # --quick: batches 8 fake devices divide
-    got = {k: (opt, batch * small // 100, g) for k, (opt, batch, g) in PAIRS.items()}
-    return got | {f"m3_k{k}": ("m3", PER_UPDATE // k, k) for k in KS}
+DOSE = {1: "sgd", 3: "m3"} | {k: f"m3_k{k}" for k in KS[2:]}  # k -> run key
+SETTINGS = {DOSE[k]: ("sgd" if k == 1 else "m3", PER_UPDATE // k, k) for k in KS}
+SETTINGS |= {"rm3": ("rm3", 120, 1), "ra3": ("ra3", 120, 1)}  # (optimizer, batch, groups)
+COMPARE = (("m3", "sgd"), ("rm3", "ra3"))  # (suppressor, its mean-gradient twin)
+QUICK = dict(noises=(0.5,), sizes=(600,), seeds=(0, 1), epochs=1)  # 8 fake devices divide 24
 
 
 def plan(quick: bool) -> dict[tuple[float, int], dict[str, list[R.Run]]]:
@@ -58,7 +55,7 @@ def plan(quick: bool) -> dict[tuple[float, int], dict[str, list[R.Run]]]:
                         f"{cell}/{key}",
                         "mnist_cg",
                         f"opt={opt},noise={noise},scheme=uniform,net=2048,batch={batch}",
-                        {"num_epochs": epochs}
+                        {"num_epochs": epochs, "eval_every_epochs": min(EVAL_EVERY, epochs)}
                         | ({"optimizer.num_groups": groups} if opt == "m3" else {})
                         | ({"model.hidden": R.QUICK_MLP["model.hidden"]} if quick else {}),
                         subset=(size, 200 if quick else HELDOUT),
@@ -67,7 +64,7 @@ def plan(quick: bool) -> dict[tuple[float, int], dict[str, list[R.Run]]]:
                     ),
                     seeds,
                 )
-                for key, (opt, batch, groups) in settings(quick).items()
+                for key, (opt, batch, groups) in SETTINGS.items()
             }
     return cells
 
@@ -91,27 +88,55 @@ def effect(name: str, base: str, mem: tuple, test: tuple) -> str:
     )
 
 
+def dose_slope(mem: dict[str, list[float]]) -> tuple[float, float, float]:
+    """The dose-response: per seed, the least-squares slope of memorization (points) against
+    log2 k, i.e. points per doubling of k; its mean and 95% t-interval over the seeds."""
+    by_seed = np.array([mem[DOSE[k]] for k in KS]).T  # (seeds, len(KS))
+    slopes = [np.polyfit(np.log2(KS), 100 * row, 1)[0] for row in by_seed]
+    return paired_difference(slopes, [0.0] * len(slopes))
+
+
+def slope_line(slope: tuple[float, float, float]) -> str:
+    mid, lo, hi = slope
+    trend = "falls" if hi < 0 else "rises" if lo > 0 else "stays **flat** (no trend)"
+    return (
+        f"- Dose-response: as k grows at {PER_UPDATE} examples per update, memorization {trend}: "
+        f"{mid:+.1f} points per doubling of k (95% CI {lo:+.1f} to {hi:+.1f}, over seeds)."
+    )
+
+
 def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], dict]:
     finals = {key: report.run_finals(d) for key, d in dirs.items()}
     value = {k: {s: [f[f"{s}/top1"] for f in fs] for s in P.SETS} for k, fs in finals.items()}
     mem = {k: v["corrupt_noisy"] for k, v in value.items()}
-    names = {"sgd_b300": "SGD, batch 300", "m3": "M3", "rm3": "RM3", "ra3": "RA3"}
-    names |= {f"m3_k{k}": f"median of {k} group means of {PER_UPDATE // k}" for k in KS}
+    names = {"rm3": "RM3 (batch 120)", "ra3": "RA3 (batch 120)"}
+    names |= {DOSE[k]: f"median of {k} group means of {PER_UPDATE // k}" for k in KS}
+    names |= {"sgd": f"SGD, batch {PER_UPDATE} (k = 1)", "m3": "M3, 3 groups of 120 (k = 3)"}
     rows = [[names[k], *(P.pct(v[s]) for s in ("corrupt_noisy", "test"))] for k, v in value.items()]
-    tests = {(a, b): paired_difference(value[a]["test"], value[b]["test"]) for a, b in COMPARE}
-    effects = {(a, b): paired_difference(mem[a], mem[b]) for a, b in COMPARE}
-    dose = paired_difference(mem[f"m3_k{KS[-1]}"], mem[f"m3_k{KS[0]}"])
-    dose_test = paired_difference(value[f"m3_k{KS[-1]}"]["test"], value[f"m3_k{KS[0]}"]["test"])
-    lines = [effect(names[a], names[b], effects[a, b], tests[a, b]) for a, b in COMPARE]
-    lines.append(effect(names[f"m3_k{KS[-1]}"], names[f"m3_k{KS[0]}"], dose, dose_test))
-    half = stats.mean(mem["sgd_b300"]) >= 0.5
+    lines = []
+    for a, b in (*COMPARE, (DOSE[KS[-1]], DOSE[KS[0]])):
+        effects = paired_difference(mem[a], mem[b])
+        tests = paired_difference(value[a]["test"], value[b]["test"])
+        lines.append(effect(names[a], names[b], effects, tests))
+        value[f"{a}-{b}"] = {"corrupt_noisy": effects, "test": tests}
+    slope = dose_slope(mem)
+    lines.append(slope_line(slope))
+    half = stats.mean(mem["sgd"]) >= 0.5
     lines.append(
-        f"- SGD at batch 300 memorizes {P.pct(mem['sgd_b300'])}% of the corrupt labels: "
+        f"- SGD at batch {PER_UPDATE} memorizes {P.pct(mem['sgd'])}% of the corrupt labels: "
         + ("at least half, as the design asks." if half else "**less than half**: train longer.")
+    )
+    walls = [R.run_wall_s(d) for ds in dirs.values() for d in ds]
+    machines = sorted(
+        {R.run_info(d).get("machine", "not recorded") for ds in dirs.values() for d in ds}
+    )
+    lines.append(
+        f"- Trained: {len(walls)} runs, {P.format_seconds(sum(walls))} of wall time in all "
+        f"(the longest {P.format_seconds(max(walls))}), on {'; '.join(machines)}."
     )
     figure = f"dose_{cell[0]:.2f}_{cell[1]}.png"
     plots.plot_against(
-        {k: value[f"m3_k{k}"] for k in KS},
+        {k: value[DOSE[k]] for k in KS},
         Path(args.out) / figure,
         xlabel=f"k (groups of {PER_UPDATE} examples per update)",
         title=f"{cell[0]:.0%} noise, {cell[1]:,} examples",
@@ -122,30 +147,46 @@ def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], di
         f"![memorization and test accuracy against k]({figure})",
         "\n".join(lines),
     ]
-    result = {"effects": {f"{a}-{b}": effects[a, b] for a, b in COMPARE}, "dose": dose}
+    pairs = [f"{a}-{b}" for a, b in (*COMPARE, (DOSE[KS[-1]], DOSE[KS[0]]))]
+    result = {"effects": {p: value.pop(p)["corrupt_noisy"] for p in pairs}, "slope": slope}
     return section, {**result, "values": value, "verdicts": lines, "sgd_half": half}
+
+
+def summary_row(cell, got) -> dict[str, str]:
+    """The README's row of one cell: the two pairs' differences and the dose-response slope."""
+    ci = lambda d: f"{d[0]:+.1f} ({d[1]:+.1f} to {d[2]:+.1f})"  # noqa: E731  (points)
+    e, v = {k: [100 * x for x in d] for k, d in got["effects"].items()}, got["values"]
+    measured = (
+        f"memorization (corrupt, noisy label, %): SGD b{PER_UPDATE} "
+        f"{P.pct(v['sgd']['corrupt_noisy'])}, M3 {P.pct(v['m3']['corrupt_noisy'])}, RA3 "
+        f"{P.pct(v['ra3']['corrupt_noisy'])}, RM3 {P.pct(v['rm3']['corrupt_noisy'])}; paired "
+        f"difference, points (95% CI): M3 − SGD {ci(e['m3-sgd'])}, RM3 − RA3 {ci(e['rm3-ra3'])}"
+        f"; per doubling of k: {ci(got['slope'])}"
+    )
+    less = [got["effects"][f"{a}-{b}"][2] < 0 for a, b in COMPARE]
+    return {
+        "study": "Is it the median?",
+        "setting": f"MNIST, MLP 2048, {cell[0]:.0%} noise, {cell[1]:,} examples, "
+        f"{PER_UPDATE} examples per update",
+        "measured": measured,
+        "prediction": "M3 and RM3 memorize less than their mean-gradient twins; "
+        "memorization falls as k grows",
+        "match": "yes" if all(less) and got["slope"][2] < 0 else "partly" if any(less) else "no",
+    }
 
 
 def page(args, trained) -> P.Page:
     sections, results, summary = [], {}, []
     for cell, dirs in trained.items():
-        lines, results[f"{cell[0]}_{cell[1]}"] = cell_section(args, cell, dirs)
-        sections += lines
-        less = [results[f"{cell[0]}_{cell[1]}"]["effects"][f"{a}-{b}"][2] < 0 for a, b in COMPARE]
-        summary.append(
-            {
-                "study": "Is it the median?",
-                "setting": f"MNIST, MLP 2048, {cell[0]:.0%} noise, {cell[1]:,} examples",
-                "measured": "; ".join(line.removeprefix("- ") for line in lines[:2]),
-                "prediction": "M3 and RM3 memorize less than their mean-gradient twins",
-                "match": "yes" if all(less) else "partly" if any(less) else "no",
-            }
-        )
+        section, got = cell_section(args, cell, dirs)
+        sections, results[f"{cell[0]}_{cell[1]}"] = sections + section, got
+        summary.append(summary_row(cell, got))
     data = (
         f"real MNIST IDX files ({args.mnist}); per cell a seeded subset of the training split "
         f"and {HELDOUT:,} other examples held out as the test set"
     )
     walls = [R.run_wall_s(d) for keyed in trained.values() for ds in keyed.values() for d in ds]
+    epochs = ", ".join(f"{n:,} examples: {e}" for n, e in EPOCHS.items())
     return P.Page(
         title="Is it the median? Suppressors against their mean-gradient twins",
         seeds=QUICK["seeds"] if args.quick else SEEDS,
@@ -153,11 +194,13 @@ def page(args, trained) -> P.Page:
         body=sections,
         runs_wall_s=sum(walls),
         extra={
-            "Pairs": "the same examples per update and number of updates within each pair; "
-            "lr 0.1, constant, no momentum; uniform label noise (W&S scheme, noise seed 0)",
+            "Runs": f"{PER_UPDATE} examples per update in every run, so the same examples and "
+            "number of updates; lr 0.1, constant, no momentum; uniform label noise (W&S scheme, "
+            "noise seed 0)",
             "Epochs": str(QUICK["epochs"])
             if args.quick
-            else ", ".join(f"{n:,} examples: {e}" for n, e in EPOCHS.items()),
+            else f"{epochs}; evaluated every "
+            f"{EVAL_EVERY} epochs and at the end (the tables: the end)",
         },
         payload={"cells": results, "summary": summary},
     )

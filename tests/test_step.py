@@ -97,6 +97,20 @@ def test_trainer_with_steps_per_dispatch_writes_the_same_metrics(tmp_path):
     )
 
 
+def test_eval_every_epochs_skips_evaluations_but_not_the_training(tmp_path):
+    every = train.train_and_evaluate(_digits_config(tmp_path), str(tmp_path / "every"))
+    sparse = train.train_and_evaluate(
+        _digits_config(tmp_path, eval_every_epochs=2), str(tmp_path / "sparse")
+    )
+    spe = 1442 // 64
+    evals = lambda rs: [r for r in rs if "test/top1" in r]  # noqa: E731
+    kept = evals(_records(tmp_path / "sparse" / "metrics.jsonl"))
+    assert [r["step"] for r in kept] == [0, 2 * spe, 3 * spe]  # epochs 0, 2 and the end
+    everyone = {r["step"]: r for r in evals(_records(tmp_path / "every" / "metrics.jsonl"))}
+    assert kept == [everyone[r["step"]] for r in kept]
+    assert sparse == pytest.approx({**every, "wall_time_s": sparse["wall_time_s"]})
+
+
 class _Recorder(hooks.Hook):
     def __init__(self):
         self.steps, self.evals, self.ends = [], [], []

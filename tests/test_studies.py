@@ -132,10 +132,19 @@ def test_coherence_page(results_dir):
 def test_median_page(results_dir):
     out, _, found = results_dir
     (cell,) = found["median"]["cells"].values()
-    for pair in ("m3-sgd_b300", "rm3-ra3"):
+    for pair in ("m3-sgd", "rm3-ra3", "m3_k15-sgd"):
         mid, lo, hi = cell["effects"][pair]  # paired by seed over 2 seeds: a t-interval
         assert lo <= mid <= hi
-    assert set(cell["values"]) >= {"m3", "sgd_b300", "m3_k1", "m3_k15"}
+    assert set(cell["values"]) == {"sgd", "m3", "m3_k5", "m3_k9", "m3_k15", "rm3", "ra3"}
+    # The dose-response slope, by the closed form of least squares: cov(x, y) / var(x) per seed.
+    x = np.log2([1, 3, 5, 9, 15])
+    mem = np.array(
+        [cell["values"][k]["corrupt_noisy"] for k in ("sgd", "m3", "m3_k5", "m3_k9", "m3_k15")]
+    )
+    slopes = [
+        100 * np.sum((x - x.mean()) * (y - y.mean())) / np.sum((x - x.mean()) ** 2) for y in mem.T
+    ]
+    assert cell["slope"][0] == pytest.approx(np.mean(slopes), abs=1e-9)
     assert any("95% CI" in line for line in cell["verdicts"])
     assert _is_png(out / "median" / "dose_0.50_600.png")
 
