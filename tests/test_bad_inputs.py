@@ -190,6 +190,11 @@ CONFIG_CASES = [
         ["'adamw', which is neither an optimizer nor a study variant"],
     ),
     (
+        "eval_every_epochs_zero",
+        [MNIST, "--config.eval_every_epochs=0"],
+        ["config.eval_every_epochs=0 is not an integer >= 1"],
+    ),
+    (
         "bad_schedule",
         [MNIST, "--config.optimizer.schedule=linear"],
         ["config.optimizer.schedule='linear' is not accepted", "constant, step, cosine"],
