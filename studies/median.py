@@ -36,6 +36,7 @@ DOSE = {1: "sgd", 3: "m3"} | {k: f"m3_k{k}" for k in KS[2:]}  # k -> run key
 SETTINGS = {DOSE[k]: ("sgd" if k == 1 else "m3", PER_UPDATE // k, k) for k in KS}
 SETTINGS |= {"rm3": ("rm3", 120, 1), "ra3": ("ra3", 120, 1)}  # (optimizer, batch, groups)
 COMPARE = (("m3", "sgd"), ("rm3", "ra3"))  # (suppressor, its mean-gradient twin)
+SETS2 = ("corrupt_noisy", "test")  # memorization, and test accuracy beside it
 QUICK = dict(noises=(0.5,), sizes=(600,), seeds=(0, 1), epochs=1)  # 8 fake devices divide 24
 
 
@@ -113,26 +114,22 @@ def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], di
     names |= {DOSE[k]: f"median of {k} group means of {PER_UPDATE // k}" for k in KS}
     names |= {"sgd": f"SGD, batch {PER_UPDATE} (k = 1)", "m3": "M3, 3 groups of 120 (k = 3)"}
     rows = [[names[k], *(P.pct(v[s]) for s in ("corrupt_noisy", "test"))] for k, v in value.items()]
-    lines = []
-    for a, b in (*COMPARE, (DOSE[KS[-1]], DOSE[KS[0]])):
-        effects = paired_difference(mem[a], mem[b])
-        tests = paired_difference(value[a]["test"], value[b]["test"])
-        lines.append(effect(names[a], names[b], effects, tests))
-        value[f"{a}-{b}"] = {"corrupt_noisy": effects, "test": tests}
-    slope = dose_slope(mem)
-    lines.append(slope_line(slope))
-    half = stats.mean(mem["sgd"]) >= 0.5
-    lines.append(
+    pairs = (*COMPARE, (DOSE[KS[-1]], DOSE[KS[0]]))
+    diff = {(a, b, s): paired_difference(value[a][s], value[b][s]) for a, b in pairs for s in SETS2}
+    lines = [
+        effect(names[a], names[b], diff[a, b, SETS2[0]], diff[a, b, SETS2[1]]) for a, b in pairs
+    ]
+    slope, half = dose_slope(mem), stats.mean(mem["sgd"]) >= 0.5
+    lines += [
+        slope_line(slope),
         f"- SGD at batch {PER_UPDATE} memorizes {P.pct(mem['sgd'])}% of the corrupt labels: "
-        + ("at least half, as the design asks." if half else "**less than half**: train longer.")
-    )
+        + ("at least half, as the design asks." if half else "**less than half**: train longer."),
+    ]
     walls = [R.run_wall_s(d) for ds in dirs.values() for d in ds]
-    machines = sorted(
-        {R.run_info(d).get("machine", "not recorded") for ds in dirs.values() for d in ds}
-    )
+    machines = {R.run_info(d).get("machine", "not recorded") for ds in dirs.values() for d in ds}
     lines.append(
         f"- Trained: {len(walls)} runs, {P.format_seconds(sum(walls))} of wall time in all "
-        f"(the longest {P.format_seconds(max(walls))}), on {'; '.join(machines)}."
+        f"(the longest {P.format_seconds(max(walls))}), on {'; '.join(sorted(machines))}."
     )
     figure = f"dose_{cell[0]:.2f}_{cell[1]}.png"
     plots.plot_against(
@@ -147,9 +144,10 @@ def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], di
         f"![memorization and test accuracy against k]({figure})",
         "\n".join(lines),
     ]
-    pairs = [f"{a}-{b}" for a, b in (*COMPARE, (DOSE[KS[-1]], DOSE[KS[0]]))]
-    result = {"effects": {p: value.pop(p)["corrupt_noisy"] for p in pairs}, "slope": slope}
-    return section, {**result, "values": value, "verdicts": lines, "sgd_half": half}
+    effects = {f"{a}-{b}": diff[a, b, "corrupt_noisy"] for a, b in pairs}
+    tests = {f"{a}-{b}": diff[a, b, "test"] for a, b in pairs}
+    got = {"effects": effects, "test_effects": tests, "slope": slope, "values": value}
+    return section, got | {"verdicts": lines, "sgd_half": half}
 
 
 def summary_row(cell, got) -> dict[str, str]:
