@@ -194,7 +194,7 @@ def page(args, trained) -> P.Page:
         extra={
             "Runs": f"{PER_UPDATE} examples per update in every run, so the same examples and "
             "number of updates; lr 0.1, constant, no momentum; uniform label noise (W&S scheme, "
-            "noise seed 0)",
+            "noise seed 0); the MLP has no BatchNorm, so `optimizer.m3_batch_stats` plays no part",
             "Epochs": str(QUICK["epochs"])
             if args.quick
             else f"{epochs}; evaluated every "
