@@ -135,7 +135,7 @@ def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], di
     plots.plot_against(
         {k: value[DOSE[k]] for k in KS},
         Path(args.out) / figure,
-        xlabel=f"k (groups of {PER_UPDATE} examples per update)",
+        xlabel=f"k, the number of groups ({PER_UPDATE} examples per update)",
         title=f"{cell[0]:.0%} noise, {cell[1]:,} examples",
     )
     section = [
