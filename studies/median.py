@@ -3,8 +3,9 @@ r"""Is it the median? M3 and RM3 against their mean-gradient twins at equal upda
 On MNIST (CG MLP, lr 0.1, uniform label noise 25% and 50%, 4,000 and 10,000 training
 examples, 2,000 held out) every run of a cell takes 360 examples per update, so all see the
 same examples in the same number of updates: (a) M3 (median of 3 group means of 120) vs SGD at
-batch 360, and RM3 vs RA3 (median vs mean of the last three gradients of batch 120); (b) the
-median of k group means for k = 1 (SGD), 3 (M3), 5, 9, 15. Differences in memorization
+batch 360, and RM3 vs RA3 (median vs mean of the last three gradients of batch 120), on 5
+seeds; (b) the median of k group means for k = 1 (SGD), 3 (M3), 5, 9, 15 on 4,000 examples and
+k = 1, 3, 15 on 10,000 (k = 15 on 3 seeds there, for time). Differences in memorization
 (``corrupt_noisy``) are paired by seed with a 95% t-interval; test accuracy beside it. The runs
 are long; train them where there is time (finished runs are reused)::
 
@@ -35,7 +36,10 @@ KS, PER_UPDATE = (1, 3, 5, 9, 15), 360  # the dose-response: k groups of PER_UPD
 DOSE = {1: "sgd", 3: "m3"} | {k: f"m3_k{k}" for k in KS[2:]}  # k -> run key
 SETTINGS = {DOSE[k]: ("sgd" if k == 1 else "m3", PER_UPDATE // k, k) for k in KS}
 SETTINGS |= {"rm3": ("rm3", 120, 1), "ra3": ("ra3", 120, 1)}  # (optimizer, batch, groups)
+# At 10,000 examples the dose-response is k = 1, 3 (the pair's runs) and 15, on 3 seeds.
+DOSE_AT = {10_000: ((1, 3, 15), 3)}  # size -> (ks, seeds of the other ks); else (KS, all)
 COMPARE = (("m3", "sgd"), ("rm3", "ra3"))  # (suppressor, its mean-gradient twin)
+PAIRED = ("sgd", "m3", "rm3", "ra3")  # trained on every seed in every cell
 SETS2 = ("corrupt_noisy", "test")  # memorization, and test accuracy beside it
 QUICK = dict(noises=(0.5,), sizes=(600,), seeds=(0, 1), epochs=1)  # 8 fake devices divide 24
 
@@ -50,6 +54,7 @@ def plan(quick: bool) -> dict[tuple[float, int], dict[str, list[R.Run]]]:
         for size in sizes:
             cell = f"noise{round(100 * noise):03d}_n{size}"
             epochs = QUICK["epochs"] if quick else EPOCHS[size]
+            ks, dose_seeds = DOSE_AT.get(size, (KS, len(seeds)))
             cells[noise, size] = {
                 key: R.seeded(
                     R.Run(
@@ -63,9 +68,10 @@ def plan(quick: bool) -> dict[tuple[float, int], dict[str, list[R.Run]]]:
                         subset_dir=cell,
                         eval_cap=EVAL_CAP,
                     ),
-                    seeds,
+                    seeds if key in PAIRED else seeds[:dose_seeds],
                 )
                 for key, (opt, batch, groups) in SETTINGS.items()
+                if key in PAIRED or groups in ks
             }
     return cells
 
@@ -77,32 +83,33 @@ def train(args):
     }
 
 
-def effect(name: str, base: str, mem: tuple, test: tuple) -> str:
+def effect(name: str, base: str, mem: tuple, test: tuple, n: int) -> str:
     """One verdict: the memorization difference with its interval, the test one beside."""
     mid, lo, hi = (100 * v for v in mem)
     verdict = "memorizes less than" if hi < 0 else "memorizes more than" if lo > 0 else None
     verdict = verdict or "shows **no effect** on memorization against"
     return (
         f"- {name} {verdict} {base}: corrupt-noisy accuracy {mid:+.1f} points (95% CI "
-        f"{lo:+.1f} to {hi:+.1f}, paired by seed); test accuracy {100 * test[0]:+.1f} points "
-        f"({100 * test[1]:+.1f} to {100 * test[2]:+.1f})."
+        f"{lo:+.1f} to {hi:+.1f}, paired by seed, n = {n}); test accuracy "
+        f"{100 * test[0]:+.1f} points ({100 * test[1]:+.1f} to {100 * test[2]:+.1f})."
     )
 
 
-def dose_slope(mem: dict[str, list[float]]) -> tuple[float, float, float]:
-    """The dose-response: per seed, the least-squares slope of memorization (points) against
-    log2 k, i.e. points per doubling of k; its mean and 95% t-interval over the seeds."""
-    by_seed = np.array([mem[DOSE[k]] for k in KS]).T  # (seeds, len(KS))
-    slopes = [np.polyfit(np.log2(KS), 100 * row, 1)[0] for row in by_seed]
+def dose_slope(mem: dict[str, list[float]], ks, n: int) -> tuple[float, float, float]:
+    """The dose-response: per seed (the first ``n``), the least-squares slope of memorization
+    (points) against log2 k, i.e. points per doubling of k; its mean and 95% t-interval."""
+    by_seed = np.array([mem[DOSE[k]][:n] for k in ks]).T  # (seeds, len(ks))
+    slopes = [np.polyfit(np.log2(ks), 100 * row, 1)[0] for row in by_seed]
     return paired_difference(slopes, [0.0] * len(slopes))
 
 
-def slope_line(slope: tuple[float, float, float]) -> str:
+def slope_line(slope: tuple[float, float, float], ks, n: int) -> str:
     mid, lo, hi = slope
     trend = "falls" if hi < 0 else "rises" if lo > 0 else "stays **flat** (no trend)"
     return (
-        f"- Dose-response: as k grows at {PER_UPDATE} examples per update, memorization {trend}: "
-        f"{mid:+.1f} points per doubling of k (95% CI {lo:+.1f} to {hi:+.1f}, over seeds)."
+        f"- Dose-response: as k grows ({', '.join(map(str, ks))}) at {PER_UPDATE} examples per "
+        f"update, memorization {trend}: {mid:+.1f} points per doubling of k (95% CI {lo:+.1f} "
+        f"to {hi:+.1f}, over {n} seeds)."
     )
 
 
@@ -113,15 +120,25 @@ def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], di
     names = {"rm3": "RM3 (batch 120)", "ra3": "RA3 (batch 120)"}
     names |= {DOSE[k]: f"median of {k} group means of {PER_UPDATE // k}" for k in KS}
     names |= {"sgd": f"SGD, batch {PER_UPDATE} (k = 1)", "m3": "M3, 3 groups of 120 (k = 3)"}
+    ks = [k for k in KS if DOSE[k] in value]
+    seeds = {k: len(v) for k, v in mem.items()}  # the dose-only runs may have fewer
+    names |= {k: f"{names[k]} (first {n} seeds)" for k, n in seeds.items() if n < seeds["sgd"]}
     rows = [[names[k], *(P.pct(v[s]) for s in ("corrupt_noisy", "test"))] for k, v in value.items()]
-    pairs = (*COMPARE, (DOSE[KS[-1]], DOSE[KS[0]]))
-    diff = {(a, b, s): paired_difference(value[a][s], value[b][s]) for a, b in pairs for s in SETS2}
+    pairs = (*COMPARE, (DOSE[ks[-1]], DOSE[ks[0]]))
+    n = {(a, b): min(seeds[a], seeds[b]) for a, b in pairs}
+    diff = {
+        (a, b, s): paired_difference(value[a][s][: n[a, b]], value[b][s][: n[a, b]])
+        for a, b in pairs
+        for s in SETS2
+    }
     lines = [
-        effect(names[a], names[b], diff[a, b, SETS2[0]], diff[a, b, SETS2[1]]) for a, b in pairs
+        effect(names[a], names[b], diff[a, b, SETS2[0]], diff[a, b, SETS2[1]], n[a, b])
+        for a, b in pairs
     ]
-    slope, half = dose_slope(mem), stats.mean(mem["sgd"]) >= 0.5
+    dose_n = min(seeds[DOSE[k]] for k in ks)
+    slope, half = dose_slope(mem, ks, dose_n), stats.mean(mem["sgd"]) >= 0.5
     lines += [
-        slope_line(slope),
+        slope_line(slope, ks, dose_n),
         f"- SGD at batch {PER_UPDATE} memorizes {P.pct(mem['sgd'])}% of the corrupt labels: "
         + ("at least half, as the design asks." if half else "**less than half**: train longer."),
     ]
@@ -133,7 +150,7 @@ def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], di
     )
     figure = f"dose_{cell[0]:.2f}_{cell[1]}.png"
     plots.plot_against(
-        {k: value[DOSE[k]] for k in KS},
+        {k: value[DOSE[k]] for k in ks},
         Path(args.out) / figure,
         xlabel=f"k, the number of groups ({PER_UPDATE} examples per update)",
         title=f"{cell[0]:.0%} noise, {cell[1]:,} examples",
@@ -144,7 +161,7 @@ def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], di
         f"![memorization and test accuracy against k]({figure})",
         "\n".join(lines),
     ]
-    effects = {f"{a}-{b}": diff[a, b, "corrupt_noisy"] for a, b in pairs}
+    effects = {f"{a}-{b}": diff[a, b, "corrupt_noisy"] for a, b in pairs}  # ks[-1]-sgd: dose
     tests = {f"{a}-{b}": diff[a, b, "test"] for a, b in pairs}
     got = {"effects": effects, "test_effects": tests, "slope": slope, "values": value}
     return section, got | {"verdicts": lines, "sgd_half": half}
