@@ -7,13 +7,16 @@ batch 360, and RM3 vs RA3 (median vs mean of the last three gradients of batch 1
 seeds; (b) the median of k group means for k = 1 (SGD), 3 (M3), 5, 9, 15 on 4,000 examples and
 k = 1, 3, 9 on 10,000 (k = 9 on 3 seeds there, for time). Differences in memorization
 (``corrupt_noisy``) are paired by seed with a 95% t-interval; test accuracy beside it. The runs
-are long; train them where there is time (finished runs are reused)::
+are long; train them where there is time (finished runs are reused), one process per core::
 
-  python -m studies median --out docs/results/median
+  taskset -c 0 python -m studies median --out docs/results/median --shard 0/2 &
+  taskset -c 1 python -m studies median --out docs/results/median --shard 1/2; wait
+  python -m studies median --out docs/results/median  # the page
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +79,31 @@ def plan(quick: bool) -> dict[tuple[float, int], dict[str, list[R.Run]]]:
     return cells
 
 
+def shard_arg(text: str) -> tuple[int, int]:
+    i, _, n = text.partition("/")
+    if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N with 0 <= I < N, e.g. 0/2")
+    return int(i), int(n)
+
+
+SHARD_HELP = (
+    "train only runs I, I+N, ... of the study and write no page: one process per core "
+    "(e.g. under `taskset -c I`); then run without --shard to write the page"
+)
+ARGS = [(("--shard",), dict(metavar="I/N", type=shard_arg, help=SHARD_HELP))]
+
+
 def train(args):
+    cells = plan(args.quick)
+    if args.shard:
+        (i, n), runs = args.shard, [r for k in cells.values() for rs in k.values() for r in rs]
+        for run in runs[i::n]:
+            R.train(run, args)
+        R.say(f"median: shard {i}/{n} trained; run without --shard to write the page")
+        raise SystemExit(0)
     return {
         cell: {key: [R.train(run, args)[0] for run in runs] for key, runs in keyed.items()}
-        for cell, keyed in plan(args.quick).items()
+        for cell, keyed in cells.items()
     }
 
 

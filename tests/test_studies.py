@@ -149,6 +149,29 @@ def test_median_page(results_dir):
     assert _is_png(out / "median" / "dose_0.50_600.png")
 
 
+def _records(metrics: Path) -> list[dict]:
+    lines = metrics.read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k != "wall_time_s"} for x in lines]
+
+
+def test_median_shards_train_every_run_once(results_dir, data_dir, tmp_path):
+    _, runs_dir, _ = results_dir
+    argv = ["median", "--out", str(tmp_path / "out"), "--workdir", str(tmp_path), "--quick"]
+    trained = []
+    for shard in ("0/2", "1/2"):
+        with pytest.raises(SystemExit) as stop:
+            main([*argv, "--data-dir", data_dir, "--shard", shard])
+        assert stop.value.code == 0
+        trained.append(set(_markers(tmp_path)) - set().union(*trained))
+    assert not (tmp_path / "out" / "README.md").exists()  # the shards write no page
+    assert len(trained[0]) == len(trained[1]) == 7
+    assert trained[0] | trained[1] == set(_markers(runs_dir / "median"))
+    for marker in trained[0]:  # the same runs as one process trains
+        run = Path(marker).parent
+        want = _records(runs_dir / "median" / run / "metrics.jsonl")
+        assert _records(tmp_path / run / "metrics.jsonl") == want
+
+
 @pytest.mark.parametrize("name", ["label_noise", "coherence"])
 def test_second_invocation_reuses_the_finished_runs(results_dir, data_dir, name):
     out, runs_dir, found = results_dir
