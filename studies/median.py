@@ -147,7 +147,8 @@ def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], di
     ks = [k for k in KS if DOSE[k] in value]
     seeds = {k: len(v) for k, v in mem.items()}  # the dose-only runs may have fewer
     names |= {k: f"{names[k]} (first {n} seeds)" for k, n in seeds.items() if n < seeds["sgd"]}
-    rows = [[names[k], *(P.pct(v[s]) for s in ("corrupt_noisy", "test"))] for k, v in value.items()]
+    columns = ("pristine", "corrupt_noisy", "test")
+    rows = [[names[k], *(P.pct(v[s]) for s in columns)] for k, v in value.items()]
     pairs = (*COMPARE, (DOSE[ks[-1]], DOSE[ks[0]]))
     n = {(a, b): min(seeds[a], seeds[b]) for a, b in pairs}
     diff = {
@@ -181,7 +182,9 @@ def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], di
     )
     section = [
         f"## {cell[0]:.0%} label noise, {cell[1]:,} training examples",
-        report.markdown_table(["run", "corrupt, noisy label (memorization)", "test"], rows),
+        report.markdown_table(
+            ["run", "pristine (train)", "corrupt, noisy label (memorization)", "test"], rows
+        ),
         f"![memorization and test accuracy against k]({figure})",
         "\n".join(lines),
     ]
