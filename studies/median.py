@@ -217,12 +217,32 @@ def summary_row(cell, got) -> dict[str, str]:
     }
 
 
+def verdict(results: dict[str, dict]) -> str:
+    """The page's first section: over all cells, how often each comparison came out which way."""
+    lines = ["## Verdict (each cell below gives the numbers)", ""]
+    for pair, what, unit in (
+        ("m3-sgd", "M3 memorizes less than SGD with the same examples and updates", "points"),
+        ("rm3-ra3", "RM3 memorizes less than RA3 (mean of the same gradients)", "points"),
+        ("slope", "Memorization falls as the number of groups k grows", "points per doubling"),
+    ):
+        ways = [(r["slope"] if pair == "slope" else r["effects"][pair]) for r in results.values()]
+        less, more = sum(hi < 0 for _, _, hi in ways), sum(lo > 0 for _, lo, _ in ways)
+        mids = ", ".join(f"{m * (1 if pair == 'slope' else 100):+.1f}" for m, _, _ in ways)
+        lines.append(
+            f"- {what}: in {less} of {len(ways)} cells (the opposite in {more}, no effect in "
+            f"{len(ways) - less - more}; 95% CIs). Mean differences, cells in page order: "
+            f"{mids} {unit}."
+        )
+    return "\n".join(lines)
+
+
 def page(args, trained) -> P.Page:
     sections, results, summary = [], {}, []
     for cell, dirs in trained.items():
         section, got = cell_section(args, cell, dirs)
         sections, results[f"{cell[0]}_{cell[1]}"] = sections + section, got
         summary.append(summary_row(cell, got))
+    sections = [verdict(results), *sections]
     data = (
         f"real MNIST IDX files ({args.mnist}); per cell a seeded subset of the training split "
         f"and {HELDOUT:,} other examples held out as the test set"
