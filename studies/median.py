@@ -36,14 +36,15 @@ NOISES, SIZES, SEEDS, HELDOUT, EVAL_CAP = (
 # SGD at batch 360 memorizes >= half of the corrupt labels by then (a one-seed pilot at 300).
 EPOCHS, EVAL_EVERY = {4_000: 250, 10_000: 200}, 10  # evaluations: every 10 epochs and the end
 KS, PER_UPDATE = (1, 3, 5, 9, 15), 360  # the dose-response: k groups of PER_UPDATE / k
+GROUP = PER_UPDATE // 3  # M3's group batch, and RM3's / RA3's batch
 DOSE = {1: "sgd", 3: "m3"} | {k: f"m3_k{k}" for k in KS[2:]}  # k -> run key
 SETTINGS = {DOSE[k]: ("sgd" if k == 1 else "m3", PER_UPDATE // k, k) for k in KS}
-SETTINGS |= {"rm3": ("rm3", 120, 1), "ra3": ("ra3", 120, 1)}  # (optimizer, batch, groups)
+SETTINGS |= {"rm3": ("rm3", GROUP, 1), "ra3": ("ra3", GROUP, 1)}  # (optimizer, batch, groups)
 # At 10,000 examples the dose-response is k = 1, 3 (the pair's runs) and 9, on 3 seeds.
 DOSE_AT = {10_000: ((1, 3, 9), 3)}  # size -> (ks, seeds of the other ks); else (KS, all)
 COMPARE = (("m3", "sgd"), ("rm3", "ra3"))  # (suppressor, its mean-gradient twin)
 PAIRED = ("sgd", "m3", "rm3", "ra3")  # trained on every seed in every cell
-SETS2 = ("corrupt_noisy", "test")  # memorization, and test accuracy beside it
+DIFF_SETS = ("corrupt_noisy", "test")  # memorization, and test accuracy beside it
 QUICK = dict(noises=(0.5,), sizes=(600,), seeds=(0, 1), epochs=1)  # 8 fake devices divide 24
 
 
@@ -124,7 +125,7 @@ def dose_slope(mem: dict[str, list[float]], ks, n: int) -> tuple[float, float, f
     (points) against log2 k, i.e. points per doubling of k; its mean and 95% t-interval."""
     by_seed = np.array([mem[DOSE[k]][:n] for k in ks]).T  # (seeds, len(ks))
     slopes = [np.polyfit(np.log2(ks), 100 * row, 1)[0] for row in by_seed]
-    return paired_difference(slopes, [0.0] * len(slopes))
+    return paired_difference(slopes, [0.0] * len(slopes))  # a one-sample t-interval
 
 
 def slope_line(slope: tuple[float, float, float], ks, n: int) -> str:
@@ -141,9 +142,9 @@ def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], di
     finals = {key: report.run_finals(d) for key, d in dirs.items()}
     value = {k: {s: [f[f"{s}/top1"] for f in fs] for s in P.SETS} for k, fs in finals.items()}
     mem = {k: v["corrupt_noisy"] for k, v in value.items()}
-    names = {"rm3": "RM3 (batch 120)", "ra3": "RA3 (batch 120)"}
+    names = {"rm3": f"RM3 (batch {GROUP})", "ra3": f"RA3 (batch {GROUP})"}
     names |= {DOSE[k]: f"median of {k} group means of {PER_UPDATE // k}" for k in KS}
-    names |= {"sgd": f"SGD, batch {PER_UPDATE} (k = 1)", "m3": "M3, 3 groups of 120 (k = 3)"}
+    names |= {"sgd": f"SGD, batch {PER_UPDATE} (k = 1)", "m3": f"M3, 3 groups of {GROUP} (k = 3)"}
     ks = [k for k in KS if DOSE[k] in value]
     seeds = {k: len(v) for k, v in mem.items()}  # the dose-only runs may have fewer
     names |= {k: f"{names[k]} (first {n} seeds)" for k, n in seeds.items() if n < seeds["sgd"]}
@@ -154,10 +155,10 @@ def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], di
     diff = {
         (a, b, s): paired_difference(value[a][s][: n[a, b]], value[b][s][: n[a, b]])
         for a, b in pairs
-        for s in SETS2
+        for s in DIFF_SETS
     }
     lines = [
-        effect(names[a], names[b], diff[a, b, SETS2[0]], diff[a, b, SETS2[1]], n[a, b])
+        effect(names[a], names[b], diff[a, b, DIFF_SETS[0]], diff[a, b, DIFF_SETS[1]], n[a, b])
         for a, b in pairs
     ]
     dose_n = min(seeds[DOSE[k]] for k in ks)
@@ -205,7 +206,7 @@ def summary_row(cell, got) -> dict[str, str]:
         f"difference, points (95% CI): M3 − SGD {ci(e['m3-sgd'])}, RM3 − RA3 {ci(e['rm3-ra3'])}"
         f"; per doubling of k: {ci(got['slope'])}"
     )
-    less = [got["effects"][f"{a}-{b}"][2] < 0 for a, b in COMPARE]
+    less = [got["effects"][f"{a}-{b}"][2] < 0 for a, b in COMPARE] + [got["slope"][2] < 0]
     return {
         "study": "Is it the median?",
         "setting": f"MNIST, MLP 2048, {cell[0]:.0%} noise, {cell[1]:,} examples, "
@@ -213,7 +214,7 @@ def summary_row(cell, got) -> dict[str, str]:
         "measured": measured,
         "prediction": "M3 and RM3 memorize less than their mean-gradient twins; "
         "memorization falls as k grows",
-        "match": "yes" if all(less) and got["slope"][2] < 0 else "partly" if any(less) else "no",
+        "match": "yes" if all(less) else "partly" if any(less) else "no",
     }
 
 
