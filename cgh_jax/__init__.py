@@ -20,6 +20,8 @@ _FROM_OPTIM = (
     "grouped_grads",
     "m3",
     "m3_sgd",
+    "mean_at_median_norm",
+    "median_at_mean_norm",
     "median_of_means",
     "per_example_grads",
     "ra3",

@@ -7,8 +7,20 @@ The command line checks a config against these names before it imports anything 
 
 from __future__ import annotations
 
-OPTIMIZERS = ("sgd", "m3", "rm3", "ra3", "winsorize")
+OPTIMIZERS = (
+    "sgd",
+    "m3",
+    "rm3",
+    "ra3",
+    "winsorize",
+    "mean_at_median_norm",
+    "median_at_mean_norm",
+)
 """``config.optimizer.name`` (``cgh_jax.optim.spec``)."""
+
+GROUPED_OPTIMIZERS = ("m3", "mean_at_median_norm", "median_at_mean_norm")
+"""Optimizers that consume ``num_groups`` group-mean gradients (one update takes
+``num_groups x batch_size`` examples): M3 and its two norm-matched controls."""
 
 SCHEDULES = ("constant", "step", "cosine")
 """``config.optimizer.schedule``."""

@@ -194,6 +194,14 @@ def check_optimizer(cfg: Mapping[str, Any], *, prefix: str = "optimizer") -> Non
             "use an odd number of groups such as 3 or 5",
         )
     _choice(p + "m3_layout", get("m3_layout"), choices.M3_LAYOUTS)
+    if get("name") in choices.GROUPED_OPTIMIZERS[1:] and get("m3_layout") in (
+        choices.SHARDED_M3_LAYOUTS
+    ):
+        raise ConfigError(
+            f"config.{p}m3_layout={get('m3_layout')!r} computes M3's median inside the step, "
+            f"which {get('name')!r} does not use",
+            f"set config.{p}m3_layout to 'auto', 'vmap' or 'loop'",
+        )
     _choice(p + "m3_batch_stats", get("m3_batch_stats"), choices.M3_BATCH_STATS)
     _int(p + "num_clipped", get("num_clipped"), low=0)
     _choice(p + "schedule", get("schedule"), choices.SCHEDULES)
@@ -417,9 +425,10 @@ def _check_run(config: Mapping[str, Any], where: str = "") -> None:
 
 
 def examples_per_update(config: Mapping[str, Any]) -> int:
-    """Global examples of one update: ``num_groups * batch_size`` for M3, else ``batch_size``."""
+    """Global examples of one update: ``num_groups * batch_size`` for M3 and its norm-matched
+    controls (:data:`cgh_jax.choices.GROUPED_OPTIMIZERS`), else ``batch_size``."""
     opt = config["optimizer"]
-    if opt["name"] == "m3":
+    if opt["name"] in choices.GROUPED_OPTIMIZERS:
         return int(_get(opt, "num_groups", 3)) * int(config["batch_size"])
     return int(config["batch_size"])
 
@@ -478,7 +487,7 @@ def check_dataset_size(config: Any, num_train: Any) -> None:
         size = num_train(run["data"]) if callable(num_train) else num_train
         need = examples_per_update(run)
         if size is not None and need > size:
-            m3 = run["optimizer"]["name"] == "m3"
+            m3 = run["optimizer"]["name"] in choices.GROUPED_OPTIMIZERS
             detail = f" (num_groups x batch_size = {need})" if m3 else ""
             raise ConfigError(
                 f"{where}one update needs {need} examples{detail}, more than the "
@@ -496,7 +505,8 @@ def check_devices(config: Any, num_devices: int, num_processes: int = 1) -> None
     """
     for where, run in _runs(config):
         opt = run["optimizer"]
-        groups = int(_get(opt, "num_groups", 3)) if opt["name"] == "m3" else 1
+        grouped = opt["name"] in choices.GROUPED_OPTIMIZERS
+        groups = int(_get(opt, "num_groups", 3)) if grouped else 1
         batches = (
             ("one update", examples_per_update(run), "batch_size", groups),
             ("one evaluation batch", run["eval_batch_size"], "eval_batch_size", 1),

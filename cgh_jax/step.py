@@ -6,8 +6,9 @@ consumes (``spec.gradient``):
 
 - ``BATCH`` (``sgd``, ``rm3``, ``ra3``): ``jax.value_and_grad`` of the mean loss over the
   batch;
-- ``GROUPED`` (``m3``): the median of ``num_groups`` group-mean gradients over ``num_groups x
-  batch_size`` examples, by the layout ``spec.m3_layout`` (concrete, see
+- ``GROUPED`` (``m3``; its norm-matched controls ``mean_at_median_norm`` and
+  ``median_at_mean_norm`` take the straightforward layouts only): the median of
+  ``num_groups`` group-mean gradients over ``num_groups x batch_size`` examples, by the layout ``spec.m3_layout`` (concrete, see
   :meth:`OptimizerSpec.resolve_layout`): ``vmap`` / ``loop``:
   :func:`cgh_jax.optim.grouped_grads` (column-major groups, BatchNorm statistics per group)
   and the median in the optimizer; ``reduce_scatter`` / ``group_sharded`` (several
@@ -44,6 +45,7 @@ from cgh_jax.optim import (
     sharded_median_of_means_grads,
 )
 from cgh_jax.optim.grads import check_state_momentum
+from cgh_jax.optim.norm_match import mean_at_median_norm_leaf, median_at_mean_norm_leaf
 from cgh_jax.optim.spec import GROUPED_LAYOUTS, Gradient, OptimizerSpec
 
 
@@ -234,6 +236,15 @@ def check_batch_stats_fold(model, spec: OptimizerSpec, state: TrainState, image_
     )
 
 
+GROUP_AGGREGATES = {
+    "m3": coordinate_median,
+    "mean_at_median_norm": mean_at_median_norm_leaf,
+    "median_at_mean_norm": median_at_mean_norm_leaf,
+}
+"""The update direction of each grouped optimizer, per leaf ``[k, *s] -> s`` (the logged
+``grad_norm``; the optimizer computes the same inside its chain)."""
+
+
 def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize: bool):
     """``fn(state, batch, rng) -> (loss, top1, grads for the optimizer, direction, new
     batch_stats or None)``; ``direction`` is the update direction before weight decay."""
@@ -278,7 +289,7 @@ def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize
             vectorize=spec.m3_layout == "vmap",
             **stats,
         )
-        reduce = coordinate_median
+        reduce = GROUP_AGGREGATES[spec.name]
     else:
         median_fn = per_example_grads(loss_fn, has_aux=True)
         reduce = lambda x: jnp.mean(x, axis=0)  # noqa: E731

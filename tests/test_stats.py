@@ -59,3 +59,44 @@ def test_paired_difference_edge_cases():
     assert got == pytest.approx((2.0, -10.706, 14.706))
     with pytest.raises(ValueError):
         stats.paired_difference([1.0, 2.0], [1.0])
+
+
+# ----------------------------------------------------------------------------- t quantiles
+
+
+def test_t_quantile_reproduces_the_95_table():
+    for df, want in enumerate(stats.T95, start=1):
+        assert round(stats.t_quantile(0.95, df), 3) == want
+
+
+def test_t_quantile_against_hand_values_and_scipy():
+    # df = 1 is the Cauchy distribution: t = tan(pi * confidence / 2).
+    for confidence in (0.5, 0.9, 0.99, 0.999):
+        assert stats.t_quantile(confidence, 1) == pytest.approx(
+            math.tan(math.pi * confidence / 2), rel=1e-8
+        )
+    # df = 2: P(|T| <= t) = t / sqrt(2 + t^2), so t = c sqrt(2 / (1 - c^2)).
+    for confidence in (0.9, 0.998):
+        want = confidence * math.sqrt(2 / (1 - confidence**2))
+        assert stats.t_quantile(confidence, 2) == pytest.approx(want, rel=1e-8)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in (2, 4, 7, 30):
+        for confidence in (0.95, stats.bonferroni(11), stats.bonferroni(48)):
+            want = scipy_stats.t.ppf(1 - (1 - confidence) / 2, df)
+            assert stats.t_quantile(confidence, df) == pytest.approx(want, rel=1e-8)
+
+
+def test_bonferroni_and_a_corrected_interval_is_wider():
+    assert stats.bonferroni(1) == pytest.approx(0.95)
+    assert stats.bonferroni(10) == pytest.approx(0.995)
+    a, b = [3.0, 5.0, 4.0, 6.0], [1.0, 2.0, 2.0, 2.0]
+    d, lo, hi = stats.paired_difference(a, b)
+    dc, loc, hic = stats.paired_difference(a, b, confidence=stats.bonferroni(10))
+    assert d == dc == pytest.approx(2.75)
+    half = stats.t_quantile(0.995, 3) * np.std([2, 3, 2, 4], ddof=1) / 2
+    assert (loc, hic) == pytest.approx((d - half, d + half))
+    assert loc < lo and hic > hi
+    with pytest.raises(ValueError):
+        stats.bonferroni(0)
+    with pytest.raises(ValueError):
+        stats.t_quantile(1.0, 3)

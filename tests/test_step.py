@@ -151,3 +151,45 @@ def test_a_diverging_run_stops_before_it_evaluates_a_non_finite_state(tmp_path):
     assert len(lines) == 1  # the evaluation before training; none after the divergence
     record = json.loads(lines[0], parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
+
+
+@pytest.mark.parametrize("name", ["mean_at_median_norm", "median_at_mean_norm"])
+def test_norm_matched_optimizers_step_like_their_transform(name):
+    # One step of the trainer's step equals the transform applied by hand to the group
+    # gradients of the same batch; the logged grad_norm is the update direction's norm.
+    import optax
+
+    from cgh_jax.optim import grouped_grads, norm_match
+
+    mesh = sharding.create_mesh(1)
+    model = get_model("mlp", num_classes=10, hidden=(16,))
+    spec = spec_lib.resolve(dict(name=name, learning_rate=0.1, num_groups=5), batch_size=4)
+    spec = spec.with_duration(steps_per_epoch=4, num_epochs=2)
+    facts = step_lib.model_facts(model, (4, 4, 1), mesh)
+    layout, why = spec.resolve_layout(num_devices=8, has_conv=False, has_state=False, platform="cpu")
+    assert layout == "vmap" and "no sharded layout" in why
+    spec = spec.with_layout(layout)
+    assert spec.examples_per_update == 20 and not spec.median_in_step
+    steps = step_lib.build_steps(model, spec, mesh, facts=facts, with_top5=True, platform="cpu")
+    state = step_lib.create_train_state(model, steps.tx, (4, 4, 1), jax.random.PRNGKey(0), mesh)
+    params = jax.tree.map(np.asarray, state.params)
+    batch = _batches(1, 20)[0]
+    new, metrics, finite = steps.train(state, sharding.host_batch_to_global(batch, mesh))
+    assert bool(finite)
+    loss_fn = step_lib.make_loss_fn(model, has_state=False)
+    grouped = grouped_grads(loss_fn, 5, has_aux=True)(params, batch, {}).grads
+    tx = getattr(norm_match, name)(5)
+    direction, _ = tx.update(grouped, tx.init(params), params)
+    want = optax.apply_updates(params, jax.tree.map(lambda d: -0.1 * d, direction))
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    assert float(metrics.compute()["grad_norm"]) == pytest.approx(
+        float(optax.global_norm(direction)), rel=1e-5
+    )
+
+
+def test_norm_matched_optimizers_refuse_sharded_layouts():
+    from cgh_jax import config_checks
+
+    with pytest.raises(config_checks.ConfigError, match="does not use"):
+        config_checks.check_optimizer(dict(name="mean_at_median_norm", m3_layout="group_sharded"))

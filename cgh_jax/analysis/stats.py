@@ -3,7 +3,11 @@
 Results of a study are a handful of runs per setting, one per seed. Tables show
 ``mean ± std`` (sample std, ``ddof=1``) over the seeds; a comparison of two settings trained
 with the same seeds pairs the runs by seed and reports the mean difference with its
-two-sided 95% Student-t interval (:func:`paired_difference`).
+two-sided Student-t interval (:func:`paired_difference`), 95% by default. A page that
+reports ``m`` such tests as one family corrects them by Bonferroni: each interval at
+confidence ``1 - 0.05 / m`` (:func:`bonferroni`), with the quantile from
+:func:`t_quantile` (Student's t distribution through the regularized incomplete beta
+function).
 
 Plain Python and NumPy only.
 """
@@ -62,14 +66,89 @@ def std(values: Iterable[float]) -> float:
     return mean_std(values)[1] if values else 0.0
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
-    """Mean of the per-seed differences ``a[i] - b[i]`` and its two-sided 95% t-interval.
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz method)."""
+    tiny, frac = 1e-300, 1.0
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    frac = d
+    for m in range(1, 500):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            frac *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return frac
+
+
+def regularized_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function :math:`I_x(a, b)` for ``0 <= x <= 1``."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+        + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def t_two_sided_tail(t: float, df: float) -> float:
+    r"""``P(|T| > t)`` for Student's t with ``df`` degrees of freedom:
+    :math:`I_{df / (df + t^2)}(df/2, 1/2)`."""
+    return regularized_beta(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_quantile(confidence: float, df: int) -> float:
+    """The two-sided Student-t quantile: ``t`` with ``P(|T| <= t) = confidence``.
+
+    Solved by bisection on :func:`t_two_sided_tail` to 1e-10. ``t_quantile(0.95, df)``
+    equals :func:`t95`'s table to its 3 decimals for df = 1..10.
+
+    Example:
+      >>> round(t_quantile(0.95, 4), 3)
+      2.776
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
+    if df < 1:
+        raise ValueError(f"t_quantile needs at least one degree of freedom, got {df}.")
+    low, high = 0.0, 1.0
+    while t_two_sided_tail(high, df) > 1.0 - confidence:
+        low, high = high, 2.0 * high
+    while high - low > 1e-10 * max(1.0, high):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if t_two_sided_tail(mid, df) > 1.0 - confidence else (low, mid)
+    return 0.5 * (low + high)
+
+
+def bonferroni(num_tests: int, confidence: float = 0.95) -> float:
+    """The per-test confidence of ``num_tests`` simultaneous intervals at family-wise
+    ``confidence``: ``1 - (1 - confidence) / num_tests``."""
+    if num_tests < 1:
+        raise ValueError(f"bonferroni needs at least one test, got {num_tests}.")
+    return 1.0 - (1.0 - confidence) / num_tests
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of the per-seed differences ``a[i] - b[i]`` and its two-sided t-interval.
 
     With ``n`` pairs (pairs with a NaN left out), mean difference ``d`` and sample std ``s``
-    of the differences, the interval is ``d ± t95(n - 1) * s / sqrt(n)``.
+    of the differences, the interval is ``d ± t * s / sqrt(n)`` with ``t = t95(n - 1)`` at
+    the default 95% (the table), else :func:`t_quantile` at ``confidence``.
 
     Args:
       a, b: values of two settings, in the same seed order (equal lengths).
+      confidence: the interval's two-sided confidence (e.g. :func:`bonferroni`'s).
 
     Returns:
       ``(d, low, high)``; ``low`` and ``high`` are NaN for fewer than two pairs (and all
@@ -82,8 +161,23 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
     diffs = _finite(x - y for x, y in zip(a, b, strict=True))
     n = len(diffs)
     mid, spread = mean(diffs), std(diffs)
-    half = t95(n - 1) * spread / math.sqrt(n) if n > 1 else math.nan
+    if n > 1:
+        t = t95(n - 1) if confidence == 0.95 else t_quantile(confidence, n - 1)
+        half = t * spread / math.sqrt(n)
+    else:
+        half = math.nan
     return mid, mid - half, mid + half
 
 
-__all__ = ["T95", "mean", "mean_std", "paired_difference", "std", "t95"]
+__all__ = [
+    "T95",
+    "bonferroni",
+    "mean",
+    "mean_std",
+    "paired_difference",
+    "regularized_beta",
+    "std",
+    "t95",
+    "t_quantile",
+    "t_two_sided_tail",
+]

@@ -5,13 +5,22 @@ Aggregators (put them first in a chain):
 - :func:`median_of_means`, :func:`m3`: median of group-mean gradients (leading group axis).
 - :func:`winsorize`: winsorized mean of per-example gradients (leading example axis).
 - :func:`rm3`, :func:`ra3`: running median / mean of the last three gradients.
+- :func:`mean_at_median_norm`, :func:`median_at_mean_norm`: norm-matched controls of the
+  median of means (one's direction at the other's per-tensor norm; leading group axis).
 
 Optimizers: :func:`m3_sgd`, :func:`rm3_sgd`, :func:`ra3_sgd`, :func:`winsorized_sgd`.
 Gradient helpers: :func:`grouped_grads`, :func:`per_example_grads`.
 Data-parallel M3 with little communication: :func:`sharded_median_of_means_grads`.
 """
 
-from cgh_jax.optim.alias import m3_sgd, ra3_sgd, rm3_sgd, winsorized_sgd
+from cgh_jax.optim.alias import (
+    m3_sgd,
+    mean_at_median_norm_sgd,
+    median_at_mean_norm_sgd,
+    ra3_sgd,
+    rm3_sgd,
+    winsorized_sgd,
+)
 from cgh_jax.optim.grads import GroupedGrads, group_batch, grouped_grads, per_example_grads
 from cgh_jax.optim.hlo import hlo_collective_traffic, summarize_traffic
 from cgh_jax.optim.median import (
@@ -20,6 +29,11 @@ from cgh_jax.optim.median import (
     m3,
     median3,
     median_of_means,
+)
+from cgh_jax.optim.norm_match import (
+    NormMatchState,
+    mean_at_median_norm,
+    median_at_mean_norm,
 )
 from cgh_jax.optim.running import (
     RunningBufferState,
@@ -41,6 +55,7 @@ __all__ = [
     "MedianGrads",
     "GroupedGrads",
     "MedianOfMeansState",
+    "NormMatchState",
     "RunningBufferState",
     "RunningMeanState",
     "RunningMedianState",
@@ -51,7 +66,11 @@ __all__ = [
     "hlo_collective_traffic",
     "m3",
     "m3_sgd",
+    "mean_at_median_norm",
+    "mean_at_median_norm_sgd",
     "median3",
+    "median_at_mean_norm",
+    "median_at_mean_norm_sgd",
     "median_of_means",
     "per_example_grads",
     "ra3",

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from cgh_jax.optim.median import _median_of_means
+from cgh_jax.optim.norm_match import mean_at_median_norm, median_at_mean_norm
 from cgh_jax.optim.running import ra3, rm3
 from cgh_jax.optim.winsorize import winsorize
 
@@ -310,4 +311,45 @@ def winsorized_sgd(
     return _chain(winsorize(num_clipped), learning_rate, weight_decay, momentum, nesterov)
 
 
-__all__ = ["m3_sgd", "ra3_sgd", "rm3_sgd", "winsorized_sgd"]
+def mean_at_median_norm_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    num_groups: int,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+    r"""SGD on the mean gradient rescaled, per tensor, to the norm of the median of
+    ``num_groups`` group means (:func:`cgh_jax.optim.norm_match.mean_at_median_norm`): the
+    norm-matched SGD control of M3 with ``num_groups`` groups. Arguments as
+    :func:`m3_sgd`; the input has the leading group axis.
+    """
+    agg = mean_at_median_norm(num_groups)
+    return _chain(agg, learning_rate, weight_decay, momentum, nesterov)
+
+
+def median_at_mean_norm_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    num_groups: int,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+    r"""SGD on the median of ``num_groups`` group means rescaled, per tensor, to the norm of
+    their mean (:func:`cgh_jax.optim.norm_match.median_at_mean_norm`): the median's
+    direction at SGD's step length. Arguments as :func:`m3_sgd`; the input has the leading
+    group axis.
+    """
+    agg = median_at_mean_norm(num_groups)
+    return _chain(agg, learning_rate, weight_decay, momentum, nesterov)
+
+
+__all__ = [
+    "m3_sgd",
+    "mean_at_median_norm_sgd",
+    "median_at_mean_norm_sgd",
+    "ra3_sgd",
+    "rm3_sgd",
+    "winsorized_sgd",
+]

@@ -3,14 +3,17 @@
 The optimizer config (``config.optimizer``) has these fields:
 
 ==================  =====================================================================
-``name``            ``sgd`` | ``m3`` | ``rm3`` | ``ra3`` | ``winsorize``.
+``name``            ``sgd`` | ``m3`` | ``rm3`` | ``ra3`` | ``winsorize`` |
+                    ``mean_at_median_norm`` | ``median_at_mean_norm`` (M3's norm-matched
+                    controls: the mean of the group means at the median's per-tensor
+                    norm, and the median at the mean's; :mod:`cgh_jax.optim.norm_match`).
 ``learning_rate``   peak learning rate.
 ``momentum``        heavy-ball momentum (0: none). The authors use none with M3/RM3.
 ``nesterov``        Nesterov momentum.
 ``weight_decay``    coupled L2: ``weight_decay * params`` is added to the gradient before
                     the median / clipping (the papers' runs use 0).
-``num_groups``      M3 (median of means): number of groups, odd. One update consumes
-                    ``num_groups`` SGD-sized batches.
+``num_groups``      M3 (median of means) and its controls: number of groups, odd. One
+                    update consumes ``num_groups`` SGD-sized batches.
 ``m3_layout``       M3: how the train step computes the median of the group means:
                     ``auto`` (default) | ``vmap`` | ``loop`` | ``reduce_scatter`` |
                     ``group_sharded`` (:meth:`OptimizerSpec.resolve_layout`).
@@ -79,7 +82,14 @@ import optax
 
 from cgh_jax import choices, config_checks, configlib
 from cgh_jax.optim import sharded
-from cgh_jax.optim.alias import m3_sgd, ra3_sgd, rm3_sgd, winsorized_sgd
+from cgh_jax.optim.alias import (
+    m3_sgd,
+    mean_at_median_norm_sgd,
+    median_at_mean_norm_sgd,
+    ra3_sgd,
+    rm3_sgd,
+    winsorized_sgd,
+)
 
 OPTIMIZERS = choices.OPTIMIZERS
 SCHEDULES = choices.SCHEDULES
@@ -108,6 +118,8 @@ _GRADIENTS = {
     "rm3": Gradient.BATCH,
     "ra3": Gradient.BATCH,
     "m3": Gradient.GROUPED,
+    "mean_at_median_norm": Gradient.GROUPED,
+    "median_at_mean_norm": Gradient.GROUPED,
     "winsorize": Gradient.PER_EXAMPLE,
 }
 
@@ -160,7 +172,7 @@ class OptimizerSpec:
     @property
     def median_in_step(self) -> bool:
         """M3 with a sharded layout: the step computes the median, the optimizer is SGD."""
-        return self.gradient is Gradient.GROUPED and self.m3_layout in SHARDED_LAYOUTS
+        return self.name == "m3" and self.m3_layout in SHARDED_LAYOUTS
 
     def with_duration(self, *, steps_per_epoch: int, num_epochs: int) -> OptimizerSpec:
         """The spec with the schedule's length fixed (updates per epoch, epochs)."""
@@ -208,7 +220,9 @@ class OptimizerSpec:
                 )
             resolved = sharded.resolve_layout(layout, k, num_devices)
             return resolved, f"m3_layout={layout!r} (configured)"
-        if num_devices == 1:
+        if self.name != "m3":
+            why = f"{self.name} has no sharded layout"
+        elif num_devices == 1:
             why = "one device"
         elif not splits:
             why = (
@@ -283,6 +297,10 @@ class OptimizerSpec:
             return optax.chain(*parts, optax.identity(), sgd)
         if self.name == "m3":
             return m3_sgd(schedule, num_groups=self.num_groups, **common)
+        if self.name == "mean_at_median_norm":
+            return mean_at_median_norm_sgd(schedule, num_groups=self.num_groups, **common)
+        if self.name == "median_at_mean_norm":
+            return median_at_mean_norm_sgd(schedule, num_groups=self.num_groups, **common)
         if self.name == "rm3":
             return rm3_sgd(schedule, **common)
         if self.name == "ra3":
@@ -325,7 +343,7 @@ def resolve(cfg: Mapping[str, Any], *, batch_size: int) -> OptimizerSpec:
         momentum=float(get("momentum")),
         nesterov=bool(get("nesterov")),
         weight_decay=float(get("weight_decay")),
-        num_groups=int(get("num_groups")) if name == "m3" else 1,
+        num_groups=int(get("num_groups")) if _GRADIENTS[name] is Gradient.GROUPED else 1,
         num_clipped=int(get("num_clipped")) if name == "winsorize" else 0,
         m3_layout=get("m3_layout"),
         m3_batch_stats=get("m3_batch_stats"),

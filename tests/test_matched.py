@@ -1,0 +1,50 @@
+"""Memorization at matched fit (cgh_jax.analysis.matched) on hand-made paths."""
+
+import math
+
+import pytest
+
+from cgh_jax.analysis.matched import first_reached, frontier, value_at_level
+
+
+def test_interpolates_between_the_evaluations_around_the_level():
+    x, y = [0.1, 0.5, 0.9, 1.0], [0.0, 0.1, 0.5, 0.9]
+    assert value_at_level(x, y, 0.7) == pytest.approx(0.3)  # halfway from 0.5 to 0.9
+    assert value_at_level(x, y, 0.9) == pytest.approx(0.5)  # exactly at an evaluation
+    assert value_at_level(x, y, 0.95) == pytest.approx(0.7)
+    assert value_at_level(x, y, 0.05) == 0.0  # the path starts beyond the level
+    assert first_reached(x, 0.7) == 2
+
+
+def test_a_path_that_never_reaches_the_level_has_no_value():
+    assert math.isnan(value_at_level([0.1, 0.5, 0.8], [0.0, 0.2, 0.4], 0.81))
+    assert math.isnan(value_at_level([], [], 0.5))
+    assert first_reached([0.1, 0.5], 0.9) is None
+
+
+def test_a_non_monotone_path_is_read_at_its_first_crossing():
+    # Up to 0.9, back to 0.6, up again to 0.95: the level 0.8 is first reached between
+    # the 2nd and 3rd evaluations, not on the second climb.
+    x, y = [0.2, 0.6, 0.9, 0.6, 0.95], [0.0, 0.2, 0.5, 0.6, 0.9]
+    assert value_at_level(x, y, 0.8) == pytest.approx(0.4)
+    # A plateau exactly at the level counts as reached.
+    assert value_at_level([0.2, 0.8, 0.8], [0.0, 0.3, 0.9], 0.8) == pytest.approx(0.3)
+
+
+def test_falling_measure_such_as_a_loss():
+    loss, mem = [2.3, 1.0, 0.5, 0.7, 0.2], [0.0, 0.1, 0.3, 0.35, 0.8]
+    assert value_at_level(loss, mem, 0.75, falling=True) == pytest.approx(0.2)
+    assert value_at_level(loss, mem, 3.0, falling=True) == 0.0
+    assert math.isnan(value_at_level(loss, mem, 0.1, falling=True))
+    assert first_reached(loss, 0.5, falling=True) == 2
+
+
+def test_frontier_is_the_least_value_of_the_runs_that_reach_the_level():
+    assert frontier([0.4, math.nan, 0.2, 0.3]) == 0.2
+    assert math.isnan(frontier([math.nan, math.nan]))
+    assert math.isnan(frontier([]))
+
+
+def test_mismatched_paths_are_refused():
+    with pytest.raises(ValueError, match="one length"):
+        value_at_level([0.1, 0.2], [0.0], 0.15)
