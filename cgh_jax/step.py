@@ -8,8 +8,9 @@ consumes (``spec.gradient``):
   batch;
 - ``GROUPED`` (``m3``; its norm-matched controls ``mean_at_median_norm`` and
   ``median_at_mean_norm`` take the straightforward layouts only): the median of
-  ``num_groups`` group-mean gradients over ``num_groups x batch_size`` examples, by the layout ``spec.m3_layout`` (concrete, see
-  :meth:`OptimizerSpec.resolve_layout`): ``vmap`` / ``loop``:
+  ``num_groups`` group-mean gradients over ``num_groups x batch_size`` examples, by the
+  layout ``spec.m3_layout`` (concrete, see :meth:`OptimizerSpec.resolve_layout`): ``vmap`` /
+  ``loop``:
   :func:`cgh_jax.optim.grouped_grads` (column-major groups, BatchNorm statistics per group)
   and the median in the optimizer; ``reduce_scatter`` / ``group_sharded`` (several
   devices): :func:`cgh_jax.optim.sharded_median_of_means_grads` inside the step, the same

@@ -166,7 +166,9 @@ def test_norm_matched_optimizers_step_like_their_transform(name):
     spec = spec_lib.resolve(dict(name=name, learning_rate=0.1, num_groups=5), batch_size=4)
     spec = spec.with_duration(steps_per_epoch=4, num_epochs=2)
     facts = step_lib.model_facts(model, (4, 4, 1), mesh)
-    layout, why = spec.resolve_layout(num_devices=8, has_conv=False, has_state=False, platform="cpu")
+    layout, why = spec.resolve_layout(
+        num_devices=8, has_conv=False, has_state=False, platform="cpu"
+    )
     assert layout == "vmap" and "no sharded layout" in why
     spec = spec.with_layout(layout)
     assert spec.examples_per_update == 20 and not spec.median_in_step
