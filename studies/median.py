@@ -17,67 +17,137 @@ are long; train them where there is time (finished runs are reused), one process
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
 
-from cgh_jax.analysis import plots, report, stats
+from cgh_jax.analysis import matched, plots, report, stats
 from cgh_jax.analysis.stats import paired_difference
 from studies import page as P
 from studies import runs as R
 
-NOISES, SIZES, SEEDS, HELDOUT, EVAL_CAP = (
-    (0.25, 0.5),
-    (4_000, 10_000),
-    (0, 1, 2, 3, 4),
-    2_000,
-    1_000,
-)
-# SGD at batch 360 memorizes >= half of the corrupt labels by then (a one-seed pilot at 300).
-EPOCHS, EVAL_EVERY = {4_000: 250, 10_000: 200}, 10  # evaluations: every 10 epochs and the end
-KS, PER_UPDATE = (1, 3, 5, 9, 15), 360  # the dose-response: k groups of PER_UPDATE / k
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One cell of the study: data, noise, length, seeds and which runs it holds."""
+
+    name: str  # the run directories' prefix
+    noise: float
+    size: int  # training examples (a seeded subset; HELDOUT others are the test set)
+    epochs: int
+    seeds: tuple[int, ...]
+    keys: tuple[str, ...]  # run keys (RUNS)
+    data: str = "mnist"  # "mnist" (the MLP) | "cifar10" (the small CNN)
+
+
+PER_UPDATE, HELDOUT, EVAL_CAP, EVAL_EVERY = 360, 2_000, 1_000, 2
 GROUP = PER_UPDATE // 3  # M3's group batch, and RM3's / RA3's batch
-DOSE = {1: "sgd", 3: "m3"} | {k: f"m3_k{k}" for k in KS[2:]}  # k -> run key
-SETTINGS = {DOSE[k]: ("sgd" if k == 1 else "m3", PER_UPDATE // k, k) for k in KS}
-SETTINGS |= {"rm3": ("rm3", GROUP, 1), "ra3": ("ra3", GROUP, 1)}  # (optimizer, batch, groups)
-# At 10,000 examples the dose-response is k = 1, 3 (the pair's runs) and 9, on 3 seeds.
-DOSE_AT = {10_000: ((1, 3, 9), 3)}  # size -> (ks, seeds of the other ks); else (KS, all)
-COMPARE = (("m3", "sgd"), ("rm3", "ra3"))  # (suppressor, its mean-gradient twin)
-PAIRED = ("sgd", "m3", "rm3", "ra3")  # trained on every seed in every cell
-DIFF_SETS = ("corrupt_noisy", "test")  # memorization, and test accuracy beside it
-QUICK = dict(noises=(0.5,), sizes=(600,), seeds=(0, 1), epochs=1)  # 8 fake devices divide 24
+LR, CNN_LR = 0.1, 0.1  # the peak learning rate of every arm at scale 1
+LR_SCALES = (1.0, 0.7, 0.5, 0.35, 0.25)  # the speed-of-learning controls
 
 
-def plan(quick: bool) -> dict[tuple[float, int], dict[str, list[R.Run]]]:
-    """(noise, size) -> run key -> one run per seed."""
-    noises, sizes, seeds = (
-        (QUICK[k] for k in ("noises", "sizes", "seeds")) if quick else (NOISES, SIZES, SEEDS)
-    )
-    cells = {}
-    for noise in noises:
-        for size in sizes:
-            cell = f"noise{round(100 * noise):03d}_n{size}"
-            epochs = QUICK["epochs"] if quick else EPOCHS[size]
-            ks, dose_seeds = DOSE_AT.get(size, (KS, len(seeds)))
-            cells[noise, size] = {
-                key: R.seeded(
-                    R.Run(
-                        f"{cell}/{key}",
-                        "mnist_cg",
-                        f"opt={opt},noise={noise},scheme=uniform,net=2048,batch={batch}",
-                        {"num_epochs": epochs, "eval_every_epochs": min(EVAL_EVERY, epochs)}
-                        | ({"optimizer.num_groups": groups} if opt == "m3" else {})
-                        | ({"model.hidden": R.QUICK_MLP["model.hidden"]} if quick else {}),
-                        subset=(size, 200 if quick else HELDOUT),
-                        subset_dir=cell,
-                        eval_cap=EVAL_CAP,
-                    ),
-                    seeds if key in PAIRED else seeds[:dose_seeds],
-                )
-                for key, (opt, batch, groups) in SETTINGS.items()
-                if key in PAIRED or groups in ks
-            }
-    return cells
+def _lr_key(base: str, scale: float) -> str:
+    return base if scale == 1.0 else f"{base}_lr{scale:g}"
+
+
+# key -> (optimizer, batch, groups, learning-rate scale)
+RUNS = {_lr_key("sgd", c): ("sgd", PER_UPDATE, 1, c) for c in LR_SCALES}
+RUNS |= {_lr_key("ra3", c): ("ra3", GROUP, 1, c) for c in LR_SCALES}
+RUNS |= {"rm3": ("rm3", GROUP, 1, 1.0), "m3": ("m3", GROUP, 3, 1.0)}
+RUNS |= {f"m3_k{k}": ("m3", PER_UPDATE // k, k, 1.0) for k in (5, 9, 15)}
+RUNS |= {f"sgd_norm_k{k}": ("mean_at_median_norm", PER_UPDATE // k, k, 1.0) for k in (9, 15)}
+RUNS |= {"median_meannorm_k15": ("median_at_mean_norm", PER_UPDATE // 15, 15, 1.0)}
+SGD_FAMILY = tuple(_lr_key("sgd", c) for c in LR_SCALES)  # the frontier of M3 and its arms
+RA3_FAMILY = tuple(_lr_key("ra3", c) for c in LR_SCALES)  # the frontier of RM3
+DOSE = {1: "sgd", 3: "m3", 5: "m3_k5", 9: "m3_k9", 15: "m3_k15"}  # k -> run key
+NORM_ARM = {"m3_k9": "sgd_norm_k9", "m3_k15": "sgd_norm_k15"}  # median -> norm-matched SGD
+
+FULL = (*SGD_FAMILY, "m3_k15", "sgd_norm_k15", "median_meannorm_k15", "m3_k9", "sgd_norm_k9")
+FULL += ("m3", "m3_k5", *RA3_FAMILY, "rm3")  # in training order within a seed
+SMALL = (*SGD_FAMILY, "m3", "m3_k9", "sgd_norm_k9")
+CELLS = (
+    Cell("noise025_n4000", 0.25, 4_000, 250, (0, 1, 2, 3, 4), FULL),
+    Cell("noise050_n4000", 0.5, 4_000, 250, (0, 1, 2, 3, 4), FULL),
+    Cell("noise025_n10000", 0.25, 10_000, 200, (0, 1, 2), SMALL),
+    Cell("noise050_n10000", 0.5, 10_000, 200, (0, 1, 2), SMALL),
+    # Four times longer: does the median plateau or catch up?
+    Cell("noise025_n4000_long", 0.25, 4_000, 1_000, (0, 1, 2), ("sgd", "m3_k15", "sgd_norm_k15")),
+    # A second model and dataset: the small CNN on CIFAR-10 JPEGs.
+    Cell("cifar10_noise025_n10000", 0.25, 10_000, 100, (0, 1, 2), (*SGD_FAMILY, "m3", "m3_k9"),
+         data="cifar10"),
+)
+QUICK_CELLS = (Cell("noise050_n600", 0.5, 600, 2, (0, 1), (*SGD_FAMILY[:2], "m3", "m3_k15",
+               "sgd_norm_k15", "median_meannorm_k15", "ra3", "rm3")),)
+CNN = {
+    "data.augment": "none",  # the W&S comparisons train without augmentation
+    "optimizer.schedule": "constant",
+    "model": dict(name="cnn", features=(32, 64), hidden=128, dtype="float32"),
+}
+
+
+def cell_runs(cell: Cell, quick: bool) -> dict[str, list[R.Run]]:
+    """Run key -> one run per seed, in ``<cell>/<key>/seed<s>``; each seed draws its own
+    training subset, held-out test set and noisy labels."""
+    runs = {}
+    for key in cell.keys:
+        opt, batch, groups, scale = RUNS[key]
+        overrides = {
+            "num_epochs": cell.epochs,
+            "eval_every_epochs": min(EVAL_EVERY, cell.epochs),
+            "optimizer.learning_rate": round((CNN_LR if cell.data == "cifar10" else LR) * scale, 6),
+            "optimizer.num_groups": groups if groups > 1 else 3,
+        }
+        if cell.data == "cifar10":
+            config, arg = "cifar10_resnet18", f"opt={opt},noise={cell.noise},path={{cifar10}}"
+            overrides |= CNN
+        else:
+            config, arg = "mnist_cg", f"opt={opt},noise={cell.noise},scheme=uniform,net=2048"
+        if quick:  # 8 fake devices divide every update: 24 (SGD), k x 8, 8 (RA3, RM3)
+            overrides |= {"model.hidden": R.QUICK_MLP["model.hidden"]}
+            batch = 24 if opt == "sgd" else 8
+        run = R.Run(
+            f"{cell.name}/{key}",
+            config,
+            f"{arg},batch={batch}",
+            overrides,
+            mnist=cell.data == "mnist",
+            subset=(cell.size, 200 if quick else HELDOUT),
+            subset_dir=cell.name,
+            eval_cap=EVAL_CAP,
+            vary_data=True,
+        )
+        runs[key] = R.seeded(run, cell.seeds)
+    return runs
+
+
+def plan(args) -> dict[Cell, dict[str, list[R.Run]]]:
+    """The selected cells (``--cells``; all by default) and their runs."""
+    cells = QUICK_CELLS if args.quick else CELLS
+    chosen = [c for c in cells if not args.cells or c.name in args.cells]
+    return {cell: cell_runs(cell, args.quick) for cell in chosen}
+
+
+def training_order(cells: dict[Cell, dict[str, list[R.Run]]]) -> list[R.Run]:
+    """Every run, the most informative first, so that a study stopped early has whole
+    seeds: the 4,000-example cells on 3 seeds, the 10,000-example cells, the other seeds,
+    the long runs, the CIFAR-10 cell."""
+
+    def tier(cell: Cell, seed: int) -> int:
+        if cell.data != "mnist":
+            return 4
+        if cell.epochs > 250:
+            return 3
+        return (0 if seed < 3 else 2) if cell.size <= 4_000 else 1
+
+    ordered = [
+        (tier(cell, run.seed), run.seed, i, j, run)
+        for i, (cell, keyed) in enumerate(cells.items())
+        for j, runs in enumerate(keyed.values())
+        for run in runs
+    ]
+    return [item[-1] for item in sorted(ordered, key=lambda item: item[:4])]
 
 
 def shard_arg(text: str) -> tuple[int, int]:
@@ -87,23 +157,47 @@ def shard_arg(text: str) -> tuple[int, int]:
     return int(i), int(n)
 
 
+def cells_arg(text: str) -> tuple[str, ...]:
+    names = tuple(c.strip() for c in text.split(",") if c.strip())
+    if unknown := sorted(set(names) - {c.name for c in (*CELLS, *QUICK_CELLS)}):
+        valid = ", ".join(c.name for c in CELLS)
+        raise argparse.ArgumentTypeError(f"unknown cells {unknown}; valid: {valid}")
+    return names
+
+
 SHARD_HELP = (
-    "train only runs I, I+N, ... of the study and write no page: one process per core "
-    "(e.g. under `taskset -c I`); then run without --shard to write the page"
+    "train only runs I, I+N, ... of the study (in its training order) and write no page: one "
+    "process per core (e.g. under `taskset -c I`); then run without --shard for the page"
 )
-ARGS = [(("--shard",), dict(metavar="I/N", type=shard_arg, help=SHARD_HELP))]
+ARGS = [
+    (("--shard",), dict(metavar="I/N", type=shard_arg, help=SHARD_HELP)),
+    (("--cells",), dict(default=(), type=cells_arg, help="comma-separated cells (default: all)")),
+    (
+        ("--no-train",),
+        dict(
+            action="store_true",
+            help="write the page from the finished and archived runs only; list the missing",
+        ),
+    ),
+]
 
 
 def train(args):
-    cells = plan(args.quick)
+    """Trains (or reuses) the selected runs; cell -> key -> one entry per seed (None for a
+    run neither finished nor archived, with ``--no-train``)."""
+    cells, archive = plan(args), R.load_archive(args.out)
     if args.shard:
-        (i, n), runs = args.shard, [r for k in cells.values() for rs in k.values() for r in rs]
-        for run in runs[i::n]:
-            R.train(run, args)
+        (i, n) = args.shard
+        for run in training_order(cells)[i::n]:
+            R.finished(run, args, archive, train_missing=True)
         R.say(f"median: shard {i}/{n} trained; run without --shard to write the page")
         raise SystemExit(0)
+    entries = {
+        run.dir: R.finished(run, args, archive, train_missing=not args.no_train)
+        for run in training_order(cells)
+    }
     return {
-        cell: {key: [R.train(run, args)[0] for run in runs] for key, runs in keyed.items()}
+        cell: {key: [entries[run.dir] for run in runs] for key, runs in keyed.items()}
         for cell, keyed in cells.items()
     }
 

@@ -48,6 +48,7 @@ class Run:
     subset: tuple[int, int] = (0, 0)  # a seeded training subset, held-out test examples
     subset_dir: str = ""  # where the subset's id files go, relative to the workdir
     eval_cap: int = 0  # the largest evaluation-subset size (0: the config's)
+    vary_data: bool = False  # the seed also draws the subset, held-out set and noisy labels
 
 
 def seeded(run: Run, seeds: Sequence[int]) -> list[Run]:
@@ -122,10 +123,13 @@ def build_config(run: Run, args) -> ml_collections.ConfigDict:
         node[field] = value
     if run.seed is not None:
         cfg.seed = cfg.data.shuffle_seed = run.seed
+    data_seed = run.seed if run.vary_data and run.seed is not None else SUBSET_SEED
+    if run.vary_data:
+        cfg.data.noise_seed = data_seed
     if run.subset[0]:
         sizes = {"train": run.subset[0], **({"heldout": run.subset[1]} if run.subset[1] else {})}
         ids = examples.write_subsets(
-            cfg.data, sizes, SUBSET_SEED, Path(args.workdir) / run.subset_dir
+            cfg.data, sizes, data_seed, Path(args.workdir) / run.subset_dir
         )
         cfg.data.train_ids_file = str(ids["train"])
         if "heldout" in ids:
@@ -191,6 +195,70 @@ def _reuse_finished(config, workdir: Path) -> dict[str, Any]:
         say(f"{workdir}: reusing the finished run; fields added to the config since: {added}")
     final = report.final_metrics(report.load_metrics(workdir))
     return {**final, "study_wall_s": run_wall_s(workdir)}
+
+
+# ----------------------------------------------------------------------------- archive
+# A study's results.json keeps every finished run's curves with the fingerprint of its
+# config, so that a fresh clone (or another machine) regenerates the page and trains only
+# what is missing: a run is reused from the archive when its config's fingerprint (paths
+# reduced to file names) is the archived one.
+
+CURVE_SETS = ("pristine", "corrupt_noisy", "corrupt_true", "test")
+CURVE_KEYS = ("step", "epoch", "wall_time_s") + tuple(
+    f"{s}/{m}" for s in CURVE_SETS for m in ("top1", "loss")
+)
+PATH_FIELDS = ("data.path", "data.train_ids_file", "data.test_ids_file")
+
+
+def fingerprint(config) -> str:
+    """The checkpoint fingerprint of ``config`` with its path fields reduced to file names
+    (the same run on another machine or checkout has the same fingerprint)."""
+    import hashlib
+
+    from cgh_jax import checkpointing
+
+    flat = checkpointing.fingerprinted_config(config)
+    flat = {k: (Path(v).name if k in PATH_FIELDS and v else v) for k, v in flat.items()}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def curve(workdir) -> dict[str, list]:
+    """A finished run's evaluations as columns (:data:`CURVE_KEYS`), in step order."""
+    from cgh_jax.analysis import report
+
+    records = report.load_metrics(Path(workdir))
+    return {k: [r.get(k, math.nan) for r in records] for k in CURVE_KEYS}
+
+
+def load_archive(out) -> dict[str, dict]:
+    """The ``runs`` of ``<out>/results.json`` (run dir -> entry), or {} if there is none."""
+    path = Path(out) / "results.json"
+    return json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
+
+
+def finished(run: Run, args, archive: Mapping[str, dict], *, train_missing: bool) -> dict | None:
+    """``run``'s entry: ``fingerprint``, ``wall_s``, ``machine``, ``curve``. From its run
+    directory if it finished there, else from ``archive`` if the fingerprints agree, else
+    trained now (``train_missing``) or None."""
+    cfg = build_config(run, args)
+    run_dir, key = Path(args.workdir) / run.dir, fingerprint(cfg)
+    old = archive.get(run.dir)
+    if not (run_dir / RUN_MARKER).exists():
+        if old and old.get("fingerprint") == key:
+            return old
+        if old:
+            say(f"{run.dir}: the archived run has another config; training it again")
+        if not train_missing:
+            return None
+        say(f"{args.study}: {run.dir} -> {run_dir}")
+    run_training(cfg, run_dir)
+    info = run_info(run_dir)
+    return dict(
+        fingerprint=key,
+        wall_s=info.get("wall_s", math.nan),
+        machine=info.get("machine", "not recorded"),
+        curve=curve(run_dir),
+    )
 
 
 def run_info(workdir) -> dict[str, Any]:
