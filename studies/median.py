@@ -1,17 +1,22 @@
-r"""Is it the median? M3 and RM3 against their mean-gradient twins at equal updates.
+r"""Is it the median, or slower learning? The median of group means against SGD's
+learning-rate family and norm-matched arms, at matched fit.
 
-On MNIST (CG MLP, lr 0.1, uniform label noise 25% and 50%, 4,000 and 10,000 training
-examples, 2,000 held out) every run of a cell takes 360 examples per update, so all see the
-same examples in the same number of updates: (a) M3 (median of 3 group means of 120) vs SGD at
-batch 360, and RM3 vs RA3 (median vs mean of the last three gradients of batch 120), on 5
-seeds; (b) the median of k group means for k = 1 (SGD), 3 (M3), 5, 9, 15 on 4,000 examples and
-k = 1, 3, 9 on 10,000 (k = 9 on 3 seeds there, for time). Differences in memorization
-(``corrupt_noisy``) are paired by seed with a 95% t-interval; test accuracy beside it. The runs
-are long; train them where there is time (finished runs are reused), one process per core::
+Every run of a cell takes 360 examples per update (MNIST, CG MLP 784-2048-10; uniform label
+noise; a seeded training subset with 2,000 other examples held out as the test set; each
+seed draws its own subset, test set and noisy labels). The arms: SGD at batch 360 with the
+learning rate 0.1 scaled by 1, 0.7, 0.5, 0.35, 0.25 (its frontier); the median of k group
+means of 360 / k (k = 3, 5, 9, 15); SGD's mean gradient rescaled per tensor to the norm of
+the median of k group means (k = 9, 15) and the median at the mean's norm (k = 15); RA3 at the
+five learning rates against RM3 (batch 120). Every run is evaluated every 2 epochs, and
+memorization (accuracy on the corrupt examples against their noisy label) is compared where
+each run's own path reaches the same pristine accuracy or loss
+(:mod:`cgh_jax.analysis.matched`), paired by seed, with Bonferroni-corrected t-intervals.
+The runs are long; train them in shards (finished runs are reused, from the run
+directories or from the committed results.json), one process per core, then write the page::
 
   taskset -c 0 python -m studies median --out docs/results/median --shard 0/2 &
   taskset -c 1 python -m studies median --out docs/results/median --shard 1/2; wait
-  python -m studies median --out docs/results/median  # the page
+  python -m studies median --out docs/results/median --no-train  # the page
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from cgh_jax.analysis import matched, plots, report, stats
-from cgh_jax.analysis.stats import paired_difference
 from studies import page as P
 from studies import runs as R
 
@@ -75,11 +80,26 @@ CELLS = (
     # Four times longer: does the median plateau or catch up?
     Cell("noise025_n4000_long", 0.25, 4_000, 1_000, (0, 1, 2), ("sgd", "m3_k15", "sgd_norm_k15")),
     # A second model and dataset: the small CNN on CIFAR-10 JPEGs.
-    Cell("cifar10_noise025_n10000", 0.25, 10_000, 100, (0, 1, 2), (*SGD_FAMILY, "m3", "m3_k9"),
-         data="cifar10"),
+    Cell(
+        "cifar10_noise025_n10000",
+        0.25,
+        10_000,
+        100,
+        (0, 1, 2),
+        (*SGD_FAMILY, "m3", "m3_k9"),
+        data="cifar10",
+    ),
 )
-QUICK_CELLS = (Cell("noise050_n600", 0.5, 600, 2, (0, 1), (*SGD_FAMILY[:2], "m3", "m3_k15",
-               "sgd_norm_k15", "median_meannorm_k15", "ra3", "rm3")),)
+QUICK_CELLS = (
+    Cell(
+        "noise050_n600",
+        0.5,
+        600,
+        2,
+        (0, 1),
+        (*SGD_FAMILY[:2], "m3", "m3_k15", "sgd_norm_k15", "median_meannorm_k15", "ra3", "rm3"),
+    ),
+)
 CNN = {
     "data.augment": "none",  # the W&S comparisons train without augmentation
     "optimizer.schedule": "constant",
@@ -202,162 +222,588 @@ def train(args):
     }
 
 
-def effect(name: str, base: str, mem: tuple, test: tuple, n: int) -> str:
-    """One verdict: the memorization difference with its interval, the test one beside."""
-    mid, lo, hi = (100 * v for v in mem)
-    verdict = "memorizes less than" if hi < 0 else "memorizes more than" if lo > 0 else None
-    verdict = verdict or "shows **no effect** on memorization against"
+# ----------------------------------------------------------------------------- the page
+
+ACC_LEVEL = 0.95  # the primary matched fit: pristine training accuracy 95%
+MEM, PRISTINE, PRISTINE_LOSS, TEST = (
+    "corrupt_noisy/top1",
+    "pristine/top1",
+    "pristine/loss",
+    "test/top1",
+)
+DECISION_RULE = f"""## Decision rule (fixed before the numbers)
+
+The claim under test: the median of group means suppresses memorization *beyond what slower
+learning explains*. A noisier or shorter update learns everything more slowly, and the
+corrupt labels are the last thing a network fits, so at a fixed epoch slower learning alone
+looks like suppression. Each run's memorization is therefore read where its own training
+path first reaches the same fit: pristine training accuracy {ACC_LEVEL:.0%} (primary), or
+the cell's pristine-loss level (secondary: the mean pristine loss of SGD at the base rate
+when it reaches {ACC_LEVEL:.0%}), by linear interpolation between the evaluations around it
+(`cgh_jax.analysis.matched`).
+
+- **Supported** in a cell if, at matched pristine accuracy, the median with the most groups
+  memorizes less than the SGD frontier (per seed, the least memorization of SGD at any of
+  the five learning rates) **and** less than its norm-matched SGD arm (SGD's direction at
+  the median's per-tensor norm), both with corrected intervals below zero.
+- **Slower learning explains it** if the median does not memorize less than the frontier
+  (the corrected interval of median − frontier does not lie below zero).
+- **Not established** otherwise: below the frontier but not below the norm-matched arm, so
+  the length of the update, not the median's direction, may be what matters.
+- RM3 is judged the same way against the RA3 frontier.
+
+The primary tests (per cell: the largest k against the frontier and against its
+norm-matched arm; RM3 against the RA3 frontier) form one family, corrected by Bonferroni
+over all of them on this page; the other comparisons (smaller k, the loss-matched reading,
+the median at the mean's norm) are corrected by Bonferroni within each cell's table. All
+differences are paired by seed (each seed: its own data draw, initialization and batch
+order)."""
+
+
+def _curve(entry, key: str) -> list[float]:
+    return [] if entry is None else entry["curve"][key]
+
+
+def at_level(entry, y: str, level: float, *, by: str = PRISTINE) -> float:
+    """``entry``'s ``y`` where its ``by`` (pristine accuracy, or a loss) first reaches
+    ``level``; NaN if it never does."""
+    if entry is None or math.isnan(level):
+        return math.nan
+    falling = by.endswith("/loss")
+    return matched.value_at_level(_curve(entry, by), _curve(entry, y), level, falling=falling)
+
+
+def final(entry, y: str) -> float:
+    return math.nan if entry is None else float(_curve(entry, y)[-1])
+
+
+def best(entry, y: str) -> float:
+    return math.nan if entry is None else float(np.nanmax(_curve(entry, y)))
+
+
+ARM_NAMES = {
+    **{key: f"SGD, lr {LR * c:g}" for c, key in zip(LR_SCALES, SGD_FAMILY, strict=True)},
+    **{key: f"RA3, lr {LR * c:g}" for c, key in zip(LR_SCALES, RA3_FAMILY, strict=True)},
+    "rm3": f"RM3 (batch {GROUP})",
+    "m3": f"M3: median of 3 group means of {GROUP}",
+    **{DOSE[k]: f"median of {k} group means of {PER_UPDATE // k}" for k in (5, 9, 15)},
+    **{arm: f"SGD at the norm of the median of {arm.split('_k')[1]}" for arm in NORM_ARM.values()},
+    "median_meannorm_k15": "median of 15 at the mean's norm",
+}
+ARM_COLORS = {
+    **dict(
+        zip(
+            (ARM_NAMES[k] for k in SGD_FAMILY),
+            ("#08306b", "#2171b5", "#4292c6", "#6baed6", "#9ecae1"),
+            strict=True,
+        )
+    ),
+    ARM_NAMES["ra3"]: "#525252",
+    ARM_NAMES["rm3"]: "#000000",
+    ARM_NAMES["m3"]: "#fcbba1",
+    ARM_NAMES["m3_k5"]: "#fb6a4a",
+    ARM_NAMES["m3_k9"]: "#cb181d",
+    ARM_NAMES["m3_k15"]: "#67000d",
+    ARM_NAMES["sgd_norm_k9"]: "#74c476",
+    ARM_NAMES["sgd_norm_k15"]: "#006d2c",
+    ARM_NAMES["median_meannorm_k15"]: "#ff7f00",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """``arm`` against ``base``: a run key, or a family of keys read as its frontier."""
+
+    arm: str
+    base: str | tuple[str, ...]
+    primary: bool = False
+
+    @property
+    def base_name(self) -> str:
+        if isinstance(self.base, tuple):
+            return f"{ARM_NAMES[self.base[0]].split(',')[0]} frontier (5 learning rates)"
+        return ARM_NAMES[self.base]
+
+    @property
+    def key(self) -> str:
+        return f"{self.arm}-{'frontier' if isinstance(self.base, tuple) else self.base}"
+
+
+def comparisons(keys: Sequence[str]) -> list[Comparison]:
+    """The comparisons a cell's runs allow; the primary ones (the decision rule) first."""
+    ks = [k for k in (3, 5, 9, 15) if DOSE[k] in keys]
+    out = []
+    top = DOSE[ks[-1]] if ks else None
+    if top:
+        out.append(Comparison(top, SGD_FAMILY, primary=True))
+        if NORM_ARM.get(top) in keys:
+            out.append(Comparison(top, NORM_ARM[top], primary=True))
+    if "rm3" in keys and RA3_FAMILY[0] in keys:
+        out.append(Comparison("rm3", RA3_FAMILY, primary=True))
+    out += [Comparison(DOSE[k], SGD_FAMILY) for k in ks[:-1]]
+    out += [
+        Comparison(arm, norm)
+        for arm, norm in NORM_ARM.items()
+        if arm != top and arm in keys and norm in keys
+    ]
+    if "median_meannorm_k15" in keys:
+        out.append(Comparison("median_meannorm_k15", SGD_FAMILY))
+    return out
+
+
+def seed_values(runs, fn) -> list[float]:
+    return [fn(e) for e in runs]
+
+
+def compare(cell_runs: dict, c: Comparison, fn, confidence: float) -> dict:
+    """Per seed, ``fn(arm's run)`` minus the base's (a family: its least value, the
+    frontier); the mean difference and its t-interval at ``confidence``."""
+    arm = seed_values(cell_runs[c.arm], fn)
+    if isinstance(c.base, tuple):
+        family = [seed_values(cell_runs[k], fn) for k in c.base if k in cell_runs]
+        base = [matched.frontier(v) for v in zip(*family, strict=True)]
+    else:
+        base = seed_values(cell_runs[c.base], fn)
+    d, lo, hi = stats.paired_difference(arm, base, confidence)
+    n = sum(not (math.isnan(a) or math.isnan(b)) for a, b in zip(arm, base, strict=True))
+    return dict(arm=arm, base=base, d=d, lo=lo, hi=hi, n=n)
+
+
+def best_of(cell_runs: dict, base, fn) -> list[float]:
+    """Per seed, ``fn`` of the base run, or the family's best (largest) value."""
+    keys = base if isinstance(base, tuple) else (base,)
+    values = [seed_values(cell_runs[k], fn) for k in keys if k in cell_runs]
+    return [
+        max((v for v in vs if not math.isnan(v)), default=math.nan)
+        for vs in zip(*values, strict=True)
+    ]
+
+
+def loss_level(cell_runs: dict) -> float:
+    """The cell's pristine-loss level: SGD's (base rate) mean pristine loss when it first
+    reaches ACC_LEVEL pristine accuracy."""
+    losses = seed_values(cell_runs["sgd"], lambda e: at_level(e, PRISTINE_LOSS, ACC_LEVEL))
+    return stats.mean(losses)
+
+
+def ci_text(r: dict) -> str:
+    if r["n"] < 2:
+        return f"{100 * r['d']:+.1f} (n = {r['n']})" if r["n"] else "—"
+    return f"{100 * r['d']:+.1f} ({100 * r['lo']:+.1f} to {100 * r['hi']:+.1f})"
+
+
+def end_table(cell_runs: dict) -> str:
+    """Per arm: the end of training, the best test accuracy, and when it fits."""
+    rows = []
+    for key, runs in cell_runs.items():
+        done = [e for e in runs if e is not None]
+        reach = [matched.first_reached(_curve(e, PRISTINE), ACC_LEVEL) for e in done]
+        epochs = [_curve(e, "epoch")[i] for e, i in zip(done, reach, strict=True) if i is not None]
+        rows.append(
+            [
+                ARM_NAMES[key],
+                f"{len(done)}/{len(runs)}",
+                P.pct([final(e, PRISTINE) for e in done]),
+                P.pct([final(e, MEM) for e in done]),
+                P.pct([final(e, TEST) for e in done]),
+                P.pct([best(e, TEST) for e in done]),
+                f"{stats.mean(epochs):.0f} ({len(epochs)}/{len(done)})" if epochs else "never",
+                P.pct([at_level(e, MEM, ACC_LEVEL) for e in done]),
+            ]
+        )
+    header = [
+        "run",
+        "seeds",
+        "pristine (end)",
+        "memorization (end)",
+        "test (end)",
+        "best test during training",
+        f"epoch reaching {ACC_LEVEL:.0%} pristine (runs that do)",
+        f"memorization at {ACC_LEVEL:.0%} pristine",
+    ]
+    return report.markdown_table(header, rows, "lrrrrrrr")
+
+
+def matched_table(cell_runs, comps, by: str, level: float, confidence, primary_confidence):
+    """The matched-fit comparisons at one matching (``by`` = pristine accuracy or loss)."""
+    mem = lambda e: at_level(e, MEM, level, by=by)  # noqa: E731
+    test = lambda e: at_level(e, TEST, level, by=by)  # noqa: E731
+    rows, results = [], {}
+    for c in comps:
+        primary = c.primary and by == PRISTINE
+        conf = primary_confidence if primary else confidence
+        r = compare(cell_runs, c, mem, conf)
+        arm_test, base_test = seed_values(cell_runs[c.arm], test), best_of(cell_runs, c.base, test)
+        t = stats.paired_difference(arm_test, base_test)
+        results[c.key] = {**{k: r[k] for k in ("d", "lo", "hi", "n")}, "confidence": conf}
+        results[c.key] |= {"primary": primary, "test_d": t[0]}
+        rows.append(
+            [
+                ("**primary**: " if primary else "") + f"{ARM_NAMES[c.arm]} − {c.base_name}",
+                str(r["n"]),
+                P.pct(r["arm"]),
+                P.pct(r["base"]),
+                ci_text(r),
+                P.pct(arm_test),
+                P.pct(base_test),
+                "—" if math.isnan(t[0]) else f"{100 * t[0]:+.1f}",
+            ]
+        )
+    header = [
+        "comparison (arm − base)",
+        "seeds",
+        "arm: memorization",
+        "base: memorization",
+        "difference, points (corrected CI)",
+        "arm: test",
+        "base: test (best of a family)",
+        "test difference",
+    ]
+    return report.markdown_table(header, rows, "lrrrrrrr"), results
+
+
+def best_test_lines(cell_runs: dict, comps) -> list[str]:
+    """Best test accuracy during training: each median arm against its family's best."""
+    lines = []
+    for c in comps:
+        if not isinstance(c.base, tuple):
+            continue
+        arm = seed_values(cell_runs[c.arm], lambda e: best(e, TEST))
+        base = best_of(cell_runs, c.base, lambda e: best(e, TEST))
+        d, lo, hi = stats.paired_difference(arm, base)
+        if not math.isnan(lo):
+            lines.append(
+                f"- Best test accuracy during training, {ARM_NAMES[c.arm]}: {P.pct(arm)}% "
+                f"against the best of the {c.base_name}: {P.pct(base)}% ({100 * d:+.1f} "
+                f"points, 95% CI {100 * lo:+.1f} to {100 * hi:+.1f}, uncorrected)."
+            )
+    return lines
+
+
+def dose_table(cell_runs: dict) -> list[str]:
+    """The dose-response by its points: memorization at the end and at matched fit per k."""
+    rows = [
+        [
+            str(k),
+            str(PER_UPDATE // k),
+            P.pct([final(e, MEM) for e in cell_runs[key]]),
+            P.pct([at_level(e, MEM, ACC_LEVEL) for e in cell_runs[key]]),
+            P.pct([final(e, PRISTINE) for e in cell_runs[key]]),
+            P.pct([final(e, TEST) for e in cell_runs[key]]),
+        ]
+        for k, key in DOSE.items()
+        if key in cell_runs
+    ]
+    if len(rows) < 2:
+        return []
+    header = [
+        "k",
+        "group batch",
+        "memorization (end)",
+        f"memorization at {ACC_LEVEL:.0%} pristine",
+        "pristine (end)",
+        "test (end)",
+    ]
+    return [
+        "Dose-response at lr 0.1, by its points (mean ± std over seeds; no curve is fitted):",
+        report.markdown_table(header, rows, "rrrrrr"),
+    ]
+
+
+def cell_verdict(primary: dict) -> dict:
+    """The decision rule on a cell's primary results."""
+    top = next((k for k in primary if k.endswith("-frontier") and not k.startswith("rm3")), None)
+    verdict: dict = {"median": "no median run", "arm": None, "rm3": None}
+    if top is not None:
+        arm = verdict["arm"] = top.split("-")[0]
+        front, norm = primary[top], primary.get(f"{arm}-{NORM_ARM.get(arm)}")
+        if front["n"] < 2 or (norm is not None and norm["n"] < 2):
+            verdict["median"] = "too few seeds yet"
+        elif not front["hi"] < 0:
+            verdict["median"] = "slower learning explains it"
+        elif norm is None:
+            verdict["median"] = "below the SGD frontier (no norm-matched arm in this cell)"
+        else:
+            verdict["median"] = "supported" if norm["hi"] < 0 else "not established"
+    if rm3 := primary.get("rm3-frontier"):
+        verdict["rm3"] = (
+            "too few seeds yet"
+            if rm3["n"] < 2
+            else "supported"
+            if rm3["hi"] < 0
+            else "slower learning explains it"
+        )
+    return verdict
+
+
+def cell_title(cell: Cell) -> str:
+    data = "MNIST, MLP 784-2048-10" if cell.data == "mnist" else "CIFAR-10, small CNN"
     return (
-        f"- {name} {verdict} {base}: corrupt-noisy accuracy {mid:+.1f} points (95% CI "
-        f"{lo:+.1f} to {hi:+.1f}, paired by seed, n = {n}); test accuracy "
-        f"{100 * test[0]:+.1f} points ({100 * test[1]:+.1f} to {100 * test[2]:+.1f})."
+        f"{data}, {cell.noise:.0%} label noise, {cell.size:,} training examples, "
+        f"{cell.epochs} epochs"
     )
 
 
-def dose_slope(mem: dict[str, list[float]], ks, n: int) -> tuple[float, float, float]:
-    """The dose-response: per seed (the first ``n``), the least-squares slope of memorization
-    (points) against log2 k, i.e. points per doubling of k; its mean and 95% t-interval."""
-    by_seed = np.array([mem[DOSE[k]][:n] for k in ks]).T  # (seeds, len(ks))
-    slopes = [np.polyfit(np.log2(ks), 100 * row, 1)[0] for row in by_seed]
-    return paired_difference(slopes, [0.0] * len(slopes))  # a one-sample t-interval
-
-
-def slope_line(slope: tuple[float, float, float], ks, n: int) -> str:
-    mid, lo, hi = slope
-    trend = "falls" if hi < 0 else "rises" if lo > 0 else "stays **flat** (no trend)"
+def trained_line(present: dict) -> str:
+    done = [e for runs in present.values() for e in runs if e is not None]
+    walls, machines = [e["wall_s"] for e in done], {e["machine"] for e in done}
     return (
-        f"- Dose-response: as k grows ({', '.join(map(str, ks))}) at {PER_UPDATE} examples per "
-        f"update, memorization {trend}: {mid:+.1f} points per doubling of k (95% CI {lo:+.1f} "
-        f"to {hi:+.1f}, over {n} seeds)."
-    )
-
-
-def cell_section(args, cell, dirs: dict[str, list[Path]]) -> tuple[list[str], dict]:
-    finals = {key: report.run_finals(d) for key, d in dirs.items()}
-    value = {k: {s: [f[f"{s}/top1"] for f in fs] for s in P.SETS} for k, fs in finals.items()}
-    mem = {k: v["corrupt_noisy"] for k, v in value.items()}
-    names = {"rm3": f"RM3 (batch {GROUP})", "ra3": f"RA3 (batch {GROUP})"}
-    names |= {DOSE[k]: f"median of {k} group means of {PER_UPDATE // k}" for k in KS}
-    names |= {"sgd": f"SGD, batch {PER_UPDATE} (k = 1)", "m3": f"M3, 3 groups of {GROUP} (k = 3)"}
-    ks = [k for k in KS if DOSE[k] in value]
-    seeds = {k: len(v) for k, v in mem.items()}  # the dose-only runs may have fewer
-    names |= {k: f"{names[k]} (first {n} seeds)" for k, n in seeds.items() if n < seeds["sgd"]}
-    columns = ("pristine", "corrupt_noisy", "test")
-    rows = [[names[k], *(P.pct(v[s]) for s in columns)] for k, v in value.items()]
-    pairs = (*COMPARE, (DOSE[ks[-1]], DOSE[ks[0]]))
-    n = {(a, b): min(seeds[a], seeds[b]) for a, b in pairs}
-    diff = {
-        (a, b, s): paired_difference(value[a][s][: n[a, b]], value[b][s][: n[a, b]])
-        for a, b in pairs
-        for s in DIFF_SETS
-    }
-    lines = [
-        effect(names[a], names[b], diff[a, b, DIFF_SETS[0]], diff[a, b, DIFF_SETS[1]], n[a, b])
-        for a, b in pairs
-    ]
-    dose_n = min(seeds[DOSE[k]] for k in ks)
-    slope, half = dose_slope(mem, ks, dose_n), stats.mean(mem["sgd"]) >= 0.5
-    lines += [
-        slope_line(slope, ks, dose_n),
-        f"- SGD at batch {PER_UPDATE} memorizes {P.pct(mem['sgd'])}% of the corrupt labels: "
-        + ("at least half, as the design asks." if half else "**less than half**: train longer."),
-    ]
-    walls = [R.run_wall_s(d) for ds in dirs.values() for d in ds]
-    machines = {R.run_info(d).get("machine", "not recorded") for ds in dirs.values() for d in ds}
-    lines.append(
         f"- Trained: {len(walls)} runs, {P.format_seconds(sum(walls))} of wall time in all "
         f"(the longest {P.format_seconds(max(walls))}), on {'; '.join(sorted(machines))}."
     )
-    figure = f"dose_{cell[0]:.2f}_{cell[1]}.png"
-    plots.plot_against(
-        {k: value[DOSE[k]] for k in ks},
-        Path(args.out) / figure,
-        xlabel=f"k, the number of groups ({PER_UPDATE} examples per update)",
-        title=f"{cell[0]:.0%} noise, {cell[1]:,} examples",
+
+
+def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confidence):
+    """A cell's tables, figure and verdict; (markdown blocks, results.json part)."""
+    present = {k: runs for k, runs in cell_runs.items() if any(e is not None for e in runs)}
+    missing = sum(e is None for runs in cell_runs.values() for e in runs)
+    title = cell_title(cell)
+    if not present:
+        return [f"## {title}", f"Not trained yet: {missing} runs (`--cells {cell.name}`)."], {
+            "missing": missing
+        }
+    comps = comparisons(list(present))
+    loss = loss_level(present) if "sgd" in present else math.nan
+    acc_table, acc = matched_table(
+        present, comps, PRISTINE, ACC_LEVEL, confidence, primary_confidence
     )
+    loss_table, by_loss = matched_table(
+        present, comps, PRISTINE_LOSS, loss, confidence, primary_confidence
+    )
+    figure = f"paths_{cell.name}.png"
+    arms = {
+        ARM_NAMES[k]: [
+            ((_curve(e, PRISTINE), _curve(e, MEM)), (_curve(e, PRISTINE_LOSS), _curve(e, MEM)))
+            for e in runs
+            if e is not None
+        ]
+        for k, runs in present.items()
+        if k not in RA3_FAMILY[1:]
+    }
+    accuracy_panel = dict(
+        index=0,
+        xlabel="pristine training accuracy (%)",
+        ylabel="memorization (%)",
+        level=ACC_LEVEL,
+        percent_x=True,
+        percent_y=True,
+        xlim=(50, 100),
+    )
+    loss_panel = dict(
+        index=1,
+        xlabel="pristine training loss (log scale, falling to the right)",
+        ylabel="memorization (%)",
+        level=None if math.isnan(loss) else loss,
+        percent_y=True,
+        xlog=True,
+        invert_x=True,
+    )
+    plots.plot_paths(
+        [accuracy_panel, loss_panel], arms, Path(args.out) / figure, title=title, colors=ARM_COLORS
+    )
+    verdict = cell_verdict({k: v for k, v in acc.items() if v["primary"]})
+    incomplete = (
+        f"**Incomplete**: {missing} of this cell's runs are still to train; the tables use the "
+        "seeds that finished.\n\n"
+        if missing
+        else ""
+    )
+    median = ARM_NAMES.get(verdict["arm"], "—")
+    rm3 = f"; RM3 against the RA3 frontier: **{verdict['rm3']}**" if verdict["rm3"] else ""
     section = [
-        f"## {cell[0]:.0%} label noise, {cell[1]:,} training examples",
-        report.markdown_table(
-            ["run", "pristine (train)", "corrupt, noisy label (memorization)", "test"], rows
-        ),
-        f"![memorization and test accuracy against k]({figure})",
-        "\n".join(lines),
+        f"## {title}",
+        incomplete + "At the end of training (mean ± std over seeds):",
+        end_table(present),
+        f"![memorization against pristine accuracy and loss, one line per run]({figure})",
+        f"Memorization at matched fit, pristine accuracy {ACC_LEVEL:.0%} (primary). Differences "
+        f"in points, paired by seed; **primary** rows: {primary_confidence:.2%} intervals "
+        f"(Bonferroni over the page's primary tests), other rows: {confidence:.2%} "
+        "(Bonferroni within this cell); test accuracy at the same fit beside it:",
+        acc_table,
     ]
-    effects = {f"{a}-{b}": diff[a, b, "corrupt_noisy"] for a, b in pairs}  # ks[-1]-sgd: dose
-    tests = {f"{a}-{b}": diff[a, b, "test"] for a, b in pairs}
-    got = {"effects": effects, "test_effects": tests, "slope": slope, "values": value}
-    return section, got | {"verdicts": lines, "sgd_half": half}
+    if not math.isnan(loss):
+        section += [f"At matched pristine loss {loss:.3f} (secondary):", loss_table]
+    section += [
+        "\n".join(best_test_lines(present, comps)),
+        *dose_table(present),
+        f"- **Decision rule, this cell**: {median}: **{verdict['median']}**{rm3}.",
+        trained_line(present),
+    ]
+    got = {
+        "matched_accuracy": acc,
+        "matched_loss": by_loss,
+        "loss_level": loss,
+        "verdict": verdict,
+        "missing": missing,
+    }
+    return [b for b in section if b], got
 
 
-def summary_row(cell, got) -> dict[str, str]:
-    """The README's row of one cell: the two pairs' differences and the dose-response slope."""
-    ci = lambda d: f"{d[0]:+.1f} ({d[1]:+.1f} to {d[2]:+.1f})"  # noqa: E731  (points)
-    e, v = {k: [100 * x for x in d] for k, d in got["effects"].items()}, got["values"]
-    measured = (
-        f"memorization (corrupt, noisy label, %): SGD b{PER_UPDATE} "
-        f"{P.pct(v['sgd']['corrupt_noisy'])}, M3 {P.pct(v['m3']['corrupt_noisy'])}, RA3 "
-        f"{P.pct(v['ra3']['corrupt_noisy'])}, RM3 {P.pct(v['rm3']['corrupt_noisy'])}; paired "
-        f"difference, points (95% CI): M3 − SGD {ci(e['m3-sgd'])}, RM3 − RA3 {ci(e['rm3-ra3'])}"
-        f"; per doubling of k: {ci(got['slope'])}"
+def long_section(args, cell: Cell, cell_runs: dict) -> tuple[list[str], dict]:
+    """The long cell: memorization against epochs, and where each arm ends."""
+    present = {k: r for k, r in cell_runs.items() if any(e is not None for e in r)}
+    missing = sum(e is None for r in cell_runs.values() for e in r)
+    title = cell_title(cell)
+    if not present:
+        return [f"## {title}", f"Not trained yet: {missing} runs (`--cells {cell.name}`)."], {
+            "missing": missing
+        }
+    figure = f"paths_{cell.name}.png"
+    arms = {
+        ARM_NAMES[k]: [
+            ((_curve(e, "epoch"), _curve(e, MEM)), (_curve(e, PRISTINE), _curve(e, MEM)))
+            for e in runs
+            if e is not None
+        ]
+        for k, runs in present.items()
+    }
+    epoch_panel = dict(index=0, xlabel="epoch", ylabel="memorization (%)", percent_y=True)
+    fit_panel = dict(
+        index=1,
+        xlabel="pristine training accuracy (%)",
+        ylabel="memorization (%)",
+        level=ACC_LEVEL,
+        percent_x=True,
+        percent_y=True,
+        xlim=(50, 100),
     )
-    less = [got["effects"][f"{a}-{b}"][2] < 0 for a, b in COMPARE] + [got["slope"][2] < 0]
+    plots.plot_paths(
+        [epoch_panel, fit_panel], arms, Path(args.out) / figure, title=title, colors=ARM_COLORS
+    )
+
+    def at_epoch(e, epoch):
+        return (
+            math.nan if e is None else float(np.interp(epoch, _curve(e, "epoch"), _curve(e, MEM)))
+        )
+
+    marks = (cell.epochs // 4, cell.epochs // 2, cell.epochs)
+    rows = [
+        [
+            ARM_NAMES[k],
+            str(sum(e is not None for e in runs)),
+            *(P.pct([at_epoch(e, m) for e in runs]) for m in marks),
+            P.pct([final(e, PRISTINE) for e in runs]),
+            P.pct([final(e, TEST) for e in runs]),
+            P.pct([best(e, TEST) for e in runs]),
+        ]
+        for k, runs in present.items()
+    ]
+    header = ["run", "seeds", *(f"memorization at epoch {m}" for m in marks)]
+    header += ["pristine (end)", "test (end)", "best test"]
+    lines, diffs = [], {}
+    for arm in ("m3_k15", "sgd_norm_k15"):
+        if arm in present and "sgd" in present:
+            mem_end = lambda e: final(e, MEM)  # noqa: E731
+            d = stats.paired_difference(
+                seed_values(present[arm], mem_end), seed_values(present["sgd"], mem_end)
+            )
+            diffs[arm] = d
+            if not math.isnan(d[1]):
+                lines.append(
+                    f"- At epoch {cell.epochs}, {ARM_NAMES[arm]} − SGD: {100 * d[0]:+.1f} points "
+                    f"of memorization (95% CI {100 * d[1]:+.1f} to {100 * d[2]:+.1f})."
+                )
+    incomplete = f"**Incomplete**: {missing} runs still to train.\n\n" if missing else ""
+    section = [
+        f"## {title}",
+        incomplete + "The data and seeds of the 4,000-example, 25%-noise cell, trained four "
+        "times longer (constant learning rate: the first 250 epochs are that cell's runs):",
+        report.markdown_table(header, rows, "lrrrrrrr"),
+        f"![memorization against epochs and pristine accuracy, one line per run]({figure})",
+        "\n".join(lines),
+        trained_line(present),
+    ]
+    return [b for b in section if b], {"end_differences": diffs, "missing": missing}
+
+
+def summary_row(cell: Cell, got: dict) -> dict[str, str]:
+    """The README's row of one cell, from the decision rule."""
+    acc, v = got["matched_accuracy"], got["verdict"]
+    measured = f"at {ACC_LEVEL:.0%} pristine accuracy, memorization of the {ARM_NAMES[v['arm']]}"
+    measured += f" − SGD frontier: {ci_text(acc[v['arm'] + '-frontier'])} points"
+    if norm := acc.get(f"{v['arm']}-{NORM_ARM.get(v['arm'])}"):
+        measured += f"; − SGD at its norm: {ci_text(norm)}"
+    if rm3 := acc.get("rm3-frontier"):
+        measured += f"; RM3 − RA3 frontier: {ci_text(rm3)}"
     return {
-        "study": "Is it the median?",
-        "setting": f"MNIST, MLP 2048, {cell[0]:.0%} noise, {cell[1]:,} examples, "
-        f"{PER_UPDATE} examples per update",
-        "measured": measured,
-        "prediction": "M3 and RM3 memorize less than their mean-gradient twins; "
-        "memorization falls as k grows",
-        "match": "yes" if all(less) else "partly" if any(less) else "no",
+        "study": "Is it the median, or slower learning?",
+        "setting": f"{cell_title(cell)}, {PER_UPDATE} examples per update",
+        "measured": f"{measured} (corrected intervals); verdict: {v['median']}",
+        "prediction": "at matched fit the median memorizes less than SGD at any learning "
+        "rate and less than SGD at the median's norm",
+        "match": {"supported": "yes", "not established": "partly"}.get(v["median"], "no"),
     }
 
 
-def verdict(results: dict[str, dict]) -> str:
-    """The page's first section: over all cells, how often each comparison came out which way."""
-    lines = ["## Verdict (each cell below gives the numbers)", ""]
-    for pair, what, unit in (
-        ("m3-sgd", "M3 memorizes less than SGD with the same examples and updates", "points"),
-        ("rm3-ra3", "RM3 memorizes less than RA3 (mean of the same gradients)", "points"),
-        ("slope", "Memorization falls as the number of groups k grows", "points per doubling"),
-    ):
-        ways = [(r["slope"] if pair == "slope" else r["effects"][pair]) for r in results.values()]
-        less, more = sum(hi < 0 for _, _, hi in ways), sum(lo > 0 for _, lo, _ in ways)
-        mids = ", ".join(f"{m * (1 if pair == 'slope' else 100):+.1f}" for m, _, _ in ways)
-        lines.append(
-            f"- {what}: in {less} of {len(ways)} cells (the opposite in {more}, no effect in "
-            f"{len(ways) - less - more}; 95% CIs). Mean differences, cells in page order: "
-            f"{mids} {unit}."
-        )
-    return "\n".join(lines)
+def verdict_section(results: dict) -> tuple[str, list[dict]]:
+    """The page's verdict, cell by cell, from the decision rule; the README rows."""
+    lines, summary = ["## Verdict", ""], []
+    for cell, got in results.items():
+        if not (v := got.get("verdict")) or v["arm"] is None:
+            continue
+        rm3 = f"; RM3: **{v['rm3']}**" if v["rm3"] else ""
+        lines.append(f"- {cell_title(cell)}: the median — **{v['median']}**{rm3}.")
+        if v["median"] != "too few seeds yet":
+            summary.append(summary_row(cell, got))
+    verdicts = [r["verdict"]["median"] for r in results.values() if r.get("verdict")]
+    decided = [v for v in verdicts if v != "too few seeds yet"]
+    if decided and all(v == "supported" for v in decided):
+        lines += ["", "The median suppresses memorization beyond slower learning in every cell."]
+    elif decided and all(v == "slower learning explains it" for v in decided):
+        lines += [
+            "",
+            "In no cell does the median suppress memorization beyond what slower learning "
+            "explains: at matched fit it memorizes no less than SGD at some lower learning "
+            "rate. What falls with k at a fixed epoch is the speed of learning.",
+        ]
+    return "\n".join(lines), summary
 
 
 def page(args, trained) -> P.Page:
-    sections, results, summary = [], {}, []
-    for cell, dirs in trained.items():
-        section, got = cell_section(args, cell, dirs)
-        sections, results[f"{cell[0]}_{cell[1]}"] = sections + section, got
-        summary.append(summary_row(cell, got))
-    sections = [verdict(results), *sections]
-    data = (
-        f"real MNIST IDX files ({args.mnist}); per cell a seeded subset of the training split "
-        f"and {HELDOUT:,} other examples held out as the test set"
+    present = {cell: [k for k, r in keyed.items() if any(r)] for cell, keyed in trained.items()}
+    m = max(sum(c.primary for keys in present.values() for c in comparisons(keys)), 1)
+    sections, results = [], {}
+    for cell, cell_runs in trained.items():
+        if cell.epochs > 250:
+            section, got = long_section(args, cell, cell_runs)
+        else:
+            per_cell = stats.bonferroni(max(2 * len(comparisons(present[cell])), 1))
+            section, got = cell_section(args, cell, cell_runs, per_cell, stats.bonferroni(m))
+        sections += section
+        results[cell] = got
+    verdict, summary = verdict_section(results)
+    entries = {
+        f"{cell.name}/{key}/seed{seed}": entry
+        for cell, keyed in trained.items()
+        for key, runs in keyed.items()
+        for seed, entry in zip(cell.seeds, runs, strict=True)
+        if entry is not None
+    }
+    missing = sum(e is None for keyed in trained.values() for r in keyed.values() for e in r)
+    walls = [e["wall_s"] for e in entries.values()]
+    status = f"{len(entries)} runs trained" + (
+        f", **{missing} still to train** (each cell says which)" if missing else ""
     )
-    walls = [R.run_wall_s(d) for keyed in trained.values() for ds in keyed.values() for d in ds]
-    epochs = ", ".join(f"{n:,} examples: {e}" for n, e in EPOCHS.items())
     return P.Page(
-        title="Is it the median? Suppressors against their mean-gradient twins",
-        seeds=QUICK["seeds"] if args.quick else SEEDS,
-        data=data,
-        body=sections,
+        title="Is it the median, or slower learning? Memorization at matched fit",
+        seeds=sorted({s for cell in trained for s in cell.seeds}),
+        data=(
+            f"real MNIST IDX files ({args.mnist}) and the CIFAR-10 JPEGs; per cell and seed a "
+            f"seeded subset of the training split, {HELDOUT:,} other examples held out as the "
+            "test set"
+        ),
+        body=[DECISION_RULE, verdict, *sections],
         runs_wall_s=sum(walls),
         extra={
-            "Runs": f"{PER_UPDATE} examples per update in every run, so the same examples and "
-            "number of updates; lr 0.1, constant, no momentum; uniform label noise (W&S scheme, "
-            "noise seed 0); the MLP has no BatchNorm, so `optimizer.m3_batch_stats` plays no part",
-            "Epochs": str(QUICK["epochs"])
-            if args.quick
-            else f"{epochs}; evaluated every "
-            f"{EVAL_EVERY} epochs and at the end (the tables: the end)",
+            "Runs": f"{status}. {PER_UPDATE} examples per update in every run; constant "
+            "learning rate, no momentum; uniform label noise (W&S scheme); each seed draws "
+            f"its own subset, test set and noisy labels; evaluated every {EVAL_EVERY} "
+            "epochs; every run's curve in results.json (`runs`, with its config fingerprint)",
         },
-        payload={"cells": results, "summary": summary},
+        payload={
+            "cells": {cell.name: got for cell, got in results.items()},
+            "summary": summary,
+            "runs": entries,
+            "primary_tests": m,
+        },
     )

@@ -131,22 +131,43 @@ def test_coherence_page(results_dir):
 
 def test_median_page(results_dir):
     out, _, found = results_dir
-    (cell,) = found["median"]["cells"].values()
-    for pair in ("m3-sgd", "rm3-ra3", "m3_k15-sgd"):
-        mid, lo, hi = cell["effects"][pair]  # paired by seed over 2 seeds: a t-interval
-        assert lo <= mid <= hi
-    assert set(cell["values"]) == {"sgd", "m3", "m3_k5", "m3_k9", "m3_k15", "rm3", "ra3"}
-    # The dose-response slope, by the closed form of least squares: cov(x, y) / var(x) per seed.
-    x = np.log2([1, 3, 5, 9, 15])
-    mem = np.array(
-        [cell["values"][k]["corrupt_noisy"] for k in ("sgd", "m3", "m3_k5", "m3_k9", "m3_k15")]
-    )
-    slopes = [
-        100 * np.sum((x - x.mean()) * (y - y.mean())) / np.sum((x - x.mean()) ** 2) for y in mem.T
-    ]
-    assert cell["slope"][0] == pytest.approx(np.mean(slopes), abs=1e-9)
-    assert any("95% CI" in line for line in cell["verdicts"])
-    assert _is_png(out / "median" / "dose_0.50_600.png")
+    result = found["median"]
+    (cell,) = result["cells"].values()
+    assert cell["missing"] == 0 and cell["verdict"]["arm"] == "m3_k15"
+    primary = {k for k, v in cell["matched_accuracy"].items() if v["primary"]}
+    assert primary == {"m3_k15-frontier", "m3_k15-sgd_norm_k15", "rm3-frontier"}
+    assert result["primary_tests"] == 3
+    # Every run's curve is archived with its config fingerprint.
+    assert len(result["runs"]) == 16
+    for entry in result["runs"].values():
+        assert len(entry["fingerprint"]) == 16
+        assert entry["curve"]["epoch"][0] == 0 and len(set(map(len, entry["curve"].values()))) == 1
+    text = (out / "median" / "README.md").read_text()
+    assert text.index("## Decision rule") < text.index("## Verdict") < text.index("| run |")
+    assert _is_png(out / "median" / "paths_noise050_n600.png")
+
+
+def test_median_page_from_the_archive_alone(results_dir, data_dir, tmp_path):
+    # A fresh workdir (a new clone) with the committed results.json: nothing is trained, and
+    # the page's numbers are the same.
+    out, _, found = results_dir
+    again = tmp_path / "out"
+    again.mkdir()
+    (again / "results.json").write_text((out / "median" / "results.json").read_text())
+    argv = ["median", "--out", str(again), "--workdir", str(tmp_path / "runs"), "--quick"]
+    assert main([*argv, "--data-dir", data_dir]) == 0
+    assert not _markers(tmp_path / "runs")
+    result = json.loads((again / "results.json").read_text())
+    for key in ("runs", "cells"):  # compared as JSON text: NaN != NaN
+        assert json.dumps(result[key], sort_keys=True) == json.dumps(
+            found["median"][key], sort_keys=True
+        )
+    # --no-train with no archive and no runs: a page that says what is missing.
+    empty = tmp_path / "empty"
+    argv = ["median", "--out", str(empty), "--workdir", str(tmp_path / "none"), "--quick"]
+    assert main([*argv, "--data-dir", data_dir, "--no-train"]) == 0
+    assert "Not trained yet: 16 runs" in (empty / "README.md").read_text()
+    assert not _markers(tmp_path / "none")
 
 
 def _records(metrics: Path) -> list[dict]:
@@ -164,7 +185,7 @@ def test_median_shards_train_every_run_once(results_dir, data_dir, tmp_path):
         assert stop.value.code == 0
         trained.append(set(_markers(tmp_path)) - set().union(*trained))
     assert not (tmp_path / "out" / "README.md").exists()  # the shards write no page
-    assert len(trained[0]) == len(trained[1]) == 7
+    assert len(trained[0]) == len(trained[1]) == 8
     assert trained[0] | trained[1] == set(_markers(runs_dir / "median"))
     for marker in trained[0]:  # the same runs as one process trains
         run = Path(marker).parent
@@ -298,3 +319,59 @@ def test_bad_arguments_fail_early(tmp_path):
         main(["label_noise", "--out", str(tmp_path), "--mnist", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["no_such_study", "--out", str(tmp_path)])
+
+
+def _path_entry(slope: float, offset: float, epochs: int = 100) -> dict:
+    """A synthetic run: pristine accuracy rises as 1 - 0.9 exp(-slope t); memorization is
+    ``offset`` + 2 * (pristine - 0.9) above pristine 0.9 (0 below), so at pristine 95% it is
+    exactly ``offset + 0.1``."""
+    epoch = np.arange(0, epochs + 1, 2, dtype=float)
+    pristine = 1 - 0.9 * np.exp(-slope * epoch)
+    mem = np.where(pristine > 0.9, offset + 2 * (pristine - 0.9), offset * pristine / 0.9)
+    curve = {k: [0.0] * len(epoch) for k in runs.CURVE_KEYS}
+    curve |= {"epoch": epoch.tolist(), "step": (10 * epoch).tolist()}
+    curve |= {"pristine/top1": pristine.tolist(), "corrupt_noisy/top1": mem.tolist()}
+    curve |= {"pristine/loss": (1 - pristine).tolist(), "test/top1": (0.8 - mem / 2).tolist()}
+    return {"fingerprint": "0" * 16, "wall_s": 1.0, "machine": "test", "curve": curve}
+
+
+@pytest.mark.parametrize(
+    "median, norm_arm, want",
+    [
+        (0.05, 0.30, "supported"),  # below the SGD frontier (0.20) and the norm-matched arm
+        (0.25, 0.30, "slower learning explains it"),  # SGD at a lower rate memorizes less
+        (0.05, 0.02, "not established"),  # below the frontier, not below SGD at its norm
+    ],
+)
+def test_median_decision_rule_on_paths_with_known_answers(tmp_path, median, norm_arm, want):
+    import argparse
+
+    from studies import median as M
+
+    seeds = (0, 1, 2, 3, 4)
+    cell = M.Cell("synthetic", 0.5, 4_000, 100, seeds, (*M.SGD_FAMILY, "m3_k15", "sgd_norm_k15"))
+    jitter = [0.001 * s for s in seeds]  # per seed; twice as large for the median (a width)
+    offsets = {k: 0.4 - 0.05 * i for i, k in enumerate(M.SGD_FAMILY)}  # frontier: lr 0.025
+    offsets |= {"m3_k15": median, "sgd_norm_k15": norm_arm}
+    trained = {
+        cell: {
+            key: [
+                _path_entry(0.05 + 0.01 * i, offsets[key] + j * (2 if key == "m3_k15" else 1))
+                for j in jitter
+            ]
+            for i, key in enumerate(cell.keys)
+        }
+    }
+    args = argparse.Namespace(out=str(tmp_path), mnist="mnist", quick=False)
+    result = M.page(args, trained)
+    got = result.payload["cells"]["synthetic"]
+    assert got["verdict"]["median"] == want
+    frontier = got["matched_accuracy"]["m3_k15-frontier"]
+    # At 95% pristine the median's memorization is median + 0.1 + 2 jitter, the frontier's
+    # 0.2 + 0.1 + jitter (SGD at lr 0.025): the mean difference is median - 0.2 + 0.002.
+    assert frontier["d"] == pytest.approx(median - 0.2 + 0.002, abs=1e-9)
+    assert frontier["lo"] < frontier["d"] < frontier["hi"]
+    assert frontier["n"] == 5 and result.payload["primary_tests"] == 2
+    assert result.payload["summary"][0]["match"] == {"supported": "yes"}.get(
+        want, "partly" if want == "not established" else "no"
+    )

@@ -1,6 +1,7 @@
 """Figures of study runs: accuracy against epochs (:func:`plot_accuracy_curves`, one panel per
 run plus an overlay panel; :func:`plot_memorization_rates`), final accuracies against a setting
-(:func:`plot_against`) and m-coherence against steps (:func:`plot_coherence_curves`).
+(:func:`plot_against`), training paths such as memorization against fit, one line per run
+(:func:`plot_paths`) and m-coherence against steps (:func:`plot_coherence_curves`).
 
 The runs are given as :mod:`cgh_jax.analysis.report` records (``metrics.jsonl``), run
 directories, or lists of either (seeds: the mean curve with a ``± std`` band)::
@@ -253,6 +254,61 @@ def plot_against(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_paths(
+    panels: Sequence[Mapping[str, Any]],
+    arms: Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]],
+    path: str | os.PathLike,
+    *,
+    title: str,
+    colors: Mapping[str, str] | None = None,
+):
+    """Training paths, one line per run, one color per arm, in one panel per measure pair.
+
+    Args:
+      panels: one mapping per panel: ``index`` (which of a run's (x, y) pairs it draws),
+        ``xlabel``, ``ylabel``, optional ``level`` (a vertical line: the matched level),
+        ``xlim``, ``xlog`` and ``invert_x``; values are fractions, drawn in % when
+        ``percent_x`` / ``percent_y``.
+      arms: arm label -> its runs (one per seed), each a sequence of ``(x, y)`` pairs, one
+        pair per panel: ``x`` and ``y`` are the run's values at each evaluation.
+      path: where the figure is saved (PNG by extension).
+      title: the figure's title.
+      colors: arm label -> color (default: matplotlib's cycle).
+
+    Returns:
+      The matplotlib ``Figure``; the legend names each arm once, below the panels.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2 * len(panels), 4.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for i, (label, runs) in enumerate(arms.items()):
+        color = (colors or {}).get(label, f"C{i % 10}")
+        for j, run in enumerate(runs):
+            for ax, panel in zip(axes, panels, strict=True):
+                x, y = run[panel["index"]]
+                x = 100 * np.asarray(x, float) if panel.get("percent_x") else np.asarray(x)
+                y = 100 * np.asarray(y, float) if panel.get("percent_y") else np.asarray(y)
+                ax.plot(x, y, color=color, lw=1.0, alpha=0.8, label=label if j == 0 else None)
+    for ax, panel in zip(axes, panels, strict=True):
+        if panel.get("level") is not None:
+            level = panel["level"] * (100 if panel.get("percent_x") else 1)
+            ax.axvline(level, color="gray", lw=0.8, ls="--")
+        ax.set(xlabel=panel["xlabel"], ylabel=panel["ylabel"])
+        if panel.get("xlim") is not None:
+            ax.set_xlim(*panel["xlim"])
+        if panel.get("xlog"):
+            ax.set_xscale("log")
+        if panel.get("invert_x"):  # e.g. a loss: fitting moves to the right as in accuracy
+            ax.invert_xaxis()
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize="small")
+    fig.savefig(path, dpi=110)
     return fig
 
 
