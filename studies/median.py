@@ -224,28 +224,36 @@ def train(args):
 
 # ----------------------------------------------------------------------------- the page
 
-ACC_LEVEL = 0.95  # the primary matched fit: pristine training accuracy 95%
+LEVELS = (0.90, 0.95, 0.97, 0.98, 0.99)  # the grid of pristine accuracies (sensitivity)
+LEVEL_STEP, LOSS_DIGITS = 0.005, 3  # the matched levels: accuracy to 0.5%, loss to 3 digits
+SMOOTH = 3  # paths are matched after a moving average over 3 evaluations (6 epochs)
 MEM, PRISTINE, PRISTINE_LOSS, TEST = (
     "corrupt_noisy/top1",
     "pristine/top1",
     "pristine/loss",
     "test/top1",
 )
-DECISION_RULE = f"""## Decision rule (fixed before the numbers)
+DECISION_RULE = """## Decision rule (fixed before the numbers)
 
 The claim under test: the median of group means suppresses memorization *beyond what slower
 learning explains*. A noisier or shorter update learns everything more slowly, and the
 corrupt labels are the last thing a network fits, so at a fixed epoch slower learning alone
 looks like suppression. Each run's memorization is therefore read where its own training
-path first reaches the same fit: pristine training accuracy {ACC_LEVEL:.0%} (primary), or
-the cell's pristine-loss level (secondary: the mean pristine loss of SGD at the base rate
-when it reaches {ACC_LEVEL:.0%}), by linear interpolation between the evaluations around it
-(`cgh_jax.analysis.matched`).
+path first reaches a given fit, by linear interpolation between the evaluations around it
+(`cgh_jax.analysis.matched`), after a moving average over 3 evaluations (6 epochs) of
+every curve, so that one noisy evaluation does not decide where a path reaches a level. The fit of a comparison is the best one that all its
+compared runs reach on every seed: the highest pristine training accuracy (to 0.5%) that the
+median run (and a single base run) reaches on each seed (primary), and likewise the lowest
+pristine training loss (secondary). The level is set by the fit alone, never by
+memorization; memorization only starts once the pristine examples are nearly fitted, so a
+lower level would compare runs before there is anything to compare. A grid of fixed levels
+(90 to 99%) is shown beside it.
 
 - **Supported** in a cell if, at matched pristine accuracy, the median with the most groups
   memorizes less than the SGD frontier (per seed, the least memorization of SGD at any of
-  the five learning rates) **and** less than its norm-matched SGD arm (SGD's direction at
-  the median's per-tensor norm), both with corrected intervals below zero.
+  the five learning rates that reach the level) **and** less than its norm-matched SGD arm
+  (SGD's direction at the median's per-tensor norm), both with corrected intervals below
+  zero.
 - **Slower learning explains it** if the median does not memorize less than the frontier
   (the corrected interval of median − frontier does not lie below zero).
 - **Not established** otherwise: below the frontier but not below the norm-matched arm, so
@@ -264,13 +272,18 @@ def _curve(entry, key: str) -> list[float]:
     return [] if entry is None else entry["curve"][key]
 
 
+def _path(entry, key: str) -> np.ndarray:
+    """A curve smoothed for matching: a moving average over SMOOTH evaluations."""
+    return matched.smooth(_curve(entry, key), SMOOTH) if entry is not None else np.zeros(0)
+
+
 def at_level(entry, y: str, level: float, *, by: str = PRISTINE) -> float:
     """``entry``'s ``y`` where its ``by`` (pristine accuracy, or a loss) first reaches
-    ``level``; NaN if it never does."""
+    ``level``, both smoothed; NaN if it never does."""
     if entry is None or math.isnan(level):
         return math.nan
     falling = by.endswith("/loss")
-    return matched.value_at_level(_curve(entry, by), _curve(entry, y), level, falling=falling)
+    return matched.value_at_level(_path(entry, by), _path(entry, y), level, falling=falling)
 
 
 def final(entry, y: str) -> float:
@@ -379,11 +392,20 @@ def best_of(cell_runs: dict, base, fn) -> list[float]:
     ]
 
 
-def loss_level(cell_runs: dict) -> float:
-    """The cell's pristine-loss level: SGD's (base rate) mean pristine loss when it first
-    reaches ACC_LEVEL pristine accuracy."""
-    losses = seed_values(cell_runs["sgd"], lambda e: at_level(e, PRISTINE_LOSS, ACC_LEVEL))
-    return stats.mean(losses)
+def matched_level(cell_runs: dict, c: Comparison, by: str) -> float:
+    """The fit of a comparison: the best level of ``by`` that the arm (and a single base
+    run) reaches on every seed that has it: the least of their highest pristine accuracies,
+    floored to :data:`LEVEL_STEP`, or the largest of their lowest losses, rounded up to
+    :data:`LOSS_DIGITS` significant digits."""
+    keys = [c.arm] + ([] if isinstance(c.base, tuple) else [c.base])
+    paths = [_path(e, by) for k in keys for e in cell_runs[k] if e is not None]
+    if not paths:
+        return math.nan
+    if by == PRISTINE:
+        return math.floor(min(max(p) for p in paths) / LEVEL_STEP + 1e-9) * LEVEL_STEP
+    worst = max(min(p) for p in paths)
+    scale = 10.0 ** (LOSS_DIGITS - 1 - math.floor(math.log10(worst)))
+    return math.ceil(worst * scale - 1e-9) / scale
 
 
 def ci_text(r: dict) -> str:
@@ -397,8 +419,6 @@ def end_table(cell_runs: dict) -> str:
     rows = []
     for key, runs in cell_runs.items():
         done = [e for e in runs if e is not None]
-        reach = [matched.first_reached(_curve(e, PRISTINE), ACC_LEVEL) for e in done]
-        epochs = [_curve(e, "epoch")[i] for e, i in zip(done, reach, strict=True) if i is not None]
         rows.append(
             [
                 ARM_NAMES[key],
@@ -407,8 +427,7 @@ def end_table(cell_runs: dict) -> str:
                 P.pct([final(e, MEM) for e in done]),
                 P.pct([final(e, TEST) for e in done]),
                 P.pct([best(e, TEST) for e in done]),
-                f"{stats.mean(epochs):.0f} ({len(epochs)}/{len(done)})" if epochs else "never",
-                P.pct([at_level(e, MEM, ACC_LEVEL) for e in done]),
+                P.pct([max(_path(e, PRISTINE)) for e in done]),
             ]
         )
     header = [
@@ -418,28 +437,47 @@ def end_table(cell_runs: dict) -> str:
         "memorization (end)",
         "test (end)",
         "best test during training",
-        f"epoch reaching {ACC_LEVEL:.0%} pristine (runs that do)",
-        f"memorization at {ACC_LEVEL:.0%} pristine",
+        "highest pristine during training (smoothed)",
     ]
-    return report.markdown_table(header, rows, "lrrrrrrr")
+    return report.markdown_table(header, rows, "lrrrrrr")
 
 
-def matched_table(cell_runs, comps, by: str, level: float, confidence, primary_confidence):
-    """The matched-fit comparisons at one matching (``by`` = pristine accuracy or loss)."""
-    mem = lambda e: at_level(e, MEM, level, by=by)  # noqa: E731
-    test = lambda e: at_level(e, TEST, level, by=by)  # noqa: E731
+def grid_table(cell_runs: dict) -> str:
+    """Memorization of every arm at each fixed level of pristine accuracy (mean over the
+    seeds that reach it; their number when not all do)."""
+    rows = []
+    for key, runs in cell_runs.items():
+        row = [ARM_NAMES[key]]
+        for level in LEVELS:
+            values = [v for v in (at_level(e, MEM, level) for e in runs) if not math.isnan(v)]
+            done = sum(e is not None for e in runs)
+            text = f"{100 * stats.mean(values):.1f}" if values else "—"
+            row.append(text + (f" ({len(values)}/{done})" if values and len(values) < done else ""))
+        rows.append(row)
+    header = ["run", *(f"memorization at {level:.0%} pristine" for level in LEVELS)]
+    return report.markdown_table(header, rows, "l" + "r" * len(LEVELS))
+
+
+def matched_table(cell_runs, comps, by: str, confidence, primary_confidence):
+    """The matched-fit comparisons, each at its own level (:func:`matched_level`) of ``by``
+    (pristine accuracy or loss)."""
     rows, results = [], {}
     for c in comps:
+        level = matched_level(cell_runs, c, by)
+        mem = lambda e, level=level: at_level(e, MEM, level, by=by)  # noqa: E731
+        test = lambda e, level=level: at_level(e, TEST, level, by=by)  # noqa: E731
         primary = c.primary and by == PRISTINE
         conf = primary_confidence if primary else confidence
         r = compare(cell_runs, c, mem, conf)
         arm_test, base_test = seed_values(cell_runs[c.arm], test), best_of(cell_runs, c.base, test)
         t = stats.paired_difference(arm_test, base_test)
         results[c.key] = {**{k: r[k] for k in ("d", "lo", "hi", "n")}, "confidence": conf}
+        results[c.key] |= {"level": level}
         results[c.key] |= {"primary": primary, "test_d": t[0]}
         rows.append(
             [
                 ("**primary**: " if primary else "") + f"{ARM_NAMES[c.arm]} − {c.base_name}",
+                f"{100 * level:.1f}%" if by == PRISTINE else f"{level:g}",
                 str(r["n"]),
                 P.pct(r["arm"]),
                 P.pct(r["base"]),
@@ -451,6 +489,7 @@ def matched_table(cell_runs, comps, by: str, level: float, confidence, primary_c
         )
     header = [
         "comparison (arm − base)",
+        "matched at",
         "seeds",
         "arm: memorization",
         "base: memorization",
@@ -459,7 +498,7 @@ def matched_table(cell_runs, comps, by: str, level: float, confidence, primary_c
         "base: test (best of a family)",
         "test difference",
     ]
-    return report.markdown_table(header, rows, "lrrrrrrr"), results
+    return report.markdown_table(header, rows, "lrrrrrrrr"), results
 
 
 def best_test_lines(cell_runs: dict, comps) -> list[str]:
@@ -487,7 +526,6 @@ def dose_table(cell_runs: dict) -> list[str]:
             str(k),
             str(PER_UPDATE // k),
             P.pct([final(e, MEM) for e in cell_runs[key]]),
-            P.pct([at_level(e, MEM, ACC_LEVEL) for e in cell_runs[key]]),
             P.pct([final(e, PRISTINE) for e in cell_runs[key]]),
             P.pct([final(e, TEST) for e in cell_runs[key]]),
         ]
@@ -500,13 +538,13 @@ def dose_table(cell_runs: dict) -> list[str]:
         "k",
         "group batch",
         "memorization (end)",
-        f"memorization at {ACC_LEVEL:.0%} pristine",
         "pristine (end)",
         "test (end)",
     ]
     return [
-        "Dose-response at lr 0.1, by its points (mean ± std over seeds; no curve is fitted):",
-        report.markdown_table(header, rows, "rrrrrr"),
+        "Dose-response at lr 0.1, by its points (mean ± std over seeds; no curve is fitted; "
+        "at matched fit: the tables above):",
+        report.markdown_table(header, rows, "rrrrr"),
     ]
 
 
@@ -563,13 +601,13 @@ def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confiden
             "missing": missing
         }
     comps = comparisons(list(present))
-    loss = loss_level(present) if "sgd" in present else math.nan
-    acc_table, acc = matched_table(
-        present, comps, PRISTINE, ACC_LEVEL, confidence, primary_confidence
-    )
+    acc_table, acc = matched_table(present, comps, PRISTINE, confidence, primary_confidence)
     loss_table, by_loss = matched_table(
-        present, comps, PRISTINE_LOSS, loss, confidence, primary_confidence
+        present, comps, PRISTINE_LOSS, confidence, primary_confidence
     )
+    top = next((c for c in comps if c.primary), None)  # its levels are marked in the figure
+    acc_level = acc[top.key]["level"] if top else None
+    loss_level = by_loss[top.key]["level"] if top else None
     figure = f"paths_{cell.name}.png"
     arms = {
         ARM_NAMES[k]: [
@@ -584,7 +622,7 @@ def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confiden
         index=0,
         xlabel="pristine training accuracy (%)",
         ylabel="memorization (%)",
-        level=ACC_LEVEL,
+        level=acc_level,
         percent_x=True,
         percent_y=True,
         xlim=(50, 100),
@@ -593,7 +631,7 @@ def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confiden
         index=1,
         xlabel="pristine training loss (log scale, falling to the right)",
         ylabel="memorization (%)",
-        level=None if math.isnan(loss) else loss,
+        level=loss_level,
         percent_y=True,
         xlog=True,
         invert_x=True,
@@ -615,15 +653,16 @@ def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confiden
         incomplete + "At the end of training (mean ± std over seeds):",
         end_table(present),
         f"![memorization against pristine accuracy and loss, one line per run]({figure})",
-        f"Memorization at matched fit, pristine accuracy {ACC_LEVEL:.0%} (primary). Differences "
-        f"in points, paired by seed; **primary** rows: {primary_confidence:.2%} intervals "
-        f"(Bonferroni over the page's primary tests), other rows: {confidence:.2%} "
-        "(Bonferroni within this cell); test accuracy at the same fit beside it:",
+        "Memorization at matched pristine accuracy (primary; each comparison at the highest "
+        "accuracy all its compared runs reach). Differences in points, paired by seed; "
+        f"**primary** rows: {primary_confidence:.2%} intervals (Bonferroni over the page's "
+        f"primary tests), other rows: {confidence:.2%} (Bonferroni within this cell); test "
+        "accuracy at the same fit beside it (a family: its best):",
         acc_table,
-    ]
-    if not math.isnan(loss):
-        section += [f"At matched pristine loss {loss:.3f} (secondary):", loss_table]
-    section += [
+        "At matched pristine loss (secondary; the lowest loss all compared runs reach):",
+        loss_table,
+        "Memorization at fixed levels of pristine accuracy (mean over seeds):",
+        grid_table(present),
         "\n".join(best_test_lines(present, comps)),
         *dose_table(present),
         f"- **Decision rule, this cell**: {median}: **{verdict['median']}**{rm3}.",
@@ -632,7 +671,6 @@ def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confiden
     got = {
         "matched_accuracy": acc,
         "matched_loss": by_loss,
-        "loss_level": loss,
         "verdict": verdict,
         "missing": missing,
     }
@@ -662,7 +700,6 @@ def long_section(args, cell: Cell, cell_runs: dict) -> tuple[list[str], dict]:
         index=1,
         xlabel="pristine training accuracy (%)",
         ylabel="memorization (%)",
-        level=ACC_LEVEL,
         percent_x=True,
         percent_y=True,
         xlim=(50, 100),
@@ -719,8 +756,10 @@ def long_section(args, cell: Cell, cell_runs: dict) -> tuple[list[str], dict]:
 def summary_row(cell: Cell, got: dict) -> dict[str, str]:
     """The README's row of one cell, from the decision rule."""
     acc, v = got["matched_accuracy"], got["verdict"]
-    measured = f"at {ACC_LEVEL:.0%} pristine accuracy, memorization of the {ARM_NAMES[v['arm']]}"
-    measured += f" − SGD frontier: {ci_text(acc[v['arm'] + '-frontier'])} points"
+    front = acc[v["arm"] + "-frontier"]
+    measured = f"at {100 * front['level']:.1f}% pristine accuracy (the best fit the median "
+    measured += f"reaches), memorization of the {ARM_NAMES[v['arm']]} − SGD frontier: "
+    measured += f"{ci_text(front)} points"
     if norm := acc.get(f"{v['arm']}-{NORM_ARM.get(v['arm'])}"):
         measured += f"; − SGD at its norm: {ci_text(norm)}"
     if rm3 := acc.get("rm3-frontier"):

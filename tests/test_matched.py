@@ -48,3 +48,15 @@ def test_frontier_is_the_least_value_of_the_runs_that_reach_the_level():
 def test_mismatched_paths_are_refused():
     with pytest.raises(ValueError, match="one length"):
         value_at_level([0.1, 0.2], [0.0], 0.15)
+
+
+def test_smooth_is_a_centered_moving_average_with_shrunk_ends():
+    import numpy as np
+
+    from cgh_jax.analysis.matched import smooth
+
+    got = smooth([1.0, 2.0, 6.0, 3.0, 0.0])
+    np.testing.assert_allclose(got, [1.5, 3.0, 11 / 3, 3.0, 1.5])
+    np.testing.assert_array_equal(smooth([4.0, 5.0], width=1), [4.0, 5.0])
+    with pytest.raises(ValueError, match="odd"):
+        smooth([1.0], width=2)

@@ -16,6 +16,10 @@ used, so a path that later falls back below :math:`L` (non-monotone) is read whe
 reached it; :math:`y(L) = y_0` when the path starts at or beyond :math:`L`; a path that
 never reaches :math:`L` has no value (NaN).
 
+Evaluations are noisy (a pristine accuracy of 1,000 examples moves by about half a point
+from one evaluation to the next), so a path can be smoothed first (:func:`smooth`, a
+centered moving average) before it is matched.
+
 The *frontier* of a family of runs (e.g. SGD at five learning rates) at level :math:`L` is
 the least memorization any of them has when it reaches :math:`L`: the best that family
 does at that fit. Plain NumPy.
@@ -63,6 +67,20 @@ def value_at_level(
     return float(y0 + (y1 - y0) * (level - x0) / (x1 - x0))
 
 
+def smooth(values: Sequence[float], width: int = 3) -> np.ndarray:
+    """A centered moving average over ``width`` (odd) evaluations, the window shrunk at
+    the ends, so that one noisy evaluation does not decide where a path reaches a level.
+
+    Example:
+      >>> smooth([0.0, 3.0, 0.0, 3.0]).tolist()
+      [1.5, 1.0, 2.0, 1.5]
+    """
+    if width < 1 or width % 2 == 0:
+        raise ValueError(f"width must be a positive odd number, got {width}.")
+    xs, half = np.asarray(values, np.float64), width // 2
+    return np.array([xs[max(0, i - half) : i + half + 1].mean() for i in range(xs.size)])
+
+
 def frontier(values: Iterable[float]) -> float:
     """The least of the values that exist (NaN: that run never reached the level); NaN if
     none does."""
@@ -77,4 +95,4 @@ def first_reached(x: Sequence[float], level: float, *, falling: bool = False) ->
     return int(reached[0]) if reached.size else None
 
 
-__all__ = ["first_reached", "frontier", "value_at_level"]
+__all__ = ["first_reached", "frontier", "smooth", "value_at_level"]
