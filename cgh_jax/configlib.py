@@ -18,7 +18,7 @@ Training config fields (``train_and_evaluate`` reads exactly these):
 ``optimizer.*``            learning rate, schedule, momentum, ``m3_layout`` (how M3's median
                            of group means is computed: ``auto``, ``vmap``, ``loop``,
                            ``reduce_scatter``, ``group_sharded``), ... (fields:
-                           ``cgh_jax.optim.spec``).
+                           ``cgh_jax.spec.optimizer``).
 ``batch_size``             the SGD-sized (group) batch, global over all hosts. One M3 update
                            consumes ``num_groups * batch_size`` examples, as the authors did.
 ``num_epochs``             epochs of the training split; durations (schedule boundaries,
@@ -201,7 +201,7 @@ def imagenet_data_config(**overrides: Any) -> ml_collections.ConfigDict:
 
 
 def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
-    """The optimizer config (fields: ``cgh_jax.optim.spec``)."""
+    """The optimizer config (fields: ``cgh_jax.spec.optimizer``)."""
     cfg = ml_collections.ConfigDict()
     cfg.name = "sgd"
     cfg.learning_rate = 0.1

@@ -6,10 +6,11 @@ comparison study (``cgh_jax.study``); any other config trains one run
 ``--config.<field>=value``; the config is locked, so a mistyped field is an error.
 
 Everything that can be checked without data is checked before JAX, TensorFlow or a model
-is imported (:mod:`cgh_jax.cli_checks`, :mod:`cgh_jax.config_checks`, :mod:`cgh_jax.study`):
-the config file and its arguments, every field, the overrides, the work directory. Then,
-after the imports and before any data is loaded, the batch sizes against the dataset size
-(where the data package knows it cheaply) and the device count.
+is imported, each rule once (:mod:`cgh_jax.cli_checks`: the config file, its arguments, the
+overrides, the work directory; :func:`cgh_jax.spec.experiment.parse`: every field, for each
+run of a study); the trainer takes the checked config and, before any data is loaded,
+checks the batch sizes against the device count and the dataset size (where the data
+package knows it cheaply).
 
 Errors are one line on stderr, ``cgh-jax: error: <what is wrong>; <what to do>``, with exit
 status 2 for usage and configuration errors (the command line, the config, the data it
@@ -30,8 +31,9 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cgh_jax import cli_checks, config_checks, study
-from cgh_jax.config_checks import ConfigError
+from cgh_jax import cli_checks, study
+from cgh_jax.spec import experiment
+from cgh_jax.spec.fields import ConfigError
 
 FLAGS = flags.FLAGS
 
@@ -207,11 +209,26 @@ def _parse_flags(argv: list[str]) -> list[str]:
             )
         cli_checks.check_override_types(FLAGS.config, own)
         study.check_study_overrides(FLAGS.config, own, spec)
-        config_checks.check_config(FLAGS.config)
+        _CHECKED["config"] = _check_config(FLAGS.config)
         cli_checks.check_workdir(FLAGS.workdir)
     except ConfigError as e:
         fail(str(e), EXIT_CONFIG, argv)
     return rest
+
+
+_CHECKED: dict[str, object] = {}  # the checked config(s), from the flag parser to main
+
+
+def _check_config(config):
+    """Every rule of the config, once per run: a :class:`RunConfig`, or for a study config
+    its runs' (name -> RunConfig)."""
+    if "study" in config or study.is_study(config):
+        if not study.is_study(config):
+            raise ConfigError(
+                "config.study.optimizers is empty", "list the runs, e.g. ('sgd', 'm3')"
+            )
+        return study.parse_runs(study.config_runs(config), study.shared_config(config))
+    return experiment.parse(config)
 
 
 def define_flags() -> None:
@@ -247,34 +264,17 @@ def initialize_distributed() -> None:
         ) from e
 
 
-def check_devices(config) -> None:
-    """Batch sizes against the devices and processes (needs JAX, not the data)."""
-    import jax
-
-    config_checks.check_devices(config, jax.device_count(), jax.process_count())
-
-
-def check_dataset_size(config) -> None:
-    """Update batches against the training-split size, where the data package knows it
-    without loading the data (``cgh_jax.data.known_sizes``); otherwise the trainer checks
-    it after loading."""
-    from cgh_jax.data import known_sizes
-
-    config_checks.check_dataset_size(config, lambda data: known_sizes(data)[0])
-
-
 def main(argv):
     del argv  # _parse_flags refused anything but flags
     try:
+        from cgh_jax import metrics as metrics_lib
+
+        metrics_lib.quiet_library_logs()  # before JAX says which backends it did not find
         import jax
 
         initialize_distributed()
-        check_devices(FLAGS.config)  # JAX only: before the data package
-        from cgh_jax import metrics as metrics_lib
-
-        metrics_lib.quiet_library_logs()
-        check_dataset_size(FLAGS.config)  # before any data is loaded
-        logging.info(
+        logging.vlog(
+            1,
             "Process %d/%d, %d local / %d global devices (%s).",
             jax.process_index(),
             jax.process_count(),
@@ -282,12 +282,13 @@ def main(argv):
             jax.device_count(),
             jax.devices()[0].device_kind,
         )
-        if study.is_study(FLAGS.config):
-            study.run_study(FLAGS.config, FLAGS.workdir)
-        else:
+        checked = _CHECKED["config"]
+        if isinstance(checked, experiment.RunConfig):
             from cgh_jax import train
 
-            train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            train.train_and_evaluate(checked, FLAGS.workdir)
+        else:
+            study.run_study(FLAGS.config, FLAGS.workdir, parsed=checked)
     except Exception as e:  # every failure becomes one line (traceback on request)
         status, message = _runtime_error_status(e)
         fail(message, status)

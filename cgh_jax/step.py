@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 
 from cgh_jax import metrics as metrics_lib
 from cgh_jax import sharding as sharding_lib
@@ -47,7 +46,7 @@ from cgh_jax.optim import (
 )
 from cgh_jax.optim.grads import check_state_momentum
 from cgh_jax.optim.norm_match import mean_at_median_norm_leaf, median_at_mean_norm_leaf
-from cgh_jax.optim.spec import GROUPED_LAYOUTS, Gradient, OptimizerSpec
+from cgh_jax.spec.optimizer import GROUPED_LAYOUTS, Gradient, OptimizerSpec
 
 
 @flax.struct.dataclass
@@ -127,21 +126,6 @@ def model_facts(model, image_shape, mesh) -> ModelFacts:
     probe = abstract_train_state(model, optax.identity(), image_shape, mesh)
     has_conv = any(len(np.shape(leaf)) >= 3 for leaf in jax.tree.leaves(probe.params))
     return ModelFacts(has_state=bool(jax.tree.leaves(probe.batch_stats)), has_conv=has_conv)
-
-
-def fix_layout(spec: OptimizerSpec, facts: ModelFacts, mesh, platform: str) -> OptimizerSpec:
-    """``spec`` with M3's concrete layout for this mesh and model (logged with the reason);
-    other optimizers unchanged."""
-    if spec.gradient is not Gradient.GROUPED:
-        return spec
-    layout, reason = spec.resolve_layout(
-        num_devices=mesh.devices.size,
-        has_conv=facts.has_conv,
-        has_state=facts.has_state,
-        platform=platform,
-    )
-    logging.info("M3 layout %s (%s).", layout, reason)
-    return spec.with_layout(layout)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -462,7 +446,6 @@ __all__ = [
     "check_batch_stats_fold",
     "create_train_state",
     "cross_entropy",
-    "fix_layout",
     "make_eval_step",
     "make_loss_fn",
     "make_multi_step",

@@ -84,7 +84,7 @@ Example:
   >>> batch = next(data.train_batches(cfg, global_batch_size=128, epoch=0))  # doctest: +SKIP
 """
 
-from cgh_jax.data.config import DEFAULTS, SOURCES, DataSpec, resolve
+from cgh_jax.choices import DATA_SOURCES as SOURCES
 from cgh_jax.data.corruption import SCHEMES, corrupt_labels, corrupt_labels_tf
 from cgh_jax.data.errors import DataError, DataNotFoundError, DatasetNotPreparedError
 from cgh_jax.data.hosts import EvalSet
@@ -99,6 +99,8 @@ from cgh_jax.data.pipeline import (
 )
 from cgh_jax.data.sizes import known_sizes
 from cgh_jax.data.tfimport import TensorFlowMissingError
+from cgh_jax.spec.data import DEFAULTS, DataSpec
+from cgh_jax.spec.data import parse as resolve
 
 __all__ = [
     "DEFAULTS",

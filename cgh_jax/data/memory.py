@@ -23,10 +23,10 @@ import numpy as np
 
 from cgh_jax.data import corruption, preprocess, sources, tfds_arrays
 from cgh_jax.data import ids as ids_lib
-from cgh_jax.data.config import DataSpec
 from cgh_jax.data.errors import DataError
 from cgh_jax.data.hosts import EvalSet, Hosts, host_rows, num_eval_batches, per_host_batch_size
 from cgh_jax.data.table import Table
+from cgh_jax.spec.data import DataSpec
 
 _TABLES: dict[tuple, Table] = {}
 

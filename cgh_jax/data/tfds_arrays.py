@@ -34,9 +34,9 @@ import numpy as np
 
 from cgh_jax.data import reader
 from cgh_jax.data import table as table_lib
-from cgh_jax.data.config import DataSpec
 from cgh_jax.data.errors import DataError
 from cgh_jax.data.table import Table, sorted_table
+from cgh_jax.spec.data import DataSpec
 
 CACHE_DIR = "cgh_arrays"
 
