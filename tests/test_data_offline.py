@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from cgh_jax import data
-from cgh_jax.data import image_folder, resize
+from cgh_jax.data import resize
+from cgh_jax.data.sources import image_folder
 
 SHARED = os.environ.get(  # beside the repository; CGH_SHARED_DATA overrides
     "CGH_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

@@ -6,14 +6,15 @@ import json
 
 import numpy as np
 
-from cgh_jax.data import sources, tfds_arrays
+from cgh_jax.data import sources
+from cgh_jax.data.sources import tfds_arrays
 from cgh_jax.spec import data as data_spec
 
 
 def _tfds_info_splits(spec) -> dict[str, int] | None:
     """Split sizes from a prepared copy's ``dataset_info.json`` (read as JSON)."""
     name, version = spec.name.partition(":")[::2]
-    base = tfds_arrays._path(tfds_arrays.data_root(spec)) / name
+    base = tfds_arrays.as_path(tfds_arrays.data_root(spec)) / name
     if not version:
         if not base.exists():
             return None

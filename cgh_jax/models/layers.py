@@ -13,6 +13,7 @@ the same distribution as the reference PyTorch trainer of the papers:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ from flax import linen as nn
 
 __all__ = [
     "adaptive_avg_pool",
+    "batch_norm",
     "check_images",
     "kaiming_normal_fan_out",
     "torch_linear_bias_init",
@@ -34,6 +36,22 @@ kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "norma
 
 torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 """PyTorch's default ``nn.Linear`` weight initialiser: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+
+
+def batch_norm(module: nn.Module, train: bool) -> functools.partial:
+    """The BatchNorm of every model here, from ``module``'s fields ``bn_momentum``,
+    ``bn_epsilon``, ``bn_axis_name``, ``dtype`` and ``param_dtype``: batch statistics (and
+    running averages updated) when ``train``, the running averages otherwise. Call the result
+    with the layer's ``name``."""
+    return functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=module.bn_momentum,
+        epsilon=module.bn_epsilon,
+        axis_name=module.bn_axis_name,
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+    )
 
 
 def torch_linear_bias_init(fan_in: int) -> nn.initializers.Initializer:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cgh_jax.models.layers import (
+    batch_norm,
     check_images,
     kaiming_normal_fan_out,
     torch_linear_bias_init,
@@ -142,15 +143,7 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        norm = batch_norm(self, train)
         x = jnp.asarray(x, self.dtype)
         if self.stem == "imagenet":
             x = conv(self.width, (7, 7), (2, 2), padding=3, name="conv_init")(x)

@@ -41,7 +41,8 @@ from cgh_jax.spec.data import DataSpec
 CACHE_DIR = "cgh_arrays"
 
 
-def _path(p: str):
+def as_path(p: str):
+    """A local or remote (gs://) path as an ``etils.epath.Path``."""
     from etils import epath  # a dependency of orbax; handles local paths and gs://
 
     return epath.Path(p)
@@ -68,7 +69,7 @@ def _file_name(split: str, spec: DataSpec) -> str:
 def cached_version_dir(spec: DataSpec):
     """The cache directory of ``spec``'s dataset, or None where nothing is cached."""
     name, version = _name_and_version(spec)
-    base = _path(data_root(spec)) / CACHE_DIR / name
+    base = as_path(data_root(spec)) / CACHE_DIR / name
     if version is not None:
         d = base / version
         return d if (d / "meta.json").exists() else None
@@ -136,7 +137,7 @@ def _is_local_copy(builder, spec: DataSpec) -> bool:
 
 def _write(builder, spec: DataSpec, split: str, table: Table) -> None:
     name, _ = _name_and_version(spec)
-    version_dir = _path(data_root(spec)) / CACHE_DIR / name / str(builder.version)
+    version_dir = as_path(data_root(spec)) / CACHE_DIR / name / str(builder.version)
     try:
         version_dir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
