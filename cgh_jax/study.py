@@ -409,6 +409,33 @@ def archive_entry(done: Finished, config: Any) -> dict[str, Any]:
     )
 
 
+def load_archive(results_json: str | os.PathLike) -> dict[str, dict]:
+    """The archived runs (``runs``: run name -> :func:`archive_entry`) of a page's
+    ``results.json``, or {} if there is none."""
+    path = Path(results_json)
+    return json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
+
+
+def archived_or_trained(
+    run: Run, workdir: str | os.PathLike, archive: Mapping[str, dict], *, train_missing: bool
+) -> dict[str, Any] | None:
+    """``run``'s archive entry: from its run directory if it finished there, else from
+    ``archive`` if its config's fingerprint is the archived one, else trained now
+    (``train_missing``) or None (not trained, nothing archived)."""
+    key, old = fingerprint(run.config), archive.get(run.name)
+    if not (Path(workdir) / run.name / MARKER).exists():
+        if old and old.get("fingerprint") == key:
+            return old
+        if old:
+            logging.warning("%s: the archived run has another config; training it again", run.name)
+        if not train_missing:
+            return None
+    done = train_run(run, workdir)
+    if done is None:
+        raise SystemExit(f"{run.name}: stopped by SIGTERM; rerun the same command to resume.")
+    return archive_entry(done, run.config)
+
+
 # ----------------------------------------------------------------------------- default job
 
 
@@ -455,11 +482,13 @@ __all__ = [
     "MARKER",
     "Run",
     "archive_entry",
+    "archived_or_trained",
     "check_study_overrides",
     "config_runs",
     "fingerprint",
     "finished_run",
     "is_study",
+    "load_archive",
     "machine",
     "parse_runs",
     "run_config",

@@ -154,34 +154,15 @@ def train(run: Run, args, hooks: Sequence[Any] = ()) -> tuple[Path, ml_collectio
     return run_dir, cfg
 
 
-# ----------------------------------------------------------------------------- archive
-
-
-def load_archive(out) -> dict[str, dict]:
-    """The ``runs`` of ``<out>/results.json`` (run dir -> entry), or {} if there is none."""
-    path = Path(out) / "results.json"
-    return json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
-
-
 def finished(run: Run, args, archive: Mapping[str, dict], *, train_missing: bool) -> dict | None:
-    """``run``'s archive entry (:func:`cgh_jax.study.archive_entry`): from its run directory
-    if it finished there, else from ``archive`` if the config fingerprints agree, else
-    trained now (``train_missing``) or None."""
+    """``run``'s archive entry (:func:`cgh_jax.study.archived_or_trained`): finished in its
+    run directory, archived in ``results.json``, or trained now (``train_missing``)."""
     cfg = build_config(run, args)
-    run_dir, key = Path(args.workdir) / run.dir, study.fingerprint(cfg)
-    old = archive.get(run.dir)
-    if not (run_dir / study.MARKER).exists():
-        if old and old.get("fingerprint") == key:
-            return old
-        if old:
-            say(f"{run.dir}: the archived run has another config; training it again")
-        if not train_missing:
-            return None
-        say(f"{args.study}: {run.dir} -> {run_dir}")
-    done = study.train_run(study.Run(run.dir, cfg), args.workdir)
-    if done is None:
-        raise SystemExit(f"{run_dir}: stopped by SIGTERM; rerun the same command to resume.")
-    return study.archive_entry(done, cfg)
+    if train_missing and not (Path(args.workdir) / run.dir / study.MARKER).exists():
+        say(f"{args.study}: {run.dir}")
+    return study.archived_or_trained(
+        study.Run(run.dir, cfg), args.workdir, archive, train_missing=train_missing
+    )
 
 
 def run_info(workdir) -> dict[str, Any]:

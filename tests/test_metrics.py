@@ -94,17 +94,25 @@ def without_clu(monkeypatch):
 
 
 def test_without_clu_the_writer_logs_and_warns_once(without_clu, tmp_path, caplog):
-    with caplog.at_level(std_logging.INFO):
-        first = metrics.create_writer(str(tmp_path), examples_per_step=100)
-        second = metrics.create_writer(str(tmp_path))
-        first.write_scalars(5, {"train/loss": 1.5})
-        first.write_hparams({"lr": 0.1})
-        first.close()
-        second.close()
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    try:
+        with caplog.at_level(std_logging.DEBUG):
+            first = metrics.create_writer(str(tmp_path), examples_per_step=100)
+            second = metrics.create_writer(str(tmp_path))
+            first.write_scalars(4, {"train/loss": 2.5})  # default verbosity: no console line
+            absl_logging.set_verbosity(absl_logging.DEBUG)  # --verbosity=1
+            first.write_scalars(5, {"train/loss": 1.5})
+            first.write_hparams({"lr": 0.1})
+            first.close()
+            second.close()
+    finally:
+        absl_logging.set_verbosity(verbosity)
     assert first.summary is None and second.summary is None
     text = caplog.text
     assert text.count("No TensorBoard events") == 1
-    assert "[5] train/loss=1.5" in text
+    assert "[5] train/loss=1.5" in text and "[4]" not in text
     assert list(tmp_path.iterdir()) == []
 
 

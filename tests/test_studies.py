@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cgh_jax import study
 from cgh_jax.analysis import examples, report
 from studies import page, runs
 from studies.__main__ import main
@@ -239,8 +240,8 @@ def test_summary_page(results_dir):
     out, _, _ = results_dir
     assert main(["summary", "--out", str(out)]) == 0
     text = (out / "summary.md").read_text()
-    for study in TRAINED:
-        assert f"]({study}/README.md)" in text
+    for name in TRAINED:
+        assert f"]({name}/README.md)" in text
     assert f"python -m studies summary --out {out}" in text
     assert "`--quick` smoke runs" in text
 
@@ -328,7 +329,7 @@ def _path_entry(slope: float, offset: float, epochs: int = 100) -> dict:
     epoch = np.arange(0, epochs + 1, 2, dtype=float)
     pristine = 1 - 0.9 * np.exp(-slope * epoch)
     mem = np.where(pristine > 0.9, offset + 2 * (pristine - 0.9), offset * pristine / 0.9)
-    curve = {k: [0.0] * len(epoch) for k in runs.CURVE_KEYS}
+    curve = {k: [0.0] * len(epoch) for k in study.CURVE_KEYS}
     curve |= {"epoch": epoch.tolist(), "step": (10 * epoch).tolist()}
     curve |= {"pristine/top1": pristine.tolist(), "corrupt_noisy/top1": mem.tolist()}
     curve |= {"pristine/loss": (1 - pristine).tolist(), "test/top1": (0.8 - mem / 2).tolist()}

@@ -22,15 +22,19 @@ centered moving average) before it is matched.
 
 The *frontier* of a family of runs (e.g. SGD at five learning rates) at level :math:`L` is
 the least memorization any of them has when it reaches :math:`L`: the best that family
-does at that fit. Plain NumPy.
+does at that fit. :func:`compare` pairs a setting's runs with a base's (or a family's
+frontier) by seed. Plain NumPy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from cgh_jax.analysis import stats
 
 
 def value_at_level(
@@ -95,4 +99,115 @@ def first_reached(x: Sequence[float], level: float, *, falling: bool = False) ->
     return int(reached[0]) if reached.size else None
 
 
-__all__ = ["first_reached", "frontier", "smooth", "value_at_level"]
+# ----------------------------------------------------------------------------- runs
+# A run here is a finished run's curve: ``{"curve": {metric: [value at each evaluation]}}``
+# (:func:`cgh_jax.study.archive_entry`), or None for a run not trained yet; a setting is its
+# runs, one per seed.
+
+
+def curve(run, key: str) -> list[float]:
+    return [] if run is None else run["curve"][key]
+
+
+def final(run, key: str) -> float:
+    """The last evaluation's value (NaN for a missing run)."""
+    return math.nan if run is None else float(curve(run, key)[-1])
+
+
+def best(run, key: str) -> float:
+    """The largest value over the run (NaN for a missing run)."""
+    return math.nan if run is None else float(np.nanmax(curve(run, key)))
+
+
+def path(run, key: str, width: int) -> np.ndarray:
+    """A curve smoothed for matching (:func:`smooth`)."""
+    return smooth(curve(run, key), width) if run is not None else np.zeros(0)
+
+
+def at_fit(run, key: str, level: float, *, by: str, width: int) -> float:
+    """``run``'s ``key`` where its ``by`` first reaches ``level`` (a ``.../loss`` falls to
+    it), both smoothed over ``width`` evaluations; NaN if it never does."""
+    if run is None or math.isnan(level):
+        return math.nan
+    falling = by.endswith("/loss")
+    return value_at_level(path(run, by, width), path(run, key, width), level, falling=falling)
+
+
+def common_level(runs: Sequence, *, by: str, width: int, step: float, digits: int) -> float:
+    """The best fit all ``runs`` reach: the least of their highest (smoothed) ``by``
+    values, floored to ``step``; for a ``.../loss``, the largest of their lowest values,
+    rounded up to ``digits`` significant digits. NaN without runs."""
+    paths = [path(r, by, width) for r in runs if r is not None]
+    if not paths:
+        return math.nan
+    if not by.endswith("/loss"):
+        return math.floor(min(max(p) for p in paths) / step + 1e-9) * step
+    worst = max(min(p) for p in paths)
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(worst)))
+    return math.ceil(worst * scale - 1e-9) / scale
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """``arm`` against ``base``: a setting's key, or a family of keys read as its frontier
+    (per seed, the least value of the family's runs that have one)."""
+
+    arm: str
+    base: str | tuple[str, ...]
+    primary: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.arm}-{'frontier' if isinstance(self.base, tuple) else self.base}"
+
+    def runs(self, settings: Mapping[str, Sequence]) -> list:
+        """The runs whose fit sets the comparison's level: the arm's and a single base's."""
+        keys = [self.arm] + ([] if isinstance(self.base, tuple) else [self.base])
+        return [r for k in keys for r in settings[k]]
+
+
+def per_seed(runs: Sequence, fn) -> list[float]:
+    return [fn(r) for r in runs]
+
+
+def base_values(settings: Mapping[str, Sequence], base, fn, pick=frontier) -> list[float]:
+    """Per seed, ``fn`` of the base run, or ``pick`` (the least: :func:`frontier`) over a
+    family's runs."""
+    if not isinstance(base, tuple):
+        return per_seed(settings[base], fn)
+    family = [per_seed(settings[k], fn) for k in base if k in settings]
+    return [pick(values) for values in zip(*family, strict=True)]
+
+
+def compare(settings: Mapping[str, Sequence], c: Comparison, fn, confidence: float) -> dict:
+    """Per seed, ``fn(arm's run)`` minus the base's (:func:`base_values`); the mean
+    difference and its t-interval at ``confidence`` over the seeds where both exist."""
+    arm, base = per_seed(settings[c.arm], fn), base_values(settings, c.base, fn)
+    d, lo, hi = stats.paired_difference(arm, base, confidence)
+    n = sum(not (math.isnan(a) or math.isnan(b)) for a, b in zip(arm, base, strict=True))
+    return dict(arm=arm, base=base, d=d, lo=lo, hi=hi, n=n)
+
+
+def largest(values: Iterable[float]) -> float:
+    """The largest value that exists (NaN if none): a family's best test accuracy."""
+    finite = [float(v) for v in values if not math.isnan(v)]
+    return max(finite) if finite else math.nan
+
+
+__all__ = [
+    "Comparison",
+    "at_fit",
+    "base_values",
+    "best",
+    "common_level",
+    "compare",
+    "curve",
+    "final",
+    "first_reached",
+    "frontier",
+    "largest",
+    "path",
+    "per_seed",
+    "smooth",
+    "value_at_level",
+]
