@@ -241,18 +241,19 @@ learning explains*. A noisier or shorter update learns everything more slowly, a
 corrupt labels are the last thing a network fits, so at a fixed epoch slower learning alone
 looks like suppression. Each run's memorization is therefore read where its own training
 path first reaches a given fit, by linear interpolation between the evaluations around it
-(`cgh_jax.analysis.matched`), after a moving average over 3 evaluations (6 epochs) of
-every curve, so that one noisy evaluation does not decide where a path reaches a level.
-The fit of a comparison is the best one that all its compared runs reach on every seed: the
-highest pristine training accuracy (to 0.5%) that the median run (and a single base run)
-reaches on each seed (primary), and likewise the lowest pristine training loss
-(secondary). The level is set by the fit alone, never by memorization; memorization only
-starts once the pristine examples are nearly fitted, so a lower level would compare runs
-before there is anything to compare. A grid of fixed levels (90 to 99%) is shown beside
-it. (Two details were settled after looking at the paths of the first seed of one cell,
-before any comparison over seeds was computed: a fixed 95% level, the first choice, lay
-below the onset of memorization at 25% noise; and without smoothing one high evaluation
-of a noisy path set the level.)
+(`cgh_jax.analysis.matched`), after a moving average over 3 evaluations (6 epochs) of every
+curve, so that one noisy evaluation does not decide where a path reaches a level. The fit
+of a comparison is the best one that its compared runs reach on every seed: the highest
+pristine training accuracy (to 0.5%) that the median run and its base (for a family, at
+least one of its runs) reach on each seed (primary), and likewise the lowest pristine
+training loss (secondary). The level is set by the fit alone, never by memorization;
+memorization only starts once the pristine examples are nearly fitted, so a lower level
+would compare runs before there is anything to compare. A grid of fixed levels (90 to 99%)
+is shown beside it. (Three details were settled after looking at the paths of the first
+seed of one cell, before any comparison over seeds was computed: a fixed 95% level, the
+first choice, lay below the onset of memorization at 25% noise; without smoothing one high
+evaluation of a noisy path set the level; and a family's level must be reachable by at
+least one of its runs.)
 
 - **Supported** in a cell if, at matched pristine accuracy, the median with the most groups
   memorizes less than the SGD frontier (per seed, the least memorization of SGD at any of
@@ -341,10 +342,10 @@ def comparisons(keys: Sequence[str]) -> list[Comparison]:
 
 
 def matched_level(cell_runs: dict, c: Comparison, by: str) -> float:
-    """The fit of a comparison: the best level that the arm (and a single base run) reach
-    on every seed (:func:`cgh_jax.analysis.matched.common_level`)."""
-    runs = c.runs(cell_runs)
-    return matched.common_level(runs, by=by, width=SMOOTH, step=LEVEL_STEP, digits=LOSS_DIGITS)
+    """The fit of a comparison: the best level that the arm and its base (a family: at least
+    one of its runs) reach on every seed (:func:`cgh_jax.analysis.matched.common_level`)."""
+    reaches = c.reaches(cell_runs, by=by, width=SMOOTH)
+    return matched.common_level(reaches, by=by, step=LEVEL_STEP, digits=LOSS_DIGITS)
 
 
 def ci_text(r: dict) -> str:

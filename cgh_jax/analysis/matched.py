@@ -85,11 +85,16 @@ def smooth(values: Sequence[float], width: int = 3) -> np.ndarray:
     return np.array([xs[max(0, i - half) : i + half + 1].mean() for i in range(xs.size)])
 
 
-def frontier(values: Iterable[float]) -> float:
-    """The least of the values that exist (NaN: that run never reached the level); NaN if
-    none does."""
+def best_value(values: Iterable[float], better=min) -> float:
+    """``better`` (``min`` or ``max``) of the values that exist (NaN: that run never reached
+    the level, or is missing); NaN if none does."""
     finite = [float(v) for v in values if not math.isnan(v)]
-    return min(finite) if finite else math.nan
+    return better(finite) if finite else math.nan
+
+
+def frontier(values: Iterable[float]) -> float:
+    """The least of the values that exist: a family's frontier (NaN if none exists)."""
+    return best_value(values, min)
 
 
 def first_reached(x: Sequence[float], level: float, *, falling: bool = False) -> int | None:
@@ -133,16 +138,25 @@ def at_fit(run, key: str, level: float, *, by: str, width: int) -> float:
     return value_at_level(path(run, by, width), path(run, key, width), level, falling=falling)
 
 
-def common_level(runs: Sequence, *, by: str, width: int, step: float, digits: int) -> float:
-    """The best fit all ``runs`` reach: the least of their highest (smoothed) ``by``
-    values, floored to ``step``; for a ``.../loss``, the largest of their lowest values,
-    rounded up to ``digits`` significant digits. NaN without runs."""
-    paths = [path(r, by, width) for r in runs if r is not None]
-    if not paths:
+def reach(run, *, by: str, width: int) -> float:
+    """The best fit ``run`` reaches: the highest (smoothed) ``by``, or the lowest for a
+    ``.../loss``; NaN for a missing run."""
+    if run is None:
+        return math.nan
+    values = path(run, by, width)
+    return float(values.min() if by.endswith("/loss") else values.max())
+
+
+def common_level(reaches: Iterable[float], *, by: str, step: float, digits: int) -> float:
+    """The best fit that every one of ``reaches`` (:func:`reach`) attains: the least of
+    them floored to ``step``, or for a ``.../loss`` the largest rounded up to ``digits``
+    significant digits. NaN when there is none."""
+    values = [v for v in reaches if not math.isnan(v)]
+    if not values:
         return math.nan
     if not by.endswith("/loss"):
-        return math.floor(min(max(p) for p in paths) / step + 1e-9) * step
-    worst = max(min(p) for p in paths)
+        return math.floor(min(values) / step + 1e-9) * step
+    worst = max(values)
     scale = 10.0 ** (digits - 1 - math.floor(math.log10(worst)))
     return math.ceil(worst * scale - 1e-9) / scale
 
@@ -160,10 +174,19 @@ class Comparison:
     def key(self) -> str:
         return f"{self.arm}-{'frontier' if isinstance(self.base, tuple) else self.base}"
 
-    def runs(self, settings: Mapping[str, Sequence]) -> list:
-        """The runs whose fit sets the comparison's level: the arm's and a single base's."""
-        keys = [self.arm] + ([] if isinstance(self.base, tuple) else [self.base])
-        return [r for k in keys for r in settings[k]]
+    def reaches(self, settings: Mapping[str, Sequence], *, by: str, width: int) -> list[float]:
+        """Per seed, the fits that bound the comparison's level (:func:`reach`): the arm's
+        and the base's (a family: its best member's); seeds missing either are left out."""
+        fit = lambda r: reach(r, by=by, width=width)  # noqa: E731
+        better = min if by.endswith("/loss") else max
+        arm = per_seed(settings[self.arm], fit)
+        base = base_values(settings, self.base, fit, lambda v: best_value(v, better))
+        return [
+            v
+            for pair in zip(arm, base, strict=True)
+            if not any(map(math.isnan, pair))
+            for v in pair
+        ]
 
 
 def per_seed(runs: Sequence, fn) -> list[float]:
@@ -190,8 +213,7 @@ def compare(settings: Mapping[str, Sequence], c: Comparison, fn, confidence: flo
 
 def largest(values: Iterable[float]) -> float:
     """The largest value that exists (NaN if none): a family's best test accuracy."""
-    finite = [float(v) for v in values if not math.isnan(v)]
-    return max(finite) if finite else math.nan
+    return best_value(values, max)
 
 
 __all__ = [
@@ -199,7 +221,9 @@ __all__ = [
     "at_fit",
     "base_values",
     "best",
+    "best_value",
     "common_level",
+    "reach",
     "compare",
     "curve",
     "final",
