@@ -597,12 +597,12 @@ def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confiden
         end_table(present),
         f"![memorization against pristine accuracy and loss, one line per run]({figure})",
         "Memorization at matched pristine accuracy (primary; each comparison at the highest "
-        "accuracy all its compared runs reach). Differences in points, paired by seed; "
+        "accuracy the arm and its base reach on every seed). Differences in points, paired by seed; "
         f"**primary** rows: {primary_confidence:.2%} intervals (Bonferroni over the page's "
         f"primary tests), other rows: {confidence:.2%} (Bonferroni within this cell); test "
         "accuracy at the same fit beside it (a family: its best):",
         acc_table,
-        "At matched pristine loss (secondary; the lowest loss all compared runs reach):",
+        "At matched pristine loss (secondary; the lowest loss the arm and its base reach):",
         loss_table,
         "Memorization at fixed levels of pristine accuracy (mean over seeds):",
         grid_table(present),
