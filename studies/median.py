@@ -597,7 +597,8 @@ def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confiden
         end_table(present),
         f"![memorization against pristine accuracy and loss, one line per run]({figure})",
         "Memorization at matched pristine accuracy (primary; each comparison at the highest "
-        "accuracy the arm and its base reach on every seed). Differences in points, paired by seed; "
+        "accuracy the arm and its base reach on every seed). Differences in points, paired by "
+        "seed; "
         f"**primary** rows: {primary_confidence:.2%} intervals (Bonferroni over the page's "
         f"primary tests), other rows: {confidence:.2%} (Bonferroni within this cell); test "
         "accuracy at the same fit beside it (a family: its best):",
