@@ -362,6 +362,7 @@ class Progress:
         self._pause_start: float | None = None
         self._eval_seconds = 0.0
         self._evals = 0
+        self._done_before, self._seconds_before = 0, 0.0  # of the reports so far
 
     def pause(self) -> None:
         """Starts an evaluation: what follows is not training time, until resume()."""
@@ -386,17 +387,31 @@ class Progress:
         at_boundaries = max(0, -(-(self.total_steps - first) // every))
         return at_boundaries + 1
 
+    def _rate_and_eta(self, step: int, done: int, elapsed: float) -> dict[str, float]:
+        rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
+        train = (self.total_steps - step) / rate if rate == rate and rate > 0 else float("inf")
+        mean_eval = self._eval_seconds / self._evals if self._evals else 0.0
+        return {
+            "steps_per_sec": rate,
+            "eta_seconds": train + mean_eval * self.evaluations_left(step),
+        }
+
     def report(self, step: int) -> dict[str, float]:
         """``{'steps_per_sec', 'eta_seconds'}`` since the previous report."""
         now = self._clock()
         elapsed = now - self._last_time - self._paused
         done = step - self._last_step
-        rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
-        train = (self.total_steps - step) / rate if rate == rate and rate > 0 else float("inf")
-        mean_eval = self._eval_seconds / self._evals if self._evals else 0.0
-        eta = train + mean_eval * self.evaluations_left(step)
+        self._done_before += done
+        self._seconds_before += elapsed
         self._last_step, self._last_time, self._paused = step, now, 0.0
-        return {"steps_per_sec": rate, "eta_seconds": eta}
+        return self._rate_and_eta(step, done, elapsed)
+
+    def overall(self, step: int) -> dict[str, float]:
+        """``{'steps_per_sec', 'eta_seconds'}`` over all the training since the start (the
+        evaluations left out), without starting a new report interval."""
+        elapsed = self._clock() - self._last_time - self._paused
+        done = self._done_before + step - self._last_step
+        return self._rate_and_eta(step, done, self._seconds_before + elapsed)
 
     def describe(self, step: int, epoch: float, report: Mapping[str, float]) -> str:
         return (

@@ -264,7 +264,7 @@ class Trainer:
         self.jsonl.write(record)
         self.writer.write_scalars(step, results)
         progress.resume()
-        self.console.evaluation(record, progress.report(step))
+        self.console.evaluation(record, progress.overall(step))
         for hook in self.hooks:
             hook.on_eval(record, self.state)
         return record

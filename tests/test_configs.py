@@ -61,6 +61,8 @@ def test_config_builds(name, tmp_path):
     for stage in ("easy", "hard"):
         for part in ("train", "test"):
             np.save(tmp_path / f"{stage}_{part}.npy", np.arange(4))
+    for split in ("train", "test"):  # an image folder for path= (one class)
+        (tmp_path / split / "cat").mkdir(parents=True)
     for arg in ARGS.get(name, ["", "runlocal"]):
         cfg = load(name, arg.format(tmp=tmp_path))
         spec_lib.parse(cfg.optimizer, batch_size=cfg.batch_size)

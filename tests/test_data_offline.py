@@ -308,7 +308,7 @@ def test_npz_source(tmp_path):
 def test_idx_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         data.resolve(cfg(source="idx", path=str(tmp_path / "nowhere")))
-    with pytest.raises(data.DataError, match=r"lacks .*t10k-labels-idx1-ubyte.*four MNIST"):
+    with pytest.raises(ConfigError, match=r"lacks the IDX files .*t10k-labels.*MNIST layout"):
         data.get_dataset_info(cfg(source="idx", path=str(tmp_path)))
     root = str(tmp_path / "idx")
     make_idx_dir(root)

@@ -83,7 +83,7 @@ def test_idx_source_roundtrip(tmp_path, data_dir, compress):
 
 
 def test_idx_errors(tmp_path, data_dir):
-    with pytest.raises(data.DataError, match="lacks .*train-images-idx3-ubyte"):
+    with pytest.raises(ConfigError, match="lacks the IDX files train-images"):
         data.get_dataset_info(cfg(source="idx", path=str(tmp_path), data_dir=data_dir))
     with pytest.raises(ConfigError, match="does not exist"):
         data.resolve(cfg(source="idx", path=str(tmp_path / "missing")))

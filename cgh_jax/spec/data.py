@@ -69,13 +69,37 @@ def check_noise(fraction: Any, scheme: Any, where: str = "") -> None:
         )
 
 
-def _idx_file_exists(path: str, split: str, kind: str) -> bool:
-    prefix, dims = IDX_PREFIXES[split], ("idx3" if kind == "images" else "idx1")
-    return any(
-        os.path.isfile(os.path.join(path, f"{prefix}-{kind}{sep}{dims}-ubyte{ext}"))
-        for sep in ("-", ".")
-        for ext in ("", ".gz")
-    )
+IDX_KINDS = {"images": "idx3", "labels": "idx1"}
+IDX_LAYOUT = (
+    "a directory in the MNIST layout (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte"
+    "[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])"
+)
+
+
+def idx_file(path: str, split: str, kind: str) -> str | None:
+    """The file of ``split`` (``train``/``test``) and ``kind`` (``images``/``labels``) in an
+    IDX directory (``-`` or ``.`` before ``idx``, optionally gzipped), or None."""
+    prefix, dims = IDX_PREFIXES[split], IDX_KINDS[kind]
+    for sep in ("-", "."):
+        for ext in ("", ".gz"):
+            candidate = os.path.join(path, f"{prefix}-{kind}{sep}{dims}-ubyte{ext}")
+            if os.path.isfile(candidate):
+                return candidate
+    return None
+
+
+def idx_files(path: str, where: str = "config.data.path") -> dict[tuple[str, str], str]:
+    """``{(split, kind): file}`` of an IDX directory.
+
+    Raises:
+      ConfigError: naming the missing files.
+    """
+    found = {(s, k): idx_file(path, s, k) for s in IDX_PREFIXES for k in IDX_KINDS}
+    if missing := [f"{IDX_PREFIXES[s]}-{k}" for (s, k), f in found.items() if f is None]:
+        raise F.ConfigError(
+            f"{where}={path!r} lacks the IDX files {F.one_of(missing)}", f"give {IDX_LAYOUT}"
+        )
+    return found
 
 
 def _check_data_path(source: str, path: Any) -> None:
@@ -100,19 +124,7 @@ def _check_data_path(source: str, path: Any) -> None:
             f"config.data.path={path!r} {state}", f"give the directory of the {source} files"
         )
     if source == "idx":
-        missing = [
-            f"{IDX_PREFIXES[s]}-{k}"
-            for s in ("train", "test")
-            for k in ("images", "labels")
-            if not _idx_file_exists(path, s, k)
-        ]
-        if missing:
-            raise F.ConfigError(
-                f"config.data.path={path!r} lacks the IDX files {F.one_of(missing)}",
-                "give a directory in the MNIST layout (train-images-idx3-ubyte[.gz], "
-                "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
-                "t10k-labels-idx1-ubyte[.gz])",
-            )
+        idx_files(path)
     else:  # image_folder
         train = os.path.join(path, "train")
         classes = (
@@ -209,4 +221,4 @@ def parse(data: Any) -> DataSpec:
     return DataSpec(**values)
 
 
-__all__ = ["DEFAULTS", "DataSpec", "check_noise", "parse"]
+__all__ = ["DEFAULTS", "DataSpec", "check_noise", "idx_file", "idx_files", "parse"]
