@@ -38,7 +38,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cgh_jax.models.layers import batch_norm, check_images, torch_linear_bias_init
+from cgh_jax.models.layers import (
+    batch_norm,
+    check_images,
+    pooled_classifier,
+    torch_linear_bias_init,
+)
 
 __all__ = ["BasicConv", "InceptionV3", "MIN_INPUT_SIZE", "MIN_INPUT_SIZE_AUX"]
 
@@ -295,13 +300,4 @@ class _InceptionAux(nn.Module):
         x = nn.avg_pool(x, (5, 5), (3, 3))
         x = self.conv("conv0", 128, (1, 1))(x)
         x = self.conv("conv1", 768, (5, 5), stddev=0.01)(x)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(
-            self.num_classes,
-            kernel_init=_trunc_normal(0.001),
-            bias_init=torch_linear_bias_init(x.shape[-1]),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="fc",
-        )(x)
-        return x.astype(jnp.float32)
+        return pooled_classifier(self, x, _trunc_normal(0.001))

@@ -25,6 +25,7 @@ from flax import linen as nn
 __all__ = [
     "adaptive_avg_pool",
     "batch_norm",
+    "pooled_classifier",
     "check_images",
     "kaiming_normal_fan_out",
     "torch_linear_bias_init",
@@ -52,6 +53,21 @@ def batch_norm(module: nn.Module, train: bool) -> functools.partial:
         dtype=module.dtype,
         param_dtype=module.param_dtype,
     )
+
+
+def pooled_classifier(module: nn.Module, x: jax.Array, kernel_init) -> jax.Array:
+    """Global average pooling over height and width, then the ``fc`` layer to
+    ``module.num_classes`` logits (PyTorch's bias initialiser), returned in float32."""
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(
+        module.num_classes,
+        kernel_init=kernel_init,
+        bias_init=torch_linear_bias_init(x.shape[-1]),
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+        name="fc",
+    )(x)
+    return x.astype(jnp.float32)
 
 
 def torch_linear_bias_init(fan_in: int) -> nn.initializers.Initializer:

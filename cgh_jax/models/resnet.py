@@ -33,7 +33,7 @@ from cgh_jax.models.layers import (
     batch_norm,
     check_images,
     kaiming_normal_fan_out,
-    torch_linear_bias_init,
+    pooled_classifier,
     torch_linear_kernel_init,
 )
 
@@ -162,16 +162,7 @@ class ResNet(nn.Module):
                     zero_init_residual=self.zero_init_residual,
                     name=f"stage{i + 1}_block{j + 1}",
                 )(x)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(
-            self.num_classes,
-            kernel_init=torch_linear_kernel_init,
-            bias_init=torch_linear_bias_init(x.shape[-1]),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="fc",
-        )(x)
-        return x.astype(jnp.float32)
+        return pooled_classifier(self, x, torch_linear_kernel_init)
 
 
 RESNET_STAGES: dict[str, tuple[tuple[int, ...], type[nn.Module]]] = {
