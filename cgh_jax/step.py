@@ -46,7 +46,7 @@ from cgh_jax.optim import (
 )
 from cgh_jax.optim.grads import check_state_momentum
 from cgh_jax.optim.norm_match import mean_at_median_norm_leaf, median_at_mean_norm_leaf
-from cgh_jax.spec.optimizer import GROUPED_LAYOUTS, Gradient, OptimizerSpec
+from cgh_jax.spec.optimizer import Gradient, OptimizerSpec
 
 
 @flax.struct.dataclass
@@ -260,12 +260,7 @@ def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize
             **stats,
         )
         reduce = None
-    elif kind is Gradient.GROUPED:
-        if spec.m3_layout not in GROUPED_LAYOUTS:
-            raise ValueError(
-                f"m3_layout={spec.m3_layout!r} is not a concrete layout; fix it first with "
-                "spec.with_layout(spec.resolve_layout(...)[0])."
-            )
+    elif kind is Gradient.GROUPED:  # an OptimizerSpec's layout is concrete
         median_fn = grouped_grads(
             loss_fn,
             spec.num_groups,
@@ -295,8 +290,8 @@ def make_train_step(
 
     Args:
       model: the Flax module.
-      spec: the resolved optimizer (concrete ``m3_layout`` for M3; the schedule's length
-        fixed with ``with_duration``).
+      spec: the run's optimizer (an :class:`OptimizerSpec`: a concrete ``m3_layout``, the
+        schedule's length).
       has_state: the model has BatchNorm statistics.
       mesh: the device mesh (needed by the sharded M3 layouts).
       vectorize: sharded M3 layouts: compute a device's chunks with ``vmap`` (else a loop).
