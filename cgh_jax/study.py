@@ -385,14 +385,29 @@ CURVE_KEYS = ("step", "epoch", "wall_time_s") + tuple(
 PATH_FIELDS = ("data.path", "data.train_ids_file", "data.test_ids_file")
 
 
-def fingerprint(config: Any) -> str:
-    """The checkpoint fingerprint of ``config`` with its path fields reduced to file names
-    (the same run on another machine or checkout has the same fingerprint)."""
+def portable_config(config: Any) -> dict[str, Any]:
+    """The fields a checkpoint fingerprints (``{"a.b": value}``), path fields reduced to file
+    names: the same run on another machine or checkout has the same portable config."""
     from cgh_jax import checkpointing
 
     flat = checkpointing.fingerprinted_config(config)
-    flat = {k: (Path(v).name if k in PATH_FIELDS and v else v) for k, v in flat.items()}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+    return {k: (Path(v).name if k in PATH_FIELDS and v else v) for k, v in flat.items()}
+
+
+def fingerprint(config: Any) -> str:
+    """A short hash of :func:`portable_config`."""
+    text = json.dumps(portable_config(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def archive_mismatch(entry: Mapping[str, Any], config: Any) -> list[str]:
+    """How ``config`` differs from an archived run's, as a checkpoint's own check says it
+    (:func:`cgh_jax.checkpointing.describe_mismatch`: a field added to the code since, at
+    its default value, is no difference)."""
+    from cgh_jax import checkpointing, configlib
+
+    defaults = portable_config(configlib.base_config())
+    return checkpointing.describe_mismatch(entry["config"], portable_config(config), defaults)
 
 
 def archive_entry(done: Finished, config: Any) -> dict[str, Any]:
@@ -403,6 +418,7 @@ def archive_entry(done: Finished, config: Any) -> dict[str, Any]:
     rows = records.load_metrics(done.workdir)
     return dict(
         fingerprint=fingerprint(config),
+        config=portable_config(config),
         wall_s=done.wall_s,
         machine=done.info.get("machine", "not recorded"),
         curve={k: [r.get(k, math.nan) for r in rows] for k in CURVE_KEYS},
@@ -420,14 +436,15 @@ def archived_or_trained(
     run: Run, workdir: str | os.PathLike, archive: Mapping[str, dict], *, train_missing: bool
 ) -> dict[str, Any] | None:
     """``run``'s archive entry: from its run directory if it finished there, else from
-    ``archive`` if its config's fingerprint is the archived one, else trained now
+    ``archive`` if its config is the archived one (:func:`archive_mismatch`), else trained now
     (``train_missing``) or None (not trained, nothing archived)."""
-    key, old = fingerprint(run.config), archive.get(run.name)
+    old = archive.get(run.name)
     if not (Path(workdir) / run.name / MARKER).exists():
-        if old and old.get("fingerprint") == key:
+        differ = archive_mismatch(old, run.config) if old else []
+        if old and not differ:
             return old
         if old:
-            logging.warning("%s: the archived run has another config; training it again", run.name)
+            logging.warning("%s: archived with another config (%s)", run.name, "; ".join(differ))
         if not train_missing:
             return None
     done = train_run(run, workdir)
@@ -482,6 +499,7 @@ __all__ = [
     "MARKER",
     "Run",
     "archive_entry",
+    "archive_mismatch",
     "archived_or_trained",
     "check_study_overrides",
     "config_runs",
@@ -491,6 +509,7 @@ __all__ = [
     "load_archive",
     "machine",
     "parse_runs",
+    "portable_config",
     "run_config",
     "run_study",
     "shared_config",

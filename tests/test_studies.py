@@ -376,3 +376,20 @@ def test_median_decision_rule_on_paths_with_known_answers(tmp_path, median, norm
     assert result.payload["summary"][0]["match"] == {"supported": "yes"}.get(
         want, "partly" if want == "not established" else "no"
     )
+
+
+def test_an_archived_run_is_reused_across_checkouts_and_code_that_added_fields():
+    from cgh_jax import configlib
+
+    config = configlib.base_config()
+    config.data.path = "/one/checkout/mnist"
+    entry = {"config": study.portable_config(config)}
+    del entry["config"]["eval_every_epochs"]  # archived before the field existed
+    config.data.path = "/another/checkout/mnist"  # the same file names elsewhere
+    assert study.archive_mismatch(entry, config) == []
+    config.eval_every_epochs = 2  # not the default: the archived run did not do this
+    assert any("eval_every_epochs" in line for line in study.archive_mismatch(entry, config))
+    config.eval_every_epochs = 1
+    config.optimizer.learning_rate = 0.05
+    (line,) = study.archive_mismatch(entry, config)
+    assert line.startswith("optimizer.learning_rate")
