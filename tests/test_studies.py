@@ -211,29 +211,21 @@ def test_second_invocation_reuses_the_finished_runs(results_dir, data_dir, name)
 def test_finished_runs_are_reused_only_with_the_same_config(results_dir):
     import ml_collections
 
+    from cgh_jax import checkpointing
+
     _, runs_dir, _ = results_dir
     run_dir = runs_dir / "label_noise" / "noise050"
     config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
     before = (run_dir / "metrics.jsonl").read_text()
-    record = runs.run_training(config, run_dir)  # reused: no training, same metrics
+    done = study.train_run(study.Run("noise050", config), run_dir.parent)  # no training
     assert (run_dir / "metrics.jsonl").read_text() == before
-    assert record["epoch"] == 2 and record["study_wall_s"] == runs.run_wall_s(run_dir)
+    assert done.record["epoch"] == 2 and done.wall_s == runs.run_wall_s(run_dir)
     config.log_every_steps = 7  # observation-only fields may change
-    runs.run_training(config, run_dir)
-    config.optimizer.learning_rate = 0.05
-    with pytest.raises(ValueError, match="optimizer.learning_rate"):
-        runs.run_training(config, run_dir)
-
-    # A run trained before a config field existed is reused while the field keeps its
-    # default, and refused when it does not.
-    stored = json.loads((run_dir / "config.json").read_text())
-    config.optimizer.learning_rate = stored["optimizer"]["learning_rate"]
-    del stored["optimizer"]["m3_layout"]
-    (run_dir / "config.json").write_text(json.dumps(stored))
-    runs.run_training(config, run_dir)
-    config.optimizer.m3_layout = "loop"
-    with pytest.raises(ValueError, match="optimizer.m3_layout: checkpoint='<absent>' now='loop'"):
-        runs.run_training(config, run_dir)
+    study.train_run(study.Run("noise050", config), run_dir.parent)
+    config.optimizer.learning_rate = 0.05  # the checkpoint's own check refuses the run
+    with pytest.raises(checkpointing.ConfigMismatchError, match="optimizer.learning_rate"):
+        study.train_run(study.Run("noise050", config), run_dir.parent)
+    assert (run_dir / "metrics.jsonl").read_text() == before
 
 
 def test_summary_page(results_dir):
