@@ -395,6 +395,8 @@ def _check_run(config: Mapping[str, Any], where: str = "") -> None:
     _int("max_steps", config["max_steps"], low=1, extra=(-1,))
     _int("checkpoint_every_steps", config["checkpoint_every_steps"], low=0)
     _int("keep_checkpoints", config["keep_checkpoints"], low=1)
+    for key in ("init_timeout_s", "heartbeat_timeout_s"):  # multi-process jobs
+        _int(key, config[key], low=1)
     epochs = config["per_example_epochs"]
     if not isinstance(epochs, list | tuple) or not all(
         _is_int(e) and 0 <= e <= config["num_epochs"] for e in epochs

@@ -11,7 +11,8 @@ Each entry of ``study.optimizers`` names one run: an optimizer name (the config 
 config fields to the values that run uses instead (e.g. a control run of SGD at M3's examples per
 update). :func:`run_study` trains each run into ``workdir/<name>`` with
 :func:`cgh_jax.train.train_and_evaluate` and writes ``workdir/report.md`` with a PNG figure
-through :func:`cgh_jax.analysis.report.write_report`.
+through :func:`cgh_jax.analysis.report.write_report` (process 0 only, after a barrier that
+every process reaches when its last run has finished).
 
 The config side (:func:`is_study`, :func:`study_runs`, :func:`check_study_overrides`) needs
 no JAX and is checked before anything heavy is imported: this module imports the trainer and
@@ -46,6 +47,7 @@ from cgh_jax.config_checks import (
 )
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+REPORT_BARRIER_TIMEOUT_S = 3600  # the processes end their last run within moments
 _STUDY_FIELDS = ("optimizers", "variants", "title")
 
 # ----------------------------------------------------------------------------- the runs
@@ -256,9 +258,15 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> str | None:
             eta,
         )
 
-    from cgh_jax.analysis.report import write_report  # matplotlib only when reporting
+    # One writer: process 0 writes the report once every process has finished every run.
+    from cgh_jax import distributed
 
-    title = config.study.get("title") or "Optimizer comparison"
-    path = write_report(workdir, runs, title=title)
+    distributed.barrier("cgh_jax:study:report", REPORT_BARRIER_TIMEOUT_S)
+    path = os.path.join(workdir, "report.md")
+    if distributed.is_writer():
+        from cgh_jax.analysis.report import write_report  # matplotlib only when reporting
+
+        title = config.study.get("title") or "Optimizer comparison"
+        path = write_report(workdir, runs, title=title)
     logging.info("Study finished in %.1f s; report: %s", time.monotonic() - start, path)
     return path
