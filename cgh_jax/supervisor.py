@@ -13,7 +13,9 @@ processes every process the user starts (the *launcher*) does three things:
    trains; the worker dies with its launcher (``PR_SET_PDEATHSIG``, and a thread that
    watches its stdin), its stderr passes through the launcher, which holds back a native
    stack dump (shown with ``CGH_JAX_TRACEBACK=1``) and the worker's own error line until
-   it knows what happened, and SIGTERM / SIGINT are forwarded to it;
+   it knows what happened (``CGH_JAX_TRACEBACK=1``: everything is shown as it comes, and a
+   worker whose peer is lost gets a few seconds to print its own error), and SIGTERM and
+   SIGINT are forwarded to it;
 3. it keeps the rendezvous connections (process 0 to each other process) open and sends a
    heartbeat every ``heartbeat_timeout / 4``. A peer is *lost* when its connection closes
    without a goodbye (at once: a killed process's sockets close with it) or when it is
@@ -404,6 +406,8 @@ class _Launcher:
             if news is not None and (
                 news.event != "failed" or now - news.at >= FAILED_PEER_GRACE_S
             ):
+                if self.plan.show_raw:  # let the worker print its own (raw) error first
+                    self._wait(EXPLAIN_S, lambda: self.worker.poll() is not None)
                 self.stop_worker()
                 return 1, self._report(news)
             if not self.initialized and now > startup_deadline:

@@ -305,6 +305,20 @@ def test_mismatched_configs(job, tmp_path):
     assert not os.path.exists(tmp_path / "w")  # nothing ran
 
 
+def test_process_id_out_of_range(job, tmp_path):
+    j = job()
+    j.start(2, 2, free_port(), tmp_path / "w")
+    (result,) = j.wait()
+    message = assert_error(
+        result,
+        2,
+        STARTUP_BOUND_S,
+        "--process_id=2 is out of range for --num_processes=2",
+        "give each process its own id from 0 to 1",
+    )
+    assert "or none" not in message
+
+
 # ----------------------------------------------------------------------------- a lost peer
 
 

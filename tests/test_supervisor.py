@@ -7,6 +7,7 @@ report, the resume command and the committed-step listing.
 """
 
 import os
+import signal
 import socket
 import sys
 import textwrap
@@ -150,6 +151,18 @@ FAKE_WORKER = textwrap.dedent(
     elif mode == "fail":
         print("cgh-jax: error: the data is gone; restore it", file=sys.stderr, flush=True)
         sys.exit(1)
+    elif mode == "term":  # a preempted worker: saves on SIGTERM and ends normally
+        import signal
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        note = b'{"kind": "checkpoints", "directory": "/run/ckpt"}\\n'
+        os.write(int(os.environ["CGH_JAX_WORKER_FD"]), note)
+        time.sleep(120)
+    elif mode == "fail-late":  # a collective that fails once its peer is gone
+        time.sleep(0.5)
+        print("Traceback (most recent call last):", file=sys.stderr)
+        print("ValueError: UNKNOWN: Gloo AllGather failed", file=sys.stderr)
+        print("cgh-jax: error: ValueError: Gloo AllGather failed; rerun", file=sys.stderr)
+        sys.exit(1)
     """
 )
 
@@ -161,7 +174,7 @@ def fast(monkeypatch):
     monkeypatch.setattr(supervisor, "FAILED_PEER_GRACE_S", 1.0)
 
 
-def _launchers(tmp_path, modes, heartbeat_s=30.0, silent=False):
+def _launchers(tmp_path, modes, heartbeat_s=30.0, silent=False, show_raw=False, signal_at=None):
     """Two launchers joined by a socket pair (process 0 and 1), each with a fake worker in
     ``modes``; returns their ``(status, message)`` and the stderr they printed."""
     script = tmp_path / "worker.py"
@@ -179,6 +192,7 @@ def _launchers(tmp_path, modes, heartbeat_s=30.0, silent=False):
             init_timeout_s=10,
             heartbeat_timeout_s=heartbeat_s,
             argv=("cgh-jax", "--workdir=w", f"--process_id={pid}"),
+            show_raw=show_raw,
         )
         launchers.append(supervisor._Launcher(plan, {1 - pid: rendezvous.Channel(sock)}))
     if silent:  # process 1 is a host that stopped: its connection stays open, nothing comes
@@ -190,6 +204,11 @@ def _launchers(tmp_path, modes, heartbeat_s=30.0, silent=False):
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(launchers))]
     for t in threads:
         t.start()
+    if signal_at is not None:  # SIGTERM to launcher `signal_at`, once its worker runs
+        launcher = launchers[signal_at]
+        while launcher.checkpoints != "/run/ckpt":  # the worker is up
+            threading.Event().wait(0.05)
+        launcher.forward(signal.SIGTERM, None)
     for t in threads:
         t.join(60)
     left.close()
@@ -213,6 +232,18 @@ def test_a_crashed_worker_is_reported_by_every_process(tmp_path, fast, capfd):
     assert "a log line" in err and "Check failure" not in err and "    @ " not in err
 
 
+@pytest.mark.parametrize("show_raw", [False, True])
+def test_the_raw_error_of_a_survivor_only_on_request(tmp_path, fast, capfd, show_raw):
+    """CGH_JAX_TRACEBACK=1: the survivor's worker prints its own error (the failed
+    collective) before the launcher's line; by default that is held back."""
+    (status0, message0), _ = _launchers(tmp_path, ["fail-late", "crash"], show_raw=show_raw)
+    err = capfd.readouterr().err
+    assert status0 == 1 and message0.startswith("process 1 stopped responding: ")
+    assert ("Gloo AllGather failed" in err) == show_raw
+    assert ("Traceback" in err) == show_raw
+    assert ("Check failure stack trace" in err) == show_raw  # process 1's crash report
+
+
 def test_a_failed_worker_stops_the_others_after_a_grace(tmp_path, fast):
     (status0, message0), (status1, message1) = _launchers(tmp_path, ["sleep", "fail"])
     assert (status1, message1) == (1, "the data is gone; restore it")
@@ -224,6 +255,12 @@ def test_a_silent_peer_is_lost_after_the_heartbeat_timeout(tmp_path, fast):
     ((status, message), _) = _launchers(tmp_path, ["sleep", "sleep"], heartbeat_s=1, silent=True)
     assert status == 1
     assert message.startswith("process 1 stopped responding (no heartbeat for ")
+
+
+def test_sigterm_reaches_the_worker(tmp_path, fast):
+    """Preemption: the launcher forwards SIGTERM to its worker, which saves and ends."""
+    results = _launchers(tmp_path, ["term", "ok"], signal_at=0)
+    assert results == [(0, None), (0, None)]
 
 
 def test_workers_that_finish_end_their_launchers_quietly(tmp_path, fast):
