@@ -422,7 +422,7 @@ def test_study_on_two_processes_has_one_writer(job, tmp_path):
     logs.mkdir()
     j = job()
     port = free_port()
-    config = os.path.join(REPO, "configs", "default.py") + ":runlocal,opts=sgd+m3"
+    config = os.path.join(REPO, "configs", "default.py") + ":runlocal,opts=m3"
     env = {"CGH_TEST_WRITE_LOG": str(logs)}
     for i in range(2):
         j.start(i, 2, port, workdir, config=config, env=env)
@@ -442,8 +442,11 @@ def test_study_on_two_processes_has_one_writer(job, tmp_path):
 
     root = str(workdir) + os.sep
 
+    def is_inside(path):
+        return path == str(workdir) or path.startswith(root)
+
     def inside(entries):
-        return [(k, p) for k, p in entries if p.startswith(root)]
+        return [(k, p) for k, p in entries if is_inside(p)]
 
     def outside_checkpoints(entries):
         return [
@@ -456,7 +459,7 @@ def test_study_on_two_processes_has_one_writer(job, tmp_path):
         return [
             (k, p)
             for k, p in entries
-            if not p.startswith(root)
+            if not is_inside(p)
             and not p.startswith("/proc/")
             and not os.path.basename(p).startswith(".cgh-jax-write-probe-")
         ]
@@ -467,7 +470,7 @@ def test_study_on_two_processes_has_one_writer(job, tmp_path):
     assert outside_checkpoints(writes[("1", "worker")]) == []
     assert elsewhere(writes[("1", "worker")]) == []
     zero = {os.path.relpath(p, workdir) for _, p in outside_checkpoints(writes[("0", "worker")])}
-    for name in ("report.md", "accuracy_curves.png", "sgd/metrics.jsonl", "m3/config.json"):
+    for name in ("report.md", "accuracy_curves.png", "m3/metrics.jsonl", "m3/config.json"):
         assert name in zero, sorted(zero)
     assert (workdir / "report.md").exists()
     # TensorBoard events are written by TensorFlow's C++ code, which no audit hook sees;
