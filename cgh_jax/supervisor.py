@@ -265,19 +265,22 @@ class _Launcher:
         """Reads what the (ended) worker left in its pipes."""
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            if not self._read_stderr():
+            more = self._read_stderr()
+            if more is False:
                 break
+            if more is None:
+                time.sleep(0.05)
         self._read_notes()
         if self._err_buffer:
             self._relay(self._err_buffer.decode(errors="replace"))
             self._err_buffer = b""
 
-    def _read_stderr(self) -> bool:
-        """Relays complete lines; False at end of stream."""
+    def _read_stderr(self) -> bool | None:
+        """Relays complete lines; False at end of stream, None if nothing was there."""
         try:
             data = os.read(self.worker.stderr.fileno(), 65536)
         except BlockingIOError:
-            return True
+            return None
         except OSError:
             data = b""
         if not data:
@@ -313,7 +316,15 @@ class _Launcher:
     def _read_notes(self) -> None:
         try:
             data = os.read(self._notes_fd, 65536)
-        except (BlockingIOError, OSError):
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the worker ended
+            try:
+                self._selector.unregister(self._notes_fd)
+            except (KeyError, ValueError):
+                pass
             return
         self._note_buffer += data
         *lines, self._note_buffer = self._note_buffer.split(b"\n")
@@ -384,7 +395,12 @@ class _Launcher:
     def run(self, command: list[str] | None = None) -> tuple[int, str | None]:
         """Runs the worker to its end; ``(exit status, message or None)``. Says goodbye to
         the peers last, so that this launcher's end does not read as a lost process."""
-        status, message = self._run(command)
+        try:
+            status, message = self._run(command)
+        finally:
+            self._selector.close()
+            if self.worker is not None:
+                os.close(self._notes_fd)
         for channel in self.channels.values():
             if not channel.closed:
                 channel.send({"kind": "bye", "status": status})
@@ -409,7 +425,7 @@ class _Launcher:
                 if self.plan.show_raw:  # let the worker print its own (raw) error first
                     self._wait(EXPLAIN_S, lambda: self.worker.poll() is not None)
                 self.stop_worker()
-                return 1, self._report(news)
+                return self._report(news)
             if not self.initialized and now > startup_deadline:
                 self.stop_worker()
                 self._announce("failed", "it could not connect through JAX", 2)
@@ -423,7 +439,7 @@ class _Launcher:
             self._announce("died", f"its training process {described}")
             self._wait(EXPLAIN_S, lambda: self.news is not None)
             if self.news is not None:
-                return 1, self._report(self.news)
+                return self._report(self.news)
             if not self.initialized:
                 return 2, self._startup_failure(described)
             return 1, (
@@ -432,7 +448,7 @@ class _Launcher:
             )
         self._wait(SETTLE_S, lambda: self.news is not None and self.news.event != "failed")
         if self.news is not None and self.news.event != "failed":
-            return 1, self._report(self.news)
+            return self._report(self.news)
         status = rc if rc in (1, 2) else 1
         self._announce("failed", self.worker_error, status)
         return status, self.worker_error
@@ -455,14 +471,16 @@ class _Launcher:
             f"{resume_command(self.plan.argv)}"
         )
 
-    def _report(self, news: _News) -> str:
+    def _report(self, news: _News) -> tuple[int, str]:
+        """The exit status and line for ``news``: 1, or a failed peer's own status."""
         if news.event == "lost":
             what = f"process {news.process} stopped responding ({news.text})"
         elif news.event == "died":
             what = f"process {news.process} stopped responding: {news.text}"
         else:
             what = f"process {news.process} stopped with an error ({news.text})"
-        return f"{what}; {self._checkpoint_and_resume()}"
+        status = news.status if news.event == "failed" else 1
+        return status, f"{what}; {self._checkpoint_and_resume()}"
 
     def _startup_failure(self, what: str) -> str:
         return (
