@@ -28,7 +28,8 @@ to :class:`Checkpointer`), so a code upgrade that adds an option still resumes o
 A checkpoint that cannot be read raises :class:`CheckpointError` naming the step directory
 and what to do; nothing is ever deleted by a failed restore.
 
-Only committed checkpoints are restored (:func:`committed_steps`): Orbax writes a step into
+Only committed checkpoints are restored (:func:`cgh_jax.supervisor.committed_steps` lists
+them without Orbax): Orbax writes a step into
 ``<step>.orbax-checkpoint-tmp-<time>/`` and renames it to ``<step>/`` (on object stores:
 writes ``commit_success.txt``) after every process has written its part, so a step
 half-written when a process died is never listed, restored or counted as the newest.
@@ -67,15 +68,6 @@ class CheckpointError(RuntimeError):
 
 class ConfigMismatchError(CheckpointError):
     """The workdir's checkpoint was written by a run with a different config."""
-
-
-def committed_steps(directory: str) -> list[int]:
-    """The steps of the committed (finalized) checkpoints in ``directory``, ascending.
-
-    Reads the directory only (no CheckpointManager, no barrier): safe in a process whose
-    peers are gone.
-    """
-    return sorted(ocp.path.step.checkpoint_steps(directory))
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,6 +15,7 @@ import threading
 
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from cgh_jax import checkpointing, configlib, rendezvous, supervisor
@@ -284,7 +285,8 @@ def test_half_written_checkpoints_are_not_committed(tmp_path):
     saver.save(1, {"w": np.arange(3.0)})
     saver.close()
     (directory / "2.orbax-checkpoint-tmp-1700000000").mkdir()  # a save cut short
-    assert checkpointing.committed_steps(str(directory)) == [1]
+    assert supervisor.committed_steps(str(directory)) == [1]
+    assert sorted(ocp.path.step.checkpoint_steps(str(directory))) == [1]  # Orbax agrees
     assert "the newest committed checkpoint is step 1" in supervisor.checkpoint_state(
         str(directory)
     )
@@ -292,3 +294,12 @@ def test_half_written_checkpoints_are_not_committed(tmp_path):
     state, meta = reader.restore({"w": np.zeros(3)})
     reader.close()
     assert meta["step"] == 1 and list(state["w"]) == [0.0, 1.0, 2.0]
+
+
+def test_on_cloud_storage_a_step_counts_once_its_commit_file_is_there(tmp_path):
+    for step in (3, 6):
+        (tmp_path / str(step)).mkdir()
+    (tmp_path / "3" / supervisor.COMMIT_FILE).write_text("ok")
+    assert supervisor.committed_steps(str(tmp_path), commit_file=True) == [3]
+    assert supervisor.committed_steps(str(tmp_path)) == [3, 6]  # local: renamed = committed
+    assert supervisor.committed_steps(str(tmp_path / "none")) == []
