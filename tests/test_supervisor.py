@@ -303,3 +303,20 @@ def test_on_cloud_storage_a_step_counts_once_its_commit_file_is_there(tmp_path):
     assert supervisor.committed_steps(str(tmp_path), commit_file=True) == [3]
     assert supervisor.committed_steps(str(tmp_path)) == [3, 6]  # local: renamed = committed
     assert supervisor.committed_steps(str(tmp_path / "none")) == []
+
+
+def test_timeouts_come_from_the_flags_else_the_config():
+    import types
+
+    from cgh_jax import config_checks
+
+    cfg = configlib.base_config()
+    flags = types.SimpleNamespace(config=cfg, init_timeout=None, heartbeat_timeout=None)
+    assert supervisor.timeouts(flags) == (60, 60)
+    cfg.init_timeout_s, cfg.heartbeat_timeout_s = 90, 30
+    assert supervisor.timeouts(flags) == (90, 30)
+    flags.init_timeout = 5
+    assert supervisor.timeouts(flags) == (5, 30)
+    cfg.heartbeat_timeout_s = 0
+    with pytest.raises(config_checks.ConfigError, match="heartbeat_timeout_s"):
+        config_checks.check_config(cfg)
