@@ -10,12 +10,11 @@ processes every process the user starts (the *launcher*) does three things:
    that refuses disagreeing processes before anything heavy runs;
 2. it runs the training itself in a child process (the *worker*: the same command, told by
    :data:`WORKER_ENV` that it is one), which calls ``jax.distributed.initialize`` and
-   trains; the worker dies with its launcher (``PR_SET_PDEATHSIG``, and a thread that
-   watches its stdin), its stderr passes through the launcher, which holds back a native
-   stack dump (shown with ``CGH_JAX_TRACEBACK=1``) and the worker's own error line until
-   it knows what happened (``CGH_JAX_TRACEBACK=1``: everything is shown as it comes, and a
-   worker whose peer is lost gets a few seconds to print its own error), and SIGTERM and
-   SIGINT are forwarded to it;
+   trains; the worker dies with its launcher (:func:`watch_launcher`), its stderr passes
+   through the launcher, which holds back a native stack dump and the worker's own error
+   line until it knows what happened (with ``CGH_JAX_TRACEBACK=1`` everything is shown as
+   it comes, and a worker whose peer is lost gets a few seconds to print its own error),
+   and SIGTERM and SIGINT are forwarded to it;
 3. it keeps the rendezvous connections (process 0 to each other process) open and sends a
    heartbeat every ``heartbeat_timeout / 4``. A peer is *lost* when its connection closes
    without a goodbye (at once: a killed process's sockets close with it) or when it is
@@ -88,7 +87,16 @@ def note(kind: str, **fields: Any) -> None:
 
 
 def watch_launcher() -> None:
-    """In a worker: exits at once when the launcher is gone (its end of stdin closes)."""
+    """In a worker: exits at once when the launcher is gone: on Linux the kernel kills it
+    (``PR_SET_PDEATHSIG``), everywhere a thread sees the launcher's end of stdin close
+    (also if the launcher died before this was called)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
     def wait_for_eof():
         try:
@@ -112,16 +120,6 @@ def exit_process(status: int) -> None:
         except (OSError, ValueError):
             pass
     os._exit(status)
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the stdin watch of watch_launcher still ends the worker
 
 
 # ----------------------------------------------------------------------------- launcher side
@@ -255,7 +253,6 @@ class _Launcher:
             env=env,
             pass_fds=(write_fd,),
             start_new_session=True,  # signals reach it once, through the launcher
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         os.close(write_fd)
         self._notes_fd = read_fd
