@@ -15,6 +15,7 @@ A study refuses overrides its runs would replace: :func:`cgh_jax.study.check_stu
 from __future__ import annotations
 
 import os
+import tempfile
 import types
 from collections.abc import Iterable
 from typing import Any
@@ -184,9 +185,10 @@ def check_override_types(final: Any, own: Any) -> None:
 def check_workdir(workdir: Any) -> None:
     """Checks that ``workdir`` is, or can be created as, a writable directory.
 
-    Nothing is left behind: an existing directory gets a probe file that is removed at
-    once; a missing one is created and removed again (its missing parents too). Remote
-    paths (``gs://...``) are not checked.
+    Nothing is left behind and no shared path is created or removed, so every process of a
+    job may run it at once: an existing directory gets a probe directory with a name of
+    its own (``tempfile``) that is removed at once; for a missing one, so does its nearest
+    existing parent. Remote paths (``gs://...``) are not checked.
 
     Raises:
       ConfigError: no workdir, a file in the way, or a directory that cannot be written.
@@ -209,42 +211,28 @@ def check_workdir(workdir: Any) -> None:
                 "directory goes",
                 "move that file away or pass another --workdir",
             )
-        _probe_writable(path, workdir)
+        _probe_writable(path, f"--workdir={workdir} is not writable")
         return
-    # The topmost missing directory: create and remove it to prove that it can be made.
-    top = path
-    while not os.path.exists(os.path.dirname(top)):
-        top = os.path.dirname(top)
-    parent = os.path.dirname(top)
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ConfigError(
             f"--workdir={workdir} cannot be created: {parent} is a file",
             "pass a directory whose parent is a directory",
         )
-    try:
-        os.mkdir(top)
-    except OSError as e:
-        raise ConfigError(
-            f"--workdir={workdir} cannot be created in {parent}: {e.strerror}",
-            "pass a directory in a writable location",
-        ) from e
-    try:
-        _probe_writable(top, workdir)
-    finally:
-        os.rmdir(top)
+    _probe_writable(parent, f"--workdir={workdir} cannot be created in {parent}")
 
 
-def _probe_writable(directory: str, workdir: Any) -> None:
-    probe = os.path.join(directory, f".cgh-jax-write-probe-{os.getpid()}")
+def _probe_writable(directory: str, what: str) -> None:
+    """Creates and removes a directory of this process's own in ``directory``."""
     try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        probe = tempfile.mkdtemp(prefix=".cgh-jax-write-probe-", dir=directory)
     except OSError as e:
         raise ConfigError(
-            f"--workdir={workdir} is not writable: {e.strerror}",
-            "pass a directory you can write to",
+            f"{what}: {e.strerror}", "pass a directory in a location you can write to"
         ) from e
-    os.close(fd)
-    os.unlink(probe)
+    os.rmdir(probe)
 
 
 __all__ = [

@@ -281,6 +281,11 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.checkpoint_every_steps = 0
     cfg.keep_checkpoints = 2
     cfg.per_example_epochs = ()
+    # Multi-process jobs (cgh_jax.supervisor): seconds for all processes to join, and of
+    # silence before a process counts as lost. The flags --init_timeout and
+    # --heartbeat_timeout override them.
+    cfg.init_timeout_s = 60
+    cfg.heartbeat_timeout_s = 60
     return cfg
 
 

@@ -19,7 +19,10 @@ names, a workdir whose checkpoint has another config) and 1 for failures while r
 
 Multi-host: :func:`cgh_jax.distributed.initialize` connects the processes when JAX detects a
 cluster of several (Cloud TPU pod slices, SLURM, Open MPI, Kubernetes); elsewhere pass
-``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``. In a job of several
+processes each process first meets the others and then trains in a child process that it
+supervises (:mod:`cgh_jax.supervisor`): a bounded start-up (``--init_timeout``), mismatched
+processes refused, a lost peer reported in one line (``--heartbeat_timeout``).
 """
 
 import os
@@ -31,7 +34,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cgh_jax import cli_checks, study
+from cgh_jax import cli_checks, study, supervisor
 from cgh_jax.spec import experiment
 from cgh_jax.spec.fields import ConfigError
 
@@ -51,6 +54,8 @@ Trains one run, or each run of a study config, and writes metrics, checkpoints a
   --workdir=DIR            directory for checkpoints, metrics and reports (resumes what is in it)
   --config.FIELD=VALUE     override one config field, e.g. --config.optimizer.learning_rate=0.05
   --coordinator_address    multi-host: HOST:PORT of process 0 (with --num_processes, --process_id)
+  --init_timeout=S         multi-host: seconds for all processes to join (default 60)
+  --heartbeat_timeout=S    multi-host: seconds of silence before a process counts as lost (60)
   --verbosity=1            also print the traceback of an error (or set {TRACEBACK_ENV}=1)
 
 Errors: one line 'cgh-jax: error: <what is wrong>; <what to do>' on stderr; exit status
@@ -84,7 +89,7 @@ def fail(message: str, status: int, argv: Sequence[str] = ()) -> None:
     if _traceback_wanted(argv) and sys.exc_info()[0] is not None:
         traceback.print_exc()
     print(f"cgh-jax: error: {_one_line(message)}", file=sys.stderr)
-    sys.exit(status)
+    supervisor.exit_process(status)
 
 
 def _with_fix(error: BaseException, fix: str) -> str:
@@ -247,25 +252,65 @@ def define_flags() -> None:
     flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
     flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
     flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+    flags.DEFINE_integer(
+        "init_timeout",
+        None,
+        "Multi-host: seconds for all processes to join (default: config.init_timeout_s).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "heartbeat_timeout",
+        None,
+        "Multi-host: seconds of silence before a process counts as lost (default: "
+        "config.heartbeat_timeout_s).",
+        lower_bound=1,
+    )
 
 
 # ----------------------------------------------------------------------------- running
+
+
+def supervise_multiprocess() -> None:
+    """In a job of several processes: meets the others, trains in a supervised child and
+    exits with the job's status (:func:`cgh_jax.supervisor.launch`). Returns at once in a
+    single process and in that child."""
+    try:
+        outcome = supervisor.launch(FLAGS, show_raw=_traceback_wanted())
+    except ConfigError as e:
+        fail(str(e), EXIT_CONFIG)
+    if outcome is not None:
+        status, message = outcome
+        if message:
+            fail(message, status)
+        sys.exit(status)
 
 
 def initialize_distributed() -> None:
     """Connects the processes of a multi-host job (before JAX touches any device)."""
     from cgh_jax import distributed
 
+    init_s, heartbeat_s = supervisor.timeouts(FLAGS)
     try:
-        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        distributed.initialize(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            init_timeout_s=init_s,
+            # JAX's own detection is the backstop: the launchers notice a lost peer first.
+            heartbeat_timeout_s=heartbeat_s + 30,
+        )
     except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(
             str(e), "pass all of --coordinator_address, --num_processes and --process_id, or none"
         ) from e
+    supervisor.note("initialized")
 
 
 def main(argv):
     del argv  # _parse_flags refused anything but flags
+    supervise_multiprocess()  # several processes: exits here, having trained in a child
     try:
         from cgh_jax import metrics as metrics_lib
 

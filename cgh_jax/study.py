@@ -18,9 +18,10 @@ The default job is a study config: a training config with a ``study`` field::
 Each entry of ``study.optimizers`` names one run: an optimizer name (the config with
 ``optimizer.name`` replaced) or a key of ``study.variants``, whose value is a nested mapping of
 config fields to the values that run uses instead (e.g. a control run of SGD at M3's examples per
-update). :func:`run_study` trains each run into ``workdir/<name>`` and writes
-``workdir/report.md`` with a PNG figure through
-:func:`cgh_jax.analysis.report.write_report`, and prints the results table.
+update). :func:`run_study` trains each run into ``workdir/<name>``, prints the results table
+and writes ``workdir/report.md`` with a PNG figure through
+:func:`cgh_jax.analysis.report.write_report` (process 0 alone, after a barrier that every
+process reaches when its last run has finished).
 
 The config side (:func:`is_study`, :func:`study_runs`, :func:`check_study_overrides`) needs
 no JAX and is checked before anything heavy is imported: this module imports the trainer
@@ -55,6 +56,7 @@ from cgh_jax.spec import experiment
 from cgh_jax.spec.fields import ConfigError, flatten, get, known_fields, one_of, suggest, to_dict
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+REPORT_BARRIER_TIMEOUT_S = 3600  # the processes end their last run within moments
 _STUDY_FIELDS = ("optimizers", "variants", "title")
 
 # ----------------------------------------------------------------------------- the runs
@@ -473,6 +475,7 @@ def run_study(
       The path of ``report.md``, or None if a run was preempted (SIGTERM): its checkpoint
       is saved and restarting the same command resumes the study.
     """
+    from cgh_jax import distributed
     from cgh_jax.analysis import report  # matplotlib only when reporting
 
     runs = config_runs(config)
@@ -481,14 +484,14 @@ def run_study(
     finished = train_all(runs, workdir, parsed=parsed)
     if finished is None:
         return None
-    title = config.study.get("title") or "Optimizer comparison"
-    path = report.write_report(
-        workdir, {name: done.workdir for name, done in finished.items()}, title=title
-    )
-    import jax
-
-    if jax.process_index() == 0:
-        print(report.results_table({n: d.workdir for n, d in finished.items()}), flush=True)
+    # One writer: process 0 writes the report once every process has finished every run.
+    distributed.barrier("cgh_jax:study:report", REPORT_BARRIER_TIMEOUT_S)
+    path = os.path.join(workdir, "report.md")
+    if distributed.is_writer():
+        run_dirs = {name: done.workdir for name, done in finished.items()}
+        title = config.study.get("title") or "Optimizer comparison"
+        path = report.write_report(workdir, run_dirs, title=title)
+        print(report.results_table(run_dirs), flush=True)
         logging.info("Report: %s", path)
     return path
 

@@ -159,6 +159,13 @@ class Trainer:
         self.hooks = list(hooks)
         if settings.per_example_epochs:
             self.hooks.append(hooks_lib.PerExampleRecords(settings.per_example_epochs))
+        # Rules that need the devices, or the dataset size where it is known without reading
+        # the data, before anything is written.
+        self.mesh = sharding_lib.create_mesh()
+        experiment_lib.check_devices(run, self.mesh.devices.size, jax.process_count())
+        self.known_size = data_lib.known_sizes(run.data)[0]
+        if self.known_size is not None:
+            experiment_lib.check_dataset_size(run, self.known_size)
         self.workdir = metrics_lib.resolve_dir(workdir)
         metrics_lib.make_dirs(self.workdir)
         self.checkpointer = checkpointing.Checkpointer(
@@ -181,13 +188,8 @@ class Trainer:
         run = self.run_config
         # A changed config or damaged checkpoint fails here, before any expensive work.
         self.resume_meta = self.checkpointer.check_config()
-        self.mesh = sharding_lib.create_mesh()
-        experiment_lib.check_devices(run, self.mesh.devices.size, jax.process_count())
-        known = data_lib.known_sizes(run.data)[0]  # without reading the data, if it can
-        if known is not None:
-            experiment_lib.check_dataset_size(run, known)
         info = data_lib.get_dataset_info(run.data)
-        if known is None:
+        if self.known_size is None:
             experiment_lib.check_dataset_size(run, info.num_train)
         steps_per_epoch, total_steps = experiment_lib.duration(run, info.num_train)
         self.assembly = assembly_lib.assemble(

@@ -49,6 +49,8 @@ class TrainerSettings:
     checkpoint_every_steps: int
     keep_checkpoints: int
     per_example_epochs: tuple[int, ...]
+    init_timeout_s: int  # multi-process jobs: seconds for every process to join
+    heartbeat_timeout_s: int  # and of silence before a process counts as lost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +122,8 @@ def _trainer_settings(config: Any) -> TrainerSettings:
     F.integer("max_steps", config["max_steps"], low=1, extra=(-1,))
     F.integer("checkpoint_every_steps", config["checkpoint_every_steps"], low=0)
     F.integer("keep_checkpoints", config["keep_checkpoints"], low=1)
+    for key in ("init_timeout_s", "heartbeat_timeout_s"):
+        F.integer(key, config[key], low=1)
     epochs = config["per_example_epochs"]
     if not isinstance(epochs, list | tuple) or not all(
         F.is_int(e) and 0 <= e <= config["num_epochs"] for e in epochs

@@ -167,28 +167,18 @@ _barriers = 0
 
 
 def _sync(tag: str) -> None:
-    """Waits until every process has reached ``tag``.
-
-    Uses the ``jax.distributed`` coordination service (no device collective, so a long wait
-    while process 0 reads through TFDS runs into no collective timeout; orbax waits the same
-    way), else ``multihost_utils.sync_global_devices``.
-    """
+    """Waits until every process has reached ``tag`` (:func:`cgh_jax.distributed.barrier`:
+    the coordination service, so a long wait while process 0 reads through TFDS runs into
+    no collective timeout; orbax waits the same way)."""
     global _barriers
     import jax
+
+    from cgh_jax import distributed
 
     if jax.process_count() <= 1:
         return
     _barriers += 1  # every process loads the same splits in the same order
-    tag = f"{tag}:{_barriers}"
-    from jax._src import distributed
-
-    client = distributed.global_state.client
-    if client is not None:
-        client.wait_at_barrier(tag, timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
-    else:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(tag)
+    distributed.barrier(f"{tag}:{_barriers}", BARRIER_TIMEOUT_S)
 
 
 def load_table(spec: DataSpec, split: str) -> Table:
