@@ -251,6 +251,18 @@ class Finished:
         return float(self.info.get("wall_s", math.nan))
 
 
+def run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The :data:`MARKER` of a run directory (``wall_s``, ``finished``, ``runner``,
+    ``machine``), or {} if the run has not finished there."""
+    marker = Path(run_dir) / MARKER
+    return json.loads(marker.read_text()) if marker.exists() else {}
+
+
+def run_wall_s(run_dir: str | os.PathLike) -> float:
+    """The recorded wall time of a finished run (NaN if not recorded)."""
+    return float(run_info(run_dir).get("wall_s", math.nan))
+
+
 def machine() -> str:
     """A one-line description of the machine this process runs on."""
     import jax
@@ -283,9 +295,7 @@ def finished_run(run: experiment.RunConfig, workdir: str | os.PathLike) -> Finis
     finally:
         checkpoints.close()
     final = records.final_metrics(records.load_metrics(workdir))
-    return Finished(
-        workdir.name, os.fspath(workdir), final, json.loads((workdir / MARKER).read_text())
-    )
+    return Finished(workdir.name, os.fspath(workdir), final, run_info(workdir))
 
 
 def train_run(run: Run, workdir: str | os.PathLike, hooks: Sequence[Any] = ()) -> Finished | None:

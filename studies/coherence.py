@@ -16,7 +16,6 @@ from pathlib import Path
 
 from cgh_jax import study
 from cgh_jax.analysis import examples, plots, report
-from studies import page as P
 from studies import runs as R
 
 KINDS = {"real labels": 0.0, "random labels": 1.0}
@@ -128,30 +127,34 @@ def summary_item(curves: dict[str, list[dict]]) -> dict[str, str]:
         f"{real[-1]['alpha']:.1f}; random labels: {min(p['alpha'] for p in rand):.2f} to "
         f"{max(p['alpha'] for p in rand):.2f}",
         "prediction": "real labels far more coherent than random early on; falls as fitted",
-        "match": {(True, True): "yes", (False, False): "no"}.get((more_coherent, falls), "partly"),
+        "match": report.match([more_coherent, falls]),
     }
 
 
-def page(args, trained) -> P.Page:
+def page(args, trained) -> report.Page:
     curves, dirs, configs, m, chunk = trained
     plots.plot_coherence_curves(curves, Path(args.out) / "coherence.png", m=m)
     rand = {p["step"]: p for p in curves["random labels"]}
     rows = [
-        [f"{p['step']:,}", f"{p['epoch']:.2f}", f"{p['alpha']:.2f}", P.pct(p["accuracy"])]
-        + ([f"{q['alpha']:.2f}", P.pct(q["accuracy"])] if (q := rand.get(p["step"])) else ["—"] * 2)
+        [f"{p['step']:,}", f"{p['epoch']:.2f}", f"{p['alpha']:.2f}", report.pct(p["accuracy"])]
+        + (
+            [f"{q['alpha']:.2f}", report.pct(q["accuracy"])]
+            if (q := rand.get(p["step"]))
+            else ["—"] * 2
+        )
         for p in curves["real labels"]
     ]
     columns = "step|epoch|α, real labels|sample accuracy, real|α, random labels|sample "
     columns = (columns + "accuracy (random labels)").split("|")
     steps = [p["step"] for p in curves["real labels"]]
     cfg = configs["real labels"]
-    walls = {kind: R.run_wall_s(d) for kind, d in dirs.items()}
+    walls = {kind: study.run_wall_s(d) for kind, d in dirs.items()}
     data = (
         f"real MNIST IDX files ({args.mnist}); a seeded random subset of {SUBSET:,} "
         f"training examples (numpy default_rng({R.SUBSET_SEED})); the sample: {m:,} examples of "
         f"the subset drawn by numpy default_rng({SAMPLE_SEED}), with the labels trained on"
     )
-    return P.Page(
+    return report.Page(
         title="m-coherence over training: real vs random labels (Chatterjee & Zielinski 2020)",
         seeds=[R.CG_SEED],
         data=data,
@@ -164,13 +167,15 @@ def page(args, trained) -> P.Page:
         ],
         runs_wall_s=sum(walls.values()),
         extra={
-            "Model and optimizer": f"{P.mlp_sgd(cfg)}, {cfg.num_epochs} epochs "
+            "Model and optimizer": f"{R.mlp_sgd(cfg)}, {cfg.num_epochs} epochs "
             f"({max(steps):,} steps)",
             "Random labels": "noise 1.0 of the W&S `uniform` scheme (every label redrawn "
             "uniformly over the 10 classes, noise seed 0)",
             "Measurement": f"`cgh_jax.analysis.CoherenceHook` (`m_coherence`) on m = {m:,} "
             f"examples in chunks of {chunk}, loss in evaluation mode, at {len(steps)} steps",
-            "Wall time per run": ", ".join(f"{k}: {P.format_seconds(v)}" for k, v in walls.items()),
+            "Wall time per run": ", ".join(
+                f"{k}: {report.format_seconds(v)}" for k, v in walls.items()
+            ),
         },
         payload={
             "sample_size": m,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cgh_jax import study
 from cgh_jax.analysis import plots, report, stats
-from studies import page as P
 from studies import runs as R
 
 SIDES = ("easy", "hard")
@@ -64,7 +64,7 @@ def side_rows(runs: dict[str, list[Path]], sizes: dict[str, int]) -> list[dict]:
         train, test = ([f[f"{k}/top1"] for f in finals] for k in ("train_sample", "test"))
         row = dict(side=side, train_size=sizes[f"{side}_train"], test_size=sizes[f"{side}_test"])
         row.update(train=train, test=test, gap=[a - b for a, b in zip(train, test, strict=True)])
-        row.update(epochs=finals[0]["epoch"], wall_s=[R.run_wall_s(d) for d in dirs])
+        row.update(epochs=finals[0]["epoch"], wall_s=[study.run_wall_s(d) for d in dirs])
         rows.append(row)
     return rows
 
@@ -110,11 +110,11 @@ def summary_item(rows: list[dict]) -> dict[str, str]:
         "study": "Easy and hard examples (W&S §4)",
         "setting": f"MNIST, MLP 2048, probe 2 epochs; {easy['train_size']:,} train / "
         f"{easy['test_size']:,} test per side",
-        "measured": f"test accuracy easy → easy {P.pct(easy['test'])}%, hard → hard "
-        f"{P.pct(hard['test'])}%; generalization gap {P.pct(easy['gap'])} vs "
-        f"{P.pct(hard['gap'])} points",
+        "measured": f"test accuracy easy → easy {report.pct(easy['test'])}%, hard → hard "
+        f"{report.pct(hard['test'])}%; generalization gap {report.pct(easy['gap'])} vs "
+        f"{report.pct(hard['gap'])} points",
         "prediction": "easy examples generalize much better among themselves than hard ones",
-        "match": "yes" if diff > 2 * spread else "no",
+        "match": report.match([diff > 2 * spread]),
     }
 
 
@@ -124,7 +124,7 @@ COLUMNS = (
 ).split("|")
 
 
-def page(args, trained) -> P.Page:
+def page(args, trained) -> report.Page:
     probe_dir, cfg, split, runs = trained
     out = Path(args.out)
     rows = side_rows(runs, split["sizes"])
@@ -134,8 +134,8 @@ def page(args, trained) -> P.Page:
     probe_final = report.run_finals([probe_dir])[0]
     table = [
         [f"{r['side']} → {r['side']}", f"{r['train_size']:,}", f"{r['test_size']:,}"]
-        + [P.pct(r[k]) for k in ("train", "test", "gap")]
-        + [f"{r['epochs']:g}", P.format_seconds(stats.mean(r["wall_s"]))]
+        + [report.pct(r[k]) for k in ("train", "test", "gap")]
+        + [f"{r['epochs']:g}", report.format_seconds(stats.mean(r["wall_s"]))]
         for r in rows
     ]
     hard = split.get("class_counts", {}).get("hard_train", {})
@@ -158,17 +158,17 @@ def page(args, trained) -> P.Page:
         f"real MNIST IDX files ({args.mnist}): all 60,000 training examples for the probe; the "
         "easy/hard parts are drawn from them (the MNIST test split is not used)"
     )
-    return P.Page(
+    return report.Page(
         title="Easy and hard examples (W&S §4)",
         seeds=list(seeds),
         data=data,
         body=body,
-        runs_wall_s=R.run_wall_s(probe_dir) + sum(w for r in rows for w in r["wall_s"]),
+        runs_wall_s=study.run_wall_s(probe_dir) + sum(w for r in rows for w in r["wall_s"]),
         extra={
-            "Model and optimizer": f"{P.mlp_sgd(cfg)}, no momentum",
+            "Model and optimizer": f"{R.mlp_sgd(cfg)}, no momentum",
             "Probe": f"2 epochs on clean labels, seed {PROBE_SEED}; final training-sample "
-            f"accuracy {P.pct(probe_final['train_sample/top1'])}%, test "
-            f"{P.pct(probe_final['test/top1'])}%",
+            f"accuracy {report.pct(probe_final['train_sample/top1'])}%, test "
+            f"{report.pct(probe_final['test/top1'])}%",
             "Split": f"easy = correct in evaluation mode after the probe: "
             f"{split['num_easy']:,} easy, {split['num_hard']:,} hard; each side cut into "
             f"train/test parts of {TRAIN_FRACTION:.0%}/{TEST_FRACTION:.0%} of the hard side's "

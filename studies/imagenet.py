@@ -15,9 +15,8 @@ import time
 import traceback
 from pathlib import Path
 
-from cgh_jax import train
-from cgh_jax.formatting import markdown_table
-from studies.page import format_seconds, machine
+from cgh_jax.formatting import format_seconds, markdown_table
+from cgh_jax.study import machine
 from studies.runs import REPO, load_config, say
 
 CONFIGS = {
@@ -123,6 +122,8 @@ def smoke_runs() -> list[list[str]]:
     """Runs every config's ``runlocal`` form on mock ImageNet; one table row per run."""
     import tensorflow_datasets as tfds
 
+    from cgh_jax.train import train_and_evaluate
+
     rows = []
     for name, arg in ((name, arg) for name, args in SMOKE_ARGS.items() for arg in args):
         workdir, model, seconds = Path(tempfile.mkdtemp(prefix="cgh_smoke_")), "?", math.nan
@@ -131,7 +132,7 @@ def smoke_runs() -> list[list[str]]:
             cfg = load_config(name, arg)
             model = cfg.model.name
             with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-                record = train.train_and_evaluate(cfg, str(workdir))
+                record = train_and_evaluate(cfg, str(workdir))
             seconds = time.monotonic() - start
             sets = ", ".join(sorted({k.split("/")[0] for k in record if "/" in k}))
             outcome = f"ok: {record['step']} steps, evaluation keys {sets}"

@@ -14,8 +14,8 @@ import math
 import os
 from pathlib import Path
 
+from cgh_jax import study
 from cgh_jax.analysis import examples, plots, report
-from studies import page as P
 from studies import runs as R
 
 NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -114,9 +114,9 @@ def summary_item(rows: list[dict], epochs: float) -> dict[str, str]:
     """The row of the README's summary table (computed, like the verdicts)."""
     noisy, _, p1, p2 = _predictions(rows)
     measured = "; ".join(
-        f"{label(r['noise'])}: pristine {P.pct(r['pristine_ep1'])}% vs corrupt "
-        f"{P.pct(r['corrupt_ep1'])}% after 1 epoch, corrupt "
-        f"{P.pct(r['final'].get('corrupt_noisy/top1', math.nan))}% after {epochs:g}"
+        f"{label(r['noise'])}: pristine {report.pct(r['pristine_ep1'])}% vs corrupt "
+        f"{report.pct(r['corrupt_ep1'])}% after 1 epoch, corrupt "
+        f"{report.pct(r['final'].get('corrupt_noisy/top1', math.nan))}% after {epochs:g}"
         for r in noisy
     )
     return {
@@ -124,7 +124,7 @@ def summary_item(rows: list[dict], epochs: float) -> dict[str, str]:
         "setting": "MNIST, MLP 2048, SGD lr 0.1, noise 0-100%",
         "measured": measured,
         "prediction": "pristine learned faster than corrupt; slower as noise grows",
-        "match": {(True, True): "yes", (False, False): "no"}.get((p1, p2), "partly"),
+        "match": report.match([p1, p2]),
     }
 
 
@@ -137,7 +137,7 @@ def row(noise: float, run_dir: Path, cfg) -> dict:
         row[f"{name}_ep1"] = report.value_at_epoch(records, key, 1)
         row[f"{name}_to_50"] = report.first_epoch_at_least(records, key, 0.5)
     row.update(final={k: v for k, v in final.items() if "/" in k}, epochs=final["epoch"])
-    return {**row, "eval_subset": cfg.data.eval_subset_size, "wall_s": R.run_wall_s(run_dir)}
+    return {**row, "eval_subset": cfg.data.eval_subset_size, "wall_s": study.run_wall_s(run_dir)}
 
 
 COLUMNS = (
@@ -152,19 +152,21 @@ def table_row(r: dict) -> list[str]:
     return [
         label(r["noise"]),
         f"{r['num_corrupt']:,} / {r['num_pristine'] + r['num_corrupt']:,}",
-        *(P.pct(r[f"{k}_ep1"]) for k in ("pristine", "corrupt")),
+        *(report.pct(r[f"{k}_ep1"]) for k in ("pristine", "corrupt")),
         *epochs,
-        *(P.pct(r["final"].get(f"{k}/top1", math.nan)) for k in P.SETS),
-        P.format_seconds(r["wall_s"]),
+        *(report.pct(r["final"].get(f"{k}/top1", math.nan)) for k in report.DEFAULT_SETS),
+        report.format_seconds(r["wall_s"]),
     ]
 
 
-def page(args, trained) -> P.Page:
+def page(args, trained) -> report.Page:
     out = Path(args.out)
     metrics = {noise: report.load_metrics(d) for noise, (d, _) in trained.items()}
     title = "MNIST, MLP 2048, SGD lr 0.1, batch 100: accuracy against epochs"
     curves = {label(n): m for n, m in metrics.items()}
-    plots.plot_accuracy_curves(curves, sets=P.SETS, path=out / "curves.png", title=title)
+    plots.plot_accuracy_curves(
+        curves, sets=report.DEFAULT_SETS, path=out / "curves.png", title=title
+    )
     plots.plot_memorization_rates(curves, out / "rates.png")
     rows = [row(noise, d, cfg) for noise, (d, cfg) in trained.items()]
     cfg0 = next(iter(trained.values()))[1]
@@ -186,14 +188,14 @@ def page(args, trained) -> P.Page:
         f"training-split examples held out, with their true labels (one permutation by "
         f"numpy default_rng({R.SUBSET_SEED}) cut into the two parts)"
     )
-    return P.Page(
+    return report.Page(
         title="Label noise: pristine vs corrupt examples (CG §3, W&S Figure 1)",
         seeds=[R.CG_SEED],
         data=data,
         body=body,
         runs_wall_s=sum(r["wall_s"] for r in rows),
         extra={
-            "Model and optimizer": f"{P.mlp_sgd(cfg0)}, no momentum, no weight decay, constant "
+            "Model and optimizer": f"{R.mlp_sgd(cfg0)}, no momentum, no weight decay, constant "
             "learning rate",
             "Label noise": "W&S `uniform` scheme, noise seed 0: with probability p the label "
             "is redrawn uniformly over all 10 classes; corrupt = label changed",

@@ -31,7 +31,6 @@ import numpy as np
 
 from cgh_jax import study
 from cgh_jax.analysis import matched, plots, report, stats
-from studies import page as P
 from studies import runs as R
 
 
@@ -87,20 +86,12 @@ CELLS = (
         10_000,
         100,
         (0, 1, 2),
-        (*SGD_FAMILY, "m3", "m3_k9"),
-        data="cifar10",
+        SGD_FAMILY + ("m3", "m3_k9"),
+        "cifar10",
     ),
 )
-QUICK_CELLS = (
-    Cell(
-        "noise050_n600",
-        0.5,
-        600,
-        2,
-        (0, 1),
-        (*SGD_FAMILY[:2], "m3", "m3_k15", "sgd_norm_k15", "median_meannorm_k15", "ra3", "rm3"),
-    ),
-)
+QUICK_KEYS = (*SGD_FAMILY[:2], "m3", "m3_k15", "sgd_norm_k15", "median_meannorm_k15", "ra3", "rm3")
+QUICK_CELLS = (Cell("noise050_n600", 0.5, 600, 2, (0, 1), QUICK_KEYS),)
 CNN = {
     "data.augment": "none",  # the W&S comparisons train without augmentation
     "optimizer.schedule": "constant",
@@ -178,28 +169,17 @@ def shard_arg(text: str) -> tuple[int, int]:
     return int(i), int(n)
 
 
-def cells_arg(text: str) -> tuple[str, ...]:
-    names = tuple(c.strip() for c in text.split(",") if c.strip())
-    if unknown := sorted(set(names) - {c.name for c in (*CELLS, *QUICK_CELLS)}):
-        valid = ", ".join(c.name for c in CELLS)
-        raise argparse.ArgumentTypeError(f"unknown cells {unknown}; valid: {valid}")
-    return names
-
-
 SHARD_HELP = (
     "train only runs I, I+N, ... of the study (in its training order) and write no page: one "
     "process per core (e.g. under `taskset -c I`); then run without --shard for the page"
 )
+NO_TRAIN_HELP = "write the page from the finished and archived runs only; list the missing"
+CELL_NAMES = [c.name for c in CELLS]
+CELLS_ARG = R.names_arg([*CELL_NAMES, *(c.name for c in QUICK_CELLS)], "cells", CELL_NAMES)
 ARGS = [
     (("--shard",), dict(metavar="I/N", type=shard_arg, help=SHARD_HELP)),
-    (("--cells",), dict(default=(), type=cells_arg, help="comma-separated cells (default: all)")),
-    (
-        ("--no-train",),
-        dict(
-            action="store_true",
-            help="write the page from the finished and archived runs only; list the missing",
-        ),
-    ),
+    (("--cells",), dict(default=(), type=CELLS_ARG, help="comma-separated cells (default: all)")),
+    (("--no-train",), dict(action="store_true", help=NO_TRAIN_HELP)),
 ]
 
 
@@ -282,9 +262,7 @@ def at_level(run, y: str, level: float, *, by: str = PRISTINE) -> float:
     return matched.at_fit(run, y, level, by=by, width=SMOOTH)
 
 
-curve, final, best = matched.curve, matched.final, matched.best
-
-
+curve, final, best, Comparison = matched.curve, matched.final, matched.best, matched.Comparison
 ARM_NAMES = {
     **{key: f"SGD, lr {LR * c:g}" for c, key in zip(LR_SCALES, SGD_FAMILY, strict=True)},
     **{key: f"RA3, lr {LR * c:g}" for c, key in zip(LR_SCALES, RA3_FAMILY, strict=True)},
@@ -294,27 +272,12 @@ ARM_NAMES = {
     **{arm: f"SGD at the norm of the median of {arm.split('_k')[1]}" for arm in NORM_ARM.values()},
     "median_meannorm_k15": "median of 15 at the mean's norm",
 }
-ARM_COLORS = {
-    **dict(
-        zip(
-            (ARM_NAMES[k] for k in SGD_FAMILY),
-            ("#08306b", "#2171b5", "#4292c6", "#6baed6", "#9ecae1"),
-            strict=True,
-        )
-    ),
-    ARM_NAMES["ra3"]: "#525252",
-    ARM_NAMES["rm3"]: "#000000",
-    ARM_NAMES["m3"]: "#fcbba1",
-    ARM_NAMES["m3_k5"]: "#fb6a4a",
-    ARM_NAMES["m3_k9"]: "#cb181d",
-    ARM_NAMES["m3_k15"]: "#67000d",
-    ARM_NAMES["sgd_norm_k9"]: "#74c476",
-    ARM_NAMES["sgd_norm_k15"]: "#006d2c",
-    ARM_NAMES["median_meannorm_k15"]: "#ff7f00",
+COLORED = (*SGD_FAMILY, "ra3", "rm3", "m3", "m3_k5", "m3_k9", "m3_k15", *NORM_ARM.values())
+COLORS = "#08306b #2171b5 #4292c6 #6baed6 #9ecae1 #525252 #000000 #fcbba1 #fb6a4a #cb181d "
+COLORS += "#67000d #74c476 #006d2c #ff7f00"
+ARM_COLORS = {  # SGD blue, RA3 and RM3 grey and black, medians red, norm-matched arms green
+    ARM_NAMES[k]: c for k, c in zip((*COLORED, "median_meannorm_k15"), COLORS.split(), strict=True)
 }
-
-
-Comparison = matched.Comparison
 
 
 def base_name(c: Comparison) -> str:
@@ -345,45 +308,25 @@ def comparisons(keys: Sequence[str]) -> list[Comparison]:
     return out
 
 
-def matched_level(cell_runs: dict, c: Comparison, by: str) -> float:
-    """The fit of a comparison: the best level that the arm and its base (a family: at least
-    one of its runs) reach on every seed (:func:`cgh_jax.analysis.matched.common_level`)."""
-    reaches = c.reaches(cell_runs, by=by, width=SMOOTH)
-    return matched.common_level(reaches, by=by, step=LEVEL_STEP, digits=LOSS_DIGITS)
-
-
-def ci_text(r: dict) -> str:
-    if r["n"] < 2:
-        return f"{100 * r['d']:+.1f} (n = {r['n']})" if r["n"] else "—"
-    return f"{100 * r['d']:+.1f} ({100 * r['lo']:+.1f} to {100 * r['hi']:+.1f})"
+END_COLUMNS = "run|seeds|pristine (end)|memorization (end)|test (end)|best test during training"
+END_COLUMNS += "|highest pristine during training (smoothed)"
 
 
 def end_table(cell_runs: dict) -> str:
     """Per arm: the end of training, the best test accuracy, and when it fits."""
-    rows = []
-    for key, runs in cell_runs.items():
-        done = [e for e in runs if e is not None]
-        rows.append(
-            [
-                ARM_NAMES[key],
-                f"{len(done)}/{len(runs)}",
-                P.pct([final(e, PRISTINE) for e in done]),
-                P.pct([final(e, MEM) for e in done]),
-                P.pct([final(e, TEST) for e in done]),
-                P.pct([best(e, TEST) for e in done]),
-                P.pct([max(matched.path(e, PRISTINE, SMOOTH)) for e in done]),
-            ]
-        )
-    header = [
-        "run",
-        "seeds",
-        "pristine (end)",
-        "memorization (end)",
-        "test (end)",
-        "best test during training",
-        "highest pristine during training (smoothed)",
+    measures = (
+        lambda e: final(e, PRISTINE),
+        lambda e: final(e, MEM),
+        lambda e: final(e, TEST),
+        lambda e: best(e, TEST),
+        lambda e: matched.reach(e, by=PRISTINE, width=SMOOTH),
+    )
+    rows = [
+        [ARM_NAMES[key], f"{sum(e is not None for e in runs)}/{len(runs)}"]
+        + [report.pct([measure(e) for e in runs]) for measure in measures]
+        for key, runs in cell_runs.items()
     ]
-    return report.markdown_table(header, rows, "lrrrrrr")
+    return report.markdown_table(END_COLUMNS.split("|"), rows, "lrrrrrr")
 
 
 def grid_table(cell_runs: dict) -> str:
@@ -402,50 +345,37 @@ def grid_table(cell_runs: dict) -> str:
     return report.markdown_table(header, rows, "l" + "r" * len(LEVELS))
 
 
+MATCHED_COLUMNS = "comparison (arm − base)|matched at|seeds|arm: memorization|base: memorization|"
+MATCHED_COLUMNS += "difference, points (corrected CI)|arm: test|base: test (best of a family)|"
+MATCHED_COLUMNS += "test difference"
+
+
 def matched_table(cell_runs, comps, by: str, confidence, primary_confidence):
-    """The matched-fit comparisons, each at its own level (:func:`matched_level`) of ``by``
-    (pristine accuracy or loss)."""
+    """The matched-fit comparisons, each at its own level of ``by`` (pristine accuracy or
+    loss: :func:`cgh_jax.analysis.matched.compare_at_fit`)."""
     rows, results = [], {}
     for c in comps:
-        level = matched_level(cell_runs, c, by)
-        mem = lambda e, level=level: at_level(e, MEM, level, by=by)  # noqa: E731
-        test = lambda e, level=level: at_level(e, TEST, level, by=by)  # noqa: E731
         primary = c.primary and by == PRISTINE
         conf = primary_confidence if primary else confidence
-        r = matched.compare(cell_runs, c, mem, conf)
-        arm_test, base_test = (
-            matched.per_seed(cell_runs[c.arm], test),
-            matched.base_values(cell_runs, c.base, test, matched.largest),
-        )
-        t = stats.paired_difference(arm_test, base_test)
+        fit = dict(by=by, width=SMOOTH, step=LEVEL_STEP, digits=LOSS_DIGITS, confidence=conf)
+        r = matched.compare_at_fit(cell_runs, c, y=MEM, also=TEST, **fit)
+        level, arm_test, base_test = r["level"], r["arm_also"], r["base_also"]
         results[c.key] = {**{k: r[k] for k in ("d", "lo", "hi", "n")}, "confidence": conf}
-        results[c.key] |= {"level": level}
-        results[c.key] |= {"primary": primary, "test_d": t[0]}
+        results[c.key] |= {"level": level, "primary": primary, "test_d": r["also_d"]}
         rows.append(
             [
                 ("**primary**: " if primary else "") + f"{ARM_NAMES[c.arm]} − {base_name(c)}",
                 f"{100 * level:.1f}%" if by == PRISTINE else f"{level:g}",
                 str(r["n"]),
-                P.pct(r["arm"]),
-                P.pct(r["base"]),
-                ci_text(r),
-                P.pct(arm_test),
-                P.pct(base_test),
-                "—" if math.isnan(t[0]) else f"{100 * t[0]:+.1f}",
+                report.pct(r["arm"]),
+                report.pct(r["base"]),
+                report.ci_text(r),
+                report.pct(arm_test),
+                report.pct(base_test),
+                "—" if math.isnan(r["also_d"]) else f"{100 * r['also_d']:+.1f}",
             ]
         )
-    header = [
-        "comparison (arm − base)",
-        "matched at",
-        "seeds",
-        "arm: memorization",
-        "base: memorization",
-        "difference, points (corrected CI)",
-        "arm: test",
-        "base: test (best of a family)",
-        "test difference",
-    ]
-    return report.markdown_table(header, rows, "lrrrrrrrr"), results
+    return report.markdown_table(MATCHED_COLUMNS.split("|"), rows, "lrrrrrrrr"), results
 
 
 def best_test_lines(cell_runs: dict, comps) -> list[str]:
@@ -459,8 +389,8 @@ def best_test_lines(cell_runs: dict, comps) -> list[str]:
         d, lo, hi = stats.paired_difference(arm, base)
         if not math.isnan(lo):
             lines.append(
-                f"- Best test accuracy during training, {ARM_NAMES[c.arm]}: {P.pct(arm)}% "
-                f"against the best of the {base_name(c)}: {P.pct(base)}% ({100 * d:+.1f} "
+                f"- Best test accuracy during training, {ARM_NAMES[c.arm]}: {report.pct(arm)}% "
+                f"against the best of the {base_name(c)}: {report.pct(base)}% ({100 * d:+.1f} "
                 f"points, 95% CI {100 * lo:+.1f} to {100 * hi:+.1f}, uncorrected)."
             )
     return lines
@@ -472,22 +402,16 @@ def dose_table(cell_runs: dict) -> list[str]:
         [
             str(k),
             str(PER_UPDATE // k),
-            P.pct([final(e, MEM) for e in cell_runs[key]]),
-            P.pct([final(e, PRISTINE) for e in cell_runs[key]]),
-            P.pct([final(e, TEST) for e in cell_runs[key]]),
+            report.pct([final(e, MEM) for e in cell_runs[key]]),
+            report.pct([final(e, PRISTINE) for e in cell_runs[key]]),
+            report.pct([final(e, TEST) for e in cell_runs[key]]),
         ]
         for k, key in DOSE.items()
         if key in cell_runs
     ]
     if len(rows) < 2:
         return []
-    header = [
-        "k",
-        "group batch",
-        "memorization (end)",
-        "pristine (end)",
-        "test (end)",
-    ]
+    header = ["k", "group batch", "memorization (end)", "pristine (end)", "test (end)"]
     return [
         "Dose-response at lr 0.1, by its points (mean ± std over seeds; no curve is fitted; "
         "at matched fit: the tables above):",
@@ -557,24 +481,9 @@ def cell_title(cell: Cell) -> str:
     )
 
 
-def trained_line(present: dict) -> str:
-    done = [e for runs in present.values() for e in runs if e is not None]
-    walls, machines = [e["wall_s"] for e in done], {e["machine"] for e in done}
-    return (
-        f"- Trained: {len(walls)} runs, {P.format_seconds(sum(walls))} of wall time in all "
-        f"(the longest {P.format_seconds(max(walls))}), on {'; '.join(sorted(machines))}."
-    )
-
-
-def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confidence):
-    """A cell's tables, figure and verdict; (markdown blocks, results.json part)."""
-    present = {k: runs for k, runs in cell_runs.items() if any(e is not None for e in runs)}
-    missing = sum(e is None for runs in cell_runs.values() for e in runs)
-    title = cell_title(cell)
-    if not present:
-        return [f"## {title}", f"Not trained yet: {missing} runs (`--cells {cell.name}`)."], {
-            "missing": missing
-        }
+def cell_section(args, cell: Cell, present: dict, missing: int, confidence, primary_confidence):
+    """A cell's tables, figure and verdict (of its ``present`` arms: those with a finished
+    run); (markdown blocks, results.json part)."""
     comps = comparisons(list(present))
     acc_table, acc = matched_table(present, comps, PRISTINE, confidence, primary_confidence)
     loss_table, by_loss = matched_table(
@@ -595,7 +504,6 @@ def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confiden
     median = ARM_NAMES.get(verdict["arm"], "—")
     rm3 = f"; RM3 against the RA3 frontier: **{verdict['rm3']}**" if verdict["rm3"] else ""
     section = [
-        f"## {title}",
         incomplete + "At the end of training (mean ± std over seeds):",
         end_table(present),
         f"![memorization against pristine accuracy and loss, one line per run]({figure})",
@@ -613,26 +521,13 @@ def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confiden
         "\n".join(best_test_lines(present, comps)),
         *dose_table(present),
         f"- **Decision rule, this cell**: {median}: **{verdict['median']}**{rm3}.",
-        trained_line(present),
+        report.trained_line(e for runs in present.values() for e in runs if e is not None),
     ]
-    got = {
-        "matched_accuracy": acc,
-        "matched_loss": by_loss,
-        "verdict": verdict,
-        "missing": missing,
-    }
-    return [b for b in section if b], got
+    return section, {"matched_accuracy": acc, "matched_loss": by_loss, "verdict": verdict}
 
 
-def long_section(args, cell: Cell, cell_runs: dict) -> tuple[list[str], dict]:
+def long_section(args, cell: Cell, present: dict, missing: int) -> tuple[list[str], dict]:
     """The long cell: memorization against epochs, and where each arm ends."""
-    present = {k: r for k, r in cell_runs.items() if any(e is not None for e in r)}
-    missing = sum(e is None for r in cell_runs.values() for e in r)
-    title = cell_title(cell)
-    if not present:
-        return [f"## {title}", f"Not trained yet: {missing} runs (`--cells {cell.name}`)."], {
-            "missing": missing
-        }
     figure = plot_memorization(args, cell, present, ("epoch", PRISTINE))
 
     def at_epoch(e, epoch):
@@ -643,10 +538,10 @@ def long_section(args, cell: Cell, cell_runs: dict) -> tuple[list[str], dict]:
         [
             ARM_NAMES[k],
             str(sum(e is not None for e in runs)),
-            *(P.pct([at_epoch(e, m) for e in runs]) for m in marks),
-            P.pct([final(e, PRISTINE) for e in runs]),
-            P.pct([final(e, TEST) for e in runs]),
-            P.pct([best(e, TEST) for e in runs]),
+            *(report.pct([at_epoch(e, m) for e in runs]) for m in marks),
+            report.pct([final(e, PRISTINE) for e in runs]),
+            report.pct([final(e, TEST) for e in runs]),
+            report.pct([best(e, TEST) for e in runs]),
         ]
         for k, runs in present.items()
     ]
@@ -667,15 +562,14 @@ def long_section(args, cell: Cell, cell_runs: dict) -> tuple[list[str], dict]:
                 )
     incomplete = f"**Incomplete**: {missing} runs still to train.\n\n" if missing else ""
     section = [
-        f"## {title}",
         incomplete + "The data and seeds of the 4,000-example, 25%-noise cell, trained four "
         "times longer (constant learning rate: the first 250 epochs are that cell's runs):",
         report.markdown_table(header, rows, "lrrrrrrr"),
         f"![memorization against epochs and pristine accuracy, one line per run]({figure})",
         "\n".join(lines),
-        trained_line(present),
+        report.trained_line(e for runs in present.values() for e in runs if e is not None),
     ]
-    return [b for b in section if b], {"end_differences": diffs, "missing": missing}
+    return section, {"end_differences": diffs}
 
 
 def summary_row(cell: Cell, got: dict) -> dict[str, str]:
@@ -684,11 +578,11 @@ def summary_row(cell: Cell, got: dict) -> dict[str, str]:
     front = acc[v["arm"] + "-frontier"]
     measured = f"at {100 * front['level']:.1f}% pristine accuracy (the best fit the median "
     measured += f"reaches), memorization of the {ARM_NAMES[v['arm']]} − SGD frontier: "
-    measured += f"{ci_text(front)} points"
+    measured += f"{report.ci_text(front)} points"
     if norm := acc.get(f"{v['arm']}-{NORM_ARM.get(v['arm'])}"):
-        measured += f"; − SGD at its norm: {ci_text(norm)}"
+        measured += f"; − SGD at its norm: {report.ci_text(norm)}"
     if rm3 := acc.get("rm3-frontier"):
-        measured += f"; RM3 − RA3 frontier: {ci_text(rm3)}"
+        measured += f"; RM3 − RA3 frontier: {report.ci_text(rm3)}"
     return {
         "study": "Is it the median, or slower learning?",
         "setting": f"{cell_title(cell)}, {PER_UPDATE} examples per update",
@@ -723,18 +617,24 @@ def verdict_section(results: dict) -> tuple[str, list[dict]]:
     return "\n".join(lines), summary
 
 
-def page(args, trained) -> P.Page:
-    present = {cell: [k for k, r in keyed.items() if any(r)] for cell, keyed in trained.items()}
-    m = max(sum(c.primary for keys in present.values() for c in comparisons(keys)), 1)
+def page(args, trained) -> report.Page:
+    done = {  # per cell, the arms with a finished run
+        cell: {k: runs for k, runs in keyed.items() if any(e is not None for e in runs)}
+        for cell, keyed in trained.items()
+    }
+    m = max(sum(c.primary for arms in done.values() for c in comparisons(arms)), 1)
     sections, results = [], {}
     for cell, cell_runs in trained.items():
-        if cell.epochs > 250:
-            section, got = long_section(args, cell, cell_runs)
+        present, missing = done[cell], sum(e is None for r in cell_runs.values() for e in r)
+        if not present:
+            section, got = [f"Not trained yet: {missing} runs (`--cells {cell.name}`)."], {}
+        elif cell.epochs > 250:
+            section, got = long_section(args, cell, present, missing)
         else:
-            per_cell = stats.bonferroni(max(2 * len(comparisons(present[cell])), 1))
-            section, got = cell_section(args, cell, cell_runs, per_cell, stats.bonferroni(m))
-        sections += section
-        results[cell] = got
+            per_cell = stats.bonferroni(max(2 * len(comparisons(present)), 1))
+            section, got = cell_section(args, cell, present, missing, per_cell, stats.bonferroni(m))
+        sections += [f"## {cell_title(cell)}", *(block for block in section if block)]
+        results[cell] = {**got, "missing": missing}
     verdict, summary = verdict_section(results)
     entries = {
         f"{cell.name}/{key}/seed{seed}": entry
@@ -748,7 +648,7 @@ def page(args, trained) -> P.Page:
     status = f"{len(entries)} runs trained" + (
         f", **{missing} still to train** (each cell says which)" if missing else ""
     )
-    return P.Page(
+    return report.Page(
         title="Is it the median, or slower learning? Memorization at matched fit",
         seeds=sorted({s for cell in trained for s in cell.seeds}),
         data=(

@@ -4,10 +4,9 @@ runner, trains or reuses them."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
-import json
-import math
 import os
 import sys
 import tarfile
@@ -60,6 +59,25 @@ def cg_sgd(dir: str, noise: float, epochs: int, quick: bool, subset, eval_cap: i
     overrides = {"num_epochs": 2, **QUICK_MLP} if quick else {"num_epochs": epochs}
     arg = f"opt=sgd,scheme=uniform,net=2048,noise={noise}"
     return Run(dir, "mnist_cg", arg, overrides, CG_SEED, subset=subset, eval_cap=eval_cap)
+
+
+def mlp_sgd(cfg) -> str:
+    """``MLP 2048 (ReLU), SGD lr 0.1, batch 100`` for a config."""
+    hidden = "-".join(str(h) for h in cfg.model.hidden)
+    return f"MLP {hidden} (ReLU), SGD lr {cfg.optimizer.learning_rate}, batch {cfg.batch_size}"
+
+
+def names_arg(valid: Sequence[str], what: str, shown: Sequence[str] | None = None):
+    """An argparse type: comma-separated names among ``valid`` (``shown`` in the error)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        if unknown := sorted(set(names) - set(valid)):
+            listed = ", ".join(valid if shown is None else shown)
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; valid: {listed}")
+        return names
+
+    return parse
 
 
 def say(message: str) -> None:
@@ -131,17 +149,8 @@ def build_config(run: Run, args) -> ml_collections.ConfigDict:
         if "heldout" in ids:
             cfg.data.test_ids_file = str(ids["heldout"])
     if run.eval_cap:
-        fit_eval_subset(cfg.data, run.eval_cap)
+        examples.fit_eval_subset(cfg.data, run.eval_cap)
     return cfg
-
-
-def fit_eval_subset(data_config, cap: int) -> int:
-    """Sets ``eval_subset_size`` to the largest size <= ``cap`` that the pristine and corrupt
-    sets allow (the data layer draws that many from each; few are pristine at high noise)."""
-    pristine, corrupt = examples.noise_counts(data_config)
-    sizes = [cap, pristine + corrupt, pristine] + ([corrupt] if data_config.noise > 0 else [])
-    data_config.eval_subset_size = int(min(s for s in sizes if s > 0))
-    return data_config.eval_subset_size
 
 
 def train(run: Run, args, hooks: Sequence[Any] = ()) -> tuple[Path, ml_collections.ConfigDict]:
@@ -163,14 +172,3 @@ def finished(run: Run, args, archive: Mapping[str, dict], *, train_missing: bool
     return study.archived_or_trained(
         study.Run(run.dir, cfg), args.workdir, archive, train_missing=train_missing
     )
-
-
-def run_info(workdir) -> dict[str, Any]:
-    """The finished marker of a run (``wall_s``, ``finished``, ``runner``, ``machine``)."""
-    marker = Path(workdir) / study.MARKER
-    return json.loads(marker.read_text()) if marker.exists() else {}
-
-
-def run_wall_s(workdir) -> float:
-    """The recorded wall time of a finished run (NaN if not recorded)."""
-    return float(run_info(workdir).get("wall_s", math.nan))

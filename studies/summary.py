@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cgh_jax.analysis.report import markdown_table
-from studies.page import format_seconds
+from cgh_jax.formatting import format_seconds, markdown_table
 
 STUDIES = ("label_noise", "suppression", "easy_hard", "coherence", "median")
 

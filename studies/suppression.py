@@ -12,19 +12,19 @@ line), copy ``<workdir>/<group>/`` back, and write the page here (second line)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 from pathlib import Path
 
-from cgh_jax.analysis import plots, report
-from cgh_jax.analysis.stats import mean, std
-from studies import page as P
+from cgh_jax import study
+from cgh_jax.analysis import plots, report, stats
+from cgh_jax.analysis.stats import mean
 from studies import runs as R
 
 NOISE, EVAL_CAP, CONV_LR = 0.5, 1_000, 0.05
 SETS = ("corrupt_noisy", "corrupt_true", "pristine", "test")
+MEM = SETS[0]  # memorization: accuracy on the corrupt examples against their noisy label
 B300 = "SGD, batch 300 (M3's updates per epoch)"
 
 
@@ -151,15 +151,8 @@ def group_runs(group: Group, s: Setting, quick: bool) -> list[R.Run]:
     return R.seeded(dataclasses.replace(run, subset_dir=group.key, eval_cap=EVAL_CAP), group.seeds)
 
 
-def groups_arg(text: str) -> tuple[str, ...]:
-    keys = tuple(g.strip() for g in text.split(",") if g.strip())
-    if unknown := sorted(set(keys) - {g.key for g in GROUPS}):
-        valid = ", ".join(g.key for g in GROUPS)
-        raise argparse.ArgumentTypeError(f"unknown groups {unknown}; valid: {valid}")
-    return keys
-
-
-ARGS = [(("--groups",), dict(default=(), type=groups_arg, help="comma-separated groups to run"))]
+GROUPS_ARG = R.names_arg([g.key for g in GROUPS], "groups")
+ARGS = [(("--groups",), dict(default=(), type=GROUPS_ARG, help="comma-separated groups to run"))]
 
 
 def selected(args) -> list[Group]:
@@ -188,9 +181,9 @@ def train(args) -> dict[str, dict[str, list[Path]]]:
 
 def run_machines(runs: dict[str, list[Path]]) -> list[str]:
     """Where the finished runs of a group were trained (from their markers)."""
-    infos = [R.run_info(d) for dirs in runs.values() for d in dirs]
+    infos = [study.run_info(d) for dirs in runs.values() for d in dirs]
     runner = "cgh_jax.train"
-    found = [f"{i.get('runner', runner)} on {i.get('machine', P.machine())}" for i in infos]
+    found = [f"{i.get('runner', runner)} on {i.get('machine', study.machine())}" for i in infos]
     return list(dict.fromkeys(found))
 
 
@@ -200,7 +193,9 @@ def group_rows(group: Group, runs: dict[str, list[Path]]) -> list[dict]:
         dirs = runs[setting.name]
         finals = report.run_finals(dirs)
         row = dict(name=setting.name, key=setting.key, runs=len(dirs))
-        row.update(diverged=len(group.seeds) - len(dirs), wall_s=[R.run_wall_s(d) for d in dirs])
+        row.update(
+            diverged=len(group.seeds) - len(dirs), wall_s=[study.run_wall_s(d) for d in dirs]
+        )
         row.update({k: [f.get(f"{k}/top1", math.nan) for f in finals] for k in SETS})
         row.update(epochs=[f["epoch"] for f in finals], steps=[f["step"] for f in finals])
         rows.append(row)
@@ -208,20 +203,15 @@ def group_rows(group: Group, runs: dict[str, list[Path]]) -> list[dict]:
 
 
 def _pair(rows: list[dict], name: str, baseline: str):
-    """Mean memorization of ``name`` and ``baseline``, twice the larger seed spread, and
-    the two rows (None unless both have finished runs)."""
+    """The rows of ``name`` and ``baseline`` (None unless both have finished runs)."""
     by = {r["name"]: r for r in rows if r["runs"]}
-    if name not in by or baseline not in by:
-        return None
-    a, b = by[name], by[baseline]
-    floor = 2 * max(std(a["corrupt_noisy"]), std(b["corrupt_noisy"]))
-    return mean(a["corrupt_noisy"]), mean(b["corrupt_noisy"]), floor, a, b
+    return (by[name], by[baseline]) if name in by and baseline in by else None
 
 
 def _less(rows: list[dict], name: str, baseline: str) -> bool | None:
     """Whether ``name`` memorizes less than ``baseline`` beyond twice the seed spread."""
     got = _pair(rows, name, baseline)
-    return None if got is None else got[1] - got[0] > got[2]
+    return None if got is None else stats.less_beyond_spread(*(r[MEM] for r in got))
 
 
 def _same(rows: list[dict], a: str, b: str) -> bool | None:
@@ -234,7 +224,7 @@ def compare(rows: list[dict], name: str, baseline: str) -> str | None:
     """One sentence: memorization of ``name`` vs ``baseline``, with the seed spread."""
     if (got := _pair(rows, name, baseline)) is None:
         return None
-    ma, mb, floor, a, b = got
+    (a, b), (ma, mb, floor) = got, stats.spread_comparison(*(r[MEM] for r in got))
     verdict = "about the same as" if abs(ma - mb) <= floor else ("less", "more")[ma >= mb] + " than"
     seeds = f"; seed spread ±{100 * floor / 2:.1f}" if floor > 0 else ""
     return (
@@ -248,8 +238,10 @@ def interpretation(rows: list[dict]) -> list[str]:
     """What the controls say about the comparisons above (generated from the numbers)."""
     lines, sgd = [], _pair(rows, "SGD", "SGD")
     if sgd:
-        lines.append(f"SGD ends with {100 * sgd[0]:.1f}% of the corrupt labels memorized")
-        if sgd[0] < 0.8:
+        lines.append(
+            f"SGD ends with {100 * mean(sgd[0][MEM]):.1f}% of the corrupt labels memorized"
+        )
+        if mean(sgd[0][MEM]) < 0.8:
             lines[-1] += (
                 ": the runs stop well before SGD memorizes all of them, so the table compares "
                 "how fast memorization proceeds, not where it ends"
@@ -302,12 +294,11 @@ def interpretation(rows: list[dict]) -> list[str]:
 def summary_item(group: Group, rows: list[dict]) -> dict[str, str]:
     """The README summary row of one group (computed from its table)."""
     checks = [_less(rows, a, b) for a, b in group.checks or group.pairs]
-    checks = [c for c in checks if c is not None]
-    match = "yes" if checks and all(checks) else ("no" if not any(checks) else "partly")
+    match = report.match(c for c in checks if c is not None)
     if _less(rows, "M3", "SGD") and _same(rows, "M3", B300):
         match += "; but SGD with M3's number of updates memorizes as little as M3"
     measured = ", ".join(
-        f"{r['name'].split(' (')[0]} {P.pct(r['corrupt_noisy'])}" for r in rows if r["runs"]
+        f"{r['name'].split(' (')[0]} {report.pct(r['corrupt_noisy'])}" for r in rows if r["runs"]
     )
     epochs = next((mean(r["epochs"]) for r in rows if r["runs"]), math.nan)
     return {
@@ -330,9 +321,9 @@ def table_row(r: dict) -> list[str]:
     seeds = f"{r['runs']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
     return [
         r["name"],
-        *(P.pct(r[k]) for k in SETS),
+        *(report.pct(r[k]) for k in SETS),
         *done,
-        P.format_seconds(mean(r["wall_s"])),
+        report.format_seconds(mean(r["wall_s"])),
         seeds,
     ]
 
@@ -343,7 +334,7 @@ def group_section(args, group: Group, runs: dict[str, list[Path]]) -> tuple[list
     figure = f"curves_{group.key}.png"
     if finished:
         path, title = Path(args.out) / figure, f"{group.title}, {NOISE:.0%} label noise"
-        plots.plot_accuracy_curves(finished, sets=P.SETS, path=path, title=title)
+        plots.plot_accuracy_curves(finished, sets=report.DEFAULT_SETS, path=path, title=title)
     data = (
         f"training on a seeded random subset of {group.subset:,} training examples, tested on "
         f"{group.heldout:,} other examples of the training split held out (true labels)"
@@ -365,7 +356,7 @@ def group_section(args, group: Group, runs: dict[str, list[Path]]) -> tuple[list
     return lines, {**result, "seeds": list(group.seeds), "verdicts": verdicts}
 
 
-def page(args, trained) -> P.Page:
+def page(args, trained) -> report.Page:
     groups = selected(args)
     sections, results = [], {}
     for group in groups:
@@ -387,7 +378,7 @@ def page(args, trained) -> P.Page:
         *sections,
         "Runs: `" + os.path.relpath(args.workdir, R.REPO) + "/<group>/<optimizer>/seed<k>/`.",
     ]
-    return P.Page(
+    return report.Page(
         title=f"Suppressing weak directions at {NOISE:.0%} label noise (W&S §3, CG §5)",
         seeds=sorted({s for g in groups for s in g.seeds}),
         data=data,

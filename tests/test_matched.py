@@ -94,3 +94,24 @@ def test_a_comparison_is_matched_at_the_best_fit_arm_and_base_reach_on_every_see
     assert loss_level == 0.2  # the largest of the lowest losses
     assert matched.common_level([0.1234], by="pristine/loss", step=0.005, digits=2) == 0.13
     assert math.isnan(matched.common_level([], by="pristine/top1", step=0.005, digits=3))
+
+
+def test_compare_at_fit_reads_both_measures_at_the_comparisons_own_level():
+    from cgh_jax.analysis import matched
+
+    arm = [_run([0.5, 0.9, 0.96], [0, 0.1, 0.3]), _run([0.5, 0.9, 0.97], [0, 0.1, 0.2])]
+    fast = [_run([0.6, 0.99, 1.0], [0, 0.4, 0.9]), _run([0.6, 0.98, 1.0], [0, 0.4, 0.8])]
+    slow = [_run([0.5, 0.8, 0.9], [0, 0.0, 0.05]), _run([0.5, 0.8, 0.95], [0, 0.0, 0.1])]
+    settings = {"arm": arm, "fast": fast, "slow": slow}
+    c = matched.Comparison("arm", ("fast", "slow"))
+    fit = dict(by="pristine/top1", width=1, step=0.005, digits=3, confidence=0.95)
+    got = matched.compare_at_fit(settings, c, y="corrupt_noisy/top1", also="pristine/top1", **fit)
+    assert got["level"] == pytest.approx(0.96)
+    assert got["arm"] == pytest.approx([0.3, 0.1 + 0.1 * 6 / 7])  # the frontier: see above
+    assert got["base"] == pytest.approx([0.4 * 0.36 / 0.39, 0.4 * 0.36 / 0.38])
+    # Read at the level itself, the matched measure is the level for every run that reaches
+    # it; a family's second measure is its best (the slow runs never reach 0.96: NaN).
+    assert got["arm_also"] == pytest.approx([0.96, 0.96])
+    assert got["base_also"] == pytest.approx([0.96, 0.96])
+    assert got["also_d"] == pytest.approx(0.0)
+    assert got["n"] == 2 and got["lo"] < got["d"] < got["hi"]

@@ -1,12 +1,14 @@
 """Tests for cgh_jax.analysis.report and .plots: metrics loading, tables, figures, report."""
 
 import json
+import math
 import os
 import re
 
 import numpy as np
 import pytest
 
+from cgh_jax import formatting
 from cgh_jax.analysis import plots, report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -285,21 +287,14 @@ def test_plot_accuracy_curves_into_given_axes(tmp_path):
 
 
 def test_study_figures(tmp_path):
-    """The figures of the studies: memorization rates, values against k, m-coherence."""
+    """The figures of the studies: memorization rates, m-coherence."""
     runs = {"noise 0.2": _records(FINAL_SGD), "noise 0.5": _records(FINAL_M3)}
     fig = plots.plot_memorization_rates(runs, tmp_path / "rates.png")
     assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]
-    by_k = {1: {"corrupt_noisy": [0.9, 0.8], "test": [0.6, 0.7]}, 3: {"corrupt_noisy": [0.5, 0.4]}}
-    by_k[3]["test"] = [0.65, float("nan")]
-    fig = plots.plot_against(by_k, tmp_path / "dose.png", xlabel="k", title="t")
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
-        "memorization",
-        "test accuracy",
-    ]
     points = [{"step": s, "alpha": 1.0 + s, "accuracy": 0.1 * s} for s in (0, 3, 10)]
     fig = plots.plot_coherence_curves({"real": points, "random": points}, tmp_path / "c.png", m=8)
     assert [ln.get_color() for ln in fig.axes[0].get_lines()[:2]] == ["tab:blue", "tab:red"]
-    for name in ("rates.png", "dose.png", "c.png"):
+    for name in ("rates.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
 
 
@@ -317,3 +312,63 @@ def test_report_markdown_lists_runs(tmp_path):
     sgd = _write_run(tmp_path / "sgd", _records(FINAL_SGD))
     md = open(report.write_report(tmp_path / "study", {"SGD": sgd}, title="T")).read()
     assert re.search(r"- SGD: `.*sgd`", md)
+
+
+# --------------------------------------------------------------------------- results pages
+
+
+def test_formatting_helpers():
+    assert formatting.format_seconds(42) == "42s"
+    assert formatting.format_seconds(185) == "3m 05s"
+    assert formatting.format_seconds(3720) == "1h 02m"
+    assert formatting.format_seconds(math.nan) == "—"
+    table = formatting.markdown_table(["a", "b"], [["x|y", 1]])
+    assert table.splitlines() == ["| a | b |", "|---|---:|", "| x\\|y | 1 |"]
+
+
+def test_pct_ci_text_and_match():
+    assert report.pct(0.5) == "50.0"
+    assert report.pct([0.5, 0.7]) == "60.0 ± 14.1"  # sample std of 50, 70
+    assert report.pct([0.5, math.nan]) == "50.0"  # NaN: a run that has no value
+    assert report.pct([math.nan]) == "—"
+    assert report.pct([0.12345], digits=2) == "12.35"
+    assert report.ci_text(dict(d=0.012, lo=-0.003, hi=0.027, n=3)) == "+1.2 (-0.3 to +2.7)"
+    assert report.ci_text(dict(d=-0.05, lo=math.nan, hi=math.nan, n=1)) == "-5.0 (n = 1)"
+    assert report.ci_text(dict(d=math.nan, lo=math.nan, hi=math.nan, n=0)) == "—"
+    assert report.match([True, True]) == "yes"
+    assert report.match(c for c in (True, False)) == "partly"
+    assert report.match([False]) == report.match([]) == "no"
+
+
+def test_trained_line():
+    entries = [dict(wall_s=65.0, machine="b"), dict(wall_s=125.0, machine="a")]
+    entries.append(dict(wall_s=10.0, machine="b"))
+    assert report.trained_line(iter(entries)) == (
+        "- Trained: 3 runs, 3m 20s of wall time in all (the longest 2m 05s), on a; b."
+    )
+
+
+def test_page_header():
+    from cgh_jax.study import machine
+
+    page = report.Page("T", [0, 1], "real data", [], {}, extra={"Model": "MLP"}, runs_wall_s=90)
+    text = report.page_header(page, command="python -m x", wall_s=5, generated="now")
+    lines = text.splitlines()
+    assert lines[:2] == ["# T", ""] and "Smoke run" not in text
+    assert lines[lines.index("```") + 1] == "python -m x"
+    assert f"- Machine: {machine()} (shared with other work; wall times are upper bounds)." in lines
+    assert lines[-5:] == [
+        "- Wall time of this call: 5s; of the training runs, as recorded when each was trained: "
+        "1m 30s in all (a rerun of the command reuses finished runs).",
+        "- Seeds: 0, 1.",
+        "- Data: real data",
+        "- Generated: now.",
+        "- Model: MLP",
+    ]
+    page.runs_wall_s = None
+    smoke = report.page_header(
+        page, command="c", wall_s=5, generated="now", smoke_data="a few digits"
+    )
+    assert "> **Smoke run (`--quick`)**: a few steps on a few digits to check" in smoke
+    assert "- Data: a few digits (smoke run)\n" in smoke
+    assert "- Wall time of this call: 5s.\n" in smoke

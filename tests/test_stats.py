@@ -100,3 +100,11 @@ def test_bonferroni_and_a_corrected_interval_is_wider():
         stats.bonferroni(0)
     with pytest.raises(ValueError):
         stats.t_quantile(1.0, 3)
+
+
+def test_spread_comparison_and_less_beyond_spread():
+    assert stats.spread_comparison([1.0, 2.0, 3.0], [5.0, 5.0]) == (2.0, 5.0, 2.0)
+    assert stats.spread_comparison([1.0, math.nan], [2.0]) == (1.0, 2.0, 0.0)  # NaN skipped
+    assert stats.less_beyond_spread([1.0, 2.0, 3.0], [5.0, 5.0])  # 3 below, floor 2
+    assert not stats.less_beyond_spread([1.0, 2.0, 3.0], [3.5, 3.5])  # 1.5 below, floor 2
+    assert not stats.less_beyond_spread([5.0, 5.0], [1.0, 2.0, 3.0])

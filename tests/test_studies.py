@@ -18,7 +18,7 @@ import pytest
 
 from cgh_jax import study
 from cgh_jax.analysis import examples, report
-from studies import page, runs
+from studies import runs
 from studies.__main__ import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -49,7 +49,7 @@ def _is_png(path: Path) -> bool:
 
 
 def _markers(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob(runs.RUN_MARKER))}
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob(study.MARKER))}
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +90,12 @@ def test_suppression_page(results_dir):
     text = (out / "suppression" / "README.md").read_text()
     for key in groups:
         assert _is_png(out / "suppression" / f"curves_{key}.png")
-        assert results["machines"][key] == [f"cgh_jax.train on {page.machine()}"]
-        info = runs.run_info(
+        assert results["machines"][key] == [f"cgh_jax.train on {study.machine()}"]
+        info = study.run_info(
             runs_dir / "suppression" / key / groups[key]["rows"][0]["key"] / "seed0"
         )
-        assert info["runner"] == "cgh_jax.train" and info["machine"] == page.machine()
-    assert f"Trained by cgh_jax.train on {page.machine()}." in text
+        assert info["runner"] == "cgh_jax.train" and info["machine"] == study.machine()
+    assert f"Trained by cgh_jax.train on {study.machine()}." in text
 
 
 def test_easy_hard_page(results_dir):
@@ -219,7 +219,7 @@ def test_finished_runs_are_reused_only_with_the_same_config(results_dir):
     before = (run_dir / "metrics.jsonl").read_text()
     done = study.train_run(study.Run("noise050", config), run_dir.parent)  # no training
     assert (run_dir / "metrics.jsonl").read_text() == before
-    assert done.record["epoch"] == 2 and done.wall_s == runs.run_wall_s(run_dir)
+    assert done.record["epoch"] == 2 and done.wall_s == study.run_wall_s(run_dir)
     config.log_every_steps = 7  # observation-only fields may change
     study.train_run(study.Run("noise050", config), run_dir.parent)
     config.optimizer.learning_rate = 0.05  # the checkpoint's own check refuses the run
@@ -279,17 +279,6 @@ def test_write_subsets_disjoint_and_deterministic(tmp_path, data_dir):
     assert np.array_equal(np.load(again["train"]), train)
     with pytest.raises(ValueError, match="sum to at most"):
         examples.write_subsets(cfg, {"train": ids.size, "heldout": 1}, 7, tmp_path / "c")
-
-
-def test_formatting_helpers():
-    assert page.pct(0.5) == "50.0"
-    assert page.pct([0.5, 0.7]) == "60.0 ± 14.1"  # sample std of 50, 70
-    assert page.pct([math.nan]) == "—"
-    assert page.format_seconds(42) == "42s"
-    assert page.format_seconds(185) == "3m 05s"
-    assert page.format_seconds(3720) == "1h 02m"
-    table = report.markdown_table(["a", "b"], [["x|y", 1]])
-    assert table.splitlines() == ["| a | b |", "|---|---:|", "| x\\|y | 1 |"]
 
 
 def test_epoch_lookups():

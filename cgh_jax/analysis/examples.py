@@ -93,4 +93,20 @@ def sample_examples(data_config, size: int, seed: int) -> dict[str, np.ndarray]:
     return {k: v[pick] if k == "image" else v[pick].astype(np.int32) for k, v in got.items()}
 
 
-__all__ = ["noise_counts", "sample_examples", "train_examples", "training_labels", "write_subsets"]
+def fit_eval_subset(data_config, cap: int) -> int:
+    """Sets ``eval_subset_size`` to the largest size <= ``cap`` that the pristine and corrupt
+    sets allow (the data layer draws that many from each; few are pristine at high noise)."""
+    pristine, corrupt = noise_counts(data_config)
+    sizes = [cap, pristine + corrupt, pristine] + ([corrupt] if data_config.noise > 0 else [])
+    data_config.eval_subset_size = int(min(s for s in sizes if s > 0))
+    return data_config.eval_subset_size
+
+
+__all__ = [
+    "fit_eval_subset",
+    "noise_counts",
+    "sample_examples",
+    "train_examples",
+    "training_labels",
+    "write_subsets",
+]

@@ -216,6 +216,44 @@ def largest(values: Iterable[float]) -> float:
     return best_value(values, max)
 
 
+def compare_at_fit(
+    settings: Mapping[str, Sequence],
+    c: Comparison,
+    *,
+    y: str,
+    also: str,
+    by: str,
+    width: int,
+    step: float,
+    digits: int,
+    confidence: float,
+) -> dict:
+    """``c`` at its own fit: the best level of ``by`` that the arm and its base reach on
+    every seed (:meth:`Comparison.reaches`, :func:`common_level` with ``step`` and
+    ``digits``), each run read there (:func:`at_fit`, smoothed over ``width``).
+
+    Returns:
+      :func:`compare`'s result for ``y`` (e.g. memorization; a family: its frontier) at
+      ``confidence``, with the ``level`` and, for a second measure ``also`` (e.g. test
+      accuracy; a family: its best, :func:`largest`), ``arm_also`` and ``base_also`` per
+      seed and ``also_d``, their mean paired difference.
+    """
+    reaches = c.reaches(settings, by=by, width=width)
+    level = common_level(reaches, by=by, step=step, digits=digits)
+    y_at, also_at = (lambda r, k=k: at_fit(r, k, level, by=by, width=width) for k in (y, also))
+    result = compare(settings, c, y_at, confidence)
+    arm_also = per_seed(settings[c.arm], also_at)
+    base_also = base_values(settings, c.base, also_at, largest)
+    also_d = stats.paired_difference(arm_also, base_also)[0]
+    return {
+        **result,
+        "level": level,
+        "arm_also": arm_also,
+        "base_also": base_also,
+        "also_d": also_d,
+    }
+
+
 __all__ = [
     "Comparison",
     "at_fit",
@@ -225,6 +263,7 @@ __all__ = [
     "common_level",
     "reach",
     "compare",
+    "compare_at_fit",
     "curve",
     "final",
     "first_reached",

@@ -1,7 +1,7 @@
 """Figures of study runs: accuracy against epochs (:func:`plot_accuracy_curves`, one panel per
-run plus an overlay panel; :func:`plot_memorization_rates`), final accuracies against a setting
-(:func:`plot_against`), training paths such as memorization against fit, one line per run
-(:func:`plot_paths`) and m-coherence against steps (:func:`plot_coherence_curves`).
+run plus an overlay panel; :func:`plot_memorization_rates`), training paths such as
+memorization against fit, one line per run (:func:`plot_paths`) and m-coherence against steps
+(:func:`plot_coherence_curves`).
 
 The runs are given as :mod:`cgh_jax.analysis.records` records (``metrics.jsonl``), run
 directories, or lists of either (seeds: the mean curve with a ``± std`` band)::
@@ -19,12 +19,10 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from cgh_jax.analysis import stats
 from cgh_jax.analysis.records import (
     ACCURACY_METRICS,
     DEFAULT_SETS,
@@ -215,44 +213,6 @@ def plot_memorization_rates(metrics_by_run: Mapping[str, Records], path: str | o
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("top-1 accuracy (%)")
     axes[0].legend(fontsize="small")
-    fig.savefig(path, dpi=120)
-    return fig
-
-
-def plot_against(
-    values_by_x: Mapping[float, Mapping[str, Sequence[float]]],
-    path: str | os.PathLike,
-    *,
-    xlabel: str,
-    title: str,
-    sets: Mapping[str, str] = MappingProxyType(
-        {"corrupt_noisy": "memorization", "test": "test accuracy"}
-    ),
-):
-    """Final accuracies against a setting (e.g. the number of groups k): mean ± std error bars.
-
-    Args:
-      values_by_x: a setting's value -> set -> its final accuracies over seeds (fractions;
-        NaN values are skipped, :func:`cgh_jax.analysis.stats.mean`).
-      path: where the figure is saved (PNG by extension).
-      xlabel, title: the x-axis label and the title.
-      sets: the sets drawn, set -> legend label (default: memorization and test accuracy).
-
-    Returns:
-      The matplotlib ``Figure``.
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 3.5), layout="constrained")
-    ax = fig.subplots()
-    xs = list(values_by_x)
-    for key, label in sets.items():
-        means = [100 * stats.mean(values_by_x[x][key]) for x in xs]
-        errs = [100 * stats.std(values_by_x[x][key]) for x in xs]
-        ax.errorbar(xs, means, yerr=errs, marker=".", capsize=3, label=label)
-    ax.set(xlabel=xlabel, ylabel="%", title=title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
     return fig
 

@@ -66,6 +66,23 @@ def std(values: Iterable[float]) -> float:
     return mean_std(values)[1] if values else 0.0
 
 
+def spread_comparison(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Two settings' values over seeds (NaN skipped), compared without pairing: their means
+    and the *floor* a difference must exceed to count, twice the larger sample std.
+
+    Example:
+      >>> spread_comparison([1.0, 2.0, 3.0], [5.0, 5.0])  # sample std 1 and 0: floor 2
+      (2.0, 5.0, 2.0)
+    """
+    return mean(a), mean(b), 2 * max(std(a), std(b))
+
+
+def less_beyond_spread(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether ``a``'s mean is below ``b``'s by more than :func:`spread_comparison`'s floor."""
+    mean_a, mean_b, floor = spread_comparison(a, b)
+    return mean_b - mean_a > floor
+
+
 def _beta_continued_fraction(a: float, b: float, x: float) -> float:
     """The continued fraction of the incomplete beta function (modified Lentz method)."""
     tiny, frac = 1e-300, 1.0
@@ -171,10 +188,12 @@ def paired_difference(
 __all__ = [
     "T95",
     "bonferroni",
+    "less_beyond_spread",
     "mean",
     "mean_std",
     "paired_difference",
     "regularized_beta",
+    "spread_comparison",
     "std",
     "t95",
     "t_quantile",

@@ -30,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cgh_jax.models.layers import (
+    BatchNormed,
     batch_norm,
     check_images,
     pooled_classifier,
@@ -99,7 +101,7 @@ def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     return nn.max_pool(x, (3, 3), (2, 2))
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(BatchNormed):
     """Inception-V3 classifier on NHWC images (torchvision layout).
 
     Attributes:
@@ -119,11 +121,7 @@ class InceptionV3(nn.Module):
     aux_logits: bool = False
     dropout_rate: float = 0.5
     width_multiplier: float = 1.0
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-3
-    bn_axis_name: str | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    bn_epsilon: float = dataclasses.field(default=1e-3, kw_only=True)  # torchvision's
 
     def _ch(self, channels: int) -> int:
         return max(1, int(channels * self.width_multiplier))

@@ -13,9 +13,11 @@ the same distribution as the reference PyTorch trainer of the papers:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,7 @@ import numpy as np
 from flax import linen as nn
 
 __all__ = [
+    "BatchNormed",
     "adaptive_avg_pool",
     "batch_norm",
     "pooled_classifier",
@@ -37,6 +40,21 @@ kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "norma
 
 torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 """PyTorch's default ``nn.Linear`` weight initialiser: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+
+
+class BatchNormed(nn.Module):
+    """The fields that every classifier here shares and :func:`batch_norm` reads, all
+    keyword-only: ``bn_momentum`` (the running-average decay in flax's convention:
+    torchvision's ``momentum=0.1`` is 0.9 here), ``bn_epsilon``, ``bn_axis_name`` (the axis
+    over which BatchNorm averages its batch statistics, only for explicit per-device code
+    under ``shard_map``/``pmap``), ``dtype`` (the compute dtype; logits are returned in
+    float32) and ``param_dtype``."""
+
+    bn_momentum: float = dataclasses.field(default=0.9, kw_only=True)
+    bn_epsilon: float = dataclasses.field(default=1e-5, kw_only=True)
+    bn_axis_name: str | None = dataclasses.field(default=None, kw_only=True)
+    dtype: Any = dataclasses.field(default=jnp.float32, kw_only=True)
+    param_dtype: Any = dataclasses.field(default=jnp.float32, kw_only=True)
 
 
 def batch_norm(module: nn.Module, train: bool) -> functools.partial:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cgh_jax.models.layers import (
+    BatchNormed,
     batch_norm,
     check_images,
     kaiming_normal_fan_out,
@@ -42,60 +43,58 @@ __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
 ModuleDef = Any
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with an identity or projection shortcut (ResNet-18/34)."""
+class _Block(nn.Module):
+    """A residual block's fields, and the end every block shares: the shortcut (identity, or
+    a strided 1x1 projection with BatchNorm where the shape changes) added, then a ReLU."""
 
     features: int
     strides: int
     conv: ModuleDef
     norm: ModuleDef
     zero_init_residual: bool = False
+
+    @property
+    def last_scale(self) -> nn.initializers.Initializer:
+        """The initialiser of the branch's last BatchNorm scale."""
+        return nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+
+    def add_shortcut(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        shortcut = x
+        if x.shape != y.shape:
+            shortcut = self.conv(y.shape[-1], (1, 1), self.strides, name="downsample_conv")(x)
+            shortcut = self.norm(name="downsample_bn")(shortcut)
+        return nn.relu(y + shortcut)
+
+
+class BasicBlock(_Block):
+    """Two 3x3 convolutions with an identity or projection shortcut (ResNet-18/34)."""
 
     expansion: ClassVar[int] = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         y = self.conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
         y = self.conv(self.features, (3, 3), padding=1, name="conv2")(y)
-        y = self.norm(scale_init=last_scale, name="bn2")(y)
-        shortcut = x
-        if x.shape != y.shape:
-            shortcut = self.conv(self.features, (1, 1), self.strides, name="downsample_conv")(x)
-            shortcut = self.norm(name="downsample_bn")(shortcut)
-        return nn.relu(y + shortcut)
+        return self.add_shortcut(x, self.norm(scale_init=self.last_scale, name="bn2")(y))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a shortcut (ResNet-50/101/152)."""
-
-    features: int
-    strides: int
-    conv: ModuleDef
-    norm: ModuleDef
-    zero_init_residual: bool = False
 
     expansion: ClassVar[int] = 4
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        out_features = self.features * self.expansion
         y = self.conv(self.features, (1, 1), name="conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
         y = self.conv(self.features, (3, 3), self.strides, padding=1, name="conv2")(y)
         y = nn.relu(self.norm(name="bn2")(y))
-        y = self.conv(out_features, (1, 1), name="conv3")(y)
-        y = self.norm(scale_init=last_scale, name="bn3")(y)
-        shortcut = x
-        if x.shape != y.shape:
-            shortcut = self.conv(out_features, (1, 1), self.strides, name="downsample_conv")(x)
-            shortcut = self.norm(name="downsample_bn")(shortcut)
-        return nn.relu(y + shortcut)
+        y = self.conv(self.features * self.expansion, (1, 1), name="conv3")(y)
+        return self.add_shortcut(x, self.norm(scale_init=self.last_scale, name="bn3")(y))
 
 
-class ResNet(nn.Module):
+class ResNet(BatchNormed):
     """A ResNet classifier on NHWC images.
 
     Attributes:
@@ -125,11 +124,6 @@ class ResNet(nn.Module):
     width: int = 64
     stem: str = "imagenet"
     zero_init_residual: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

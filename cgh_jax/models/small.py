@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cgh_jax.models.layers import (
+    BatchNormed,
     batch_norm,
     check_images,
     kaiming_normal_fan_out,
@@ -77,7 +78,7 @@ class MLP(nn.Module):
         return x.astype(jnp.float32)
 
 
-class CNN(nn.Module):
+class CNN(BatchNormed):
     """Small convnet for 28x28 / 32x32 images.
 
     Attributes:
@@ -98,11 +99,6 @@ class CNN(nn.Module):
     hidden: int = 128
     batch_norm: bool = False
     dropout_rate: float = 0.0
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

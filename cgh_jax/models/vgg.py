@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from cgh_jax.models.layers import (
+    BatchNormed,
     adaptive_avg_pool,
     batch_norm,
     check_images,
@@ -53,7 +53,7 @@ VGG_STAGES: dict[str, tuple[tuple[int, ...], ...]] = {
 """Output channels of the convolutions of each stage (torchvision configs A, B, D, E)."""
 
 
-class VGG(nn.Module):
+class VGG(BatchNormed):
     """A VGG classifier on NHWC images.
 
     Attributes:
@@ -80,11 +80,6 @@ class VGG(nn.Module):
     hidden: int = 4096
     dropout_rate: float = 0.5
     pool_size: int = 7
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
