@@ -249,23 +249,22 @@ def imagenet_config(
     args = parse_arg(arg, **common_args(momentum=-1.0))
     if args.momentum < 0:
         args.momentum = AUTHORS_MOMENTUM.get(args.opt, 0.0)
-    cfg = base_config()
-    cfg.data = imagenet_data_config(**(data or {}))
-    cfg.model = dict(name=model, dtype="bfloat16")
-    cfg.optimizer = optimizer_config(learning_rate=0.1, **optimizer)
-    cfg.batch_size = 256
-    cfg.num_epochs = 90
-    cfg.eval_batch_size = 1024
-    cfg.log_every_steps = 100
-    cfg.checkpoint_every_steps = 2_000
-    apply_common_args(cfg, args)
-    if args.runlocal:
-        apply_runlocal(cfg, model={"name": tiny, "dtype": "float32"})
-    return cfg, args
+    cfg = base_config(
+        data=imagenet_data_config(**(data or {})),
+        model=dict(name=model, dtype="bfloat16"),
+        optimizer=optimizer_config(learning_rate=0.1, **optimizer),
+        batch_size=256,
+        num_epochs=90,
+        eval_batch_size=1024,
+        log_every_steps=100,
+        checkpoint_every_steps=2_000,
+    )
+    return apply_common_args(cfg, args, tiny={"name": tiny, "dtype": "float32"}), args
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """Fields every training config has, with neutral defaults."""
+def base_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """Fields every training config has, with neutral defaults (``overrides``: any of its
+    top-level fields, e.g. ``batch_size=128`` or ``data=data_config(...)``)."""
     cfg = ml_collections.ConfigDict()
     cfg.seed = 0
     cfg.data = data_config()
@@ -286,6 +285,7 @@ def base_config() -> ml_collections.ConfigDict:
     # --heartbeat_timeout override them.
     cfg.init_timeout_s = 60
     cfg.heartbeat_timeout_s = 60
+    _update(cfg, overrides)
     return cfg
 
 
@@ -348,9 +348,15 @@ def common_args(*, without: tuple[str, ...] = (), **extra: Any) -> dict[str, Any
     return {k: v for k, v in common.items() if k not in without} | extra
 
 
-def apply_common_args(cfg: ml_collections.ConfigDict, args: ml_collections.ConfigDict):
+def apply_common_args(
+    cfg: ml_collections.ConfigDict,
+    args: ml_collections.ConfigDict,
+    *,
+    tiny: Mapping[str, Any] | None = None,
+):
     """Applies :func:`common_args` values to ``cfg`` (0 / "" keep the config's default;
-    arguments the config does not take are skipped)."""
+    arguments the config does not take are skipped), then with ``runlocal`` and a ``tiny``
+    model :func:`apply_runlocal`; returns ``cfg``."""
     if "opt" in args:
         cfg.optimizer.name = args.opt
     if "noise" in args:
@@ -365,4 +371,6 @@ def apply_common_args(cfg: ml_collections.ConfigDict, args: ml_collections.Confi
         cfg.batch_size = args.batch
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
+    if tiny is not None and args.runlocal:
+        apply_runlocal(cfg, model=tiny)
     return cfg

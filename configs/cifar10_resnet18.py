@@ -42,26 +42,20 @@ def get_config(arg=None):
     args = configlib.parse_arg(arg, **{**configlib.common_args(path=""), "momentum": -1.0})
     if args.momentum < 0:
         args.momentum = AUTHORS_MOMENTUM.get(args.opt, 0.0)
-    cfg = configlib.base_config()
-    if args.path:
-        cfg.data = configlib.data_config(source="image_folder", name="cifar10", path=args.path)
-    else:
-        cfg.data = configlib.data_config(source="tfds", name="cifar10")
-    cfg.data.normalize = "unit"
-    cfg.data.augment = "flip"
-    cfg.data.shuffle_buffer = 50_000
-    cfg.model = dict(name="resnet18", stem="cifar", dtype="float32")
-    cfg.optimizer = configlib.optimizer_config(
-        learning_rate=0.1, schedule="step", decay_epochs=(50, 75), decay_factor=0.1
+    source = dict(source="image_folder", path=args.path) if args.path else dict(source="tfds")
+    cfg = configlib.base_config(
+        data=configlib.data_config(
+            name="cifar10", normalize="unit", augment="flip", shuffle_buffer=50_000, **source
+        ),
+        model=dict(name="resnet18", stem="cifar", dtype="float32"),
+        optimizer=configlib.optimizer_config(
+            learning_rate=0.1, schedule="step", decay_epochs=(50, 75), decay_factor=0.1
+        ),
+        batch_size=128,
+        num_epochs=100,
+        eval_batch_size=1000,
+        log_every_steps=100,
+        checkpoint_every_steps=1_000,
     )
-    cfg.batch_size = 128
-    cfg.num_epochs = 100
-    cfg.eval_batch_size = 1000
-    cfg.log_every_steps = 100
-    cfg.checkpoint_every_steps = 1_000
-    configlib.apply_common_args(cfg, args)
-    if args.runlocal:
-        configlib.apply_runlocal(
-            cfg, model={"name": "resnet_tiny", "stem": "cifar", "dtype": "float32"}
-        )
-    return cfg
+    tiny = {"name": "resnet_tiny", "stem": "cifar", "dtype": "float32"}
+    return configlib.apply_common_args(cfg, args, tiny=tiny)

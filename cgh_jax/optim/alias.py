@@ -313,38 +313,43 @@ def winsorized_sgd(
     return _chain(winsorize(num_clipped), learning_rate, weight_decay, momentum, nesterov)
 
 
-def mean_at_median_norm_sgd(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    num_groups: int,
-    weight_decay: float = 0.0,
-    momentum: float = 0.0,
-    nesterov: bool = False,
-) -> optax.GradientTransformation:
-    r"""SGD on the mean gradient rescaled, per tensor, to the norm of the median of
+def _grouped_sgd(aggregator, name: str, doc: str):
+    """The public alias ``name`` (docstring ``doc``): SGD on ``aggregator(num_groups)`` of the
+    group-mean gradients, with :func:`m3_sgd`'s arguments (``num_groups`` required)."""
+
+    def grouped_sgd(
+        learning_rate: optax.ScalarOrSchedule,
+        *,
+        num_groups: int,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+    ) -> optax.GradientTransformation:
+        return _chain(aggregator(num_groups), learning_rate, weight_decay, momentum, nesterov)
+
+    grouped_sgd.__name__ = grouped_sgd.__qualname__ = name
+    grouped_sgd.__doc__ = doc
+    return grouped_sgd
+
+
+mean_at_median_norm_sgd = _grouped_sgd(
+    mean_at_median_norm,
+    "mean_at_median_norm_sgd",
+    """SGD on the mean gradient rescaled, per tensor, to the norm of the median of
     ``num_groups`` group means (:func:`cgh_jax.optim.norm_match.mean_at_median_norm`): the
     norm-matched SGD control of M3 with ``num_groups`` groups. Arguments as
     :func:`m3_sgd`; the input has the leading group axis.
-    """
-    agg = mean_at_median_norm(num_groups)
-    return _chain(agg, learning_rate, weight_decay, momentum, nesterov)
-
-
-def median_at_mean_norm_sgd(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    num_groups: int,
-    weight_decay: float = 0.0,
-    momentum: float = 0.0,
-    nesterov: bool = False,
-) -> optax.GradientTransformation:
-    r"""SGD on the median of ``num_groups`` group means rescaled, per tensor, to the norm of
+    """,
+)
+median_at_mean_norm_sgd = _grouped_sgd(
+    median_at_mean_norm,
+    "median_at_mean_norm_sgd",
+    """SGD on the median of ``num_groups`` group means rescaled, per tensor, to the norm of
     their mean (:func:`cgh_jax.optim.norm_match.median_at_mean_norm`): the median's
     direction at SGD's step length. Arguments as :func:`m3_sgd`; the input has the leading
     group axis.
-    """
-    agg = median_at_mean_norm(num_groups)
-    return _chain(agg, learning_rate, weight_decay, momentum, nesterov)
+    """,
+)
 
 
 __all__ = [
