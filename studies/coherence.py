@@ -150,14 +150,16 @@ def page(args, trained) -> report.Page:
     cfg = configs["real labels"]
     walls = {kind: study.run_wall_s(d) for kind, d in dirs.items()}
     data = (
-        f"real MNIST IDX files ({args.mnist}); a seeded random subset of {SUBSET:,} "
-        f"training examples (numpy default_rng({R.SUBSET_SEED})); the sample: {m:,} examples of "
-        f"the subset drawn by numpy default_rng({SAMPLE_SEED}), with the labels trained on"
+        f"a seeded random subset of {SUBSET:,} training examples (numpy default_rng("
+        f"{R.SUBSET_SEED})); the sample: {m:,} examples of the subset drawn by numpy "
+        f"default_rng({SAMPLE_SEED}), with the labels trained on"
     )
-    return report.Page(
-        title="m-coherence over training: real vs random labels (Chatterjee & Zielinski 2020)",
-        seeds=[R.CG_SEED],
-        data=data,
+    return R.cg_page(
+        args,
+        "m-coherence over training: real vs random labels (Chatterjee & Zielinski 2020)",
+        cfg,
+        f"{cfg.num_epochs} epochs ({max(steps):,} steps)",
+        data,
         body=[
             "## Results",
             report.markdown_table(columns, rows),
@@ -167,8 +169,6 @@ def page(args, trained) -> report.Page:
         ],
         runs_wall_s=sum(walls.values()),
         extra={
-            "Model and optimizer": f"{R.mlp_sgd(cfg)}, {cfg.num_epochs} epochs "
-            f"({max(steps):,} steps)",
             "Random labels": "noise 1.0 of the W&S `uniform` scheme (every label redrawn "
             "uniformly over the 10 classes, noise seed 0)",
             "Measurement": f"`cgh_jax.analysis.CoherenceHook` (`m_coherence`) on m = {m:,} "

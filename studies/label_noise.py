@@ -183,20 +183,19 @@ def page(args, trained) -> report.Page:
         f"Runs: `{os.path.relpath(args.workdir, R.REPO)}/<noiseNNN>/metrics.jsonl`.",
     ]
     data = (
-        f"real MNIST IDX files ({args.mnist}); training on a seeded random subset of "
-        f"{SUBSET:,} of the 60,000 training examples; test: {HELDOUT:,} other "
-        f"training-split examples held out, with their true labels (one permutation by "
-        f"numpy default_rng({R.SUBSET_SEED}) cut into the two parts)"
+        f"training on a seeded random subset of {SUBSET:,} of the 60,000 training examples; "
+        f"test: {HELDOUT:,} other training-split examples held out, with their true labels "
+        f"(one permutation by numpy default_rng({R.SUBSET_SEED}) cut into the two parts)"
     )
-    return report.Page(
-        title="Label noise: pristine vs corrupt examples (CG §3, W&S Figure 1)",
-        seeds=[R.CG_SEED],
-        data=data,
+    return R.cg_page(
+        args,
+        "Label noise: pristine vs corrupt examples (CG §3, W&S Figure 1)",
+        cfg0,
+        "no momentum, no weight decay, constant learning rate",
+        data,
         body=body,
         runs_wall_s=sum(r["wall_s"] for r in rows),
         extra={
-            "Model and optimizer": f"{R.mlp_sgd(cfg0)}, no momentum, no weight decay, constant "
-            "learning rate",
             "Label noise": "W&S `uniform` scheme, noise seed 0: with probability p the label "
             "is redrawn uniformly over all 10 classes; corrupt = label changed",
             "Epochs": f"{epochs}; accuracies measured before each epoch and after the last on "

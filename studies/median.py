@@ -72,6 +72,7 @@ NORM_ARM = {"m3_k9": "sgd_norm_k9", "m3_k15": "sgd_norm_k15"}  # median -> norm-
 FULL = (*SGD_FAMILY, "m3_k15", "sgd_norm_k15", "median_meannorm_k15", "m3_k9", "sgd_norm_k9")
 FULL += ("m3", "m3_k5", *RA3_FAMILY, "rm3")  # in training order within a seed
 SMALL = (*SGD_FAMILY, "m3", "m3_k9", "sgd_norm_k9")
+CNN_KEYS = (*SGD_FAMILY, "m3", "m3_k9")
 CELLS = (
     Cell("noise025_n4000", 0.25, 4_000, 250, (0, 1, 2, 3, 4), FULL),
     Cell("noise050_n4000", 0.5, 4_000, 250, (0, 1, 2, 3, 4), FULL),
@@ -80,23 +81,10 @@ CELLS = (
     # Four times longer: does the median plateau or catch up?
     Cell("noise025_n4000_long", 0.25, 4_000, 1_000, (0, 1, 2), ("sgd", "m3_k15", "sgd_norm_k15")),
     # A second model and dataset: the small CNN on CIFAR-10 JPEGs.
-    Cell(
-        "cifar10_noise025_n10000",
-        0.25,
-        10_000,
-        100,
-        (0, 1, 2),
-        SGD_FAMILY + ("m3", "m3_k9"),
-        "cifar10",
-    ),
+    Cell("cifar10_noise025_n10000", 0.25, 10_000, 100, (0, 1, 2), CNN_KEYS, data="cifar10"),
 )
 QUICK_KEYS = (*SGD_FAMILY[:2], "m3", "m3_k15", "sgd_norm_k15", "median_meannorm_k15", "ra3", "rm3")
 QUICK_CELLS = (Cell("noise050_n600", 0.5, 600, 2, (0, 1), QUICK_KEYS),)
-CNN = {
-    "data.augment": "none",  # the W&S comparisons train without augmentation
-    "optimizer.schedule": "constant",
-    "model": dict(name="cnn", features=(32, 64), hidden=128, dtype="float32"),
-}
 
 
 def cell_runs(cell: Cell, quick: bool) -> dict[str, list[R.Run]]:
@@ -113,7 +101,7 @@ def cell_runs(cell: Cell, quick: bool) -> dict[str, list[R.Run]]:
         }
         if cell.data == "cifar10":
             config, arg = "cifar10_resnet18", f"opt={opt},noise={cell.noise},path={{cifar10}}"
-            overrides |= CNN
+            overrides |= R.CNN
         else:
             config, arg = "mnist_cg", f"opt={opt},noise={cell.noise},scheme=uniform,net=2048"
         if quick:  # 8 fake devices divide every update: 24 (SGD), k x 8, 8 (RA3, RM3)

@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 
 from cgh_jax import cli_checks, study
-from cgh_jax.analysis import examples
+from cgh_jax.analysis import examples, report
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -29,6 +29,11 @@ CG_SEED = 0  # the seed of the single-seed CG MLP runs
 # Every study run: small evaluation batches, a checkpoint only at the end.
 SETTINGS = {"eval_batch_size": 400, "checkpoint_every_steps": 0, "log_every_steps": 100}
 QUICK_MLP = {"model.hidden": (32,), "batch_size": 40}  # --quick: 8 fake devices divide 40
+CNN = {  # configs/cifar10_resnet18.py as the W&S comparisons' small CNN
+    "data.augment": "none",  # they train without augmentation
+    "optimizer.schedule": "constant",
+    "model": dict(name="cnn", features=(32, 64), hidden=128, dtype="float32"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +70,15 @@ def mlp_sgd(cfg) -> str:
     """``MLP 2048 (ReLU), SGD lr 0.1, batch 100`` for a config."""
     hidden = "-".join(str(h) for h in cfg.model.hidden)
     return f"MLP {hidden} (ReLU), SGD lr {cfg.optimizer.learning_rate}, batch {cfg.batch_size}"
+
+
+def cg_page(args, title: str, cfg, model: str, data: str, **fields) -> report.Page:
+    """The page of single-seed CG MLP runs (:func:`cg_sgd`, seed :data:`CG_SEED`) on the MNIST
+    IDX files: ``data`` tells what of them, ``model`` follows :func:`mlp_sgd` as the first
+    of the facts ``extra``; ``fields``: the rest of the :class:`report.Page`."""
+    extra = {"Model and optimizer": f"{mlp_sgd(cfg)}, {model}", **fields.pop("extra")}
+    data = f"real MNIST IDX files ({args.mnist}); {data}"
+    return report.Page(title=title, seeds=[CG_SEED], data=data, extra=extra, **fields)
 
 
 def names_arg(valid: Sequence[str], what: str, shown: Sequence[str] | None = None):

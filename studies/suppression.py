@@ -124,12 +124,6 @@ QUICK_GROUPS = tuple(
 )
 QUICK_MODELS = {"2048": {"model.hidden": (32,)}, "3x256": {"model.hidden": (16, 16, 16)}}
 QUICK_MODELS["cnn"] = {"model": dict(name="cnn", features=(4, 8), hidden=16, dtype="float32")}
-CNN = {
-    "data.augment": "none",  # the W&S comparisons train without augmentation
-    "optimizer.schedule": "constant",
-    "optimizer.learning_rate": CONV_LR,
-    "model": dict(name="cnn", features=(32, 64), hidden=128, dtype="float32"),
-}
 
 
 def group_runs(group: Group, s: Setting, quick: bool) -> list[R.Run]:
@@ -143,7 +137,7 @@ def group_runs(group: Group, s: Setting, quick: bool) -> list[R.Run]:
     elif not quick:
         config, arg, mnist = "cifar10_resnet18", f"opt={s.opt},{noise},path={{cifar10}}", False
         arg += f",batch={s.batch}"
-        overrides.update(CNN)
+        overrides.update({**R.CNN, "optimizer.learning_rate": CONV_LR})
     if quick:
         overrides.update({**QUICK_MODELS[group.net], "batch_size": R.QUICK_MLP["batch_size"]})
     subset = (group.subset, group.heldout)
