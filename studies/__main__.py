@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from cgh_jax.analysis.report import page_header  # noqa: E402
 from cgh_jax.formatting import format_seconds  # noqa: E402
+from cgh_jax.study import machine  # noqa: E402
 from studies import STUDIES  # noqa: E402
 from studies.runs import MNIST_DIR, REPO, say, utc_now  # noqa: E402
 
@@ -98,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     wall_s = time.monotonic() - start
     page = module.page(args, trained)
     smoke = QUICK_DATA if args.quick else None
-    head = page_header(
-        page, command=args.command, wall_s=wall_s, generated=utc_now(), smoke_data=smoke
-    )
+    facts = dict(command=args.command, machine=machine(), generated=utc_now(), smoke_data=smoke)
+    head = page_header(page, wall_s=wall_s, **facts)
     text = head + "\n" + "\n\n".join(page.body)
     (out / "README.md").write_text(text.rstrip() + "\n", encoding="utf-8")
     payload = {"study": name, "quick": args.quick, "command": args.command, "wall_s": wall_s}

@@ -349,14 +349,13 @@ def test_trained_line():
 
 
 def test_page_header():
-    from cgh_jax.study import machine
-
     page = report.Page("T", [0, 1], "real data", [], {}, extra={"Model": "MLP"}, runs_wall_s=90)
-    text = report.page_header(page, command="python -m x", wall_s=5, generated="now")
+    facts = dict(command="python -m x", machine="2 CPU cores", generated="now")
+    text = report.page_header(page, wall_s=5, **facts)
     lines = text.splitlines()
     assert lines[:2] == ["# T", ""] and "Smoke run" not in text
     assert lines[lines.index("```") + 1] == "python -m x"
-    assert f"- Machine: {machine()} (shared with other work; wall times are upper bounds)." in lines
+    assert "- Machine: 2 CPU cores (shared with other work; wall times are upper bounds)." in lines
     assert lines[-5:] == [
         "- Wall time of this call: 5s; of the training runs, as recorded when each was trained: "
         "1m 30s in all (a rerun of the command reuses finished runs).",
@@ -366,9 +365,7 @@ def test_page_header():
         "- Model: MLP",
     ]
     page.runs_wall_s = None
-    smoke = report.page_header(
-        page, command="c", wall_s=5, generated="now", smoke_data="a few digits"
-    )
+    smoke = report.page_header(page, wall_s=5, **facts, smoke_data="a few digits")
     assert "> **Smoke run (`--quick`)**: a few steps on a few digits to check" in smoke
     assert "- Data: a few digits (smoke run)\n" in smoke
     assert "- Wall time of this call: 5s.\n" in smoke

@@ -327,15 +327,20 @@ class Page:
 
 
 def page_header(
-    page: Page, *, command: str, wall_s: float, generated: str, smoke_data: str | None = None
+    page: Page,
+    *,
+    command: str,
+    machine: str,
+    wall_s: float,
+    generated: str,
+    smoke_data: str | None = None,
 ) -> str:
-    """The top of a results page: what ran (``command``), where, how long, with which seeds.
+    """The top of a results page: what ran (``command``), where (``machine``, e.g.
+    :func:`cgh_jax.study.machine`), how long, with which seeds.
 
     ``smoke_data`` (the data of a smoke run, e.g. ``"a few digits"``) marks the page as a
     smoke run whose numbers mean nothing, and replaces ``page.data``.
     """
-    from cgh_jax.study import machine
-
     lines = [f"# {page.title}", ""]
     if smoke_data:
         lines += [
@@ -354,7 +359,7 @@ def page_header(
         command,
         "```",
         "",
-        f"- Machine: {machine()} (shared with other work; wall times are upper bounds).",
+        f"- Machine: {machine} (shared with other work; wall times are upper bounds).",
         f"- Wall time of this call: {format_seconds(wall_s)}{runs}.",
         f"- Seeds: {', '.join(str(s) for s in page.seeds)}.",
         f"- Data: {f'{smoke_data} (smoke run)' if smoke_data else page.data}",
