@@ -39,7 +39,7 @@ def _run(name: str, out: Path, workdir: Path, data_dir: str) -> dict:
     results = json.loads((out / "results.json").read_text())
     assert results["quick"] is True and results["study"] == name
     for item in results["summary"]:
-        assert item["match"].split(";")[0] in ("yes", "no", "partly")
+        assert item["match"].split(";")[0] in ("yes", "no", "partly", "undecided")
         assert item["measured"] and item["prediction"]
     return results
 
@@ -355,7 +355,7 @@ def test_median_decision_rule_on_paths_with_known_answers(tmp_path, median, norm
     assert frontier["lo"] < frontier["d"] < frontier["hi"]
     assert frontier["n"] == 5 and result.payload["primary_tests"] == 2
     assert result.payload["summary"][0]["match"] == {"supported": "yes"}.get(
-        want, "partly" if want == "not established" else "no"
+        want, "undecided" if want == "not established" else "no"
     )
 
 
