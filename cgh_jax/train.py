@@ -13,11 +13,20 @@ measures memorization the way the papers do:
   and after the last;
 * hooks (:mod:`cgh_jax.hooks`) after each step, each evaluation and at the end; the
   per-example records of ``config.per_example_epochs`` are one;
-* the loop: train metrics every ``log_every_steps`` (loss, top-1, gradient / parameter /
-  update norms); every step's loss and norms are checked for non-finite values at the next
-  host synchronization that happens anyway (a log line, a checkpoint, an evaluation), so a
+* the loop: train metrics every ``log_every_steps``: loss and top-1 averaged over the
+  interval, and the gradient / parameter / update norms of one step, the first of the
+  dispatch that ends the interval (its last step when ``steps_per_dispatch`` is 1),
+  computed by a separate program before that step (:func:`cgh_jax.step.make_norms_step`;
+  inside the train step they would cost about a third of a small model's step). Every
+  step's loss, and at those steps the norms, are checked for non-finite values at the
+  next host synchronization that happens anyway (a log line, a checkpoint, an
+  evaluation), and the parameters themselves before an evaluation or a checkpoint, so a
   diverging run stops with :class:`NonFiniteError` before it evaluates or saves a
-  non-finite state, and the last good checkpoint stays; checkpoints every
+  non-finite state, and the last good checkpoint stays. The error names the first step
+  whose loss (or norms) was not finite: an update that makes the parameters non-finite
+  shows at the next step, whose loss is computed from them, or at that step itself when
+  its norms were computed (if the loss stays finite, at the next evaluation or
+  checkpoint, as non-finite parameters); checkpoints every
   ``checkpoint_every_steps``, at the end and on SIGTERM (saved at the next step boundary,
   then the function returns with ``preempted=True``).
 
@@ -147,6 +156,9 @@ def _epoch_value(step: int, steps_per_epoch: int) -> int | float:
     return int(epoch) if step % steps_per_epoch == 0 else round(epoch, 6)
 
 
+_merge = jax.jit(metrics_lib.TrainMetrics.merge)  # one dispatch per step, not one per field
+
+
 def _crossed(before: int, after: int, every: int) -> bool:
     """A multiple of ``every`` lies in ``(before, after]``."""
     return after // every > before // every
@@ -249,7 +261,7 @@ class Run:
             metrics_lib.write_file_atomic(os.path.join(self.workdir, "config.json"), text.encode())
 
     def evaluate(self, step: int, eval_sets, pending) -> dict[str, Any]:
-        self.check_finite(pending)  # never evaluate (or record) a non-finite state
+        self.check_finite(pending, state=True)  # never evaluate or record a non-finite state
         start = time.monotonic()
         results = evaluate(
             self.steps.eval, self.state, eval_sets, self.mesh, with_top5=self.with_top5
@@ -270,41 +282,69 @@ class Run:
             hook.on_eval(self, record)
         return record
 
-    def check_finite(self, pending: list[tuple[int, jax.Array]]) -> None:
-        """Raises NonFiniteError naming the first step whose loss or norms were not finite."""
-        if not pending:
-            return
-        flags = jax.device_get([f for _, f in pending])
-        for (step, _), ok in zip(pending, flags, strict=True):
-            if not bool(ok):
-                self.checkpointer.wait()
-                last = self.checkpointer.latest_step()
-                raise NonFiniteError(
-                    f"Non-finite training loss or norm at step {step} (the update to step "
-                    f"{step}); the run stopped without evaluating or saving that state. The "
-                    "last good checkpoint is "
-                    + (
-                        f"step {last} in {self.checkpointer.directory}"
-                        if last is not None
-                        else "none"
-                    )
-                    + ". Lower the learning rate, or check the data."
-                )
+    def check_finite(self, pending: list[tuple[int, jax.Array, bool]], *, state: bool) -> None:
+        """Raises NonFiniteError naming the first step whose flag failed (its loss, and for
+        a step whose norms were computed, the norms too); with ``state``, also if the
+        current parameters are not all finite (before an evaluation or a checkpoint)."""
+        flags = jax.device_get([f for _, f, _ in pending])
+        failed = next(
+            ((s, norms) for (s, _, norms), ok in zip(pending, flags, strict=True) if not ok),
+            None,
+        )
+        if failed is None and state and not bool(self.steps.params_finite(self.state)):
+            failed = (int(jax.device_get(self.state.step)), None)
         pending.clear()
-
-    def _dispatch(self, host_batches: list[dict]) -> tuple:
-        """One train step, or ``len(host_batches)`` steps in one dispatch."""
-        keys = ("image", "label")
-        if len(host_batches) == 1:
-            batch = {k: host_batches[0][k] for k in keys}
-            return self.steps.train(self.state, sharding_lib.host_batch_to_global(batch, self.mesh))
-        group = [{k: b[k] for k in keys} for b in host_batches]
-        return self.steps.train_many(
-            self.state, sharding_lib.host_batches_to_global(group, self.mesh)
+        if failed is None:
+            return
+        step, norms = failed
+        if norms:
+            what = f"Non-finite training loss or norm at step {step} (the update to step {step})"
+        elif norms is None:
+            what = (
+                f"Non-finite parameters at step {step}, although every training loss was "
+                "finite (the norms are computed once per log_every_steps steps; the update "
+                "that made them is after the last logged step)"
+            )
+        else:
+            what = (
+                f"Non-finite training loss at step {step} (computed from the parameters of "
+                f"step {step - 1}: the update to step {step - 1}, or one since the last "
+                "logged step, made them non-finite, or this batch overflowed the loss)"
+            )
+        self.checkpointer.wait()
+        last = self.checkpointer.latest_step()
+        raise NonFiniteError(
+            f"{what}; the run stopped without evaluating or saving that state. The last good "
+            "checkpoint is "
+            + (f"step {last} in {self.checkpointer.directory}" if last is not None else "none")
+            + ". Lower the learning rate, or check the data."
         )
 
+    def _global(self, host_batch: dict) -> dict:
+        batch = {k: host_batch[k] for k in ("image", "label")}
+        return sharding_lib.host_batch_to_global(batch, self.mesh)
+
+    def _dispatch(self, host_batches: list[dict], with_norms: bool) -> tuple:
+        """One train step, or ``len(host_batches)`` steps in one dispatch. With
+        ``with_norms``, first the norms of the first of these steps (:attr:`Steps.norms`,
+        the state unchanged). Returns ``(metrics, finite, norms or None)``."""
+        norms = None
+        if with_norms:
+            norms = self.steps.norms(self.state, self._global(host_batches[0]))
+        if len(host_batches) == 1:
+            self.state, metrics, finite = self.steps.train(
+                self.state, self._global(host_batches[0])
+            )
+        else:
+            group = [{k: b[k] for k in ("image", "label")} for b in host_batches]
+            batches = sharding_lib.host_batches_to_global(group, self.mesh)
+            self.state, metrics, finite = self.steps.train_many(self.state, batches)
+        if norms is not None:
+            finite = jnp.logical_and(finite, norms[1])
+        return metrics, finite, norms
+
     def save(self, step: int, pending) -> None:
-        self.check_finite(pending)
+        self.check_finite(pending, state=True)
         self.checkpointer.save(step, self.state, wall_time_s=self.elapsed())
 
     # -- the loop
@@ -326,7 +366,7 @@ class Run:
         progress = metrics_lib.Progress(self.total_steps, step, eval_every_steps=spe * eval_every)
         per_dispatch = config.steps_per_dispatch
         watcher = PreemptionWatcher()
-        pending: list[tuple[int, jax.Array]] = []
+        pending: list[tuple[int, jax.Array, bool]] = []
         accumulated = None
         last_record: dict[str, Any] = {}
         preempted = False
@@ -366,15 +406,19 @@ class Run:
                     if not group:
                         break
                     num_batches += len(group)
-                    self.state, update, finite = self._dispatch(group)
                     before, step = step, step + len(group)
-                    pending.append((step, finite))
-                    accumulated = update if accumulated is None else accumulated.merge(update)
+                    logs = _crossed(before, step, config.log_every_steps) or (
+                        step == self.total_steps
+                    )
+                    update, finite, norms = self._dispatch(group, with_norms=logs)
+                    pending.append((step, finite, logs))
+                    accumulated = update if accumulated is None else _merge(accumulated, update)
                     for hook in self.hooks:
                         hook.on_step(self, step)
-                    if _crossed(before, step, config.log_every_steps) or step == self.total_steps:
-                        self.check_finite(pending)
-                        values = {k: float(v) for k, v in accumulated.compute().items()}
+                    if logs:
+                        self.check_finite(pending, state=False)
+                        values = {**accumulated.compute(), **norms[0]}
+                        values = {k: float(values[k]) for k in metrics_lib.TrainMetrics.ORDER}
                         accumulated = None
                         report = progress.report(step)
                         self.writer.write_scalars(
