@@ -60,8 +60,9 @@ from benchmarks.common import (  # noqa: E402
 )
 from cgh_jax import sharding as sharding_lib  # noqa: E402
 from cgh_jax.models import get_model  # noqa: E402
+from cgh_jax.optim import spec as spec_lib  # noqa: E402
 
-SECTIONS = ("trainer", "resnets")
+SECTIONS = ("trainer", "groups", "resnets")
 OPTIMIZERS = ("sgd", "m3", "m3_loop", "rm3", "ra3")
 MODELS = {
     "resnet_tiny": {},  # (1, 1, 1, 1) BasicBlocks, width 8
@@ -176,6 +177,59 @@ def trainer_section(args) -> str:
     )
 
 
+# ----------------------------------------------------------------------------- groups
+
+GROUPED = ("m3", "mean_at_median_norm", "median_at_mean_norm")
+LAYOUTS = ("vmap", "chunked")
+
+
+def groups_section(args) -> str:
+    model = get_model("mlp", num_classes=10, hidden=(args.hidden,))
+    mesh = sharding_lib.create_mesh(1)
+    variants = {
+        "sgd": spec_lib.resolve({"name": "sgd", "learning_rate": 0.1}, batch_size=args.per_update)
+    }
+    for k in (int(x) for x in args.ks.split(",")):
+        if args.per_update % k:
+            raise SystemExit(f"--per-update {args.per_update} is not a multiple of k = {k}")
+        for name in args.grouped.split(","):
+            for layout in LAYOUTS:
+                cfg = {"name": name, "learning_rate": 0.1, "num_groups": k, "m3_layout": layout}
+                spec = spec_lib.resolve(cfg, batch_size=args.per_update // k)
+                variants[f"{name} k={k} {layout}"] = spec
+    runners = {}
+    for label, spec in variants.items():
+        trainer = TrainerStep(model, spec, mesh, MNIST_SHAPE)
+        state = trainer.init_state()
+        batch = trainer.random_batch(args.per_update, num_classes=10)
+        runners[label] = StepRunner(trainer.compile(batch, state), state, batch)
+    wall, cpu, load = _timed(runners, args)
+    rows = [
+        [
+            label,
+            _ms(wall[label]),
+            f"{median(wall[label]) / median(wall['sgd']):.3f}",
+            _range(wall[label], wall["sgd"]),
+            _ms(cpu[label]),
+            f"{median(cpu[label]) / median(cpu['sgd']):.3f}",
+        ]
+        for label in runners
+    ]
+    headers = [
+        "optimizer",
+        "wall ms/step",
+        "vs SGD (wall)",
+        "per-repetition range",
+        "CPU ms/step",
+        "vs SGD (CPU)",
+    ]
+    return (
+        f"\n## Many groups: MLP 784-{args.hidden}-10, {args.per_update} examples per update\n\n"
+        f"Median of {args.repeats} repetitions of >= {args.min_seconds} s; {load.describe()}.\n\n"
+        + markdown_table(headers, rows)
+    )
+
+
 # ----------------------------------------------------------------------------- resnets
 
 
@@ -244,6 +298,11 @@ def main(argv=None) -> int:
     parser.add_argument("--hidden", type=int, default=2048, help="trainer/groups: MLP width")
     parser.add_argument("--batch", type=int, default=100, help="trainer: batch")
     parser.add_argument("--log-every", type=int, default=200, help="trainer: log interval")
+    parser.add_argument("--per-update", type=int, default=360, help="groups: examples/update")
+    parser.add_argument("--ks", default="15", help="groups: group counts, comma-separated")
+    parser.add_argument(
+        "--grouped", default=",".join(GROUPED), help="groups: grouped optimizers to time"
+    )
     parser.add_argument("--models", default=",".join(MODELS), help="resnets: models")
     parser.add_argument(
         "--resnet-batch", type=int, default=96, help="resnets: global batch (multiple of 3)"
@@ -256,9 +315,10 @@ def main(argv=None) -> int:
         parser.error(f"unknown section(s) {unknown}; expected some of {', '.join(SECTIONS)}")
     if args.smoke:
         args.repeats, args.min_seconds, args.hidden, args.batch = 1, 0.0, 32, 12
+        args.per_update, args.ks = 30, "3,5"
         args.models, args.resnet_batch = "resnet_tiny", 6
     print(f"# {jax.devices()[0].device_kind}, {os.cpu_count()} cores, jax {jax.__version__}")
-    builders = {"trainer": trainer_section, "resnets": resnets_section}
+    builders = {"trainer": trainer_section, "groups": groups_section, "resnets": resnets_section}
     for name in sections:
         print(builders[name](args), flush=True)
     return 0

@@ -200,7 +200,7 @@ def check_optimizer(cfg: Mapping[str, Any], *, prefix: str = "optimizer") -> Non
         raise ConfigError(
             f"config.{p}m3_layout={get('m3_layout')!r} computes M3's median inside the step, "
             f"which {get('name')!r} does not use",
-            f"set config.{p}m3_layout to 'auto', 'vmap' or 'loop'",
+            f"set config.{p}m3_layout to 'auto', 'vmap', 'loop' or 'chunked'",
         )
     _choice(p + "m3_batch_stats", get("m3_batch_stats"), choices.M3_BATCH_STATS)
     _int(p + "num_clipped", get("num_clipped"), low=0)

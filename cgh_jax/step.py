@@ -7,12 +7,14 @@ consumes (``spec.gradient``):
 - ``BATCH`` (``sgd``, ``rm3``, ``ra3``): ``jax.value_and_grad`` of the mean loss over the
   batch;
 - ``GROUPED`` (``m3``; its norm-matched controls ``mean_at_median_norm`` and
-  ``median_at_mean_norm`` take the straightforward layouts only): the median of
+  ``median_at_mean_norm`` take every layout but the sharded ones): the median of
   ``num_groups`` group-mean gradients over ``num_groups x batch_size`` examples, by the
   layout ``spec.m3_layout`` (concrete, see :meth:`OptimizerSpec.resolve_layout`): ``vmap`` /
   ``loop``:
   :func:`cgh_jax.optim.grouped_grads` (column-major groups, BatchNorm statistics per group)
-  and the median in the optimizer; ``reduce_scatter`` / ``group_sharded`` (several
+  and the median in the optimizer; ``chunked``: the same groups, the aggregate inside the
+  step with dense kernels' group gradients reduced in chunks
+  (:func:`cgh_jax.optim.chunked_aggregate_grads`); ``reduce_scatter`` / ``group_sharded`` (several
   devices): :func:`cgh_jax.optim.sharded_median_of_means_grads` inside the step, the same
   update with fewer collective bytes (BatchNorm statistics per device chunk). Running
   statistics move as ``spec.m3_batch_stats`` says: ``sequential`` (one update per group,
@@ -40,6 +42,7 @@ from absl import logging
 from cgh_jax import metrics as metrics_lib
 from cgh_jax import sharding as sharding_lib
 from cgh_jax.optim import (
+    chunked_aggregate_grads,
     coordinate_median,
     grouped_grads,
     per_example_grads,
@@ -47,7 +50,7 @@ from cgh_jax.optim import (
 )
 from cgh_jax.optim.grads import check_state_momentum
 from cgh_jax.optim.norm_match import mean_at_median_norm_leaf, median_at_mean_norm_leaf
-from cgh_jax.optim.spec import GROUPED_LAYOUTS, Gradient, OptimizerSpec
+from cgh_jax.optim.spec import CHUNKED_LAYOUT, GROUPED_LAYOUTS, Gradient, OptimizerSpec
 
 
 @flax.struct.dataclass
@@ -262,7 +265,19 @@ def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize
             return loss, aux["top1"], grads, grads, new_state
 
         return batch_fn
-    if kind is Gradient.GROUPED and spec.median_in_step:
+    if kind is Gradient.GROUPED and spec.m3_layout == CHUNKED_LAYOUT:
+        median_fn = chunked_aggregate_grads(
+            loss_fn,
+            spec.num_groups,
+            spec.name,
+            has_aux=True,
+            has_state=has_state,
+            vectorize=vectorize,
+            decay=spec.decay_in_step,
+            **stats,
+        )
+        reduce = None
+    elif kind is Gradient.GROUPED and spec.median_in_step:
         if mesh is None:
             raise ValueError(f"m3_layout={spec.m3_layout!r} needs the device mesh (mesh=...).")
         median_fn = sharded_median_of_means_grads(

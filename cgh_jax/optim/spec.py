@@ -15,8 +15,9 @@ The optimizer config (``config.optimizer``) has these fields:
 ``num_groups``      M3 (median of means) and its controls: number of groups, odd. One
                     update consumes ``num_groups`` SGD-sized batches.
 ``m3_layout``       M3: how the train step computes the median of the group means:
-                    ``auto`` (default) | ``vmap`` | ``loop`` | ``reduce_scatter`` |
-                    ``group_sharded`` (:meth:`OptimizerSpec.resolve_layout`).
+                    ``auto`` (default) | ``vmap`` | ``loop`` | ``chunked`` |
+                    ``reduce_scatter`` | ``group_sharded``
+                    (:meth:`OptimizerSpec.resolve_layout`).
 ``m3_batch_stats``  M3 with BatchNorm: ``sequential`` (default, the authors': one
                     running-statistics update per group, in order, as ``num_groups``
                     train-mode forward passes make) or ``mean`` (one update with the mean
@@ -40,16 +41,26 @@ M3 layouts. ``vmap`` and ``loop`` are the straightforward path: ``grouped_grads`
 compute the median inside the train step with
 :func:`cgh_jax.optim.sharded_median_of_means_grads` (explicit per-device code that moves
 fewer bytes than ``k`` all-reduces), and the optimizer is weight decay + SGD without a
-median (adding the weight decay after the median is exact). ``group_sharded`` assigns
-groups row-major (contiguous blocks of the global batch), the others column-major; both
-are uniformly random partitions of a shuffled batch. ``auto`` picks:
+median (adding the weight decay after the median is exact). ``chunked`` (one device; M3
+and its norm-matched controls) computes the aggregate inside the step too, with
+:func:`cgh_jax.optim.chunked_aggregate_grads`: the same groups as ``vmap``, but the group
+gradients of dense kernels are formed and reduced a block of rows at a time, so the ``k``
+full kernel gradients are never written (about SGD's cost at ``k = 15`` on a CPU); other
+parameters take the ``vmap`` path. ``group_sharded`` assigns groups row-major (contiguous
+blocks of the global batch), the others column-major; both are uniformly random
+partitions of a shuffled batch. ``auto`` picks:
 
 * one device, or a batch the sharded layouts cannot split (``num_groups * batch_size`` not
   a multiple of ``devices * num_groups``), or a BatchNorm model whose per-device chunks
   would have fewer than :data:`MIN_BATCHNORM_CHUNK` examples: the straightforward path,
   ``loop`` for a model with convolutions on CPU or on several devices (``vmap`` turns
   their weight gradients into grouped convolutions, slow on XLA:CPU, and under ``jit``
-  over a mesh the partitioner may gather the batch), ``vmap`` otherwise;
+  over a mesh the partitioner may gather the batch), ``vmap`` otherwise. ``auto`` never
+  picks ``chunked``: its updates differ from ``vmap``'s by float32 round-off (the median
+  reaches the parameter update through memory instead of inside one fused loop; the
+  norm-matched controls' mean is summed in another order), which would move the
+  published runs' numbers; set ``m3_layout='chunked'`` for the speed (on a CPU, with many
+  groups);
 * otherwise (several devices) :func:`cgh_jax.optim.resolve_layout`'s choice:
   ``group_sharded`` when ``devices >= num_groups``, else ``reduce_scatter``.
 
@@ -96,7 +107,12 @@ SCHEDULES = choices.SCHEDULES
 M3_LAYOUTS = choices.M3_LAYOUTS
 SHARDED_LAYOUTS = choices.SHARDED_M3_LAYOUTS
 """M3 layouts that compute the median inside the train step (:mod:`cgh_jax.optim.sharded`)."""
-GROUPED_LAYOUTS = tuple(x for x in M3_LAYOUTS if x != "auto" and x not in SHARDED_LAYOUTS)
+CHUNKED_LAYOUT = "chunked"
+"""The layout that forms dense kernels' group gradients in chunks
+(:mod:`cgh_jax.optim.chunked`), the aggregate inside the step."""
+GROUPED_LAYOUTS = tuple(
+    x for x in M3_LAYOUTS if x not in ("auto", CHUNKED_LAYOUT) and x not in SHARDED_LAYOUTS
+)
 """M3 layouts of the straightforward path: ``grouped_grads``, the median in the optimizer."""
 assert set(SHARDED_LAYOUTS) == set(sharded.LAYOUTS) - {"auto"}
 MIN_BATCHNORM_CHUNK = 16
@@ -174,6 +190,23 @@ class OptimizerSpec:
         """M3 with a sharded layout: the step computes the median, the optimizer is SGD."""
         return self.name == "m3" and self.m3_layout in SHARDED_LAYOUTS
 
+    @property
+    def aggregate_in_step(self) -> bool:
+        """The step computes the aggregate over groups (a sharded layout, or ``chunked``)
+        and the optimizer is (weight decay +) SGD."""
+        return self.median_in_step or (
+            self.gradient is Gradient.GROUPED and self.m3_layout == CHUNKED_LAYOUT
+        )
+
+    @property
+    def decay_in_step(self) -> float:
+        """The weight decay the step adds to the group gradients before the aggregate: the
+        norm-matched controls' with ``chunked`` (their aggregate does not commute with
+        it); 0 otherwise (M3's median does, so its optimizer adds the decay after)."""
+        if self.aggregate_in_step and self.name != "m3":
+            return self.weight_decay
+        return 0.0
+
     def with_duration(self, *, steps_per_epoch: int, num_epochs: int) -> OptimizerSpec:
         """The spec with the schedule's length fixed (updates per epoch, epochs)."""
         if steps_per_epoch < 1:
@@ -207,7 +240,7 @@ class OptimizerSpec:
         """
         k, update_batch, layout = self.num_groups, self.examples_per_update, self.m3_layout
         grouped = "loop" if has_conv and (platform == "cpu" or num_devices > 1) else "vmap"
-        if layout in GROUPED_LAYOUTS:
+        if layout in (*GROUPED_LAYOUTS, CHUNKED_LAYOUT):
             return layout, f"m3_layout={layout!r} (configured)"
         splits = update_batch % (num_devices * k) == 0
         chunk = update_batch // (num_devices * k)
@@ -242,10 +275,11 @@ class OptimizerSpec:
 
     def with_layout(self, layout: str) -> OptimizerSpec:
         """The spec with a concrete M3 layout (from :meth:`resolve_layout`)."""
-        if layout not in (*GROUPED_LAYOUTS, *SHARDED_LAYOUTS):
+        concrete = (*GROUPED_LAYOUTS, CHUNKED_LAYOUT, *SHARDED_LAYOUTS)
+        if layout not in concrete:
             raise ValueError(
                 f"m3_layout={layout!r} is not a concrete layout; expected one of "
-                f"{', '.join((*GROUPED_LAYOUTS, *SHARDED_LAYOUTS))}."
+                f"{', '.join(concrete)}."
             )
         return dataclasses.replace(self, m3_layout=layout)
 
@@ -292,8 +326,12 @@ class OptimizerSpec:
             if self.weight_decay:
                 return optax.chain(optax.add_decayed_weights(self.weight_decay), sgd)
             return sgd
-        if self.median_in_step:
-            parts = [optax.add_decayed_weights(self.weight_decay)] if self.weight_decay else []
+        if self.aggregate_in_step:
+            parts = []
+            if self.weight_decay:  # in the step for the norm-matched controls (same state)
+                decay_after = not self.decay_in_step
+                parts = [optax.add_decayed_weights(self.weight_decay)] if decay_after else []
+                parts = parts or [optax.identity()]
             return optax.chain(*parts, optax.identity(), sgd)
         if self.name == "m3":
             return m3_sgd(schedule, num_groups=self.num_groups, **common)
@@ -355,6 +393,7 @@ def resolve(cfg: Mapping[str, Any], *, batch_size: int) -> OptimizerSpec:
 
 
 __all__ = [
+    "CHUNKED_LAYOUT",
     "GROUPED_LAYOUTS",
     "Gradient",
     "M3_LAYOUTS",
