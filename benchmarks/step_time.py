@@ -60,7 +60,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from cgh_jax import sharding as sharding_lib  # noqa: E402
 from cgh_jax.models import get_model  # noqa: E402
-from cgh_jax.optim import spec as spec_lib  # noqa: E402
+from cgh_jax.spec import optimizer as optimizer_lib  # noqa: E402
 
 SECTIONS = ("trainer", "groups", "resnets")
 OPTIMIZERS = ("sgd", "m3", "m3_loop", "rm3", "ra3")
@@ -187,7 +187,9 @@ def groups_section(args) -> str:
     model = get_model("mlp", num_classes=10, hidden=(args.hidden,))
     mesh = sharding_lib.create_mesh(1)
     variants = {
-        "sgd": spec_lib.resolve({"name": "sgd", "learning_rate": 0.1}, batch_size=args.per_update)
+        "sgd": optimizer_lib.parse(
+            {"name": "sgd", "learning_rate": 0.1}, batch_size=args.per_update
+        )
     }
     for k in (int(x) for x in args.ks.split(",")):
         if args.per_update % k:
@@ -195,7 +197,7 @@ def groups_section(args) -> str:
         for name in args.grouped.split(","):
             for layout in LAYOUTS:
                 cfg = {"name": name, "learning_rate": 0.1, "num_groups": k, "m3_layout": layout}
-                spec = spec_lib.resolve(cfg, batch_size=args.per_update // k)
+                spec = optimizer_lib.parse(cfg, batch_size=args.per_update // k)
                 variants[f"{name} k={k} {layout}"] = spec
     runners = {}
     for label, spec in variants.items():

@@ -9,13 +9,13 @@ consumes (``spec.gradient``):
 - ``GROUPED`` (``m3``; its norm-matched controls ``mean_at_median_norm`` and
   ``median_at_mean_norm`` take every layout but the sharded ones): the median of
   ``num_groups`` group-mean gradients over ``num_groups x batch_size`` examples, by the
-  layout ``spec.m3_layout`` (concrete, see :meth:`OptimizerSpec.resolve_layout`): ``vmap`` /
-  ``loop``:
-  :func:`cgh_jax.optim.grouped_grads` (column-major groups, BatchNorm statistics per group)
-  and the median in the optimizer; ``chunked``: the same groups, the aggregate inside the
-  step with dense kernels' group gradients reduced in chunks
-  (:func:`cgh_jax.optim.chunked_aggregate_grads`); ``reduce_scatter`` / ``group_sharded`` (several
-  devices): :func:`cgh_jax.optim.sharded_median_of_means_grads` inside the step, the same
+  layout ``spec.m3_layout`` (concrete, see :meth:`OptimizerConfig.resolve_layout`):
+  ``vmap`` / ``loop``: :func:`cgh_jax.optim.grouped_grads` (column-major groups, BatchNorm
+  statistics per group) and the median in the optimizer; ``chunked`` (one device): the
+  same groups, the aggregate inside the step with dense kernels' group gradients reduced
+  in chunks (:func:`cgh_jax.optim.chunked_aggregate_grads`); ``reduce_scatter`` /
+  ``group_sharded`` (several devices):
+  :func:`cgh_jax.optim.sharded_median_of_means_grads` inside the step, the same
   update with fewer collective bytes (BatchNorm statistics per device chunk). Running
   statistics move as ``spec.m3_batch_stats`` says: ``sequential`` (one update per group,
   in order, as the authors' three forward passes) or ``mean``;
@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 
 from cgh_jax import metrics as metrics_lib
 from cgh_jax import sharding as sharding_lib
@@ -50,7 +49,7 @@ from cgh_jax.optim import (
 )
 from cgh_jax.optim.grads import check_state_momentum
 from cgh_jax.optim.norm_match import mean_at_median_norm_leaf, median_at_mean_norm_leaf
-from cgh_jax.optim.spec import CHUNKED_LAYOUT, GROUPED_LAYOUTS, Gradient, OptimizerSpec
+from cgh_jax.spec.optimizer import CHUNKED_LAYOUT, Gradient, OptimizerSpec
 
 
 @flax.struct.dataclass
@@ -130,21 +129,6 @@ def model_facts(model, image_shape, mesh) -> ModelFacts:
     probe = abstract_train_state(model, optax.identity(), image_shape, mesh)
     has_conv = any(len(np.shape(leaf)) >= 3 for leaf in jax.tree.leaves(probe.params))
     return ModelFacts(has_state=bool(jax.tree.leaves(probe.batch_stats)), has_conv=has_conv)
-
-
-def fix_layout(spec: OptimizerSpec, facts: ModelFacts, mesh, platform: str) -> OptimizerSpec:
-    """``spec`` with M3's concrete layout for this mesh and model (logged with the reason);
-    other optimizers unchanged."""
-    if spec.gradient is not Gradient.GROUPED:
-        return spec
-    layout, reason = spec.resolve_layout(
-        num_devices=mesh.devices.size,
-        has_conv=facts.has_conv,
-        has_state=facts.has_state,
-        platform=platform,
-    )
-    logging.info("M3 layout %s (%s).", layout, reason)
-    return spec.with_layout(layout)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -291,12 +275,7 @@ def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize
             **stats,
         )
         reduce = None
-    elif kind is Gradient.GROUPED:
-        if spec.m3_layout not in GROUPED_LAYOUTS:
-            raise ValueError(
-                f"m3_layout={spec.m3_layout!r} is not a concrete layout; fix it first with "
-                "spec.with_layout(spec.resolve_layout(...)[0])."
-            )
+    elif kind is Gradient.GROUPED:  # an OptimizerSpec's layout is concrete
         median_fn = grouped_grads(
             loss_fn,
             spec.num_groups,
@@ -332,8 +311,8 @@ def make_train_step(
 
     Args:
       model: the Flax module.
-      spec: the resolved optimizer (concrete ``m3_layout`` for M3; the schedule's length
-        fixed with ``with_duration``).
+      spec: the run's optimizer (an :class:`OptimizerSpec`: a concrete ``m3_layout``, the
+        schedule's length).
       has_state: the model has BatchNorm statistics.
       mesh: the device mesh (needed by the sharded M3 layouts).
       vectorize: sharded M3 layouts: compute a device's chunks with ``vmap`` (else a loop).
@@ -351,7 +330,7 @@ def make_train_step(
       or winsorize's mean per-example gradient. ``finite`` is a bool scalar: the loss and
       the learning rate, and with ``with_norms`` the three norms, are finite. Without the
       norms a non-finite update shows at the next step, whose loss is computed from the
-      parameters it made (see :class:`cgh_jax.train.Run`).
+      parameters it made (see :class:`cgh_jax.train.Trainer`).
     """
     tx, schedule = spec.optimizer(), spec.schedule()
     gradient_fn = _gradient_fn(model, spec, has_state=has_state, mesh=mesh, vectorize=vectorize)
@@ -534,7 +513,6 @@ __all__ = [
     "check_batch_stats_fold",
     "create_train_state",
     "cross_entropy",
-    "fix_layout",
     "make_eval_step",
     "make_loss_fn",
     "make_multi_step",

@@ -19,7 +19,7 @@ from cgh_jax import sharding
 from cgh_jax import step as step_lib
 from cgh_jax.models import get_model
 from cgh_jax.optim import chunked, grouped_grads
-from cgh_jax.optim import spec as spec_lib
+from cgh_jax.spec import optimizer as optimizer_lib
 
 RTOL = 1e-6  # of the leaf's largest magnitude
 
@@ -179,7 +179,9 @@ def test_trainer_step_chunked_equals_vmap(name):
             momentum=0.9,
             m3_layout=layout,
         )
-        spec = spec_lib.resolve(cfg, batch_size=4).with_duration(steps_per_epoch=4, num_epochs=1)
+        spec = optimizer_lib.parse(cfg, batch_size=4).fix(
+            layout=layout, steps_per_epoch=4, num_epochs=1
+        )
         assert spec.aggregate_in_step == (layout == "chunked")
         steps = step_lib.build_steps(model, spec, mesh, facts=facts, with_top5=True, platform="cpu")
         state = step_lib.create_train_state(model, steps.tx, (8, 8, 1), jax.random.PRNGKey(0), mesh)

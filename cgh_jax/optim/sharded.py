@@ -50,10 +50,10 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from cgh_jax.optim import _checks
+from cgh_jax.optim import checks
 from cgh_jax.optim.grads import (
-    _check_same_state,
     check_batch_stats_update,
+    check_same_state,
     sequential_state_update,
 )
 from cgh_jax.optim.median import coordinate_median
@@ -288,10 +288,10 @@ def sharded_median_of_means_grads(
       device), as the straightforward M3 does under ``shard_map``/``pmap``. A ``jax.jit``
       run of ``grouped_grads`` on a sharded batch instead normalizes over each whole group.
     """
-    num_groups = _checks.static_int_or_none(num_groups, "num_groups")
+    num_groups = checks.static_int_or_none(num_groups, "num_groups")
     if num_groups is None:
         raise ValueError("num_groups must be a Python int, not a traced value.")
-    _checks.check_odd_group_count(num_groups)
+    checks.check_odd_group_count(num_groups)
     if axis_name not in mesh.shape:
         raise ValueError(
             f"axis_name {axis_name!r} is not an axis of the mesh (axes {tuple(mesh.shape)})."
@@ -416,7 +416,7 @@ def sharded_median_of_means_grads(
                     f"state as {{{state_collection!r}: ...}}; got {keys}."
                 )
             state = state[state_collection]
-        _check_same_state(old, jax.tree.map(lambda x: x[0], state), "loss_fn")
+        check_same_state(old, jax.tree.map(lambda x: x[0], state), "loss_fn")
         for leaf in jax.tree.leaves(old):
             if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
                 raise ValueError(
