@@ -1,9 +1,14 @@
-"""The chunked aggregate over group gradients against the straightforward path.
+"""The chunked aggregate over group gradients against numpy references and the
+straightforward path.
 
 ``chunked_aggregate_grads`` must give, leaf by leaf, ``aggregate(grouped_grads(...) +
 decay * params)`` with the same loss, aux and state: exactly for leaves it does not chunk,
 and to float32 round-off for chunked dense kernels (their group gradients are sums of the
 same products in another blocking: the tolerance is 1e-6 of the leaf's largest value).
+Against numpy: exactly, on a network whose every product and sum is exact in float32
+(dyadic values, a linear loss), so that no summation order can change a bit; and to 1e-5
+of the leaf's largest value for the cross-entropy MLP (numpy's forward and backward pass
+in float64, ``np.median`` over the groups).
 """
 
 from __future__ import annotations
@@ -50,6 +55,110 @@ def _reference(loss_fn, k, name, params, batch, *args, decay=0.0, **kwargs):
 
 def _mlp_loss(model):
     return step_lib.make_loss_fn(model, has_state=False)
+
+
+def _dense_layers(params) -> list[tuple[np.ndarray, np.ndarray]]:
+    names = sorted((n for n in params if n.startswith("hidden")), key=lambda n: int(n[6:]))
+    return [
+        (np.asarray(params[n]["kernel"], np.float64), np.asarray(params[n]["bias"], np.float64))
+        for n in (*names, "logits")
+    ]
+
+
+def _numpy_group_grads(layers, x, dlogits_fn, k):
+    """Per-group gradients ``[k, ...]`` of a ReLU MLP in float64 numpy: group ``j`` holds
+    examples ``j, j + k, ...`` (column-major, as ``group_batch``); ``dlogits_fn(logits,
+    rows)`` is the gradient of the group's loss with respect to its logits."""
+    x = x.reshape(x.shape[0], -1).astype(np.float64)
+    out = [([], []) for _ in layers]
+    for j in range(k):
+        rows = np.arange(j, x.shape[0], k)
+        acts, pre = [x[rows]], []
+        for i, (w, b) in enumerate(layers):
+            z = acts[-1] @ w + b
+            pre.append(z)
+            acts.append(np.maximum(z, 0.0) if i < len(layers) - 1 else z)
+        delta = dlogits_fn(acts[-1], rows)
+        for i in reversed(range(len(layers))):
+            out[i][0].append(acts[i].T @ delta)
+            out[i][1].append(delta.sum(0))
+            if i:
+                delta = (delta @ layers[i][0].T) * (pre[i - 1] > 0)
+    return [(np.stack(gw), np.stack(gb)) for gw, gb in out]
+
+
+def _as_params(names, leaves):
+    return {n: {"kernel": w, "bias": b} for n, (w, b) in zip(names, leaves, strict=True)}
+
+
+@pytest.mark.parametrize("k, rows", [(3, None), (5, 7), (15, 5)])
+def test_median_equals_numpy_exactly_on_exact_arithmetic(monkeypatch, k, rows):
+    # Dyadic inputs and parameters (multiples of 1/4, at most 1) and a linear loss with
+    # dyadic coefficients: every product and partial sum is a float32 number, so the chunked
+    # median must equal numpy's median of float64 group gradients bit for bit. ``rows``:
+    # blocks of that many kernel rows (the last one overlapping), else the default blocks.
+    if rows is not None:
+        monkeypatch.setattr(chunked, "CHUNK_BYTES", 4 * k * 24 * rows)
+    model = get_model("mlp", num_classes=6, hidden=(24, 16))
+    shapes = model.init(jax.random.key(0), jnp.zeros((1, 5, 5, 1)))["params"]
+    rng = np.random.default_rng(k)
+    params = jax.tree.map(
+        lambda p: jnp.asarray(rng.integers(-4, 5, p.shape) / 4, jnp.float32), shapes
+    )
+    n = 4 * k  # 4 examples per group: the loss's 1/4 is exact
+    image = rng.integers(-4, 5, (n, 5, 5, 1)) / 4
+    coef = rng.integers(-4, 5, (n, 6)) / 4
+    batch = {"image": jnp.asarray(image, jnp.float32), "coef": jnp.asarray(coef, jnp.float32)}
+
+    def loss_fn(params, batch):
+        logits = model.apply({"params": params}, batch["image"])
+        return jnp.sum(logits * batch["coef"]) / batch["coef"].shape[0]
+
+    assert chunked.chunked_kernels(loss_fn, params, batch, num_groups=k) == (
+        ("hidden1",),
+        ("hidden2",),
+        ("logits",),
+    )
+    got = jax.jit(chunked.chunked_aggregate_grads(loss_fn, k))(params, batch).grads
+    grouped = _numpy_group_grads(
+        _dense_layers(params), image, lambda logits, rows: coef[rows] / len(rows), k
+    )
+    want = _as_params(
+        ("hidden1", "hidden2", "logits"),
+        [(np.median(gw, axis=0), np.median(gb, axis=0)) for gw, gb in grouped],
+    )
+    for name in want:
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_array_equal(
+                np.asarray(got[name][leaf], np.float64), want[name][leaf], f"{name}/{leaf}"
+            )
+
+
+def test_the_study_mlp_at_15_groups_against_numpy():
+    # The median study's MLP (784-2048-10) at 360 examples per update, k = 15: numpy's
+    # float64 cross-entropy gradients of each group and their median.
+    k, n = 15, 360
+    model = get_model("mlp", num_classes=10, hidden=(2048,))
+    params = model.init(jax.random.key(7), jnp.zeros((1, 28, 28, 1)))["params"]
+    batch = _batch(n, (28, 28, 1), seed=7)
+    loss_fn = _mlp_loss(model)
+    got = jax.jit(
+        lambda p, b: chunked.chunked_aggregate_grads(loss_fn, k, has_aux=True)(p, b, {}).grads
+    )(params, batch)
+    labels = np.asarray(batch["label"])
+
+    def dlogits(logits, rows):
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(len(rows)), labels[rows]] -= 1.0
+        return p / len(rows)
+
+    grouped = _numpy_group_grads(_dense_layers(params), np.asarray(batch["image"]), dlogits, k)
+    for name, (gw, gb) in zip(("hidden1", "logits"), grouped, strict=True):
+        for leaf, g in (("kernel", gw), ("bias", gb)):
+            want = np.median(g, axis=0)
+            err = np.max(np.abs(np.asarray(got[name][leaf], np.float64) - want))
+            assert err <= 1e-5 * np.max(np.abs(want)), (name, leaf, err)
 
 
 @pytest.mark.parametrize("name", list(chunked.AGGREGATES))

@@ -32,10 +32,14 @@ module is called once per forward pass, and the loss reads the kernel nowhere el
 on the traced loss). Other calls, and every other layer, take the straightforward path;
 :func:`chunked_aggregate_grads` says which kernels it chunked (``chunked_kernels``).
 
-The kernel gradients are summed over the same examples in the same order as the batched
-product of :func:`grouped_grads`; on XLA:CPU the chunked products have agreed with it bit
-for bit (``tests/test_optim_chunked.py`` checks the updates against the straightforward
-path to 1e-6 relative, and the trainer's runs for equality).
+The kernel gradients are sums of the same products as the batched product of
+:func:`grouped_grads`, but a matrix product of a block of rows may sum them in another
+order than one of all rows: on XLA:CPU the MLP 784-2048-10 at ``k = 15`` gives medians that
+differ from the straightforward path's by up to about 1e-9 (float32 round-off) in the first
+kernel, and agree bit for bit elsewhere. ``tests/test_optim_chunked.py`` checks the result
+against numpy: bit for bit where float32 arithmetic is exact (so no order matters), to
+1e-5 relative against float64 gradients of the study's MLP, and against the
+straightforward path to 1e-6 relative.
 """
 
 from __future__ import annotations
