@@ -692,10 +692,11 @@ def summary_row(cell: Cell, got: dict) -> dict[str, str]:
     return {
         "study": "Is it the median, or slower learning?",
         "setting": f"{cell_title(cell)}, {PER_UPDATE} examples per update",
-        "measured": f"{measured} (corrected intervals); verdict: {v['median']}",
+        "measured": f"{measured} (corrected intervals; {front['n']} of {len(cell.seeds)} "
+        f"seeds); verdict: {v['median']}",
         "prediction": "at matched fit the median memorizes less than SGD at any learning "
         "rate and less than SGD at the median's norm",
-        "match": {"supported": "yes", "not established": "partly"}.get(v["median"], "no"),
+        "match": {"supported": "yes", "not established": "undecided"}.get(v["median"], "no"),
     }
 
 

@@ -49,7 +49,7 @@ def _is_png(path: Path) -> bool:
 
 
 def _markers(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob(runs.RUN_MARKER))}
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob(study.MARKER))}
 
 
 @pytest.fixture(scope="module")
