@@ -262,3 +262,25 @@ def test_norm_matched_optimizers_refuse_sharded_layouts():
 
     with pytest.raises(ConfigError, match="does not use"):
         spec_lib.parse(dict(name="mean_at_median_norm", m3_layout="group_sharded"), batch_size=8)
+
+
+@pytest.mark.parametrize("name", ["sgd", "m3", "mean_at_median_norm", "winsorize"])
+def test_the_step_without_norms_makes_the_updates_of_the_step_with_them(name):
+    # Only where the norms are computed moves: the trainer's step (no norms) leaves the
+    # parameters, bit for bit, of the step that computes them (M3: the median stays an
+    # array of its own ahead of the update; see make_train_step).
+    mesh = sharding.create_mesh(1)
+    model = get_model("mlp", num_classes=10, hidden=(256,))
+    spec = _spec(name, **({"num_clipped": 1} if name == "winsorize" else {}))
+    facts = step_lib.model_facts(model, (8, 8, 1), mesh)
+    steps = step_lib.build_steps(model, spec, mesh, facts=facts, with_top5=True, platform="cpu")
+    full = jax.jit(step_lib.make_train_step(model, spec, has_state=False, mesh=mesh))
+    params = []
+    for step_fn in (steps.train, full):
+        state = step_lib.create_train_state(model, steps.tx, (8, 8, 1), jax.random.PRNGKey(0), mesh)
+        for b in _batches(3, 8 * spec.num_groups, image_shape=(8, 8, 1)):
+            state, _, finite = step_fn(state, sharding.host_batch_to_global(b, mesh))
+            assert bool(finite)
+        params.append(jax.tree.map(np.asarray, state.params))
+    for a, b in zip(*(jax.tree.leaves(p) for p in params), strict=True):
+        np.testing.assert_array_equal(a, b)
