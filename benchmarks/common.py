@@ -10,6 +10,7 @@ Import after the script has set ``XLA_FLAGS`` (this module imports jax).
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import time
@@ -119,6 +120,12 @@ class TrainerStep:
         state = self.abstract_state() if state is None else state
         return self.steps.train.lower(state, batch).compile()
 
+    def compile_norms(self, batch: dict[str, Any], state: Any = None):
+        """The compiled norms step (``Steps.norms``: what the trainer runs once per
+        logging interval besides the train step) for ``batch``."""
+        state = self.abstract_state() if state is None else state
+        return self.steps.norms.lower(state, batch).compile()
+
 
 class StepRunner:
     """Calls a compiled train step on a state it holds (the step donates it): one call, one
@@ -195,6 +202,55 @@ def interleaved_step_times(
             wall[name].append((time.perf_counter() - t) / steps)
             cpu[name].append((_cpu_seconds() - c) / steps)
     return wall, cpu
+
+
+class MachineLoad:
+    """How busy the rest of the machine was while a benchmark timed: a context manager.
+
+    On Linux it reads the CPU time of all processes from ``/proc/stat`` at entry and exit
+    and subtracts this process's own (``getrusage``): ``other_cores`` is the average
+    number of cores that other processes kept busy (0 on an idle machine). ``describe``
+    also gives the 1-minute load average at entry and exit. Elsewhere only the load
+    averages are known.
+    """
+
+    def __enter__(self) -> MachineLoad:
+        self._start = (time.perf_counter(), _busy_cpu_seconds(), _cpu_seconds(), _loadavg())
+        self.other_cores: float | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall0, busy0, own0, self._load0 = self._start
+        wall, busy, own = time.perf_counter() - wall0, _busy_cpu_seconds(), _cpu_seconds()
+        self._load1 = _loadavg()
+        if busy is not None and busy0 is not None and wall > 0:
+            self.other_cores = max(0.0, (busy - busy0) - (own - own0)) / wall
+
+    def describe(self) -> str:
+        cores = "n/a" if self.other_cores is None else f"{self.other_cores:.2f}"
+        return (
+            f"other processes used {cores} of {os.cpu_count()} cores on average; load "
+            f"average (1 min) {self._load0:.2f} at the start, {self._load1:.2f} at the end"
+        )
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes spent (not idle, not waiting for I/O) since boot."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _loadavg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 def median(xs: Sequence[float]) -> float:

@@ -25,7 +25,7 @@ GROUPED_OPTIMIZERS = ("m3", "mean_at_median_norm", "median_at_mean_norm")
 SCHEDULES = ("constant", "step", "cosine")
 """``config.optimizer.schedule``."""
 
-M3_LAYOUTS = ("auto", "vmap", "loop", "reduce_scatter", "group_sharded")
+M3_LAYOUTS = ("auto", "vmap", "loop", "chunked", "reduce_scatter", "group_sharded")
 """``config.optimizer.m3_layout``."""
 
 M3_BATCH_STATS = ("sequential", "mean")

@@ -17,7 +17,7 @@ Training config fields (``train_and_evaluate`` reads exactly these):
 ``optimizer.name``         ``sgd`` | ``m3`` | ``rm3`` | ``ra3`` | ``winsorize``.
 ``optimizer.*``            learning rate, schedule, momentum, ``m3_layout`` (how M3's median
                            of group means is computed: ``auto``, ``vmap``, ``loop``,
-                           ``reduce_scatter``, ``group_sharded``), ... (fields:
+                           ``chunked``, ``reduce_scatter``, ``group_sharded``), ... (fields:
                            ``cgh_jax.spec.optimizer``).
 ``batch_size``             the SGD-sized (group) batch, global over all hosts. One M3 update
                            consumes ``num_groups * batch_size`` examples, as the authors did.
@@ -28,8 +28,9 @@ Training config fields (``train_and_evaluate`` reads exactly these):
 ``eval_every_epochs``      evaluate before every this-many-th epoch (1: before each epoch)
                            and always at the end; larger values save time on long runs
                            whose curve is not needed at every epoch.
-``log_every_steps``        train metrics (loss, top1, norms) and progress are written every
-                           this many steps; non-finite values are checked at least this often.
+``log_every_steps``        train metrics (loss and top1 of every step, the norms of one
+                           step) and progress are written every this many steps; non-finite
+                           values are checked at least this often.
 ``steps_per_dispatch``     train steps per dispatch (``jax.lax.scan`` over that many batches
                            sent to the devices at once; 1: one step per dispatch). Same
                            updates; fewer dispatches and transfers for small models. Logs,

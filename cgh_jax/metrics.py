@@ -1,8 +1,9 @@
 """Training and evaluation metrics, their writers, and progress reporting.
 
 * :class:`TrainMetrics`: means (and last values) of the per-step training values (loss,
-  top-1, gradient / parameter / update global norms, learning rate), built inside the jitted
-  train step, merged on device across steps and computed at each logging step. Pure JAX.
+  top-1, learning rate; gradient / parameter / update global norms where the step computed
+  them), built inside the jitted train step, merged on device across steps and computed at
+  each logging step. Pure JAX.
 * :class:`EvalTotals`: exact evaluation sums (loss, top-1, top-5 hits and example counts,
   masked), accumulated on the host in float64.
 * :class:`JsonlWriter`: ``workdir/metrics.jsonl``, one JSON object per evaluation, written by
@@ -45,10 +46,16 @@ class TrainMetrics:
     Built inside the jitted step with :meth:`single_from_model_output`, combined with
     :meth:`merge` (order matters only for the last values: ``a.merge(b)`` keeps ``b``'s),
     read with :meth:`compute`. A pytree of scalars, so it can leave a jitted function.
+
+    Every step gives ``loss``, ``top1`` and ``learning_rate``; the three norms
+    (``grad_norm``, ``param_norm``, ``update_norm``) are optional, all or none: each costs
+    a pass over the parameters, so the trainer's step leaves them out and reads them from
+    a separate program once per logging interval. Only metrics with the same fields merge.
     """
 
     AVERAGED: ClassVar[tuple[str, ...]] = ("loss", "top1", "grad_norm", "update_norm")
     LAST: ClassVar[tuple[str, ...]] = ("param_norm", "learning_rate")
+    NORMS: ClassVar[tuple[str, ...]] = ("grad_norm", "param_norm", "update_norm")
     ORDER: ClassVar[tuple[str, ...]] = (
         "loss", "top1", "grad_norm", "param_norm", "update_norm", "learning_rate",
     )  # fmt: skip
@@ -59,32 +66,38 @@ class TrainMetrics:
 
     @classmethod
     def single_from_model_output(cls, **values) -> "TrainMetrics":
-        """The metrics of one step; ``values`` must name exactly the fields in ORDER."""
-        missing = set(cls.ORDER) - set(values)
+        """The metrics of one step; ``values`` must name every field of ORDER, or every
+        field but the three norms."""
+        required = set(cls.ORDER) - (set(cls.NORMS) if set(cls.NORMS).isdisjoint(values) else set())
+        missing = required - set(values)
         unknown = set(values) - set(cls.ORDER)
         if missing or unknown:
             raise ValueError(
-                f"TrainMetrics needs exactly {list(cls.ORDER)}; missing {sorted(missing)}, "
-                f"unknown {sorted(unknown)}."
+                f"TrainMetrics needs {list(cls.ORDER)}, the norms {list(cls.NORMS)} all or "
+                f"none; missing {sorted(missing)}, unknown {sorted(unknown)}."
             )
         as_float = {k: jnp.asarray(v, jnp.float32).reshape(()) for k, v in values.items()}
         return cls(
-            sums={k: as_float[k] for k in cls.AVERAGED},
+            sums={k: as_float[k] for k in cls.AVERAGED if k in as_float},
             count=jnp.ones((), jnp.float32),
-            last={k: as_float[k] for k in cls.LAST},
+            last={k: as_float[k] for k in cls.LAST if k in as_float},
         )
 
     def merge(self, other: "TrainMetrics") -> "TrainMetrics":
+        if self.sums.keys() != other.sums.keys():
+            raise ValueError(
+                f"Cannot merge train metrics of {sorted(self.sums)} with {sorted(other.sums)}."
+            )
         return TrainMetrics(
-            sums={k: self.sums[k] + other.sums[k] for k in self.AVERAGED},
+            sums={k: self.sums[k] + other.sums[k] for k in self.sums},
             count=self.count + other.count,
             last=dict(other.last),
         )
 
     def compute(self) -> dict[str, jax.Array]:
-        """``{name: mean or last value}`` in the order of ORDER."""
-        means = {k: self.sums[k] / self.count for k in self.AVERAGED}
-        return {k: means[k] if k in means else self.last[k] for k in self.ORDER}
+        """``{name: mean or last value}`` in the order of ORDER (the fields it has)."""
+        values = {k: v / self.count for k, v in self.sums.items()} | self.last
+        return {k: values[k] for k in self.ORDER if k in values}
 
 
 class EvalTotals:

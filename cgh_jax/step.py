@@ -7,13 +7,15 @@ consumes (``spec.gradient``):
 - ``BATCH`` (``sgd``, ``rm3``, ``ra3``): ``jax.value_and_grad`` of the mean loss over the
   batch;
 - ``GROUPED`` (``m3``; its norm-matched controls ``mean_at_median_norm`` and
-  ``median_at_mean_norm`` take the straightforward layouts only): the median of
+  ``median_at_mean_norm`` take every layout but the sharded ones): the median of
   ``num_groups`` group-mean gradients over ``num_groups x batch_size`` examples, by the
-  layout ``spec.m3_layout`` (concrete, see :meth:`OptimizerSpec.resolve_layout`): ``vmap`` /
-  ``loop``:
-  :func:`cgh_jax.optim.grouped_grads` (column-major groups, BatchNorm statistics per group)
-  and the median in the optimizer; ``reduce_scatter`` / ``group_sharded`` (several
-  devices): :func:`cgh_jax.optim.sharded_median_of_means_grads` inside the step, the same
+  layout ``spec.m3_layout`` (concrete, see :meth:`OptimizerConfig.resolve_layout`):
+  ``vmap`` / ``loop``: :func:`cgh_jax.optim.grouped_grads` (column-major groups, BatchNorm
+  statistics per group) and the median in the optimizer; ``chunked`` (one device): the
+  same groups, the aggregate inside the step with dense kernels' group gradients reduced
+  in chunks (:func:`cgh_jax.optim.chunked_aggregate_grads`); ``reduce_scatter`` /
+  ``group_sharded`` (several devices):
+  :func:`cgh_jax.optim.sharded_median_of_means_grads` inside the step, the same
   update with fewer collective bytes (BatchNorm statistics per device chunk). Running
   statistics move as ``spec.m3_batch_stats`` says: ``sequential`` (one update per group,
   in order, as the authors' three forward passes) or ``mean``;
@@ -39,6 +41,7 @@ import optax
 from cgh_jax import metrics as metrics_lib
 from cgh_jax import sharding as sharding_lib
 from cgh_jax.optim import (
+    chunked_aggregate_grads,
     coordinate_median,
     grouped_grads,
     per_example_grads,
@@ -46,7 +49,7 @@ from cgh_jax.optim import (
 )
 from cgh_jax.optim.grads import check_state_momentum
 from cgh_jax.optim.norm_match import mean_at_median_norm_leaf, median_at_mean_norm_leaf
-from cgh_jax.spec.optimizer import Gradient, OptimizerSpec
+from cgh_jax.spec.optimizer import CHUNKED_LAYOUT, GROUPED_LAYOUTS, Gradient, OptimizerSpec
 
 
 @flax.struct.dataclass
@@ -246,7 +249,19 @@ def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize
             return loss, aux["top1"], grads, grads, new_state
 
         return batch_fn
-    if kind is Gradient.GROUPED and spec.median_in_step:
+    if kind is Gradient.GROUPED and spec.m3_layout == CHUNKED_LAYOUT:
+        median_fn = chunked_aggregate_grads(
+            loss_fn,
+            spec.num_groups,
+            spec.name,
+            has_aux=True,
+            has_state=has_state,
+            vectorize=vectorize,
+            decay=spec.decay_in_step,
+            **stats,
+        )
+        reduce = None
+    elif kind is Gradient.GROUPED and spec.median_in_step:
         if mesh is None:
             raise ValueError(f"m3_layout={spec.m3_layout!r} needs the device mesh (mesh=...).")
         median_fn = sharded_median_of_means_grads(
@@ -284,7 +299,13 @@ def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize
 
 
 def make_train_step(
-    model, spec: OptimizerSpec, *, has_state: bool, mesh=None, vectorize: bool = True
+    model,
+    spec: OptimizerSpec,
+    *,
+    has_state: bool,
+    mesh=None,
+    vectorize: bool = True,
+    with_norms: bool = True,
 ) -> Callable:
     """The un-jitted train step ``(state, batch) -> (state, TrainMetrics, finite)``.
 
@@ -295,15 +316,31 @@ def make_train_step(
       has_state: the model has BatchNorm statistics.
       mesh: the device mesh (needed by the sharded M3 layouts).
       vectorize: sharded M3 layouts: compute a device's chunks with ``vmap`` (else a loop).
+      with_norms: also compute the global norms of the update direction, the new
+        parameters and the update. Each is a pass over a parameter-sized array that the
+        update itself does not need: on a CPU the three cost about 40 % of an MLP's SGD
+        step. The trainer's step goes without them; it reads them, once per logging
+        interval, from :func:`make_norms_step`, a separate program (norms read inside the
+        step would change how XLA fuses the update, and with it the update's last bits).
 
     Returns:
-      The step function. ``finite`` is a bool scalar: loss and all norms are finite. The
-      logged ``grad_norm`` is the norm of the update direction before weight decay: the
-      batch gradient, M3's median of the group means, or winsorize's mean per-example
-      gradient.
+      The step function. ``metrics`` has the loss, top-1 and learning rate, and with
+      ``with_norms`` the norms; the logged ``grad_norm`` is the norm of the update
+      direction before weight decay: the batch gradient, M3's median of the group means,
+      or winsorize's mean per-example gradient. ``finite`` is a bool scalar: the loss and
+      the learning rate, and with ``with_norms`` the three norms (without them, for M3 on
+      the ``vmap`` / ``loop`` layouts, the median's norm), are finite. Without the
+      norms a non-finite update shows at the next step, whose loss is computed from the
+      parameters it made (see :class:`cgh_jax.train.Trainer`).
     """
     tx, schedule = spec.optimizer(), spec.schedule()
     gradient_fn = _gradient_fn(model, spec, has_state=has_state, mesh=mesh, vectorize=vectorize)
+    # M3 on the straightforward layouts: without the norms the step still checks the
+    # median's norm. That keeps the median an array of its own ahead of the update, as in
+    # the step that logged its norm: fused into the update, XLA:CPU rounds the update
+    # differently (by one unit in the last place in about 2 % of an MLP's parameters), which
+    # would move the numbers of every earlier M3 run.
+    check_direction = spec.name == "m3" and spec.m3_layout in GROUPED_LAYOUTS
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -314,18 +351,50 @@ def make_train_step(
         new = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )
-        values = {
-            "loss": loss,
-            "top1": top1,
-            "grad_norm": optax.global_norm(direction),
-            "param_norm": optax.global_norm(params),
-            "update_norm": optax.global_norm(updates),
-            "learning_rate": schedule(state.step),
-        }
-        finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in values.values()]))
+        values = {"loss": loss, "top1": top1, "learning_rate": schedule(state.step)}
+        if with_norms:
+            values |= {
+                "grad_norm": optax.global_norm(direction),
+                "param_norm": optax.global_norm(params),
+                "update_norm": optax.global_norm(updates),
+            }
+        checked = list(values.values())
+        if check_direction and not with_norms:
+            checked.append(optax.global_norm(direction))
+        finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in checked]))
         return new, metrics_lib.TrainMetrics.single_from_model_output(**values), finite
 
     return train_step
+
+
+def make_norms_step(model, spec: OptimizerSpec, **kwargs) -> Callable:
+    """``(state, batch) -> (norms, finite)``: the norms the train step on ``batch`` would
+    log with ``with_norms=True`` (``grad_norm``, ``param_norm`` of the parameters it would
+    make, ``update_norm``), without changing ``state``; ``finite``: the step's loss and
+    these norms are finite. ``kwargs`` as for :func:`make_train_step`.
+
+    The trainer runs it (one extra gradient) before the step that ends a logging interval,
+    so that its train step itself never computes the norms."""
+    full = make_train_step(model, spec, with_norms=True, **kwargs)
+
+    def norms_step(state: TrainState, batch):
+        _, metrics, finite = full(state, batch)
+        values = metrics.compute()
+        return {k: values[k] for k in metrics_lib.TrainMetrics.NORMS}, finite
+
+    return norms_step
+
+
+def make_state_check() -> Callable:
+    """``state -> bool scalar``: every floating-point parameter is finite (one pass over
+    the parameters; the trainer runs it before it evaluates or saves a state whose last
+    step did not compute the norms)."""
+
+    def params_finite(state: TrainState):
+        leaves = [x for x in jax.tree.leaves(state.params) if jnp.issubdtype(x.dtype, jnp.inexact)]
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+    return params_finite
 
 
 def make_eval_step(model, *, has_state: bool, with_top5: bool) -> Callable:
@@ -369,8 +438,8 @@ def make_multi_step(train_step: Callable) -> Callable:
     (already on the devices); ``jax.lax.scan`` applies ``train_step`` to each in order, so
     the result is the state after ``n`` single steps. ``metrics`` are the ``n`` steps'
     metrics merged in order (as the loop merges single steps'); ``finite`` is true iff
-    every step's loss and norms were finite. For small models the time per step on a host
-    is dominated by dispatch and transfer: this amortizes both over ``n`` steps.
+    every step's flag was. For small models the time per step on a host is dominated by
+    dispatch and transfer: this amortizes both over ``n`` steps.
     """
 
     def multi_step(state: TrainState, batches):
@@ -392,24 +461,24 @@ class Steps(NamedTuple):
 
     train: Callable  # (state, batch) -> (state, TrainMetrics, finite); donates the state
     train_many: Callable  # (state, [n, B, ...] batches) -> the same after n steps
+    norms: Callable  # (state, batch) -> (norms, finite) of that step (make_norms_step)
     eval: Callable  # (state, batch) -> (sums, per_example)
+    params_finite: Callable  # state -> bool scalar (make_state_check)
     tx: optax.GradientTransformation
 
 
 def build_steps(
     model, spec: OptimizerSpec, mesh, *, facts: ModelFacts, with_top5: bool, platform: str
 ) -> Steps:
-    """:func:`make_train_step` and :func:`make_eval_step` under ``jax.jit`` over ``mesh``:
-    state replicated, batch sharded on ``'data'``, the train state donated."""
+    """:func:`make_train_step` (without norms), :func:`make_norms_step` and
+    :func:`make_eval_step` under ``jax.jit`` over ``mesh``: state replicated, batch sharded
+    on ``'data'``, the train state donated to the train step."""
     replicated = sharding_lib.replicated_sharding(mesh)
     batch_sharding = sharding_lib.batch_sharding(mesh)
-    train_fn = make_train_step(
-        model,
-        spec,
-        has_state=facts.has_state,
-        mesh=mesh,
-        vectorize=not (facts.has_conv and platform == "cpu"),
+    kwargs = dict(
+        has_state=facts.has_state, mesh=mesh, vectorize=not (facts.has_conv and platform == "cpu")
     )
+    train_fn = make_train_step(model, spec, with_norms=False, **kwargs)
     train = jax.jit(
         train_fn,
         in_shardings=(replicated, batch_sharding),
@@ -422,13 +491,26 @@ def build_steps(
         out_shardings=(replicated, replicated, replicated),
         donate_argnums=(0,),
     )
+    norms = jax.jit(
+        make_norms_step(model, spec, **kwargs),
+        in_shardings=(replicated, batch_sharding),
+        out_shardings=(replicated, replicated),
+    )
     eval_fn = make_eval_step(model, has_state=facts.has_state, with_top5=with_top5)
     evaluate = jax.jit(
         eval_fn,
         in_shardings=(replicated, batch_sharding),
         out_shardings=(replicated, batch_sharding),
     )
-    return Steps(train=train, train_many=train_many, eval=evaluate, tx=spec.optimizer())
+    params_finite = jax.jit(make_state_check(), in_shardings=(replicated,))
+    return Steps(
+        train=train,
+        train_many=train_many,
+        norms=norms,
+        eval=evaluate,
+        params_finite=params_finite,
+        tx=spec.optimizer(),
+    )
 
 
 __all__ = [
@@ -444,6 +526,8 @@ __all__ = [
     "make_eval_step",
     "make_loss_fn",
     "make_multi_step",
+    "make_norms_step",
+    "make_state_check",
     "make_train_step",
     "model_facts",
 ]

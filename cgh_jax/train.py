@@ -16,10 +16,19 @@ measures memorization the way the papers do:
   and after the last;
 * one loop over the batches (``steps_per_dispatch`` per dispatch, never across an epoch's
   end): train metrics every ``log_every_steps`` (TensorBoard, and the console at
-  ``--verbosity=1``); every step's loss and norms are checked for non-finite values at the
-  next host synchronization that happens anyway (a log, a checkpoint, an evaluation), so a
-  diverging run stops with :class:`NonFiniteError` before it evaluates or saves a
-  non-finite state, and the last good checkpoint stays; checkpoints every
+  ``--verbosity=1``): loss and top-1 averaged over the interval, and the gradient /
+  parameter / update norms of one step, the first of the dispatch that ends the interval
+  (its last step when ``steps_per_dispatch`` is 1), computed by a separate program before
+  that step (:func:`cgh_jax.step.make_norms_step`; inside the train step they would cost
+  about a third of a small model's step). Every step's loss, and at those steps the norms,
+  are checked for non-finite values at the next host synchronization that happens anyway
+  (a log, a checkpoint, an evaluation), and the parameters themselves before an
+  evaluation or a checkpoint, so a diverging run stops with :class:`NonFiniteError` before
+  it evaluates or saves a non-finite state, and the last good checkpoint stays. The error
+  names the first step whose loss (or norms) was not finite: an update that makes the
+  parameters non-finite shows at the next step, whose loss is computed from them, or at
+  that step itself when its norms were computed (if the loss stays finite, at the next
+  evaluation or checkpoint, as non-finite parameters). Checkpoints every
   ``checkpoint_every_steps``, at the end and on SIGTERM (saved at the next step boundary,
   then the function returns with ``preempted=True``); hooks (:mod:`cgh_jax.hooks`) after
   each step, each evaluation and at the end;
@@ -48,6 +57,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -64,7 +74,8 @@ EVAL_SETS = ("pristine", "corrupt_noisy", "corrupt_true", "train_sample", "test"
 
 
 class NonFiniteError(FloatingPointError):
-    """A training loss or norm was NaN or infinite; the last good checkpoint is kept."""
+    """A training loss or norm, or the parameters, were NaN or infinite; the last good
+    checkpoint is kept."""
 
 
 def evaluate(
@@ -139,6 +150,9 @@ class PreemptionWatcher:
 def _epoch_value(step: int, steps_per_epoch: int) -> int | float:
     epoch = step / steps_per_epoch
     return int(epoch) if step % steps_per_epoch == 0 else round(epoch, 6)
+
+
+_merge = jax.jit(metrics_lib.TrainMetrics.merge)  # one dispatch per step, not one per field
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
@@ -248,7 +262,7 @@ class Trainer:
         )
 
     def evaluate(self, step: int, eval_sets, pending, progress) -> dict[str, Any]:
-        self.check_finite(pending)  # never evaluate (or record) a non-finite state
+        self.check_finite(pending, state=True)  # never evaluate or record a non-finite state
         progress.pause()
         results = evaluate(
             self.assembly.steps.eval,
@@ -271,27 +285,44 @@ class Trainer:
             hook.on_eval(record, self.state)
         return record
 
-    def check_finite(self, pending: list[tuple[int, jax.Array]]) -> None:
-        """Raises NonFiniteError naming the first step whose loss or norms were not finite."""
-        if not pending:
-            return
-        flags = jax.device_get([f for _, f in pending])
-        for (step, _), ok in zip(pending, flags, strict=True):
-            if not bool(ok):
-                self.checkpointer.wait()
-                last = self.checkpointer.latest_step()
-                raise NonFiniteError(
-                    f"Non-finite training loss or norm at step {step} (the update to step "
-                    f"{step}); the run stopped without evaluating or saving that state. The "
-                    "last good checkpoint is "
-                    + (
-                        f"step {last} in {self.checkpointer.directory}"
-                        if last is not None
-                        else "none"
-                    )
-                    + ". Lower the learning rate, or check the data."
-                )
+    def check_finite(self, pending: list[tuple[int, jax.Array, bool]], *, state: bool) -> None:
+        """Raises NonFiniteError naming the first step whose flag failed (its loss, and for
+        a step whose norms were computed, the norms too); with ``state``, also if the
+        current parameters are not all finite (before an evaluation or a checkpoint)."""
+        flags = jax.device_get([f for _, f, _ in pending])
+        failed = next(
+            ((s, norms) for (s, _, norms), ok in zip(pending, flags, strict=True) if not ok),
+            None,
+        )
+        if failed is None and state:
+            if not bool(self.assembly.steps.params_finite(self.state)):
+                failed = (int(jax.device_get(self.state.step)), None)
         pending.clear()
+        if failed is None:
+            return
+        step, norms = failed
+        if norms:
+            what = f"Non-finite training loss or norm at step {step} (the update to step {step})"
+        elif norms is None:
+            what = (
+                f"Non-finite parameters at step {step}, although every training loss was "
+                "finite (the norms are computed once per log_every_steps steps; the update "
+                "that made them is after the last logged step)"
+            )
+        else:
+            what = (
+                f"Non-finite training loss at step {step} (computed from the parameters of "
+                f"step {step - 1}: the update to step {step - 1}, or one since the last "
+                "logged step, made them non-finite, or this batch overflowed the loss)"
+            )
+        self.checkpointer.wait()
+        last = self.checkpointer.latest_step()
+        raise NonFiniteError(
+            f"{what}; the run stopped without evaluating or saving that state. The last good "
+            "checkpoint is "
+            + (f"step {last} in {self.checkpointer.directory}" if last is not None else "none")
+            + ". Lower the learning rate, or check the data."
+        )
 
     def dispatches(self, step: int) -> Iterator[list[dict]]:
         """The host batches from ``step`` to the end, in groups of ``steps_per_dispatch``
@@ -319,21 +350,37 @@ class Trainer:
                 step += len(group)
                 yield group
 
-    def _dispatch(self, host_batches: list[dict]) -> tuple:
-        """One train step, or ``len(host_batches)`` steps in one dispatch."""
-        keys, steps = ("image", "label"), self.assembly.steps
+    def _global(self, host_batch: dict) -> dict:
+        batch = {k: host_batch[k] for k in ("image", "label")}
+        return sharding_lib.host_batch_to_global(batch, self.mesh)
+
+    def _dispatch(self, host_batches: list[dict], with_norms: bool) -> tuple:
+        """One train step, or ``len(host_batches)`` steps in one dispatch. With
+        ``with_norms``, first the norms of the first of these steps
+        (:attr:`cgh_jax.step.Steps.norms`, the state unchanged). Returns
+        ``(metrics, finite, norms or None)``."""
+        steps, norms = self.assembly.steps, None
+        if with_norms:
+            norms = steps.norms(self.state, self._global(host_batches[0]))
         if len(host_batches) == 1:
-            batch = {k: host_batches[0][k] for k in keys}
-            return steps.train(self.state, sharding_lib.host_batch_to_global(batch, self.mesh))
-        group = [{k: b[k] for k in keys} for b in host_batches]
-        return steps.train_many(self.state, sharding_lib.host_batches_to_global(group, self.mesh))
+            self.state, metrics, finite = steps.train(self.state, self._global(host_batches[0]))
+        else:
+            group = [{k: b[k] for k in ("image", "label")} for b in host_batches]
+            batches = sharding_lib.host_batches_to_global(group, self.mesh)
+            self.state, metrics, finite = steps.train_many(self.state, batches)
+        if norms is not None:
+            finite = jnp.logical_and(finite, norms[1])
+        return metrics, finite, norms
 
     def save(self, step: int, pending) -> None:
-        self.check_finite(pending)
+        self.check_finite(pending, state=True)
         self.checkpointer.save(step, self.state, wall_time_s=self.elapsed())
 
-    def log_train(self, step: int, accumulated, progress) -> None:
-        values = {k: float(v) for k, v in accumulated.compute().items()}
+    def log_train(self, step: int, accumulated, norms, progress) -> None:
+        """Train metrics of the interval: loss and top-1 means, the learning rate, and the
+        norms of one step (from :attr:`cgh_jax.step.Steps.norms`)."""
+        values = {**accumulated.compute(), **norms}
+        values = {k: float(values[k]) for k in metrics_lib.TrainMetrics.ORDER}
         report = progress.report(step)
         self.writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
         self.writer.write_scalars(step, report)
@@ -371,21 +418,22 @@ class Trainer:
             hook.start(info)
         self.console.start(exp, resumed_at=step)
         watcher = PreemptionWatcher()
-        pending: list[tuple[int, jax.Array]] = []
+        pending: list[tuple[int, jax.Array, bool]] = []
         accumulated, record, preempted = None, {}, False
         try:
             if self.evaluates_at(step):
                 record = self.evaluate(step, eval_sets, pending, progress)
             for group in self.dispatches(step):
-                self.state, update, finite = self._dispatch(group)
                 before, step = step, step + len(group)
-                pending.append((step, finite))
-                accumulated = update if accumulated is None else accumulated.merge(update)
+                logs = _crossed(before, step, settings.log_every_steps) or step == exp.total_steps
+                update, finite, norms = self._dispatch(group, with_norms=logs)
+                pending.append((step, finite, logs))
+                accumulated = update if accumulated is None else _merge(accumulated, update)
                 for hook in self.hooks:
                     hook.on_step(step, self.state)
-                if _crossed(before, step, settings.log_every_steps) or step == exp.total_steps:
-                    self.check_finite(pending)
-                    self.log_train(step, accumulated, progress)
+                if logs:
+                    self.check_finite(pending, state=False)
+                    self.log_train(step, accumulated, norms[0], progress)
                     accumulated = None
                 preempted = watcher.requested(step)
                 every = settings.checkpoint_every_steps
@@ -439,7 +487,8 @@ def train_and_evaluate(
       ConfigError (a ValueError): an invalid config, before any training.
       checkpointing.ConfigMismatchError, checkpointing.CheckpointError: the workdir holds a
         checkpoint of another config, or one that cannot be read (nothing is deleted).
-      NonFiniteError: a non-finite loss or norm (the last good checkpoint stays).
+      NonFiniteError: a non-finite loss, norm or parameter (the last good checkpoint
+        stays).
     """
     return Trainer(experiment_lib.parse(config), workdir, hooks).run()
 

@@ -576,7 +576,9 @@ def test_choices_match_the_modules_that_implement_them():
     from cgh_jax.models import list_models
     from cgh_jax.optim import grads, sharded
 
-    assert set(optimizer_spec.GROUPED_LAYOUTS) | set(sharded.LAYOUTS) == set(choices.M3_LAYOUTS)
+    layouts = {*optimizer_spec.GROUPED_LAYOUTS, optimizer_spec.CHUNKED_LAYOUT, *sharded.LAYOUTS}
+    assert layouts == set(choices.M3_LAYOUTS)
+    assert set(optimizer_spec.CONCRETE_LAYOUTS) == set(choices.M3_LAYOUTS) - {"auto"}
     assert set(optimizer_spec.SHARDED_LAYOUTS) == set(sharded.LAYOUTS) - {"auto"}
     assert tuple(grads.BATCH_STATS_UPDATES) == tuple(choices.M3_BATCH_STATS)
     for name in choices.OPTIMIZERS:  # every name has a gradient kind

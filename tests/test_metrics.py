@@ -44,6 +44,19 @@ def test_train_metrics_means_and_last_values_under_jit():
     assert jax.tree.structure(merged) == jax.tree.structure(step(1.0))
 
 
+def test_train_metrics_without_norms_merge_among_themselves():
+    light = {k: v for k, v in VALUES.items() if k not in metrics.TrainMetrics.NORMS}
+    one = metrics.TrainMetrics.single_from_model_output(**light)
+    out = one.merge(one).compute()
+    assert list(out) == ["loss", "top1", "learning_rate"]
+    assert float(out["loss"]) == pytest.approx(2.0)
+    full = metrics.TrainMetrics.single_from_model_output(**VALUES)
+    with pytest.raises(ValueError, match="Cannot merge"):
+        one.merge(full)
+    with pytest.raises(ValueError, match="all or none"):
+        metrics.TrainMetrics.single_from_model_output(**light, grad_norm=1.0)
+
+
 def test_train_metrics_names_must_match():
     with pytest.raises(ValueError, match="missing \\['top1'\\]"):
         metrics.TrainMetrics.single_from_model_output(

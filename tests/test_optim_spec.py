@@ -146,6 +146,33 @@ def test_m3_spec_is_the_median_of_group_means():
     np.testing.assert_array_equal(updates["w"], expected["w"])
 
 
+@pytest.mark.parametrize("name", ["m3", "mean_at_median_norm", "median_at_mean_norm"])
+def test_the_chunked_layout(name):
+    # Configured only (auto never picks it), one device; the step computes the aggregate, so
+    # the optimizer is decay + SGD with the state structure of the straightforward path,
+    # the norm-matched controls' decay moved into the step (before their aggregate).
+    cfg = spec_lib.parse(opt(name=name, m3_layout="chunked", weight_decay=0.01), batch_size=4)
+    facts = dict(has_conv=False, has_state=False, platform="cpu")
+    assert cfg.resolve_layout(num_devices=1, **facts)[0] == "chunked"
+    auto = spec_lib.parse(opt(name=name, m3_layout="auto"), batch_size=4)
+    assert auto.resolve_layout(num_devices=1, **facts)[0] == "vmap"
+    cfg.check_layout(1)
+    with pytest.raises(ValueError, match="runs on one device, not 2"):
+        cfg.check_layout(2)
+    chunked = cfg.fix(layout="chunked", steps_per_epoch=10, num_epochs=1)
+    vmap = cfg.fix(layout="vmap", steps_per_epoch=10, num_epochs=1)
+    assert chunked.aggregate_in_step and not vmap.aggregate_in_step
+    assert chunked.decay_in_step == (0.0 if name == "m3" else 0.01)
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    assert jax.tree.structure(chunked.optimizer().init(params)) == jax.tree.structure(
+        vmap.optimizer().init(params)
+    )
+    direction = {"w": jnp.array([0.5, 0.1, -0.3])}
+    updates, _ = chunked.optimizer().update(direction, chunked.optimizer().init(params), params)
+    decay = 0.01 if name == "m3" else 0.0  # M3's decay after the median, in the optimizer
+    np.testing.assert_allclose(updates["w"], -0.1 * (direction["w"] + decay * params["w"]))
+
+
 def test_jsonl_truncate_keeps_earlier_steps_and_drops_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     writer = metrics.JsonlWriter(str(path), enabled=True)

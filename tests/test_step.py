@@ -3,6 +3,7 @@ hooks, and no evaluation of a non-finite state."""
 
 import json
 import math
+import re
 
 import jax
 import numpy as np
@@ -59,6 +60,7 @@ def test_steps_per_dispatch_gives_the_parameters_of_single_steps(name):
     assert got.keys() == want.keys()
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-6), k
+    assert "grad_norm" not in want  # the train step computes no norms
 
 
 def _digits_config(tmp_path, **overrides):
@@ -159,6 +161,66 @@ def test_a_diverging_run_stops_before_it_evaluates_a_non_finite_state(tmp_path):
     assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
 
 
+def test_the_trajectory_does_not_depend_on_how_often_the_trainer_logs(tmp_path):
+    # The norms come from a separate program, so logging every step leaves the same
+    # parameters (and evaluation records, bit for bit) as logging once.
+    often = train.train_and_evaluate(
+        _digits_config(tmp_path, log_every_steps=1, steps_per_dispatch=3), str(tmp_path / "a")
+    )
+    rarely = train.train_and_evaluate(
+        _digits_config(tmp_path, log_every_steps=1000, steps_per_dispatch=3), str(tmp_path / "b")
+    )
+    assert often["step"] == rarely["step"]
+    assert _records(tmp_path / "a" / "metrics.jsonl") == _records(tmp_path / "b" / "metrics.jsonl")
+
+
+def _diverging_step(tmp_path, name, log_every):
+    cfg = _digits_config(tmp_path, log_every_steps=log_every, checkpoint_every_steps=0)
+    cfg.optimizer.name = "sgd"
+    cfg.optimizer.learning_rate = 1e30
+    with pytest.raises(train.NonFiniteError) as error:
+        train.train_and_evaluate(cfg, str(tmp_path / name))
+    return str(error.value)
+
+
+def test_a_diverging_run_names_the_update_that_broke_it(tmp_path):
+    # Logging every step, the norms name the update that made the state non-finite; logging
+    # rarely, the loss of the next step does (the same step, or one later).
+    every = _diverging_step(tmp_path, "every", 1)
+    rarely = _diverging_step(tmp_path, "rarely", 1000)
+    assert "loss or norm at step" in every and "training loss at step" in rarely
+    named = [int(re.search(r"at step (\d+)", m).group(1)) for m in (every, rarely)]
+    assert named[0] <= named[1] <= named[0] + 1, (every, rarely)
+
+
+def test_the_norms_step_reads_the_update_without_changing_the_state():
+    mesh = sharding.create_mesh(1)
+    model = get_model("mlp", num_classes=10, hidden=(16,))
+    spec = _spec("sgd", momentum=0.9)  # the update is not a multiple of the gradient
+    facts = step_lib.model_facts(model, (4, 4, 1), mesh)
+    steps = step_lib.build_steps(model, spec, mesh, facts=facts, with_top5=True, platform="cpu")
+    state = step_lib.create_train_state(model, steps.tx, (4, 4, 1), jax.random.PRNGKey(0), mesh)
+    for b in _batches(2, 8):  # a nonzero momentum
+        state, _, _ = steps.train(state, sharding.host_batch_to_global(b, mesh))
+    batch = sharding.host_batch_to_global(_batches(1, 8, seed=1)[0], mesh)
+    before = jax.tree.map(np.asarray, state)
+    norms, finite = steps.norms(state, batch)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(before), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)  # read, not changed
+    loss_fn = step_lib.make_loss_fn(model, has_state=False)
+    grads = jax.grad(lambda p: loss_fn(p, batch, {})[0])(before.params)
+    new, _, _ = steps.train(state, batch)
+
+    def norm(tree):
+        return float(np.sqrt(sum(np.sum(np.square(np.float64(x))) for x in jax.tree.leaves(tree))))
+
+    update = jax.tree.map(lambda a, b: np.float64(a) - np.float64(b), new.params, before.params)
+    assert bool(finite)
+    assert float(norms["grad_norm"]) == pytest.approx(norm(grads), rel=1e-5)
+    assert float(norms["param_norm"]) == pytest.approx(norm(new.params), rel=1e-5)
+    assert float(norms["update_norm"]) == pytest.approx(norm(update), rel=1e-4)
+
+
 @pytest.mark.parametrize("name", ["mean_at_median_norm", "median_at_mean_norm"])
 def test_norm_matched_optimizers_step_like_their_transform(name):
     # One step of the trainer's step equals the transform applied by hand to the group
@@ -181,6 +243,7 @@ def test_norm_matched_optimizers_step_like_their_transform(name):
     state = step_lib.create_train_state(model, steps.tx, (4, 4, 1), jax.random.PRNGKey(0), mesh)
     params = jax.tree.map(np.asarray, state.params)
     batch = _batches(1, 20)[0]
+    norms, norms_finite = steps.norms(state, sharding.host_batch_to_global(batch, mesh))
     new, metrics, finite = steps.train(state, sharding.host_batch_to_global(batch, mesh))
     assert bool(finite)
     loss_fn = step_lib.make_loss_fn(model, has_state=False)
@@ -190,9 +253,8 @@ def test_norm_matched_optimizers_step_like_their_transform(name):
     want = optax.apply_updates(params, jax.tree.map(lambda d: -0.1 * d, direction))
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
-    assert float(metrics.compute()["grad_norm"]) == pytest.approx(
-        float(optax.global_norm(direction)), rel=1e-5
-    )
+    assert bool(norms_finite)
+    assert float(norms["grad_norm"]) == pytest.approx(float(optax.global_norm(direction)), rel=1e-5)
 
 
 def test_norm_matched_optimizers_refuse_sharded_layouts():
@@ -200,3 +262,25 @@ def test_norm_matched_optimizers_refuse_sharded_layouts():
 
     with pytest.raises(ConfigError, match="does not use"):
         spec_lib.parse(dict(name="mean_at_median_norm", m3_layout="group_sharded"), batch_size=8)
+
+
+@pytest.mark.parametrize("name", ["sgd", "m3", "mean_at_median_norm", "winsorize"])
+def test_the_step_without_norms_makes_the_updates_of_the_step_with_them(name):
+    # Only where the norms are computed moves: the trainer's step (no norms) leaves the
+    # parameters, bit for bit, of the step that computes them (M3: the median stays an
+    # array of its own ahead of the update; see make_train_step).
+    mesh = sharding.create_mesh(1)
+    model = get_model("mlp", num_classes=10, hidden=(256,))
+    spec = _spec(name, **({"num_clipped": 1} if name == "winsorize" else {}))
+    facts = step_lib.model_facts(model, (8, 8, 1), mesh)
+    steps = step_lib.build_steps(model, spec, mesh, facts=facts, with_top5=True, platform="cpu")
+    full = jax.jit(step_lib.make_train_step(model, spec, has_state=False, mesh=mesh))
+    params = []
+    for step_fn in (steps.train, full):
+        state = step_lib.create_train_state(model, steps.tx, (8, 8, 1), jax.random.PRNGKey(0), mesh)
+        for b in _batches(3, 8 * spec.num_groups, image_shape=(8, 8, 1)):
+            state, _, finite = step_fn(state, sharding.host_batch_to_global(b, mesh))
+            assert bool(finite)
+        params.append(jax.tree.map(np.asarray, state.params))
+    for a, b in zip(*(jax.tree.leaves(p) for p in params), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -11,6 +11,7 @@ Aggregators (put them first in a chain):
 Optimizers: :func:`m3_sgd`, :func:`rm3_sgd`, :func:`ra3_sgd`, :func:`winsorized_sgd`.
 Gradient helpers: :func:`grouped_grads`, :func:`per_example_grads`.
 Data-parallel M3 with little communication: :func:`sharded_median_of_means_grads`.
+The median of many groups without their full gradients: :func:`chunked_aggregate_grads`.
 """
 
 from cgh_jax.optim.alias import (
@@ -21,6 +22,7 @@ from cgh_jax.optim.alias import (
     rm3_sgd,
     winsorized_sgd,
 )
+from cgh_jax.optim.chunked import chunked_aggregate_grads
 from cgh_jax.optim.grads import GroupedGrads, group_batch, grouped_grads, per_example_grads
 from cgh_jax.optim.hlo import hlo_collective_traffic, summarize_traffic
 from cgh_jax.optim.median import (
@@ -52,6 +54,7 @@ from cgh_jax.optim.winsorize import WinsorizeState, winsorize, winsorized_mean
 
 __all__ = [
     "LAYOUTS",
+    "chunked_aggregate_grads",
     "MedianGrads",
     "GroupedGrads",
     "MedianOfMeansState",

@@ -48,14 +48,30 @@ def _rescale(direction: jax.Array, target_norm: jax.Array) -> jax.Array:
     return (direction.astype(jnp.float32) * scale).astype(direction.dtype)
 
 
+def group_mean(grouped: jax.Array) -> jax.Array:
+    """The mean over the leading group axis, ``[k, *s] -> s``."""
+    return jnp.mean(grouped, axis=0)
+
+
+def mean_at_median_norm_of(median: jax.Array, mean: jax.Array) -> jax.Array:
+    """:func:`mean_at_median_norm` of one leaf from its coordinate-wise median and mean
+    over the groups (each param-shaped)."""
+    return _rescale(mean, _norm(median))
+
+
+def median_at_mean_norm_of(median: jax.Array, mean: jax.Array) -> jax.Array:
+    """:func:`median_at_mean_norm` of one leaf from its coordinate-wise median and mean."""
+    return _rescale(median, _norm(mean))
+
+
 def mean_at_median_norm_leaf(grouped: jax.Array) -> jax.Array:
     """One leaf of :func:`mean_at_median_norm`: ``[k, *s] -> s``."""
-    return _rescale(jnp.mean(grouped, axis=0), _norm(coordinate_median(grouped)))
+    return mean_at_median_norm_of(coordinate_median(grouped), group_mean(grouped))
 
 
 def median_at_mean_norm_leaf(grouped: jax.Array) -> jax.Array:
     """One leaf of :func:`median_at_mean_norm`: ``[k, *s] -> s``."""
-    return _rescale(coordinate_median(grouped), _norm(jnp.mean(grouped, axis=0)))
+    return median_at_mean_norm_of(coordinate_median(grouped), group_mean(grouped))
 
 
 def _grouped_transform(leaf_fn, num_groups: int, what: str) -> optax.GradientTransformation:
@@ -131,8 +147,11 @@ def median_at_mean_norm(num_groups: int) -> optax.GradientTransformation:
 
 __all__ = [
     "NormMatchState",
+    "group_mean",
     "mean_at_median_norm",
     "mean_at_median_norm_leaf",
+    "mean_at_median_norm_of",
     "median_at_mean_norm",
     "median_at_mean_norm_leaf",
+    "median_at_mean_norm_of",
 ]

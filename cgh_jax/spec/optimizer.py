@@ -15,8 +15,9 @@ The optimizer config (``config.optimizer``) has these fields:
 ``num_groups``      M3 (median of means) and its controls: number of groups, odd. One
                     update consumes ``num_groups`` SGD-sized batches.
 ``m3_layout``       M3: how the train step computes the median of the group means:
-                    ``auto`` (default) | ``vmap`` | ``loop`` | ``reduce_scatter`` |
-                    ``group_sharded`` (:meth:`OptimizerSpec.resolve_layout`).
+                    ``auto`` (default) | ``vmap`` | ``loop`` | ``chunked`` |
+                    ``reduce_scatter`` | ``group_sharded``
+                    (:meth:`OptimizerConfig.resolve_layout`).
 ``m3_batch_stats``  M3 with BatchNorm: ``sequential`` (default, the authors': one
                     running-statistics update per group, in order, as ``num_groups``
                     train-mode forward passes make) or ``mean`` (one update with the mean
@@ -45,16 +46,25 @@ M3 layouts. ``vmap`` and ``loop`` are the straightforward path: ``grouped_grads`
 compute the median inside the train step with
 :func:`cgh_jax.optim.sharded_median_of_means_grads` (explicit per-device code that moves
 fewer bytes than ``k`` all-reduces), and the optimizer is weight decay + SGD without a
-median (adding the weight decay after the median is exact). ``group_sharded`` assigns
-groups row-major (contiguous blocks of the global batch), the others column-major; both
-are uniformly random partitions of a shuffled batch. ``auto`` picks:
+median (adding the weight decay after the median is exact). ``chunked`` (one device; M3
+and its norm-matched controls) computes the aggregate inside the step too, with
+:func:`cgh_jax.optim.chunked_aggregate_grads`: the same groups as ``vmap``, but the group
+gradients of dense kernels are formed and reduced a block of rows at a time, so the ``k``
+full kernel gradients are never written; other parameters take the ``vmap`` path.
+``group_sharded`` assigns groups row-major (contiguous blocks of the global batch), the
+others column-major; both are uniformly random partitions of a shuffled batch. ``auto``
+picks:
 
 * one device, or a batch the sharded layouts cannot split (``num_groups * batch_size`` not
   a multiple of ``devices * num_groups``), or a BatchNorm model whose per-device chunks
   would have fewer than :data:`MIN_BATCHNORM_CHUNK` examples: the straightforward path,
   ``loop`` for a model with convolutions on CPU or on several devices (``vmap`` turns
   their weight gradients into grouped convolutions, slow on XLA:CPU, and under ``jit``
-  over a mesh the partitioner may gather the batch), ``vmap`` otherwise;
+  over a mesh the partitioner may gather the batch), ``vmap`` otherwise. ``auto`` never
+  picks ``chunked``: its updates may differ from ``vmap``'s by float32 round-off (the
+  median reaches the parameter update through memory instead of inside one fused loop;
+  the norm-matched controls' mean is summed in another order), which would move the
+  published runs' numbers; set ``m3_layout='chunked'`` for the speed;
 * otherwise (several devices) :func:`cgh_jax.optim.resolve_layout`'s choice:
   ``group_sharded`` when ``devices >= num_groups``, else ``reduce_scatter``.
 
@@ -90,8 +100,15 @@ SCHEDULES = choices.SCHEDULES
 M3_LAYOUTS = choices.M3_LAYOUTS
 SHARDED_LAYOUTS = choices.SHARDED_M3_LAYOUTS
 """M3 layouts that compute the median inside the train step (:mod:`cgh_jax.optim.sharded`)."""
-GROUPED_LAYOUTS = tuple(x for x in M3_LAYOUTS if x != "auto" and x not in SHARDED_LAYOUTS)
+CHUNKED_LAYOUT = "chunked"
+"""The layout that forms dense kernels' group gradients in chunks
+(:mod:`cgh_jax.optim.chunked`), the aggregate inside the step; one device."""
+GROUPED_LAYOUTS = tuple(
+    x for x in M3_LAYOUTS if x not in ("auto", CHUNKED_LAYOUT) and x not in SHARDED_LAYOUTS
+)
 """M3 layouts of the straightforward path: ``grouped_grads``, the median in the optimizer."""
+CONCRETE_LAYOUTS = (*GROUPED_LAYOUTS, CHUNKED_LAYOUT, *SHARDED_LAYOUTS)
+"""Every M3 layout but ``auto``."""
 MIN_BATCHNORM_CHUNK = 16
 """``auto`` keeps the straightforward M3 path for BatchNorm models when a sharded layout
 would normalize over fewer examples per device (chunk) than this: per-device BatchNorm
@@ -172,8 +189,8 @@ class OptimizerConfig:
           platform: ``jax.default_backend()`` (``'cpu'``, ``'gpu'``, ``'tpu'``).
 
         Returns:
-          ``(layout, reason)``: one of ``vmap``, ``loop``, ``reduce_scatter``,
-          ``group_sharded``, and a sentence for the log.
+          ``(layout, reason)``: one of ``vmap``, ``loop``, ``chunked``,
+          ``reduce_scatter``, ``group_sharded``, and a sentence for the log.
 
         An explicit sharded layout is taken as configured: :meth:`check_layout` says
         whether it can run on the mesh (the trainer checks it with the devices, before any
@@ -189,7 +206,7 @@ class OptimizerConfig:
 
         k, update_batch, layout = self.num_groups, self.examples_per_update, self.m3_layout
         grouped = "loop" if has_conv and (platform == "cpu" or num_devices > 1) else "vmap"
-        if layout in GROUPED_LAYOUTS:
+        if layout in (*GROUPED_LAYOUTS, CHUNKED_LAYOUT):
             return layout, f"m3_layout={layout!r} (configured)"
         splits = update_batch % (num_devices * k) == 0
         chunk = update_batch // (num_devices * k)
@@ -217,9 +234,10 @@ class OptimizerConfig:
         return grouped, f"auto: {why}; grouped path, {kind} on {platform} -> {grouped}"
 
     def check_layout(self, num_devices: int) -> None:
-        """An explicit sharded M3 layout can run on ``num_devices`` devices: the update
-        splits into ``devices x num_groups`` chunks, and ``group_sharded`` has a device per
-        group (the rule of :func:`cgh_jax.optim.sharded.resolve_layout`).
+        """An explicit M3 layout can run on ``num_devices`` devices: ``chunked`` on one; for a
+        sharded layout the update splits into ``devices x num_groups`` chunks, and
+        ``group_sharded`` has a device per group (the rule of
+        :func:`cgh_jax.optim.sharded.resolve_layout`).
 
         Raises:
           ConfigError: naming the layout and what to change.
@@ -227,6 +245,11 @@ class OptimizerConfig:
         from cgh_jax.optim import sharded
 
         k, update_batch, layout = self.num_groups, self.examples_per_update, self.m3_layout
+        if layout == CHUNKED_LAYOUT and num_devices > 1:
+            raise F.ConfigError(
+                f"config.optimizer.m3_layout={layout!r} runs on one device, not {num_devices}",
+                "use m3_layout='auto'",
+            )
         if layout not in SHARDED_LAYOUTS:
             return
         if update_batch % (num_devices * k):
@@ -245,10 +268,10 @@ class OptimizerConfig:
         """The :class:`OptimizerSpec` of a run: a concrete M3 layout (from
         :meth:`resolve_layout`; any concrete one for optimizers without groups) and the
         schedule's length."""
-        if layout not in (*GROUPED_LAYOUTS, *SHARDED_LAYOUTS):
+        if layout not in CONCRETE_LAYOUTS:
             raise ValueError(
                 f"m3_layout={layout!r} is not a concrete layout; expected one of "
-                f"{', '.join((*GROUPED_LAYOUTS, *SHARDED_LAYOUTS))}."
+                f"{', '.join(CONCRETE_LAYOUTS)}."
             )
         if steps_per_epoch < 1 or num_epochs < 1:
             raise ValueError(
@@ -273,6 +296,23 @@ class OptimizerSpec(OptimizerConfig):
     def median_in_step(self) -> bool:
         """M3 with a sharded layout: the step computes the median, the optimizer is SGD."""
         return self.name == "m3" and self.m3_layout in SHARDED_LAYOUTS
+
+    @property
+    def aggregate_in_step(self) -> bool:
+        """The step computes the aggregate over groups (a sharded layout, or ``chunked``)
+        and the optimizer is (weight decay +) SGD."""
+        return self.median_in_step or (
+            self.gradient is Gradient.GROUPED and self.m3_layout == CHUNKED_LAYOUT
+        )
+
+    @property
+    def decay_in_step(self) -> float:
+        """The weight decay the step adds to the group gradients before the aggregate: the
+        norm-matched controls' with ``chunked`` (their aggregate does not commute with
+        it); 0 otherwise (M3's median does, so its optimizer adds the decay after)."""
+        if self.aggregate_in_step and self.name != "m3":
+            return self.weight_decay
+        return 0.0
 
     def schedule(self) -> Callable[[Any], Any]:
         """The learning-rate schedule over update steps (jit-safe, float32)."""
@@ -307,9 +347,10 @@ class OptimizerSpec(OptimizerConfig):
         ``cgh_jax.optim``'s aliases (``m3_sgd``, ``rm3_sgd``, ``ra3_sgd``,
         ``winsorized_sgd``, ``mean_at_median_norm_sgd``, ``median_at_mean_norm_sgd``), which
         add the weight decay before the median, running buffer or clipping. For M3 with a
-        sharded layout the train step already computes the median, and the optimizer is
-        weight decay + SGD with an identity where the median would be (the same optimizer
-        state structure for every layout).
+        sharded layout or ``chunked`` the train step already computes the aggregate, and the
+        optimizer is weight decay + SGD with an identity where the aggregate would be (the
+        same optimizer state structure for every layout; the norm-matched controls'
+        decay is added in the step, before their aggregate, with an identity in its place).
         """
         import optax
 
@@ -324,8 +365,12 @@ class OptimizerSpec(OptimizerConfig):
             if self.weight_decay:
                 return optax.chain(optax.add_decayed_weights(self.weight_decay), sgd)
             return sgd
-        if self.median_in_step:
-            parts = [optax.add_decayed_weights(self.weight_decay)] if self.weight_decay else []
+        if self.aggregate_in_step:
+            parts = []
+            if self.weight_decay:
+                decay_after = not self.decay_in_step
+                parts = [optax.add_decayed_weights(self.weight_decay)] if decay_after else []
+                parts = parts or [optax.identity()]
             return optax.chain(*parts, optax.identity(), sgd)
         grouped = {
             "m3": alias.m3_sgd,
@@ -395,7 +440,7 @@ def parse(cfg: Mapping[str, Any], *, batch_size: int, prefix: str = "optimizer")
         raise F.ConfigError(
             f"config.{p}m3_layout={layout!r} computes M3's median inside the step, which "
             f"{name!r} does not use",
-            f"set config.{p}m3_layout to 'auto', 'vmap' or 'loop'",
+            f"set config.{p}m3_layout to 'auto', 'vmap', 'loop' or 'chunked'",
         )
     batch_stats = F.choice(p + "m3_batch_stats", get("m3_batch_stats"), choices.M3_BATCH_STATS)
     clipped = F.integer(p + "num_clipped", get("num_clipped"), low=0)
@@ -437,6 +482,8 @@ def parse(cfg: Mapping[str, Any], *, batch_size: int, prefix: str = "optimizer")
 
 
 __all__ = [
+    "CHUNKED_LAYOUT",
+    "CONCRETE_LAYOUTS",
     "GRADIENTS",
     "GROUPED_LAYOUTS",
     "Gradient",
