@@ -530,9 +530,9 @@ def check_devices(config: Any, num_devices: int, num_processes: int = 1) -> None
                     f"an update to be a multiple of devices x num_groups = {num_devices} x {k}",
                     "change config.batch_size or use m3_layout='auto'",
                 )
-            if layout == "group_sharded" and num_devices < k:
+            if layout in ("group_sharded", "group_aligned") and num_devices < k:
                 raise ConfigError(
-                    f"{where}config.optimizer.m3_layout='group_sharded' needs at least "
+                    f"{where}config.optimizer.m3_layout={layout!r} needs at least "
                     f"num_groups={k} devices, found {num_devices}",
                     "use m3_layout='auto' or 'reduce_scatter'",
                 )

@@ -16,7 +16,8 @@ The optimizer config (``config.optimizer``) has these fields:
                     update consumes ``num_groups`` SGD-sized batches.
 ``m3_layout``       M3: how the train step computes the median of the group means:
                     ``auto`` (default) | ``vmap`` | ``loop`` | ``reduce_scatter`` |
-                    ``group_sharded`` (:meth:`OptimizerSpec.resolve_layout`).
+                    ``group_sharded`` | ``group_aligned``
+                    (:meth:`OptimizerSpec.resolve_layout`).
 ``m3_batch_stats``  M3 with BatchNorm: ``sequential`` (default, the authors': one
                     running-statistics update per group, in order, as ``num_groups``
                     train-mode forward passes make) or ``mean`` (one update with the mean
@@ -36,13 +37,14 @@ and the schedule's length (:meth:`OptimizerSpec.with_duration`). The step builde
 
 M3 layouts. ``vmap`` and ``loop`` are the straightforward path: ``grouped_grads`` (with
 ``vectorize=True`` / ``False``) gives the ``k`` group-mean gradients and the optimizer
-(``m3_sgd``) takes their coordinate-wise median. ``reduce_scatter`` and ``group_sharded``
-compute the median inside the train step with
+(``m3_sgd``) takes their coordinate-wise median. ``reduce_scatter``, ``group_sharded`` and
+``group_aligned`` compute the median inside the train step with
 :func:`cgh_jax.optim.sharded_median_of_means_grads` (explicit per-device code that moves
 fewer bytes than ``k`` all-reduces), and the optimizer is weight decay + SGD without a
 median (adding the weight decay after the median is exact). ``group_sharded`` assigns
-groups row-major (contiguous blocks of the global batch), the others column-major; both
-are uniformly random partitions of a shuffled batch. ``auto`` picks:
+groups row-major (contiguous blocks of the global batch), ``group_aligned`` in whole
+devices (:mod:`cgh_jax.optim.aligned_plan`), the others column-major; all are uniformly
+random partitions of a shuffled batch. ``auto`` picks:
 
 * one device, or a batch the sharded layouts cannot split (``num_groups * batch_size`` not
   a multiple of ``devices * num_groups``), or a BatchNorm model whose per-device chunks
@@ -50,8 +52,13 @@ are uniformly random partitions of a shuffled batch. ``auto`` picks:
   ``loop`` for a model with convolutions on CPU or on several devices (``vmap`` turns
   their weight gradients into grouped convolutions, slow on XLA:CPU, and under ``jit``
   over a mesh the partitioner may gather the batch), ``vmap`` otherwise;
-* otherwise (several devices) :func:`cgh_jax.optim.resolve_layout`'s choice:
-  ``group_sharded`` when ``devices >= num_groups``, else ``reduce_scatter``.
+* otherwise (several devices) :func:`cgh_jax.optim.resolve_layout`'s choice for the
+  update batch: ``reduce_scatter`` when ``devices < num_groups``; ``group_sharded`` when
+  ``num_groups`` divides the device count; ``group_aligned`` when its devices evaluate at
+  most ``sharded.MAX_ALIGNED_COMPUTE_RATIO`` times the examples of an even split (with
+  slots of :func:`cgh_jax.optim.aligned_plan.chunk_size_for`: the BatchNorm chunk for
+  BatchNorm models and unrolled convolutions, the least padding otherwise); else
+  ``group_sharded``.
 
 Durations are given in epochs and converted to steps only here, in
 :meth:`OptimizerSpec.schedule`, from ``steps_per_epoch`` (updates per epoch for the chosen
@@ -90,6 +97,8 @@ from cgh_jax.optim.alias import (
     rm3_sgd,
     winsorized_sgd,
 )
+from cgh_jax.optim.aligned_plan import aligned_plan
+from cgh_jax.optim.aligned_plan import chunk_size_for as aligned_chunk_size
 
 OPTIMIZERS = choices.OPTIMIZERS
 SCHEDULES = choices.SCHEDULES
@@ -193,11 +202,12 @@ class OptimizerSpec:
 
         Returns:
           ``(layout, reason)``: one of ``vmap``, ``loop``, ``reduce_scatter``,
-          ``group_sharded``, and a sentence for the log.
+          ``group_sharded``, ``group_aligned``, and a sentence for the log.
 
         Raises:
           ValueError: an explicit sharded layout that cannot run here (batch not a multiple
-            of ``devices * num_groups``; ``group_sharded`` with fewer devices than groups).
+            of ``devices * num_groups``; ``group_sharded`` or ``group_aligned`` with fewer
+            devices than groups).
 
         Example:
           >>> spec = resolve(dict(name="m3", learning_rate=0.1), batch_size=256)
@@ -235,8 +245,24 @@ class OptimizerSpec:
                 "examples would differ from per-group statistics"
             )
         else:
-            resolved = sharded.resolve_layout("auto", k, num_devices)
-            return resolved, f"auto: {num_devices} devices, {k} groups -> {resolved}"
+            straddles = num_devices > k and num_devices % k
+            chunk = None
+            if straddles:
+                vectorized = not (has_conv and platform == "cpu")  # as step.build_steps
+                chunk = aligned_chunk_size(
+                    update_batch, num_devices, k, independent_examples=vectorized and not has_state
+                )
+            resolved = sharded.resolve_layout(
+                "auto", k, num_devices, batch_size=update_batch, chunk_size=chunk
+            )
+            reason = f"auto: {num_devices} devices, {k} groups -> {resolved}"
+            if straddles:
+                ratio = aligned_plan(update_batch, num_devices, k, chunk).compute_ratio
+                reason += (
+                    f" (group_aligned would evaluate {ratio:.3f}x the examples per device, "
+                    f"the limit is {sharded.MAX_ALIGNED_COMPUTE_RATIO})"
+                )
+            return resolved, reason
         kind = "convolutions" if has_conv else "no convolutions"
         return grouped, f"auto: {why}; grouped path, {kind} on {platform} -> {grouped}"
 
