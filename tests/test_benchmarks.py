@@ -12,6 +12,7 @@ the runs' logs.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -97,3 +98,34 @@ def test_train_rates_reads_steps_per_second_of_each_run_from_the_logs(tmp_path):
     assert [row.split("|")[7].strip() for row in rows] == ["300.0", "20.0*"]
     assert [row.split("|")[8].strip() for row in rows] == ["30000", "6000"]
     assert "| cifar10 | - |" in output.read_text()
+
+
+def test_vs_pytorch_smoke_times_every_row(tmp_path):
+    """``benchmarks/vs_pytorch.py --smoke``: tiny models, every row, both JAX columns; the
+    PyTorch column when torch is importable, else a line saying it is skipped."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "benchmarks/vs_pytorch.py", "--smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    table = out.split("## Examples per second")[1]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [r[0].strip().split(",")[0] for r in rows] == ["MLP 784-2048-10"] + ["MLP"] * 3 + [
+        "ResNet-18 (CIFAR stem)"
+    ] + ["ResNet-18"] * 2
+    has_torch = importlib.util.find_spec("torch") is not None
+    assert ("PyTorch is not installed" in out) != has_torch
+    for cells in rows:
+        cells = [c.strip() for c in cells]
+        assert float(cells[2].replace(",", "")) > 0  # trainer step, examples/s
+        mlp = cells[0].startswith("MLP")
+        assert (cells[3] != "-") == mlp  # minimal step on the MLP rows
+        assert (cells[4] != "-") == has_torch
+        assert cells[-1] == "1/1"
+    assert "load average" in out
