@@ -1,9 +1,9 @@
 """Shared pieces of the benchmark scripts: the trainer's step, memory analysis, timing, tables.
 
-Every benchmark that updates parameters times or compiles the trainer's own step
-(:func:`cgh_jax.step.build_steps`, the program ``cgh_jax.train`` runs) with an
-:class:`~cgh_jax.optim.spec.OptimizerSpec`; a benchmark *variant* is an optimizer config
-and, for M3, the ``m3_layout`` the spec is built with (:data:`VARIANTS`).
+Every benchmark that updates parameters times or compiles the trainer's own step, built by
+the trainer's own assembly (:func:`cgh_jax.assembly.assemble`: the model's facts, the M3
+layout, :func:`cgh_jax.step.build_steps`); a benchmark *variant* is an optimizer config and,
+for M3, the ``m3_layout`` it is built with (:data:`VARIANTS`).
 
 Import after the script has set ``XLA_FLAGS`` (this module imports jax).
 """
@@ -19,9 +19,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from cgh_jax import assembly as assembly_lib
 from cgh_jax import sharding as sharding_lib
 from cgh_jax import step as step_lib
-from cgh_jax.optim import spec as spec_lib
+from cgh_jax.formatting import markdown_table  # noqa: F401  (the benchmarks' tables)
+from cgh_jax.spec import optimizer as optimizer_lib
 
 VARIANTS = {
     "sgd": ("sgd", None),
@@ -43,8 +45,8 @@ through ``jax.vmap``, ``m3_loop`` the same with an unrolled loop over the groups
 
 def optimizer_spec(
     variant: str, *, examples_per_update: int, num_groups: int = 3, learning_rate: float = 0.1
-) -> spec_lib.OptimizerSpec:
-    """The resolved optimizer of a benchmark variant at ``examples_per_update`` examples.
+) -> optimizer_lib.OptimizerConfig:
+    """The optimizer fields of a benchmark variant at ``examples_per_update`` examples.
 
     Every variant sees the same examples per update: M3 takes ``num_groups`` groups of
     ``examples_per_update / num_groups``, the others one batch of ``examples_per_update``.
@@ -63,43 +65,38 @@ def optimizer_spec(
             f"{variant}: {examples_per_update} examples per update are not a multiple of "
             f"{groups} groups."
         )
-    return spec_lib.resolve(cfg, batch_size=examples_per_update // groups)
+    return optimizer_lib.parse(cfg, batch_size=examples_per_update // groups)
 
 
 class TrainerStep:
-    """The trainer's jitted train step for one model, optimizer spec and mesh.
-
-    Built as :class:`cgh_jax.train` builds it: the model's facts read from its abstract
-    variables, the M3 layout fixed by :meth:`OptimizerSpec.resolve_layout` (an explicit
-    layout stays as configured; one that cannot run on the mesh is refused), then
-    :func:`cgh_jax.step.build_steps` (state replicated and donated, batch sharded on
-    ``'data'``).
+    """The trainer's jitted train step for one model, optimizer and mesh, built by the
+    trainer's own :func:`cgh_jax.assembly.assemble` (an explicit M3 layout stays as
+    configured; one that cannot run on the mesh is refused). The schedule is one epoch of
+    one step (the benchmarks use constant rates).
 
     Attributes:
-      spec: the spec with its concrete layout.
+      assembly: the :class:`cgh_jax.assembly.Assembly`.
+      spec: the optimizer spec with its concrete layout.
       steps: :class:`cgh_jax.step.Steps` (``train``, ``eval``, ``tx``).
       image_shape: ``(H, W, C)`` (or ``(D,)``) of one example.
     """
 
-    def __init__(self, model, spec: spec_lib.OptimizerSpec, mesh, image_shape: Sequence[int]):
+    def __init__(
+        self, model, spec: optimizer_lib.OptimizerConfig, mesh, image_shape: Sequence[int]
+    ):
         self.model, self.mesh, self.image_shape = model, mesh, tuple(image_shape)
-        platform = jax.default_backend()
-        facts = step_lib.model_facts(model, self.image_shape, mesh)
-        self.spec = spec = step_lib.fix_layout(spec, facts, mesh, platform)
-        self.steps = step_lib.build_steps(
-            model, spec, mesh, facts=facts, with_top5=False, platform=platform
+        self.assembly = assembly_lib.assemble(
+            model, spec, mesh, self.image_shape, steps_per_epoch=1, num_epochs=1, with_top5=False
         )
+        self.spec, self.steps = self.assembly.optimizer, self.assembly.steps
 
     def abstract_state(self) -> step_lib.TrainState:
         """Shapes and shardings of the train state (lowering without initializing)."""
-        return step_lib.abstract_train_state(self.model, self.steps.tx, self.image_shape, self.mesh)
+        return self.assembly.abstract_state()
 
     def init_state(self, seed: int = 0) -> step_lib.TrainState:
-        """A freshly initialized train state (the trainer's ``create_train_state``)."""
-        rng = jax.random.PRNGKey(seed)
-        return step_lib.create_train_state(
-            self.model, self.steps.tx, self.image_shape, rng, self.mesh
-        )
+        """A freshly initialized (and checked) train state, as the trainer makes it."""
+        return self.assembly.new_state(jax.random.PRNGKey(seed))
 
     def abstract_batch(self, num_examples: int, dtype: Any = jnp.float32) -> dict[str, Any]:
         """Shapes and sharding of a batch of ``num_examples`` (``image``, ``label``)."""
@@ -205,12 +202,6 @@ def interleaved_step_times(
 
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def num_params(tree: Any) -> int:

@@ -14,7 +14,9 @@ trajectory (parameters and metrics):
 * ``per_example_epochs``: which epochs write per-example records;
 * ``max_steps``: where to stop; raise it to continue a shortened run;
 * ``data.data_dir``, ``data.cache``: where the prepared data lives and whether it is cached;
-* ``study.*``: the list of runs of a study.
+* ``study.*``: the list of runs of a study;
+* ``init_timeout_s``, ``heartbeat_timeout_s``: how a multi-process job starts and notices a
+  lost process.
 
 ``num_epochs`` is fingerprinted: it is the period of cosine schedules and the length of the
 step schedule's run.
@@ -25,6 +27,12 @@ to :class:`Checkpointer`), so a code upgrade that adds an option still resumes o
 
 A checkpoint that cannot be read raises :class:`CheckpointError` naming the step directory
 and what to do; nothing is ever deleted by a failed restore.
+
+Only committed checkpoints are restored (:func:`cgh_jax.supervisor.committed_steps` lists
+them without Orbax): Orbax writes a step into
+``<step>.orbax-checkpoint-tmp-<time>/`` and renames it to ``<step>/`` (on object stores:
+writes ``commit_success.txt``) after every process has written its part, so a step
+half-written when a process died is never listed, restored or counted as the newest.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from cgh_jax import supervisor
+
 MUTABLE_FIELDS = (
     "checkpoint_every_steps",
     "keep_checkpoints",
@@ -47,6 +57,8 @@ MUTABLE_FIELDS = (
     "data.data_dir",
     "data.cache",
     "study",
+    "init_timeout_s",
+    "heartbeat_timeout_s",
 )
 
 
@@ -165,6 +177,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta")
         )
+        supervisor.note("checkpoints", directory=self.directory)  # for a lost-peer report
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""

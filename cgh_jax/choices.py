@@ -1,7 +1,7 @@
 """The accepted values of every named config choice, importable without JAX or TensorFlow.
 
 The command line checks a config against these names before it imports anything heavy
-(:mod:`cgh_jax.config_checks`). The modules that implement each choice hold the same names
+(:mod:`cgh_jax.spec`). The modules that implement each choice hold the same names
 (``tests/test_bad_inputs.py`` checks that they agree); they can import them from here.
 """
 
@@ -16,7 +16,7 @@ OPTIMIZERS = (
     "mean_at_median_norm",
     "median_at_mean_norm",
 )
-"""``config.optimizer.name`` (``cgh_jax.optim.spec``)."""
+"""``config.optimizer.name`` (``cgh_jax.spec.optimizer``)."""
 
 GROUPED_OPTIMIZERS = ("m3", "mean_at_median_norm", "median_at_mean_norm")
 """Optimizers that consume ``num_groups`` group-mean gradients (one update takes

@@ -1,7 +1,7 @@
 """The command line's own checks, run by ``cgh_jax.main`` before anything heavy is imported.
 
-Like :mod:`cgh_jax.config_checks` (whose :class:`~cgh_jax.config_checks.ConfigError` they
-raise), they import only the standard library and ``ml_collections``.
+They raise :class:`cgh_jax.spec.fields.ConfigError` and import only the standard library
+and ``ml_collections``.
 
 * :func:`load_config_file` -- the ``--config=FILE[:ARGS]`` file and its arguments.
 * :func:`check_override_names` -- ``--config.<field>`` names exist (with a suggestion).
@@ -15,21 +15,22 @@ A study refuses overrides its runs would replace: :func:`cgh_jax.study.check_stu
 from __future__ import annotations
 
 import os
+import tempfile
 import types
 from collections.abc import Iterable
 from typing import Any
 
 import ml_collections
 
-from cgh_jax.config_checks import (
+from cgh_jax.spec.fields import (
     ConfigError,
-    _flatten,
-    _is_int,
-    _is_number,
-    _is_remote,
-    _one_of,
-    _suggest,
-    _to_dict,
+    flatten,
+    is_int,
+    is_number,
+    is_remote,
+    one_of,
+    suggest,
+    to_dict,
 )
 
 # ----------------------------------------------------------------------------- the file
@@ -65,10 +66,10 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
             if os.path.isdir(folder)
             else []
         )
-        hint = f"; config files in {folder}: {_one_of(found)}" if found else ""
+        hint = f"; config files in {folder}: {one_of(found)}" if found else ""
         raise ConfigError(
             f"config file {path!r} {state} (from {where}, relative to {os.getcwd()})",
-            f"pass an existing config file{_suggest(os.path.basename(path), found)}{hint}",
+            f"pass an existing config file{suggest(os.path.basename(path), found)}{hint}",
         )
     module = types.ModuleType("cgh_jax_config_file")
     module.__file__ = os.path.abspath(path)
@@ -121,11 +122,11 @@ def check_override_names(config: ml_collections.ConfigDict, names: Iterable[str]
                 )
             if part not in node:
                 fields = sorted(node.keys())
-                hint = _suggest(part, fields)
+                hint = suggest(part, fields)
                 if at == "model" and part == "num_classes":
                     fix = "the number of classes comes from the dataset; remove the override"
                 else:
-                    fix = f"fields of config{'.' + at if at else ''}: {_one_of(fields)}"
+                    fix = f"fields of config{'.' + at if at else ''}: {one_of(fields)}"
                 raise ConfigError(
                     f"--config.{name}: config{'.' + at if at else ''} has no field {part!r}{hint}",
                     fix,
@@ -139,10 +140,10 @@ def check_override_names(config: ml_collections.ConfigDict, names: Iterable[str]
 def _same_kind(old: Any, new: Any) -> bool:
     if isinstance(old, bool) or isinstance(new, bool):
         return isinstance(old, bool) and isinstance(new, bool)
-    if _is_int(old):
-        return _is_int(new)
-    if _is_number(old):
-        return _is_number(new)
+    if is_int(old):
+        return is_int(new)
+    if is_number(old):
+        return is_number(new)
     if isinstance(old, list | tuple):
         return isinstance(new, list | tuple) and (
             not old or all(_same_kind(old[0], v) for v in new)
@@ -166,7 +167,7 @@ def check_override_types(final: Any, own: Any) -> None:
     Raises:
       ConfigError: naming the field, the given value and the expected type.
     """
-    new, old = _flatten(_to_dict(final)), _flatten(_to_dict(own))
+    new, old = flatten(to_dict(final)), flatten(to_dict(own))
     for field in sorted(new):
         before, after = old.get(field), new[field]
         if before is None or before == after or _same_kind(before, after):
@@ -184,9 +185,10 @@ def check_override_types(final: Any, own: Any) -> None:
 def check_workdir(workdir: Any) -> None:
     """Checks that ``workdir`` is, or can be created as, a writable directory.
 
-    Nothing is left behind: an existing directory gets a probe file that is removed at
-    once; a missing one is created and removed again (its missing parents too). Remote
-    paths (``gs://...``) are not checked.
+    Nothing is left behind and no shared path is created or removed, so every process of a
+    job may run it at once: an existing directory gets a probe directory with a name of
+    its own (``tempfile``) that is removed at once; for a missing one, so does its nearest
+    existing parent. Remote paths (``gs://...``) are not checked.
 
     Raises:
       ConfigError: no workdir, a file in the way, or a directory that cannot be written.
@@ -194,7 +196,7 @@ def check_workdir(workdir: Any) -> None:
     if not workdir or not isinstance(workdir, str | os.PathLike):
         raise ConfigError("--workdir is not set", "pass --workdir=DIR for checkpoints and metrics")
     path = os.path.abspath(os.fspath(workdir))
-    if _is_remote(workdir):
+    if is_remote(workdir):
         return
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(
@@ -209,42 +211,28 @@ def check_workdir(workdir: Any) -> None:
                 "directory goes",
                 "move that file away or pass another --workdir",
             )
-        _probe_writable(path, workdir)
+        _probe_writable(path, f"--workdir={workdir} is not writable")
         return
-    # The topmost missing directory: create and remove it to prove that it can be made.
-    top = path
-    while not os.path.exists(os.path.dirname(top)):
-        top = os.path.dirname(top)
-    parent = os.path.dirname(top)
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ConfigError(
             f"--workdir={workdir} cannot be created: {parent} is a file",
             "pass a directory whose parent is a directory",
         )
-    try:
-        os.mkdir(top)
-    except OSError as e:
-        raise ConfigError(
-            f"--workdir={workdir} cannot be created in {parent}: {e.strerror}",
-            "pass a directory in a writable location",
-        ) from e
-    try:
-        _probe_writable(top, workdir)
-    finally:
-        os.rmdir(top)
+    _probe_writable(parent, f"--workdir={workdir} cannot be created in {parent}")
 
 
-def _probe_writable(directory: str, workdir: Any) -> None:
-    probe = os.path.join(directory, f".cgh-jax-write-probe-{os.getpid()}")
+def _probe_writable(directory: str, what: str) -> None:
+    """Creates and removes a directory of this process's own in ``directory``."""
     try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        probe = tempfile.mkdtemp(prefix=".cgh-jax-write-probe-", dir=directory)
     except OSError as e:
         raise ConfigError(
-            f"--workdir={workdir} is not writable: {e.strerror}",
-            "pass a directory you can write to",
+            f"{what}: {e.strerror}", "pass a directory in a location you can write to"
         ) from e
-    os.close(fd)
-    os.unlink(probe)
+    os.rmdir(probe)
 
 
 __all__ = [

@@ -18,7 +18,7 @@ Training config fields (``train_and_evaluate`` reads exactly these):
 ``optimizer.*``            learning rate, schedule, momentum, ``m3_layout`` (how M3's median
                            of group means is computed: ``auto``, ``vmap``, ``loop``,
                            ``reduce_scatter``, ``group_sharded``, ``group_aligned``),
-                           ... (fields: ``cgh_jax.optim.spec``).
+                           ... (fields: ``cgh_jax.spec.optimizer``).
 ``batch_size``             the SGD-sized (group) batch, global over all hosts. One M3 update
                            consumes ``num_groups * batch_size`` examples, as the authors did.
 ``num_epochs``             epochs of the training split; durations (schedule boundaries,
@@ -201,7 +201,7 @@ def imagenet_data_config(**overrides: Any) -> ml_collections.ConfigDict:
 
 
 def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
-    """The optimizer config (fields: ``cgh_jax.optim.spec``)."""
+    """The optimizer config (fields: ``cgh_jax.spec.optimizer``)."""
     cfg = ml_collections.ConfigDict()
     cfg.name = "sgd"
     cfg.learning_rate = 0.1
@@ -218,6 +218,50 @@ def optimizer_config(**overrides: Any) -> ml_collections.ConfigDict:
     cfg.warmup_epochs = 0.0
     _update(cfg, overrides)
     return cfg
+
+
+AUTHORS_MOMENTUM = {"sgd": 0.9}
+"""The authors' trainer defaults to momentum 0.9: their SGD baselines ran with it, their
+M3/RM3 commands set momentum 0 explicitly ("causes instability" otherwise). RA3 (the
+control) and winsorized SGD (ICLR 2020) run without momentum too."""
+
+
+def imagenet_config(
+    arg: str | None,
+    *,
+    model: str,
+    tiny: str,
+    optimizer: Mapping[str, Any],
+    data: Mapping[str, Any] | None = None,
+) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """The W&S ImageNet experiment of one model, as every ImageNet config builds it.
+
+    Batch 256 (M3: 3 x 256 per update), 90 epochs, bfloat16 compute, learning rate 0.1
+    with ``optimizer``'s schedule, the authors' momentum (:data:`AUTHORS_MOMENTUM`: 0.9 for
+    SGD, 0 otherwise, unless ``momentum=`` is given), ImageNet data
+    (:func:`imagenet_data_config` with ``data``), and :func:`common_args`; ``runlocal``
+    swaps in the ``tiny`` model.
+
+    Returns:
+      ``(config, args)``: the config and its parsed arguments.
+    """
+    # momentum < 0 (the default): the authors' setting for the optimizer.
+    args = parse_arg(arg, **common_args(momentum=-1.0))
+    if args.momentum < 0:
+        args.momentum = AUTHORS_MOMENTUM.get(args.opt, 0.0)
+    cfg = base_config()
+    cfg.data = imagenet_data_config(**(data or {}))
+    cfg.model = dict(name=model, dtype="bfloat16")
+    cfg.optimizer = optimizer_config(learning_rate=0.1, **optimizer)
+    cfg.batch_size = 256
+    cfg.num_epochs = 90
+    cfg.eval_batch_size = 1024
+    cfg.log_every_steps = 100
+    cfg.checkpoint_every_steps = 2_000
+    apply_common_args(cfg, args)
+    if args.runlocal:
+        apply_runlocal(cfg, model={"name": tiny, "dtype": "float32"})
+    return cfg, args
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -237,6 +281,11 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.checkpoint_every_steps = 0
     cfg.keep_checkpoints = 2
     cfg.per_example_epochs = ()
+    # Multi-process jobs (cgh_jax.supervisor): seconds for all processes to join, and of
+    # silence before a process counts as lost. The flags --init_timeout and
+    # --heartbeat_timeout override them.
+    cfg.init_timeout_s = 60
+    cfg.heartbeat_timeout_s = 60
     return cfg
 
 
@@ -277,14 +326,15 @@ def _update(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> Non
         setattr(cfg, key, value)
 
 
-def common_args(**extra: Any) -> dict[str, Any]:
-    """Arguments every ImageNet-family config accepts, with their defaults.
+def common_args(*, without: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
+    """Arguments every experiment config accepts, with their defaults.
 
-    ``opt`` (sgd|m3|rm3|ra3|winsorize), ``noise`` (label-noise fraction), ``epochs``,
-    ``lr``, ``batch`` (the SGD-sized batch), ``momentum``, ``seed``, ``data_dir`` (TFDS data
-    dir, e.g. ``gs://bucket/tensorflow_datasets``) and ``runlocal``; ``extra`` adds more.
+    ``opt`` (an optimizer name), ``noise`` (label-noise fraction), ``epochs``, ``lr``,
+    ``batch`` (the SGD-sized batch), ``momentum``, ``seed``, ``data_dir`` (TFDS data dir,
+    e.g. ``gs://bucket/tensorflow_datasets``) and ``runlocal``; ``without`` drops those a
+    config does not take, ``extra`` adds more or changes a default.
     """
-    return dict(
+    common = dict(
         opt="sgd",
         noise=0.0,
         epochs=0,
@@ -294,14 +344,17 @@ def common_args(**extra: Any) -> dict[str, Any]:
         seed=0,
         data_dir="",
         runlocal=False,
-        **extra,
     )
+    return {k: v for k, v in common.items() if k not in without} | extra
 
 
 def apply_common_args(cfg: ml_collections.ConfigDict, args: ml_collections.ConfigDict):
-    """Applies :func:`common_args` values to ``cfg`` (0 / "" keep the config's default)."""
-    cfg.optimizer.name = args.opt
-    cfg.data.noise = args.noise
+    """Applies :func:`common_args` values to ``cfg`` (0 / "" keep the config's default;
+    arguments the config does not take are skipped)."""
+    if "opt" in args:
+        cfg.optimizer.name = args.opt
+    if "noise" in args:
+        cfg.data.noise = args.noise
     cfg.seed = args.seed
     cfg.optimizer.momentum = args.momentum
     if args.epochs:

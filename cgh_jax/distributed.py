@@ -11,6 +11,13 @@
   that cluster says it has more than one process. A single process (a laptop, one GPU host, a
   single-host TPU VM such as v4-8) is left alone.
 
+:func:`job_layout` says, before JAX starts, whether this process belongs to a job of several
+and where it meets the others (:mod:`cgh_jax.supervisor` uses it); :func:`barrier` and
+:func:`is_writer` are the rule for files outside ``checkpoints/``: process 0 writes them,
+after a barrier where it reads what the others produced.
+
+JAX is imported on first use: with explicit arguments, :func:`job_layout` runs without it.
+
 Nothing here looks at device files (``/dev/accel*``, ``/dev/vfio``): a TPU VM's device
 files say nothing about how many hosts share the slice, and containers may hide them.
 
@@ -24,8 +31,9 @@ import os
 import threading
 from typing import NamedTuple
 
-import jax
 from absl import logging
+
+from cgh_jax.spec.fields import ConfigError
 
 
 class Cluster(NamedTuple):
@@ -104,10 +112,83 @@ def detect_cluster() -> Cluster | None:
     return _from_jax(types)
 
 
+def _explicit(coordinator_address, num_processes, process_id) -> bool:
+    """True if any explicit argument is given; ConfigError if some are missing and no
+    cluster environment can supply them, or if the process id is out of range."""
+    explicit = (coordinator_address, num_processes, process_id)
+    if all(v is None for v in explicit):
+        return False
+    if any(v is None for v in explicit) and detect_cluster() is None:
+        missing = [
+            name
+            for name, v in zip(
+                ("coordinator_address", "num_processes", "process_id"), explicit, strict=True
+            )
+            if v is None
+        ]
+        raise ConfigError(
+            "multi-host start: all of --coordinator_address, --num_processes and "
+            f"--process_id are needed (missing: {', '.join(missing)})",
+            "pass all three, or none of them on a cluster that JAX detects (Cloud TPU, "
+            "SLURM, Open MPI, Kubernetes)",
+        )
+    if num_processes is not None and num_processes < 1:
+        raise ConfigError(
+            f"--num_processes={num_processes} is not a number of processes",
+            "give the number of processes started (1 or more)",
+        )
+    if num_processes is not None and process_id is not None:
+        if not 0 <= process_id < num_processes:
+            raise ConfigError(
+                f"--process_id={process_id} is out of range for --num_processes={num_processes}",
+                f"give each process its own id from 0 to {num_processes - 1}",
+            )
+    return True
+
+
+def job_layout(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout_s: float = 60,
+) -> tuple[str, int, int] | None:
+    """``(coordinator address, number of processes, this process's id)`` of a job of several
+    processes, or None for a single process or a cluster that does not say all three.
+
+    Explicit arguments win; the rest comes from JAX's cluster detection (as
+    ``jax.distributed.initialize`` would find it).
+
+    Raises:
+      cgh_jax.spec.fields.ConfigError: as :func:`initialize`.
+    """
+    explicit = _explicit(coordinator_address, num_processes, process_id)
+    if explicit and None not in (coordinator_address, num_processes, process_id):
+        return (coordinator_address, num_processes, process_id) if num_processes > 1 else None
+    cluster = detect_cluster()
+    if cluster is None or cluster.num_processes in (None, 1):
+        return None
+    try:
+        from jax._src import clusters
+
+        address, count, index, _ = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+            coordinator_address, num_processes, process_id, None, None, int(timeout_s)
+        )
+    except Exception as e:  # noqa: BLE001 - a detector that moved or a metadata server down
+        logging.info("Cluster %s: coordinator unknown before JAX starts (%s).", cluster.name, e)
+        return None
+    if None in (address, count, index) or int(count) <= 1:
+        return None
+    return str(address), int(count), int(index)
+
+
 def initialize(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    init_timeout_s: int | None = None,
+    heartbeat_timeout_s: int | None = None,
 ) -> Cluster | None:
     """Connects this process to the others of its job, if there are others.
 
@@ -117,34 +198,33 @@ def initialize(
       coordinator_address: ``HOST:PORT`` of process 0.
       num_processes: the number of processes.
       process_id: this process's index.
+      init_timeout_s: how long JAX waits for all processes (its ``initialization_timeout``;
+        JAX's default when None).
+      heartbeat_timeout_s: after how long without a heartbeat JAX declares a process dead
+        (JAX's default when None).
 
     Returns:
       The cluster joined (``Cluster('explicit', n)`` for explicit arguments), or ``None`` if
       this is a single process and nothing was initialized.
 
     Raises:
-      ValueError: if only some of the explicit arguments are given and no cluster
-        environment can supply the others.
+      cgh_jax.spec.fields.ConfigError (a ValueError): if only some of the explicit
+        arguments are given and no cluster environment can supply the others, or the
+        process id is out of range.
     """
-    explicit = (coordinator_address, num_processes, process_id)
-    if any(v is not None for v in explicit):
-        if any(v is None for v in explicit) and detect_cluster() is None:
-            missing = [
-                name
-                for name, v in zip(
-                    ("coordinator_address", "num_processes", "process_id"), explicit, strict=True
-                )
-                if v is None
-            ]
-            raise ValueError(
-                "Multi-host start: give all of coordinator_address, num_processes and "
-                f"process_id (missing: {', '.join(missing)}), or none of them on a cluster "
-                "that JAX detects (Cloud TPU, SLURM, Open MPI, Kubernetes)."
-            )
+    import jax
+
+    timeouts = {}
+    if init_timeout_s is not None:
+        timeouts["initialization_timeout"] = int(init_timeout_s)
+    if heartbeat_timeout_s is not None:
+        timeouts["heartbeat_timeout_seconds"] = int(heartbeat_timeout_s)
+    if _explicit(coordinator_address, num_processes, process_id):
         jax.distributed.initialize(
             coordinator_address=coordinator_address,
             num_processes=num_processes,
             process_id=process_id,
+            **timeouts,
         )
         return Cluster("explicit", num_processes)
     cluster = detect_cluster()
@@ -163,8 +243,36 @@ def initialize(
         cluster.name,
         cluster.num_processes,
     )
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
     return cluster
+
+
+def barrier(tag: str, timeout_s: float) -> None:
+    """Waits until every process has reached ``tag`` (a no-op for one process).
+
+    Uses the ``jax.distributed`` coordination service (no device collective, so a long wait
+    does not hold a device or time out in a collective), else
+    ``multihost_utils.sync_global_devices``.
+    """
+    import jax
+    from jax._src import distributed as jax_distributed
+
+    if jax.process_count() <= 1:
+        return
+    client = jax_distributed.global_state.client
+    if client is not None:
+        client.wait_at_barrier(tag, timeout_in_ms=int(timeout_s * 1000))
+    else:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(tag)
+
+
+def is_writer() -> bool:
+    """True in the one process that writes files outside ``checkpoints/`` (process 0)."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def preemption_sync_enabled() -> bool:
@@ -191,6 +299,8 @@ def warn_if_no_preemption_sync() -> bool:
 
     Returns True if it warned (this call or an earlier one).
     """
+    import jax
+
     if _warned.is_set():
         return True
     if jax.process_count() <= 1 or preemption_sync_enabled():

@@ -1,18 +1,19 @@
 """Callbacks of the training loop: what a study measures, without a loop of its own.
 
-``train_and_evaluate(config, workdir, hooks=[...])`` calls, on every process:
+``train_and_evaluate(config, workdir, hooks=[...])`` calls, on every process, as CLU's
+periodic actions are called, with only what each moment has:
 
-* ``on_step(run, step)`` after update ``step`` (``run.state.step == step``);
-* ``on_eval(run, record)`` after each evaluation (before every epoch and after the last;
-  ``record`` is the line written to ``metrics.jsonl``);
-* ``on_end(run, record)`` once, when the run finished (not when it was preempted).
+* ``start(run)`` once, before the first step: ``run`` is the :class:`RunInfo` (the
+  resolved :class:`~cgh_jax.spec.experiment.Experiment`, the model, the mesh, the work
+  directory and the jitted eval step), fixed for the whole run;
+* ``on_step(step, state)`` after update ``step`` (``state.step == step``);
+* ``on_eval(record, state)`` after each evaluation (``record`` is the line written to
+  ``metrics.jsonl``);
+* ``on_end(record, state)`` once, when the run finished (not when it was preempted).
 
-``run`` is the live :class:`cgh_jax.train.Run`: ``run.state`` (the
-:class:`cgh_jax.step.TrainState`), ``run.config``, ``run.workdir``, ``run.mesh``,
-``run.model``, ``run.spec`` (the :class:`cgh_jax.optim.spec.OptimizerSpec`), ``run.steps``
-(the jitted steps), ``run.steps_per_epoch`` and ``run.total_steps``. A hook reads the state
-and must not keep references to it past the call: the next update donates its buffers.
-Hooks run in the order given; a hook that raises stops the run (the last checkpoint stays).
+``state`` is the :class:`cgh_jax.step.TrainState`. A hook reads it and must not keep
+references to it past the call: the next update donates its buffers. Hooks run in the order
+given; a hook that raises stops the run (the last checkpoint stays).
 
 :class:`PerExampleRecords` (the trainer adds it for ``config.per_example_epochs``) and
 :class:`cgh_jax.analysis.coherence.CoherenceHook` are hooks.
@@ -20,9 +21,10 @@ Hooks run in the order given; a hook that raises stops the run (the last checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -34,17 +36,40 @@ from cgh_jax import metrics as metrics_lib
 from cgh_jax import sharding as sharding_lib
 
 
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What a hook may know about its run, fixed before the first step.
+
+    Attributes:
+      experiment: the :class:`cgh_jax.spec.experiment.Experiment` (config sections, the
+        optimizer spec, ``steps_per_epoch``, ``total_steps``).
+      model: the Flax module.
+      mesh: the device mesh.
+      workdir: the run directory.
+      eval_step: the jitted eval step ``(state, batch) -> (sums, per_example)``.
+    """
+
+    experiment: Any
+    model: Any
+    mesh: Any
+    workdir: str
+    eval_step: Callable
+
+
 class Hook:
     """A training-loop callback; override the calls you need (all default to nothing)."""
 
-    def on_step(self, run: Any, step: int) -> None:
-        del run, step
+    def start(self, run: RunInfo) -> None:
+        del run
 
-    def on_eval(self, run: Any, record: dict[str, Any]) -> None:
-        del run, record
+    def on_step(self, step: int, state: Any) -> None:
+        del step, state
 
-    def on_end(self, run: Any, record: dict[str, Any]) -> None:
-        del run, record
+    def on_eval(self, record: dict[str, Any], state: Any) -> None:
+        del record, state
+
+    def on_end(self, record: dict[str, Any], state: Any) -> None:
+        del record, state
 
 
 def iterate(source) -> Iterable:
@@ -119,20 +144,25 @@ class PerExampleRecords(Hook):
 
     def __init__(self, epochs: Iterable[int]):
         self.epochs = {int(e) for e in epochs}
+        self.run: RunInfo | None = None
 
-    def on_eval(self, run: Any, record: dict[str, Any]) -> None:
-        step = int(record["step"])
-        epoch, rest = divmod(step, run.steps_per_epoch)
+    def start(self, run: RunInfo) -> None:
+        self.run = run
+
+    def on_eval(self, record: dict[str, Any], state: Any) -> None:
+        run = self.run
+        epoch, rest = divmod(int(record["step"]), run.experiment.steps_per_epoch)
         if rest or epoch not in self.epochs:
             return
         from cgh_jax import data as data_lib
 
         path = os.path.join(run.workdir, "per_example", f"epoch_{epoch:03d}.npz")
         batches = data_lib.full_train_eval_batches(
-            run.config.data, global_batch_size=run.config.eval_batch_size
+            run.experiment.run.data,
+            global_batch_size=run.experiment.trainer.eval_batch_size,
         )
-        n = write_per_example_records(run.steps.eval, run.state, batches, run.mesh, path)
+        n = write_per_example_records(run.eval_step, state, batches, run.mesh, path)
         logging.info("Wrote %d per-example records to %s.", n, path)
 
 
-__all__ = ["Hook", "PerExampleRecords", "iterate", "write_per_example_records"]
+__all__ = ["Hook", "PerExampleRecords", "RunInfo", "iterate", "write_per_example_records"]

@@ -6,10 +6,11 @@ comparison study (``cgh_jax.study``); any other config trains one run
 ``--config.<field>=value``; the config is locked, so a mistyped field is an error.
 
 Everything that can be checked without data is checked before JAX, TensorFlow or a model
-is imported (:mod:`cgh_jax.cli_checks`, :mod:`cgh_jax.config_checks`, :mod:`cgh_jax.study`):
-the config file and its arguments, every field, the overrides, the work directory. Then,
-after the imports and before any data is loaded, the batch sizes against the dataset size
-(where the data package knows it cheaply) and the device count.
+is imported, each rule once (:mod:`cgh_jax.cli_checks`: the config file, its arguments, the
+overrides, the work directory; :func:`cgh_jax.spec.experiment.parse`: every field, for each
+run of a study); the trainer takes the checked config and, before any data is loaded,
+checks the batch sizes against the device count and the dataset size (where the data
+package knows it cheaply).
 
 Errors are one line on stderr, ``cgh-jax: error: <what is wrong>; <what to do>``, with exit
 status 2 for usage and configuration errors (the command line, the config, the data it
@@ -18,7 +19,10 @@ names, a workdir whose checkpoint has another config) and 1 for failures while r
 
 Multi-host: :func:`cgh_jax.distributed.initialize` connects the processes when JAX detects a
 cluster of several (Cloud TPU pod slices, SLURM, Open MPI, Kubernetes); elsewhere pass
-``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``. In a job of several
+processes each process first meets the others and then trains in a child process that it
+supervises (:mod:`cgh_jax.supervisor`): a bounded start-up (``--init_timeout``), mismatched
+processes refused, a lost peer reported in one line (``--heartbeat_timeout``).
 """
 
 import os
@@ -30,8 +34,9 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cgh_jax import cli_checks, config_checks, study
-from cgh_jax.config_checks import ConfigError
+from cgh_jax import cli_checks, study, supervisor
+from cgh_jax.spec import experiment
+from cgh_jax.spec.fields import ConfigError
 
 FLAGS = flags.FLAGS
 
@@ -49,6 +54,8 @@ Trains one run, or each run of a study config, and writes metrics, checkpoints a
   --workdir=DIR            directory for checkpoints, metrics and reports (resumes what is in it)
   --config.FIELD=VALUE     override one config field, e.g. --config.optimizer.learning_rate=0.05
   --coordinator_address    multi-host: HOST:PORT of process 0 (with --num_processes, --process_id)
+  --init_timeout=S         multi-host: seconds for all processes to join (default 60)
+  --heartbeat_timeout=S    multi-host: seconds of silence before a process counts as lost (60)
   --verbosity=1            also print the traceback of an error (or set {TRACEBACK_ENV}=1)
 
 Errors: one line 'cgh-jax: error: <what is wrong>; <what to do>' on stderr; exit status
@@ -82,7 +89,7 @@ def fail(message: str, status: int, argv: Sequence[str] = ()) -> None:
     if _traceback_wanted(argv) and sys.exc_info()[0] is not None:
         traceback.print_exc()
     print(f"cgh-jax: error: {_one_line(message)}", file=sys.stderr)
-    sys.exit(status)
+    supervisor.exit_process(status)
 
 
 def _with_fix(error: BaseException, fix: str) -> str:
@@ -207,11 +214,26 @@ def _parse_flags(argv: list[str]) -> list[str]:
             )
         cli_checks.check_override_types(FLAGS.config, own)
         study.check_study_overrides(FLAGS.config, own, spec)
-        config_checks.check_config(FLAGS.config)
+        _CHECKED["config"] = check_config(FLAGS.config)
         cli_checks.check_workdir(FLAGS.workdir)
     except ConfigError as e:
         fail(str(e), EXIT_CONFIG, argv)
     return rest
+
+
+_CHECKED: dict[str, object] = {}  # the checked config(s), from the flag parser to main
+
+
+def check_config(config):
+    """Every rule of the config, once per run: a :class:`RunConfig`, or for a study config
+    its runs' (name -> RunConfig)."""
+    if "study" in config or study.is_study(config):
+        if not study.is_study(config):
+            raise ConfigError(
+                "config.study.optimizers is empty", "list the runs, e.g. ('sgd', 'm3')"
+            )
+        return study.parse_runs(study.config_runs(config), study.shared_config(config))
+    return experiment.parse(config)
 
 
 def define_flags() -> None:
@@ -230,51 +252,74 @@ def define_flags() -> None:
     flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
     flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
     flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+    flags.DEFINE_integer(
+        "init_timeout",
+        None,
+        "Multi-host: seconds for all processes to join (default: config.init_timeout_s).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "heartbeat_timeout",
+        None,
+        "Multi-host: seconds of silence before a process counts as lost (default: "
+        "config.heartbeat_timeout_s).",
+        lower_bound=1,
+    )
 
 
 # ----------------------------------------------------------------------------- running
+
+
+def supervise_multiprocess() -> None:
+    """In a job of several processes: meets the others, trains in a supervised child and
+    exits with the job's status (:func:`cgh_jax.supervisor.launch`). Returns at once in a
+    single process and in that child."""
+    try:
+        outcome = supervisor.launch(FLAGS, show_raw=_traceback_wanted())
+    except ConfigError as e:
+        fail(str(e), EXIT_CONFIG)
+    if outcome is not None:
+        status, message = outcome
+        if message:
+            fail(message, status)
+        sys.exit(status)
 
 
 def initialize_distributed() -> None:
     """Connects the processes of a multi-host job (before JAX touches any device)."""
     from cgh_jax import distributed
 
+    init_s, heartbeat_s = supervisor.timeouts(FLAGS)
     try:
-        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        distributed.initialize(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            init_timeout_s=init_s,
+            # JAX's own detection is the backstop: the launchers notice a lost peer first.
+            heartbeat_timeout_s=heartbeat_s + 30,
+        )
     except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(
             str(e), "pass all of --coordinator_address, --num_processes and --process_id, or none"
         ) from e
-
-
-def check_devices(config) -> None:
-    """Batch sizes against the devices and processes (needs JAX, not the data)."""
-    import jax
-
-    config_checks.check_devices(config, jax.device_count(), jax.process_count())
-
-
-def check_dataset_size(config) -> None:
-    """Update batches against the training-split size, where the data package knows it
-    without loading the data (``cgh_jax.data.known_sizes``); otherwise the trainer checks
-    it after loading."""
-    from cgh_jax.data import known_sizes
-
-    config_checks.check_dataset_size(config, lambda data: known_sizes(data)[0])
+    supervisor.note("initialized")
 
 
 def main(argv):
     del argv  # _parse_flags refused anything but flags
+    supervise_multiprocess()  # several processes: exits here, having trained in a child
     try:
+        from cgh_jax import metrics as metrics_lib
+
+        metrics_lib.quiet_library_logs()  # before JAX says which backends it did not find
         import jax
 
         initialize_distributed()
-        check_devices(FLAGS.config)  # JAX only: before the data package
-        from cgh_jax import metrics as metrics_lib
-
-        metrics_lib.quiet_library_logs()
-        check_dataset_size(FLAGS.config)  # before any data is loaded
-        logging.info(
+        logging.vlog(
+            1,
             "Process %d/%d, %d local / %d global devices (%s).",
             jax.process_index(),
             jax.process_count(),
@@ -282,12 +327,13 @@ def main(argv):
             jax.device_count(),
             jax.devices()[0].device_kind,
         )
-        if study.is_study(FLAGS.config):
-            study.run_study(FLAGS.config, FLAGS.workdir)
-        else:
+        checked = _CHECKED["config"]
+        if isinstance(checked, experiment.RunConfig):
             from cgh_jax import train
 
-            train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            train.train_and_evaluate(checked, FLAGS.workdir)
+        else:
+            study.run_study(FLAGS.config, FLAGS.workdir, parsed=checked)
     except Exception as e:  # every failure becomes one line (traceback on request)
         status, message = _runtime_error_status(e)
         fail(message, status)

@@ -16,6 +16,7 @@
   (or M3's 3 x batch per update) line up; :func:`hparams_from_config` flattens a config for
   ``writer.write_hparams``.
 * :class:`Progress`: steps/s and an ETA that includes the remaining evaluations.
+* :class:`Console`: the few lines a person reads at the default verbosity.
 """
 
 import dataclasses
@@ -32,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
+
+from cgh_jax.formatting import format_seconds
 
 
 @jax.tree_util.register_dataclass
@@ -200,12 +203,13 @@ class JsonlWriter:
 
 
 class LoggingWriter:
-    """Scalars as console lines (absl logging); the writer of processes other than 0 and
-    of process 0 when CLU is not installed."""
+    """Scalars as console lines at ``--verbosity=1`` (absl ``vlog(1)``): every value that
+    goes to TensorBoard, for a reader who wants all of them."""
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-        text = ", ".join(f"{k}={_scalar_text(v)}" for k, v in scalars.items())
-        logging.info("[%d] %s", step, text)
+        if logging.vlog_is_on(1):
+            text = ", ".join(f"{k}={_scalar_text(v)}" for k, v in scalars.items())
+            logging.vlog(1, "[%d] %s", step, text)
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         del hparams  # Not echoed to the console: the workdir's config.json holds them.
@@ -323,15 +327,6 @@ def hparams_from_config(config) -> dict[str, bool | int | float | str]:
     return flat
 
 
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 class Progress:
     """Steps per second and an ETA that counts the evaluations still to come.
 
@@ -367,6 +362,7 @@ class Progress:
         self._pause_start: float | None = None
         self._eval_seconds = 0.0
         self._evals = 0
+        self._done_before, self._seconds_before = 0, 0.0  # of the reports so far
 
     def pause(self) -> None:
         """Starts an evaluation: what follows is not training time, until resume()."""
@@ -391,31 +387,101 @@ class Progress:
         at_boundaries = max(0, -(-(self.total_steps - first) // every))
         return at_boundaries + 1
 
+    def _rate_and_eta(self, step: int, done: int, elapsed: float) -> dict[str, float]:
+        rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
+        train = (self.total_steps - step) / rate if rate == rate and rate > 0 else float("inf")
+        mean_eval = self._eval_seconds / self._evals if self._evals else 0.0
+        return {
+            "steps_per_sec": rate,
+            "eta_seconds": train + mean_eval * self.evaluations_left(step),
+        }
+
     def report(self, step: int) -> dict[str, float]:
         """``{'steps_per_sec', 'eta_seconds'}`` since the previous report."""
         now = self._clock()
         elapsed = now - self._last_time - self._paused
         done = step - self._last_step
-        rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
-        train = (self.total_steps - step) / rate if rate == rate and rate > 0 else float("inf")
-        mean_eval = self._eval_seconds / self._evals if self._evals else 0.0
-        eta = train + mean_eval * self.evaluations_left(step)
+        self._done_before += done
+        self._seconds_before += elapsed
         self._last_step, self._last_time, self._paused = step, now, 0.0
-        return {"steps_per_sec": rate, "eta_seconds": eta}
+        return self._rate_and_eta(step, done, elapsed)
+
+    def overall(self, step: int) -> dict[str, float]:
+        """``{'steps_per_sec', 'eta_seconds'}`` over all the training since the start (the
+        evaluations left out), without starting a new report interval."""
+        elapsed = self._clock() - self._last_time - self._paused
+        done = self._done_before + step - self._last_step
+        return self._rate_and_eta(step, done, self._seconds_before + elapsed)
 
     def describe(self, step: int, epoch: float, report: Mapping[str, float]) -> str:
         return (
             f"step {step}/{self.total_steps} (epoch {epoch:.2f}) "
-            f"{report['steps_per_sec']:.2f} steps/s, ETA {format_duration(report['eta_seconds'])}"
+            f"{report['steps_per_sec']:.2f} steps/s, ETA {format_seconds(report['eta_seconds'])}"
         )
 
 
-def log_line(prefix: str, values: Mapping[str, float]) -> None:
-    """One console line ``prefix: k=v, ...`` through absl logging (process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    text = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-    logging.info("%s: %s", prefix, text)
+CONSOLE_EVERY_S = 10.0
+"""The console's evaluation lines come at most this often (the first and last always)."""
+CONSOLE_SETS = (("pristine", "pristine"), ("corrupt_noisy", "memorized"), ("test", "test"))
+
+
+class Console:
+    """The lines a person reads at the default verbosity (process 0 only).
+
+    One line when a run starts (model, optimizer, steps, devices), and, of its evaluations,
+    the first, the last and at most one every :data:`CONSOLE_EVERY_S` seconds in between:
+    the step and epoch, the rate and ETA (:class:`Progress`), and the top-1 accuracy of
+    ``pristine``, ``corrupt_noisy`` (memorization) and ``test`` (``train_sample`` when the
+    data has no noise). The others, and every metric of every evaluation, go to
+    ``metrics.jsonl``, TensorBoard and the console at ``--verbosity=1``.
+
+    Args:
+      experiment: the run's :class:`cgh_jax.spec.experiment.Experiment`.
+      every_s: the least time between two evaluation lines.
+      clock: a ``time.monotonic``-like function.
+    """
+
+    def __init__(self, experiment, *, every_s: float = CONSOLE_EVERY_S, clock=time.monotonic):
+        self.experiment = experiment
+        self.every_s = every_s
+        self._clock = clock
+        self._last: float | None = None
+
+    def start(self, experiment, resumed_at: int = 0) -> None:
+        e = experiment
+        self.info(
+            f"Training {e.run.model.name} with {e.optimizer.name}: {e.total_steps} steps "
+            f"({e.steps_per_epoch} per epoch, {e.optimizer.examples_per_update} examples per "
+            f"update) on {e.num_devices} devices in {e.num_processes} processes"
+            + (f"; resumed at step {resumed_at}." if resumed_at else ".")
+        )
+
+    def evaluation(self, record: Mapping[str, Any], report: Mapping[str, float]) -> str:
+        """Logs (or, between lines, keeps to ``--verbosity=1``) one evaluation; returns
+        the line: ``step t/T (epoch e) R steps/s, ETA h:mm: pristine 91.2%, ...``."""
+        total, step = self.experiment.total_steps, int(record["step"])
+        now = self._clock()
+        shown = self._last is None or step >= total or now - self._last >= self.every_s
+        line = f"step {step}/{total} (epoch {step / self.experiment.steps_per_epoch:.2f})"
+        rate = report.get("steps_per_sec", math.nan)
+        if step and math.isfinite(rate):
+            eta = format_seconds(report["eta_seconds"]) if step < total else "done"
+            line += f" {rate:.2f} steps/s, ETA {eta}"
+        sets = [(k, name) for k, name in CONSOLE_SETS if f"{k}/top1" in record]
+        if not any(k == "pristine" for k, _ in sets) and "train_sample/top1" in record:
+            sets.insert(0, ("train_sample", "train"))
+        line += ": " + ", ".join(f"{name} {100 * record[f'{k}/top1']:.1f}%" for k, name in sets)
+        if shown:
+            self._last = now
+            self.info(line)
+        else:
+            logging.vlog(1, "%s", line)
+        return line
+
+    @staticmethod
+    def info(line: str) -> None:
+        if jax.process_index() == 0:
+            logging.info("%s", line)
 
 
 class _QuietLibraries:

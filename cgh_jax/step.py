@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 
 from cgh_jax import metrics as metrics_lib
 from cgh_jax import sharding as sharding_lib
@@ -50,7 +49,7 @@ from cgh_jax.optim import (
 from cgh_jax.optim.aligned_plan import chunk_size_for as aligned_chunk_size
 from cgh_jax.optim.grads import check_state_momentum
 from cgh_jax.optim.norm_match import mean_at_median_norm_leaf, median_at_mean_norm_leaf
-from cgh_jax.optim.spec import GROUPED_LAYOUTS, Gradient, OptimizerSpec
+from cgh_jax.spec.optimizer import Gradient, OptimizerSpec
 
 
 @flax.struct.dataclass
@@ -130,21 +129,6 @@ def model_facts(model, image_shape, mesh) -> ModelFacts:
     probe = abstract_train_state(model, optax.identity(), image_shape, mesh)
     has_conv = any(len(np.shape(leaf)) >= 3 for leaf in jax.tree.leaves(probe.params))
     return ModelFacts(has_state=bool(jax.tree.leaves(probe.batch_stats)), has_conv=has_conv)
-
-
-def fix_layout(spec: OptimizerSpec, facts: ModelFacts, mesh, platform: str) -> OptimizerSpec:
-    """``spec`` with M3's concrete layout for this mesh and model (logged with the reason);
-    other optimizers unchanged."""
-    if spec.gradient is not Gradient.GROUPED:
-        return spec
-    layout, reason = spec.resolve_layout(
-        num_devices=mesh.devices.size,
-        has_conv=facts.has_conv,
-        has_state=facts.has_state,
-        platform=platform,
-    )
-    logging.info("M3 layout %s (%s).", layout, reason)
-    return spec.with_layout(layout)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -288,12 +272,7 @@ def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize
             **stats,
         )
         reduce = None
-    elif kind is Gradient.GROUPED:
-        if spec.m3_layout not in GROUPED_LAYOUTS:
-            raise ValueError(
-                f"m3_layout={spec.m3_layout!r} is not a concrete layout; fix it first with "
-                "spec.with_layout(spec.resolve_layout(...)[0])."
-            )
+    elif kind is Gradient.GROUPED:  # an OptimizerSpec's layout is concrete
         median_fn = grouped_grads(
             loss_fn,
             spec.num_groups,
@@ -323,8 +302,8 @@ def make_train_step(
 
     Args:
       model: the Flax module.
-      spec: the resolved optimizer (concrete ``m3_layout`` for M3; the schedule's length
-        fixed with ``with_duration``).
+      spec: the run's optimizer (an :class:`OptimizerSpec`: a concrete ``m3_layout``, the
+        schedule's length).
       has_state: the model has BatchNorm statistics.
       mesh: the device mesh (needed by the sharded M3 layouts).
       vectorize: sharded M3 layouts: compute a device's chunks with ``vmap`` (else a loop).
@@ -474,7 +453,6 @@ __all__ = [
     "check_batch_stats_fold",
     "create_train_state",
     "cross_entropy",
-    "fix_layout",
     "make_eval_step",
     "make_loss_fn",
     "make_multi_step",

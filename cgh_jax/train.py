@@ -1,25 +1,30 @@
-"""Config-driven training and evaluation on a device mesh: ``train_and_evaluate``.
+"""Config-driven training and evaluation of one run on a device mesh: ``train_and_evaluate``.
 
 ``train_and_evaluate(config, workdir, hooks=())`` trains one model with one optimizer and
 measures memorization the way the papers do:
 
-* the optimizer config is resolved once into an :class:`cgh_jax.optim.spec.OptimizerSpec`
-  (with the M3 layout for this mesh and model, logged at the start);
-* :func:`cgh_jax.step.build_steps` gives the one jitted train step and eval step;
+* the config is checked once (:func:`cgh_jax.spec.experiment.parse`; a
+  :class:`~cgh_jax.spec.experiment.RunConfig` passes through), then, as early as each can
+  run, its batches against the devices (before any data is read) and the training split's
+  size; :func:`cgh_jax.assembly.assemble` builds the model's program (the M3 layout for
+  this mesh and model, logged; the jitted train and eval steps), and the run's
+  :class:`~cgh_jax.spec.experiment.Experiment` is fixed;
 * :func:`evaluate`: exact (masked) sums over the evaluation sets ``pristine``, ``corrupt``
   (scored against the noisy label: ``corrupt_noisy``, and the true label:
   ``corrupt_true``), ``train_sample`` and ``test``; top-1, top-5 (more than 5 classes) and
   loss, before every ``eval_every_epochs``-th epoch (and each of ``per_example_epochs``)
   and after the last;
-* hooks (:mod:`cgh_jax.hooks`) after each step, each evaluation and at the end; the
-  per-example records of ``config.per_example_epochs`` are one;
-* the loop: train metrics every ``log_every_steps`` (loss, top-1, gradient / parameter /
-  update norms); every step's loss and norms are checked for non-finite values at the next
-  host synchronization that happens anyway (a log line, a checkpoint, an evaluation), so a
+* one loop over the batches (``steps_per_dispatch`` per dispatch, never across an epoch's
+  end): train metrics every ``log_every_steps`` (TensorBoard, and the console at
+  ``--verbosity=1``); every step's loss and norms are checked for non-finite values at the
+  next host synchronization that happens anyway (a log, a checkpoint, an evaluation), so a
   diverging run stops with :class:`NonFiniteError` before it evaluates or saves a
   non-finite state, and the last good checkpoint stays; checkpoints every
   ``checkpoint_every_steps``, at the end and on SIGTERM (saved at the next step boundary,
-  then the function returns with ``preempted=True``).
+  then the function returns with ``preempted=True``); hooks (:mod:`cgh_jax.hooks`) after
+  each step, each evaluation and at the end;
+* the console (:class:`cgh_jax.metrics.Console`): at most one line per evaluation, with
+  the progress (rate, ETA) and the main accuracies.
 
 Restarting with the same workdir resumes exactly: the data position (epoch, batch) follows
 from the step, the dropout keys from the step and the saved key, and the optimizer state
@@ -39,38 +44,27 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-from cgh_jax import checkpointing, config_checks, configlib, distributed
+from cgh_jax import assembly as assembly_lib
+from cgh_jax import checkpointing, configlib, distributed
 from cgh_jax import data as data_lib
 from cgh_jax import hooks as hooks_lib
 from cgh_jax import metrics as metrics_lib
-from cgh_jax import models as models_lib
 from cgh_jax import sharding as sharding_lib
 from cgh_jax import step as step_lib
-from cgh_jax.optim import spec as spec_lib
+from cgh_jax.spec import experiment as experiment_lib
 
 EVAL_SETS = ("pristine", "corrupt_noisy", "corrupt_true", "train_sample", "test")
 
 
 class NonFiniteError(FloatingPointError):
     """A training loss or norm was NaN or infinite; the last good checkpoint is kept."""
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int):
-    """``cgh_jax.models.get_model`` with ``config.model``'s fields as keywords."""
-    kwargs = dict(config.model)
-    name = kwargs.pop("name")
-    kwargs["dtype"] = jnp.dtype(kwargs.get("dtype", "float32"))
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
-    return models_lib.get_model(name, num_classes=num_classes, **kwargs)
 
 
 def evaluate(
@@ -152,88 +146,82 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-class Run:
+class Trainer:
     """One call of :func:`train_and_evaluate`: set-up in ``__init__``, the loop in
-    :meth:`run`. Hooks see it (attributes in :mod:`cgh_jax.hooks`)."""
+    :meth:`run`."""
 
     def __init__(
-        self, config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[hooks_lib.Hook]
+        self, run: experiment_lib.RunConfig, workdir: str, hooks: Sequence[hooks_lib.Hook]
     ):
         self._start = time.monotonic()
-        config_checks.check_config(config)  # the whole config, before anything expensive
-        self.config = config
-        # Validated once here; the layout and the schedule's length are fixed in _setup.
-        self.spec = spec_lib.resolve(config.optimizer, batch_size=config.batch_size)
+        self.run_config = run
+        settings = run.trainer
         self.hooks = list(hooks)
-        if config.per_example_epochs:
-            self.hooks.append(hooks_lib.PerExampleRecords(config.per_example_epochs))
+        if settings.per_example_epochs:
+            self.hooks.append(hooks_lib.PerExampleRecords(settings.per_example_epochs))
+        # Rules that need the devices, or the dataset size where it is known without reading
+        # the data, before anything is written.
+        self.mesh = sharding_lib.create_mesh()
+        experiment_lib.check_devices(run, self.mesh.devices.size, jax.process_count())
+        self.known_size = data_lib.known_sizes(run.data)[0]
+        if self.known_size is not None:
+            experiment_lib.check_dataset_size(run, self.known_size)
         self.workdir = metrics_lib.resolve_dir(workdir)
         metrics_lib.make_dirs(self.workdir)
         self.checkpointer = checkpointing.Checkpointer(
             os.path.join(self.workdir, "checkpoints"),
-            config=config,
+            config=run.config,
             defaults=configlib.base_config(),
-            max_to_keep=config.keep_checkpoints,
+            max_to_keep=settings.keep_checkpoints,
         )
         try:
             self._setup()
         except BaseException:
             self.checkpointer.close()
             raise
+        update_batch = self.experiment.optimizer.examples_per_update
         self.jsonl = metrics_lib.JsonlWriter(os.path.join(self.workdir, "metrics.jsonl"))
-        self.writer = metrics_lib.create_writer(self.workdir, examples_per_step=self.update_batch)
+        self.writer = metrics_lib.create_writer(self.workdir, examples_per_step=update_batch)
         self._closed = False
 
     def _setup(self) -> None:
-        config, spec = self.config, self.spec
+        run = self.run_config
         # A changed config or damaged checkpoint fails here, before any expensive work.
         self.resume_meta = self.checkpointer.check_config()
-
-        self.mesh = sharding_lib.create_mesh()
-        self.info = data_lib.get_dataset_info(config.data)
-        self.update_batch = spec.examples_per_update
-        config_checks.check_devices(config, self.mesh.devices.size, jax.process_count())
-        config_checks.check_dataset_size(config, self.info.num_train)
-        self.steps_per_epoch = data_lib.steps_per_epoch(config.data, self.update_batch)
-        self.total_steps = self.steps_per_epoch * config.num_epochs
-        if config.max_steps > 0:
-            self.total_steps = min(self.total_steps, config.max_steps)
-
-        self.model = create_model(config, self.info.num_classes)
-        image_shape = tuple(self.info.image_shape)
-        # The model's collections decide the M3 layout, which decides the optimizer chain.
-        facts = step_lib.model_facts(self.model, image_shape, self.mesh)
-        if spec.gradient is spec_lib.Gradient.PER_EXAMPLE and facts.has_state:
-            raise ValueError(
-                f"optimizer {spec.name!r} needs per-example gradients, which BatchNorm models "
-                f"({config.model.name!r}) do not have; use a model without BatchNorm."
-            )
-        spec = step_lib.fix_layout(spec, facts, self.mesh, jax.default_backend())
-        self.spec = spec = spec.with_duration(
-            steps_per_epoch=self.steps_per_epoch, num_epochs=config.num_epochs
-        )
-        self.facts = facts
-        self.with_top5 = self.info.num_classes > 5
-        self.steps = step_lib.build_steps(
-            self.model,
-            spec,
+        info = data_lib.get_dataset_info(run.data)
+        if self.known_size is None:
+            experiment_lib.check_dataset_size(run, info.num_train)
+        steps_per_epoch, total_steps = experiment_lib.duration(run, info.num_train)
+        self.assembly = assembly_lib.assemble(
+            run.model.build(info.num_classes),
+            run.optimizer,
             self.mesh,
-            facts=facts,
-            with_top5=self.with_top5,
-            platform=jax.default_backend(),
+            info.image_shape,
+            steps_per_epoch=steps_per_epoch,
+            num_epochs=run.trainer.num_epochs,
+            with_top5=info.num_classes > 5,
         )
-        abstract = step_lib.abstract_train_state(self.model, self.steps.tx, image_shape, self.mesh)
+        self.experiment = experiment_lib.Experiment(
+            run=run,
+            optimizer=self.assembly.optimizer,
+            layout_reason=self.assembly.layout_reason,
+            num_devices=self.mesh.devices.size,
+            num_processes=jax.process_count(),
+            platform=jax.default_backend(),
+            num_train=info.num_train,
+            num_classes=info.num_classes,
+            image_shape=tuple(info.image_shape),
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+        )
         self.elapsed_before = 0.0  # wall time of earlier segments of an interrupted run
         if self.resume_meta is not None:
-            state, meta = self.checkpointer.restore(abstract)
+            state, meta = self.checkpointer.restore(self.assembly.abstract_state())
+            self.assembly.check_state(state)
             self.elapsed_before = float(meta.get("wall_time_s", 0.0))
             logging.info("Resumed from %s at step %d.", self.checkpointer.directory, meta["step"])
         else:
-            rng = jax.random.PRNGKey(config.seed)
-            state = step_lib.create_train_state(
-                self.model, self.steps.tx, image_shape, rng, self.mesh
-            )
-        step_lib.check_batch_stats_fold(self.model, spec, state, image_shape)
+            state = self.assembly.new_state(jax.random.PRNGKey(run.trainer.seed))
         self.state = state
 
     # -- pieces of the loop
@@ -245,29 +233,42 @@ class Run:
 
     def write_config(self) -> None:
         if jax.process_index() == 0:
-            text = self.config.to_json_best_effort(indent=2, sort_keys=True)
+            text = self.run_config.config.to_json_best_effort(indent=2, sort_keys=True)
             metrics_lib.write_file_atomic(os.path.join(self.workdir, "config.json"), text.encode())
 
-    def evaluate(self, step: int, eval_sets, pending) -> dict[str, Any]:
+    def evaluates_at(self, step: int) -> bool:
+        """An evaluation starts epoch ``step / steps_per_epoch`` (every ``eval_every_epochs``-th
+        epoch and each of ``per_example_epochs``); the last step's is :meth:`run`'s."""
+        epoch, rest = divmod(step, self.experiment.steps_per_epoch)
+        settings = self.run_config.trainer
+        return (
+            rest == 0
+            and step < self.experiment.total_steps
+            and (epoch % settings.eval_every_epochs == 0 or epoch in settings.per_example_epochs)
+        )
+
+    def evaluate(self, step: int, eval_sets, pending, progress) -> dict[str, Any]:
         self.check_finite(pending)  # never evaluate (or record) a non-finite state
-        start = time.monotonic()
+        progress.pause()
         results = evaluate(
-            self.steps.eval, self.state, eval_sets, self.mesh, with_top5=self.with_top5
+            self.assembly.steps.eval,
+            self.state,
+            eval_sets,
+            self.mesh,
+            with_top5=self.experiment.num_classes > 5,
         )
         record = {
             "step": step,
-            "epoch": _epoch_value(step, self.steps_per_epoch),
+            "epoch": _epoch_value(step, self.experiment.steps_per_epoch),
             "wall_time_s": round(self.elapsed(), 3),
             **results,
         }
         self.jsonl.write(record)
         self.writer.write_scalars(step, results)
-        metrics_lib.log_line(
-            f"eval step {step} epoch {record['epoch']} ({time.monotonic() - start:.1f}s)",
-            {k: v for k, v in results.items() if not k.endswith("/loss")},
-        )
+        progress.resume()
+        self.console.evaluation(record, progress.overall(step))
         for hook in self.hooks:
-            hook.on_eval(self, record)
+            hook.on_eval(record, self.state)
         return record
 
     def check_finite(self, pending: list[tuple[int, jax.Array]]) -> None:
@@ -292,27 +293,62 @@ class Run:
                 )
         pending.clear()
 
+    def dispatches(self, step: int) -> Iterator[list[dict]]:
+        """The host batches from ``step`` to the end, in groups of ``steps_per_dispatch``
+        that never cross an epoch's end or the run's."""
+        spe, total = self.experiment.steps_per_epoch, self.experiment.total_steps
+        per_dispatch = self.run_config.trainer.steps_per_dispatch
+        while step < total:
+            epoch, start_batch = divmod(step, spe)
+            batches = iter(
+                data_lib.train_batches(
+                    self.run_config.data,
+                    global_batch_size=self.experiment.optimizer.examples_per_update,
+                    epoch=epoch,
+                    start_batch=start_batch,
+                )
+            )
+            end = min((epoch + 1) * spe, total)
+            while step < end:
+                group = list(itertools.islice(batches, min(per_dispatch, end - step)))
+                if not group:
+                    raise RuntimeError(
+                        f"The training data yielded no batch for epoch {epoch} from batch "
+                        f"{step - epoch * spe}, although {spe} batches per epoch were expected."
+                    )
+                step += len(group)
+                yield group
+
     def _dispatch(self, host_batches: list[dict]) -> tuple:
         """One train step, or ``len(host_batches)`` steps in one dispatch."""
-        keys = ("image", "label")
+        keys, steps = ("image", "label"), self.assembly.steps
         if len(host_batches) == 1:
             batch = {k: host_batches[0][k] for k in keys}
-            return self.steps.train(self.state, sharding_lib.host_batch_to_global(batch, self.mesh))
+            return steps.train(self.state, sharding_lib.host_batch_to_global(batch, self.mesh))
         group = [{k: b[k] for k in keys} for b in host_batches]
-        return self.steps.train_many(
-            self.state, sharding_lib.host_batches_to_global(group, self.mesh)
-        )
+        return steps.train_many(self.state, sharding_lib.host_batches_to_global(group, self.mesh))
 
     def save(self, step: int, pending) -> None:
         self.check_finite(pending)
         self.checkpointer.save(step, self.state, wall_time_s=self.elapsed())
 
+    def log_train(self, step: int, accumulated, progress) -> None:
+        values = {k: float(v) for k, v in accumulated.compute().items()}
+        report = progress.report(step)
+        self.writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
+        self.writer.write_scalars(step, report)
+        spe = self.experiment.steps_per_epoch
+        logging.vlog(
+            1, "%s: loss=%.4g, top1=%.4g", progress.describe(step, step / spe, report),
+            values["loss"], values["top1"],
+        )  # fmt: skip
+
     # -- the loop
 
     def run(self) -> dict[str, Any]:
-        config, spe = self.config, self.steps_per_epoch
+        exp, settings = self.experiment, self.run_config.trainer
         step = int(jax.device_get(self.state.step))
-        if step >= self.total_steps:
+        if step >= exp.total_steps:
             records = [r for r in self.jsonl.read() if r.get("step") == step]
             if records:
                 logging.info("%s already finished at step %d.", self.workdir, step)
@@ -320,98 +356,60 @@ class Run:
                 return records[-1]
         self.jsonl.truncate(step)
         self.write_config()
-        self.writer.write_hparams(metrics_lib.hparams_from_config(config))
-        eval_sets = data_lib.eval_datasets(config.data, global_batch_size=config.eval_batch_size)
-        eval_every = config.eval_every_epochs
-        progress = metrics_lib.Progress(self.total_steps, step, eval_every_steps=spe * eval_every)
-        per_dispatch = config.steps_per_dispatch
+        self.writer.write_hparams(metrics_lib.hparams_from_config(self.run_config.config))
+        eval_sets = data_lib.eval_datasets(
+            self.run_config.data, global_batch_size=settings.eval_batch_size
+        )
+        progress = metrics_lib.Progress(
+            exp.total_steps, step, eval_every_steps=exp.steps_per_epoch * settings.eval_every_epochs
+        )
+        self.console = metrics_lib.Console(exp)
+        info = hooks_lib.RunInfo(
+            exp, self.assembly.model, self.mesh, self.workdir, self.assembly.steps.eval
+        )
+        for hook in self.hooks:
+            hook.start(info)
+        self.console.start(exp, resumed_at=step)
         watcher = PreemptionWatcher()
         pending: list[tuple[int, jax.Array]] = []
-        accumulated = None
-        last_record: dict[str, Any] = {}
-        preempted = False
-        logging.info(
-            "Training %s with %s: %d steps (%d per epoch, %d examples per update) on %d "
-            "devices in %d processes.",
-            config.model.name,
-            config.optimizer.name,
-            self.total_steps,
-            spe,
-            self.update_batch,
-            self.mesh.devices.size,
-            jax.process_count(),
-        )
+        accumulated, record, preempted = None, {}, False
         try:
-            while step < self.total_steps and not preempted:
-                epoch, start_batch = divmod(step, spe)
-                if start_batch == 0 and (
-                    epoch % eval_every == 0 or epoch in config.per_example_epochs
-                ):
-                    progress.pause()
-                    last_record = self.evaluate(step, eval_sets, pending)
-                    progress.resume()
-                batches = iter(
-                    data_lib.train_batches(
-                        config.data,
-                        global_batch_size=self.update_batch,
-                        epoch=epoch,
-                        start_batch=start_batch,
-                    )
-                )
-                num_batches = 0
-                while True:
-                    # Up to steps_per_dispatch batches, never past the epoch or the run.
-                    size = min(per_dispatch, spe - step % spe, self.total_steps - step)
-                    group = list(itertools.islice(batches, size))
-                    if not group:
-                        break
-                    num_batches += len(group)
-                    self.state, update, finite = self._dispatch(group)
-                    before, step = step, step + len(group)
-                    pending.append((step, finite))
-                    accumulated = update if accumulated is None else accumulated.merge(update)
-                    for hook in self.hooks:
-                        hook.on_step(self, step)
-                    if _crossed(before, step, config.log_every_steps) or step == self.total_steps:
-                        self.check_finite(pending)
-                        values = {k: float(v) for k, v in accumulated.compute().items()}
-                        accumulated = None
-                        report = progress.report(step)
-                        self.writer.write_scalars(
-                            step, {f"train/{k}": v for k, v in values.items()}
-                        )
-                        self.writer.write_scalars(step, report)
-                        metrics_lib.log_line(
-                            progress.describe(step, step / spe, report),
-                            {"loss": values["loss"], "top1": values["top1"]},
-                        )
-                    if watcher.requested(step):
-                        preempted = True
-                    every = config.checkpoint_every_steps
-                    if (
-                        preempted
-                        or step == self.total_steps
-                        or (every and _crossed(before, step, every))
-                    ):
-                        self.save(step, pending)
-                    if preempted or step % spe == 0 or step >= self.total_steps:
-                        break
-                if num_batches == 0:
-                    raise RuntimeError(
-                        f"The training data yielded no batch for epoch {epoch} from batch "
-                        f"{start_batch}, although {spe} batches per epoch were expected."
-                    )
-            if not preempted:
-                last_record = self.evaluate(step, eval_sets, pending)
+            if self.evaluates_at(step):
+                record = self.evaluate(step, eval_sets, pending, progress)
+            for group in self.dispatches(step):
+                self.state, update, finite = self._dispatch(group)
+                before, step = step, step + len(group)
+                pending.append((step, finite))
+                accumulated = update if accumulated is None else accumulated.merge(update)
                 for hook in self.hooks:
-                    hook.on_end(self, last_record)
+                    hook.on_step(step, self.state)
+                if _crossed(before, step, settings.log_every_steps) or step == exp.total_steps:
+                    self.check_finite(pending)
+                    self.log_train(step, accumulated, progress)
+                    accumulated = None
+                preempted = watcher.requested(step)
+                every = settings.checkpoint_every_steps
+                if (
+                    preempted
+                    or step == exp.total_steps
+                    or (every and _crossed(before, step, every))
+                ):
+                    self.save(step, pending)
+                if preempted:
+                    break
+                if self.evaluates_at(step):
+                    record = self.evaluate(step, eval_sets, pending, progress)
+            if not preempted:
+                record = self.evaluate(step, eval_sets, pending, progress)
+                for hook in self.hooks:
+                    hook.on_end(record, self.state)
         finally:
             watcher.close()
             self.close()
         if preempted:
             logging.warning("Preempted: checkpoint saved at step %d; restart to resume.", step)
-            return {**last_record, "step": step, "preempted": True}
-        return last_record
+            return {**record, "step": step, "preempted": True}
+        return record
 
     def close(self) -> None:
         if not self._closed:
@@ -421,27 +419,29 @@ class Run:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, hooks: Sequence[hooks_lib.Hook] = ()
+    config: Any, workdir: str, hooks: Sequence[hooks_lib.Hook] = ()
 ) -> dict[str, Any]:
     """Trains and evaluates ``config`` in ``workdir``, resuming from its checkpoint if any.
 
     Args:
-      config: a training config (fields: ``cgh_jax.configlib``).
+      config: a training config (fields: ``cgh_jax.configlib``), or the
+        :class:`~cgh_jax.spec.experiment.RunConfig` of one (already checked: the command
+        line and the study runner pass it, so no rule runs twice).
       workdir: the run directory; created if absent.
-      hooks: :class:`cgh_jax.hooks.Hook` callbacks (after each step, each evaluation, at
-        the end).
+      hooks: :class:`cgh_jax.hooks.Hook` callbacks (before the first step, after each
+        step, each evaluation, at the end).
 
     Returns:
       The last evaluation record (``step``, ``epoch``, ``<set>/<metric>``...); with
       ``preempted=True`` if the run stopped on SIGTERM after saving a checkpoint.
 
     Raises:
-      ValueError: for an invalid config, before any training.
+      ConfigError (a ValueError): an invalid config, before any training.
       checkpointing.ConfigMismatchError, checkpointing.CheckpointError: the workdir holds a
         checkpoint of another config, or one that cannot be read (nothing is deleted).
       NonFiniteError: a non-finite loss or norm (the last good checkpoint stays).
     """
-    return Run(config, workdir, hooks).run()
+    return Trainer(experiment_lib.parse(config), workdir, hooks).run()
 
 
-__all__ = ["EVAL_SETS", "NonFiniteError", "Run", "create_model", "evaluate", "train_and_evaluate"]
+__all__ = ["EVAL_SETS", "NonFiniteError", "Trainer", "evaluate", "train_and_evaluate"]

@@ -19,30 +19,9 @@ Arguments: ``epochs``, ``noise``, ``hidden`` (e.g. ``hidden=512``), ``lr``, ``ba
 ``opts`` (run names, e.g. ``opts=sgd+m3``; ``sgd_3x`` is the control), ``seed``,
 ``runlocal`` (a 32-unit MLP, 3 steps per run).
 
-Hardware and time: default job: 1 to 2.5 minutes on 2 CPU cores for its five training
-runs (65 s on an otherwise idle machine; 2 min 8 s and 2 min 33 s with other work on the
-cores; 6 min 17 s with a test suite alongside), plus about 1 minute for the first
-``bash run.sh`` to set up ``.venv``.
-
-Result (measured, deterministic on CPU; final top-1 in %)::
-
-  run     pristine  corrupt/noisy  corrupt/true  test
-  sgd       98.3        48.6           44.0      79.7
-  m3        93.6         5.3           85.3      89.2
-  rm3       97.2        44.6           46.9      78.7
-  ra3       97.6        49.4           45.1      79.6
-  sgd_3x    94.1         5.5           85.1      89.2
-
-SGD fits about half of the corrupted labels by epoch 50 (``corrupt_noisy`` rises from 2% at
-epoch 5, and the test accuracy falls from its peak near 89%); M3 fits almost none and keeps
-89% test accuracy. At this scale the control explains that: SGD at batch 300, with M3's
-examples and number of updates, fits as few corrupted labels (5.5%) and reaches the same
-test accuracy, so this job does not separate the median from the larger batch and fewer
-updates. The median study (``python -m studies median``, docs/results/median) separates
-them at equal updates: the median of k group means memorizes less as k grows (6-15 points
-per doubling of k), but at M3's k = 3 by only 0-6 points. RM3 does not
-suppress memorization here (44.6% against SGD's 48.6%), and RA3, the running-mean control,
-matches SGD.
+Hardware and time: 2 CPU cores are enough; README.md gives the measured time and the
+results table (written by ``scripts/sync_readme.py`` from ``workdir/report.md``), and the
+median study (``python -m studies median``, docs/results/median) the controlled comparison.
 """
 
 from cgh_jax import configlib

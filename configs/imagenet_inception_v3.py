@@ -27,29 +27,16 @@ better test accuracy.
 
 from cgh_jax import configlib
 
-# The authors' trainer defaults to momentum 0.9: their SGD baselines ran with it, their
-# M3/RM3 commands set momentum 0 explicitly ("causes instability" otherwise). RA3 (the
-# control) and winsorized SGD (ICLR 2020) run without momentum too.
-AUTHORS_MOMENTUM = {"sgd": 0.9}
-
 
 def get_config(arg=None):
-    # momentum < 0 (the default): the authors' setting for the optimizer, see the docstring.
-    args = configlib.parse_arg(arg, **{**configlib.common_args(), "momentum": -1.0})
-    if args.momentum < 0:
-        args.momentum = AUTHORS_MOMENTUM.get(args.opt, 0.0)
-    cfg = configlib.base_config()
-    cfg.data = configlib.imagenet_data_config(image_size=299, resize_size=342)
-    cfg.model = dict(name="inception_v3", dtype="bfloat16")
-    cfg.optimizer = configlib.optimizer_config(learning_rate=0.1, schedule="cosine")
-    cfg.batch_size = 256
-    cfg.num_epochs = 90
-    cfg.eval_batch_size = 1024
-    cfg.log_every_steps = 100
-    cfg.checkpoint_every_steps = 2_000
-    configlib.apply_common_args(cfg, args)
-    if args.runlocal:
-        configlib.apply_runlocal(cfg, model={"name": "inception_tiny", "dtype": "float32"})
+    cfg, args = configlib.imagenet_config(
+        arg,
+        model="inception_v3",
+        tiny="inception_tiny",
+        optimizer=dict(schedule="cosine"),
+        data=dict(image_size=299, resize_size=342),
+    )
+    if args.runlocal:  # the tiny model's minimum input size
         cfg.data.image_size = 75
         cfg.data.resize_size = 80
     return cfg

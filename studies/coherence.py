@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cgh_jax import study
 from cgh_jax.analysis import examples, plots, report
 from studies import page as P
 from studies import runs as R
@@ -44,7 +45,7 @@ def train(args):
         cfg, run_dir = R.build_config(run, args), Path(args.workdir) / run.dir
         hook = CoherenceHook(examples.sample_examples(cfg.data, m, SAMPLE_SEED), STEPS, chunk)
         R.say(f"coherence: training with {kind}, measuring m-coherence of {m} examples")
-        R.run_training(cfg, run_dir, hooks=[hook])
+        study.train_run(study.Run(run.dir, cfg), args.workdir, hooks=[hook])
         if hook.points and hook.points[0]["step"] == min(STEPS):
             (run_dir / POINTS).write_text(json.dumps(hook.points, indent=1))
         elif hook.points or not (run_dir / POINTS).exists():

@@ -15,9 +15,10 @@ import time
 import traceback
 from pathlib import Path
 
-from cgh_jax.analysis.report import markdown_table
+from cgh_jax import train
+from cgh_jax.formatting import markdown_table
 from studies.page import format_seconds, machine
-from studies.runs import REPO, load_config, run_training, say
+from studies.runs import REPO, load_config, say
 
 CONFIGS = {
     "imagenet_resnet18": "ResNet-18",
@@ -130,7 +131,7 @@ def smoke_runs() -> list[list[str]]:
             cfg = load_config(name, arg)
             model = cfg.model.name
             with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-                record = run_training(cfg, workdir)
+                record = train.train_and_evaluate(cfg, str(workdir))
             seconds = time.monotonic() - start
             sets = ", ".join(sorted({k.split("/")[0] for k in record if "/" in k}))
             outcome = f"ok: {record['step']} steps, evaluation keys {sets}"

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cgh_jax import study
 from cgh_jax.analysis import matched, plots, report, stats
 from studies import page as P
 from studies import runs as R
@@ -205,7 +206,7 @@ ARGS = [
 def train(args):
     """Trains (or reuses) the selected runs; cell -> key -> one entry per seed (None for a
     run neither finished nor archived, with ``--no-train``)."""
-    cells, archive = plan(args), R.load_archive(args.out)
+    cells, archive = plan(args), study.load_archive(Path(args.out) / "results.json")
     if args.shard:
         (i, n) = args.shard
         for run in training_order(cells)[i::n]:
@@ -233,35 +234,40 @@ MEM, PRISTINE, PRISTINE_LOSS, TEST = (
     "pristine/loss",
     "test/top1",
 )
-DECISION_RULE = """## Decision rule (fixed before the numbers)
+MARGIN = 5  # points of memorization: a suppression smaller than this is no suppression
+DECISION_RULE = f"""## Decision rule (fixed before the numbers)
 
 The claim under test: the median of group means suppresses memorization *beyond what slower
 learning explains*. A noisier or shorter update learns everything more slowly, and the
 corrupt labels are the last thing a network fits, so at a fixed epoch slower learning alone
 looks like suppression. Each run's memorization is therefore read where its own training
 path first reaches a given fit, by linear interpolation between the evaluations around it
-(`cgh_jax.analysis.matched`), after a moving average over 3 evaluations (6 epochs) of
-every curve, so that one noisy evaluation does not decide where a path reaches a level.
-The fit of a comparison is the best one that all its compared runs reach on every seed: the
-highest pristine training accuracy (to 0.5%) that the median run (and a single base run)
-reaches on each seed (primary), and likewise the lowest pristine training loss
-(secondary). The level is set by the fit alone, never by memorization; memorization only
-starts once the pristine examples are nearly fitted, so a lower level would compare runs
-before there is anything to compare. A grid of fixed levels (90 to 99%) is shown beside
-it. (Two details were settled after looking at the paths of the first seed of one cell,
-before any comparison over seeds was computed: a fixed 95% level, the first choice, lay
-below the onset of memorization at 25% noise; and without smoothing one high evaluation
-of a noisy path set the level.)
+(`cgh_jax.analysis.matched`), after a moving average over 3 evaluations (6 epochs) of every
+curve, so that one noisy evaluation does not decide where a path reaches a level. The fit
+of a comparison is the best one that its compared runs reach on every seed: the highest
+pristine training accuracy (to 0.5%) that the median run and its base (for a family, at
+least one of its runs) reach on each seed (primary), and likewise the lowest pristine
+training loss (secondary). The level is set by the fit alone, never by memorization;
+memorization only starts once the pristine examples are nearly fitted, so a lower level
+would compare runs before there is anything to compare. A grid of fixed levels (90 to 99%)
+is shown beside it. (Four details were settled after looking at the paths of the first seed
+of one cell, before any comparison over seeds was computed: a fixed 95% level, the first
+choice, lay below the onset of memorization at 25% noise; without smoothing one high
+evaluation of a noisy path set the level; a family's level must be reachable by at least
+one of its runs; and the rule asks for positive evidence that slower learning explains it,
+the margin below, not only an interval that touches zero.)
 
 - **Supported** in a cell if, at matched pristine accuracy, the median with the most groups
   memorizes less than the SGD frontier (per seed, the least memorization of SGD at any of
   the five learning rates that reach the level) **and** less than its norm-matched SGD arm
   (SGD's direction at the median's per-tensor norm), both with corrected intervals below
   zero.
-- **Slower learning explains it** if the median does not memorize less than the frontier
-  (the corrected interval of median − frontier does not lie below zero).
-- **Not established** otherwise: below the frontier but not below the norm-matched arm, so
-  the length of the update, not the median's direction, may be what matters.
+- **Slower learning explains it** if the median memorizes at most {MARGIN} points less
+  than the frontier: the corrected interval of median − frontier lies above −{MARGIN} points
+  (any suppression beyond slower learning is smaller than that).
+- **Not established** otherwise: too uncertain to tell (an interval reaching below −{MARGIN}
+  and above 0), or below the frontier but not below the norm-matched arm (the length of the
+  update, not the median's direction, may be what matters).
 - RM3 is judged the same way against the RA3 frontier.
 
 The primary tests (per cell: the largest k against the frontier and against its
@@ -272,30 +278,11 @@ differences are paired by seed (each seed: its own data draw, initialization and
 order)."""
 
 
-def _curve(entry, key: str) -> list[float]:
-    return [] if entry is None else entry["curve"][key]
+def at_level(run, y: str, level: float, *, by: str = PRISTINE) -> float:
+    return matched.at_fit(run, y, level, by=by, width=SMOOTH)
 
 
-def _path(entry, key: str) -> np.ndarray:
-    """A curve smoothed for matching: a moving average over SMOOTH evaluations."""
-    return matched.smooth(_curve(entry, key), SMOOTH) if entry is not None else np.zeros(0)
-
-
-def at_level(entry, y: str, level: float, *, by: str = PRISTINE) -> float:
-    """``entry``'s ``y`` where its ``by`` (pristine accuracy, or a loss) first reaches
-    ``level``, both smoothed; NaN if it never does."""
-    if entry is None or math.isnan(level):
-        return math.nan
-    falling = by.endswith("/loss")
-    return matched.value_at_level(_path(entry, by), _path(entry, y), level, falling=falling)
-
-
-def final(entry, y: str) -> float:
-    return math.nan if entry is None else float(_curve(entry, y)[-1])
-
-
-def best(entry, y: str) -> float:
-    return math.nan if entry is None else float(np.nanmax(_curve(entry, y)))
+curve, final, best = matched.curve, matched.final, matched.best
 
 
 ARM_NAMES = {
@@ -327,23 +314,13 @@ ARM_COLORS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Comparison:
-    """``arm`` against ``base``: a run key, or a family of keys read as its frontier."""
+Comparison = matched.Comparison
 
-    arm: str
-    base: str | tuple[str, ...]
-    primary: bool = False
 
-    @property
-    def base_name(self) -> str:
-        if isinstance(self.base, tuple):
-            return f"{ARM_NAMES[self.base[0]].split(',')[0]} frontier (5 learning rates)"
-        return ARM_NAMES[self.base]
-
-    @property
-    def key(self) -> str:
-        return f"{self.arm}-{'frontier' if isinstance(self.base, tuple) else self.base}"
+def base_name(c: Comparison) -> str:
+    if isinstance(c.base, tuple):
+        return f"{ARM_NAMES[c.base[0]].split(',')[0]} frontier (5 learning rates)"
+    return ARM_NAMES[c.base]
 
 
 def comparisons(keys: Sequence[str]) -> list[Comparison]:
@@ -368,48 +345,11 @@ def comparisons(keys: Sequence[str]) -> list[Comparison]:
     return out
 
 
-def seed_values(runs, fn) -> list[float]:
-    return [fn(e) for e in runs]
-
-
-def compare(cell_runs: dict, c: Comparison, fn, confidence: float) -> dict:
-    """Per seed, ``fn(arm's run)`` minus the base's (a family: its least value, the
-    frontier); the mean difference and its t-interval at ``confidence``."""
-    arm = seed_values(cell_runs[c.arm], fn)
-    if isinstance(c.base, tuple):
-        family = [seed_values(cell_runs[k], fn) for k in c.base if k in cell_runs]
-        base = [matched.frontier(v) for v in zip(*family, strict=True)]
-    else:
-        base = seed_values(cell_runs[c.base], fn)
-    d, lo, hi = stats.paired_difference(arm, base, confidence)
-    n = sum(not (math.isnan(a) or math.isnan(b)) for a, b in zip(arm, base, strict=True))
-    return dict(arm=arm, base=base, d=d, lo=lo, hi=hi, n=n)
-
-
-def best_of(cell_runs: dict, base, fn) -> list[float]:
-    """Per seed, ``fn`` of the base run, or the family's best (largest) value."""
-    keys = base if isinstance(base, tuple) else (base,)
-    values = [seed_values(cell_runs[k], fn) for k in keys if k in cell_runs]
-    return [
-        max((v for v in vs if not math.isnan(v)), default=math.nan)
-        for vs in zip(*values, strict=True)
-    ]
-
-
 def matched_level(cell_runs: dict, c: Comparison, by: str) -> float:
-    """The fit of a comparison: the best level of ``by`` that the arm (and a single base
-    run) reaches on every seed that has it: the least of their highest pristine accuracies,
-    floored to :data:`LEVEL_STEP`, or the largest of their lowest losses, rounded up to
-    :data:`LOSS_DIGITS` significant digits."""
-    keys = [c.arm] + ([] if isinstance(c.base, tuple) else [c.base])
-    paths = [_path(e, by) for k in keys for e in cell_runs[k] if e is not None]
-    if not paths:
-        return math.nan
-    if by == PRISTINE:
-        return math.floor(min(max(p) for p in paths) / LEVEL_STEP + 1e-9) * LEVEL_STEP
-    worst = max(min(p) for p in paths)
-    scale = 10.0 ** (LOSS_DIGITS - 1 - math.floor(math.log10(worst)))
-    return math.ceil(worst * scale - 1e-9) / scale
+    """The fit of a comparison: the best level that the arm and its base (a family: at least
+    one of its runs) reach on every seed (:func:`cgh_jax.analysis.matched.common_level`)."""
+    reaches = c.reaches(cell_runs, by=by, width=SMOOTH)
+    return matched.common_level(reaches, by=by, step=LEVEL_STEP, digits=LOSS_DIGITS)
 
 
 def ci_text(r: dict) -> str:
@@ -431,7 +371,7 @@ def end_table(cell_runs: dict) -> str:
                 P.pct([final(e, MEM) for e in done]),
                 P.pct([final(e, TEST) for e in done]),
                 P.pct([best(e, TEST) for e in done]),
-                P.pct([max(_path(e, PRISTINE)) for e in done]),
+                P.pct([max(matched.path(e, PRISTINE, SMOOTH)) for e in done]),
             ]
         )
     header = [
@@ -472,15 +412,18 @@ def matched_table(cell_runs, comps, by: str, confidence, primary_confidence):
         test = lambda e, level=level: at_level(e, TEST, level, by=by)  # noqa: E731
         primary = c.primary and by == PRISTINE
         conf = primary_confidence if primary else confidence
-        r = compare(cell_runs, c, mem, conf)
-        arm_test, base_test = seed_values(cell_runs[c.arm], test), best_of(cell_runs, c.base, test)
+        r = matched.compare(cell_runs, c, mem, conf)
+        arm_test, base_test = (
+            matched.per_seed(cell_runs[c.arm], test),
+            matched.base_values(cell_runs, c.base, test, matched.largest),
+        )
         t = stats.paired_difference(arm_test, base_test)
         results[c.key] = {**{k: r[k] for k in ("d", "lo", "hi", "n")}, "confidence": conf}
         results[c.key] |= {"level": level}
         results[c.key] |= {"primary": primary, "test_d": t[0]}
         rows.append(
             [
-                ("**primary**: " if primary else "") + f"{ARM_NAMES[c.arm]} − {c.base_name}",
+                ("**primary**: " if primary else "") + f"{ARM_NAMES[c.arm]} − {base_name(c)}",
                 f"{100 * level:.1f}%" if by == PRISTINE else f"{level:g}",
                 str(r["n"]),
                 P.pct(r["arm"]),
@@ -511,13 +454,13 @@ def best_test_lines(cell_runs: dict, comps) -> list[str]:
     for c in comps:
         if not isinstance(c.base, tuple):
             continue
-        arm = seed_values(cell_runs[c.arm], lambda e: best(e, TEST))
-        base = best_of(cell_runs, c.base, lambda e: best(e, TEST))
+        arm = matched.per_seed(cell_runs[c.arm], lambda e: best(e, TEST))
+        base = matched.base_values(cell_runs, c.base, lambda e: best(e, TEST), matched.largest)
         d, lo, hi = stats.paired_difference(arm, base)
         if not math.isnan(lo):
             lines.append(
                 f"- Best test accuracy during training, {ARM_NAMES[c.arm]}: {P.pct(arm)}% "
-                f"against the best of the {c.base_name}: {P.pct(base)}% ({100 * d:+.1f} "
+                f"against the best of the {base_name(c)}: {P.pct(base)}% ({100 * d:+.1f} "
                 f"points, 95% CI {100 * lo:+.1f} to {100 * hi:+.1f}, uncorrected)."
             )
     return lines
@@ -559,23 +502,51 @@ def cell_verdict(primary: dict) -> dict:
     if top is not None:
         arm = verdict["arm"] = top.split("-")[0]
         front, norm = primary[top], primary.get(f"{arm}-{NORM_ARM.get(arm)}")
-        if front["n"] < 2 or (norm is not None and norm["n"] < 2):
-            verdict["median"] = "too few seeds yet"
-        elif not front["hi"] < 0:
-            verdict["median"] = "slower learning explains it"
-        elif norm is None:
-            verdict["median"] = "below the SGD frontier (no norm-matched arm in this cell)"
-        else:
-            verdict["median"] = "supported" if norm["hi"] < 0 else "not established"
+        verdict["median"] = decide(front, norm)
     if rm3 := primary.get("rm3-frontier"):
-        verdict["rm3"] = (
-            "too few seeds yet"
-            if rm3["n"] < 2
-            else "supported"
-            if rm3["hi"] < 0
-            else "slower learning explains it"
-        )
+        verdict["rm3"] = decide(rm3, None)
     return verdict
+
+
+def decide(front: dict, norm: dict | None) -> str:
+    """The decision rule: ``front`` (and ``norm``) are the corrected differences of
+    memorization (fractions) against the frontier (and the norm-matched arm)."""
+    if front["n"] < 2 or (norm is not None and norm["n"] < 2):
+        return "too few seeds yet"
+    if front["hi"] < 0 and (norm is None or norm["hi"] < 0):
+        return "supported"
+    if front["lo"] > -MARGIN / 100:
+        return "slower learning explains it"
+    return "not established"
+
+
+PANELS = {
+    PRISTINE: dict(xlabel="pristine training accuracy (%)", percent_x=True, xlim=(50, 100)),
+    PRISTINE_LOSS: dict(
+        xlabel="pristine training loss (log scale, falling to the right)", xlog=True, invert_x=True
+    ),
+    "epoch": dict(xlabel="epoch"),
+}
+
+
+def plot_memorization(args, cell: Cell, present: dict, xs, levels=None) -> str:
+    """The cell's figure, memorization against each of ``xs`` (one panel each, the matched
+    level marked), one line per run; returns its file name."""
+    figure = f"paths_{cell.name}.png"
+    arms = {
+        ARM_NAMES[k]: [tuple((curve(e, x), curve(e, MEM)) for x in xs) for e in runs if e]
+        for k, runs in present.items()
+        if k not in RA3_FAMILY[1:]
+    }
+    panels = [
+        dict(index=i, ylabel="memorization (%)", percent_y=True, level=(levels or {}).get(x))
+        | PANELS[x]
+        for i, x in enumerate(xs)
+    ]
+    plots.plot_paths(
+        panels, arms, Path(args.out) / figure, title=cell_title(cell), colors=ARM_COLORS
+    )
+    return figure
 
 
 def cell_title(cell: Cell) -> str:
@@ -612,37 +583,8 @@ def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confiden
     top = next((c for c in comps if c.primary), None)  # its levels are marked in the figure
     acc_level = acc[top.key]["level"] if top else None
     loss_level = by_loss[top.key]["level"] if top else None
-    figure = f"paths_{cell.name}.png"
-    arms = {
-        ARM_NAMES[k]: [
-            ((_curve(e, PRISTINE), _curve(e, MEM)), (_curve(e, PRISTINE_LOSS), _curve(e, MEM)))
-            for e in runs
-            if e is not None
-        ]
-        for k, runs in present.items()
-        if k not in RA3_FAMILY[1:]
-    }
-    accuracy_panel = dict(
-        index=0,
-        xlabel="pristine training accuracy (%)",
-        ylabel="memorization (%)",
-        level=acc_level,
-        percent_x=True,
-        percent_y=True,
-        xlim=(50, 100),
-    )
-    loss_panel = dict(
-        index=1,
-        xlabel="pristine training loss (log scale, falling to the right)",
-        ylabel="memorization (%)",
-        level=loss_level,
-        percent_y=True,
-        xlog=True,
-        invert_x=True,
-    )
-    plots.plot_paths(
-        [accuracy_panel, loss_panel], arms, Path(args.out) / figure, title=title, colors=ARM_COLORS
-    )
+    levels = {PRISTINE: acc_level, PRISTINE_LOSS: loss_level}
+    figure = plot_memorization(args, cell, present, (PRISTINE, PRISTINE_LOSS), levels)
     verdict = cell_verdict({k: v for k, v in acc.items() if v["primary"]})
     incomplete = (
         f"**Incomplete**: {missing} of this cell's runs are still to train; the tables use the "
@@ -658,12 +600,13 @@ def cell_section(args, cell: Cell, cell_runs: dict, confidence, primary_confiden
         end_table(present),
         f"![memorization against pristine accuracy and loss, one line per run]({figure})",
         "Memorization at matched pristine accuracy (primary; each comparison at the highest "
-        "accuracy all its compared runs reach). Differences in points, paired by seed; "
+        "accuracy the arm and its base reach on every seed). Differences in points, paired by "
+        "seed; "
         f"**primary** rows: {primary_confidence:.2%} intervals (Bonferroni over the page's "
         f"primary tests), other rows: {confidence:.2%} (Bonferroni within this cell); test "
         "accuracy at the same fit beside it (a family: its best):",
         acc_table,
-        "At matched pristine loss (secondary; the lowest loss all compared runs reach):",
+        "At matched pristine loss (secondary; the lowest loss the arm and its base reach):",
         loss_table,
         "Memorization at fixed levels of pristine accuracy (mean over seeds):",
         grid_table(present),
@@ -690,32 +633,10 @@ def long_section(args, cell: Cell, cell_runs: dict) -> tuple[list[str], dict]:
         return [f"## {title}", f"Not trained yet: {missing} runs (`--cells {cell.name}`)."], {
             "missing": missing
         }
-    figure = f"paths_{cell.name}.png"
-    arms = {
-        ARM_NAMES[k]: [
-            ((_curve(e, "epoch"), _curve(e, MEM)), (_curve(e, PRISTINE), _curve(e, MEM)))
-            for e in runs
-            if e is not None
-        ]
-        for k, runs in present.items()
-    }
-    epoch_panel = dict(index=0, xlabel="epoch", ylabel="memorization (%)", percent_y=True)
-    fit_panel = dict(
-        index=1,
-        xlabel="pristine training accuracy (%)",
-        ylabel="memorization (%)",
-        percent_x=True,
-        percent_y=True,
-        xlim=(50, 100),
-    )
-    plots.plot_paths(
-        [epoch_panel, fit_panel], arms, Path(args.out) / figure, title=title, colors=ARM_COLORS
-    )
+    figure = plot_memorization(args, cell, present, ("epoch", PRISTINE))
 
     def at_epoch(e, epoch):
-        return (
-            math.nan if e is None else float(np.interp(epoch, _curve(e, "epoch"), _curve(e, MEM)))
-        )
+        return math.nan if e is None else float(np.interp(epoch, curve(e, "epoch"), curve(e, MEM)))
 
     marks = (cell.epochs // 4, cell.epochs // 2, cell.epochs)
     rows = [
@@ -736,7 +657,7 @@ def long_section(args, cell: Cell, cell_runs: dict) -> tuple[list[str], dict]:
         if arm in present and "sgd" in present:
             mem_end = lambda e: final(e, MEM)  # noqa: E731
             d = stats.paired_difference(
-                seed_values(present[arm], mem_end), seed_values(present["sgd"], mem_end)
+                matched.per_seed(present[arm], mem_end), matched.per_seed(present["sgd"], mem_end)
             )
             diffs[arm] = d
             if not math.isnan(d[1]):

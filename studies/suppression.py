@@ -189,7 +189,8 @@ def train(args) -> dict[str, dict[str, list[Path]]]:
 def run_machines(runs: dict[str, list[Path]]) -> list[str]:
     """Where the finished runs of a group were trained (from their markers)."""
     infos = [R.run_info(d) for dirs in runs.values() for d in dirs]
-    found = [f"{i.get('runner', R.RUNNER)} on {i.get('machine', P.machine())}" for i in infos]
+    runner = "cgh_jax.train"
+    found = [f"{i.get('runner', runner)} on {i.get('machine', P.machine())}" for i in infos]
     return list(dict.fromkeys(found))
 
 

@@ -28,8 +28,10 @@ import optax
 import pytest
 
 import cgh_jax
-from cgh_jax import choices, cli_checks, config_checks, configlib
-from cgh_jax.config_checks import ConfigError
+from cgh_jax import choices, cli_checks, configlib, study
+from cgh_jax.spec import experiment
+from cgh_jax.spec import optimizer as optimizer_spec
+from cgh_jax.spec.fields import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_BUDGET_S = 3.0  # target 1.5 s; slack for other jobs sharing the 2 cores
@@ -434,7 +436,7 @@ def test_help_lists_config_and_workdir():
 
 def test_command_line_modules_import_nothing_heavy():
     code = (
-        "import sys, cgh_jax, cgh_jax.main, cgh_jax.config_checks, cgh_jax.cli_checks, "
+        "import sys, cgh_jax, cgh_jax.main, cgh_jax.spec.experiment, cgh_jax.cli_checks, "
         "cgh_jax.study, cgh_jax.configlib; "
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
@@ -508,9 +510,13 @@ def test_m3_refuses_updates_without_group_axis_even_when_the_first_dim_is_3():
         opt.update(params, opt.init(params), params)
 
 
+def _check_optimizer(cfg):
+    return optimizer_spec.parse(cfg, batch_size=8)
+
+
 def test_check_optimizer_is_complete():
     ok = configlib.optimizer_config()
-    config_checks.check_optimizer(ok)
+    _check_optimizer(ok)
     for field, value, needle in [
         ("learning_rate", float("nan"), "learning_rate=nan"),
         ("learning_rate", 0.0, "learning_rate=0.0"),
@@ -524,27 +530,28 @@ def test_check_optimizer_is_complete():
         cfg = configlib.optimizer_config().to_dict()
         cfg[field] = value
         with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
-            config_checks.check_optimizer(cfg)
+            _check_optimizer(cfg)
     with pytest.raises(
         ConfigError,
         match=r"config\.optimizer\.nmae is not a field .* \(did you mean 'name'\?\); remove it",
     ):
-        config_checks.check_optimizer({"name": "sgd", "learning_rate": 0.1, "nmae": 1})
+        _check_optimizer({"name": "sgd", "learning_rate": 0.1, "nmae": 1})
 
 
 def test_size_and_device_checks_take_plain_numbers():
     cfg = configlib.base_config()
     cfg.optimizer.name = "m3"
     cfg.batch_size = 10
-    config_checks.check_dataset_size(cfg, 30)
-    config_checks.check_dataset_size(cfg, None)  # unknown size: checked by the trainer
+    run = experiment.parse(cfg)
+    experiment.check_dataset_size(run, 30)
+    experiment.check_dataset_size(run, None)  # unknown size: checked after loading
     with pytest.raises(ConfigError, match="one update needs 30 examples .* more than the 29"):
-        config_checks.check_dataset_size(cfg, 29)
-    config_checks.check_devices(cfg, 2)
+        experiment.check_dataset_size(run, 29)
+    experiment.check_devices(run, 2)
     with pytest.raises(ConfigError, match="over 4 devices; make config.batch_size a multiple of 4"):
-        config_checks.check_devices(cfg, 4)
+        experiment.check_devices(run, 4)
     with pytest.raises(ConfigError, match="over 3 processes"):
-        config_checks.check_devices(cfg, 1, num_processes=3)
+        experiment.check_devices(run, 1, num_processes=3)
 
 
 def test_every_shipped_config_passes_the_checks():
@@ -554,19 +561,26 @@ def test_every_shipped_config_passes_the_checks():
         for arg in ("", ":runlocal"):
             cfg = cli_checks.load_config_file(os.path.join(REPO, "configs", name) + arg)
             cfg.data.data_dir = None  # the TFDS default location need not exist here
-            config_checks.check_config(cfg)
+            if "study" in cfg:
+                runs = study.config_runs(cfg)
+                assert study.parse_runs(runs, study.shared_config(cfg)).keys() == {
+                    r.name for r in runs
+                }
+            else:
+                experiment.parse(cfg)
 
 
 def test_choices_match_the_modules_that_implement_them():
     from cgh_jax import data
     from cgh_jax.data import corruption, preprocess
     from cgh_jax.models import list_models
-    from cgh_jax.optim import sharded
-    from cgh_jax.optim import spec as spec_lib
+    from cgh_jax.optim import grads, sharded
 
-    assert set(spec_lib.GROUPED_LAYOUTS) | set(sharded.LAYOUTS) == set(choices.M3_LAYOUTS)
+    assert set(optimizer_spec.GROUPED_LAYOUTS) | set(sharded.LAYOUTS) == set(choices.M3_LAYOUTS)
+    assert set(optimizer_spec.SHARDED_LAYOUTS) == set(sharded.LAYOUTS) - {"auto"}
+    assert tuple(grads.BATCH_STATS_UPDATES) == tuple(choices.M3_BATCH_STATS)
     for name in choices.OPTIMIZERS:  # every name has a gradient kind
-        assert spec_lib.resolve({"name": name, "learning_rate": 0.1}, batch_size=8).gradient
+        assert _check_optimizer({"name": name, "learning_rate": 0.1}).gradient
     assert tuple(choices.MODELS) == tuple(list_models())
     assert set(choices.DATA_SOURCES) == set(data.SOURCES)
     assert set(choices.AUGMENTATIONS) == set(preprocess.AUGMENTATIONS)
@@ -576,8 +590,8 @@ def test_choices_match_the_modules_that_implement_them():
     per_example = {
         m
         for m in choices.OPTIMIZERS
-        if spec_lib.resolve({"name": m, "learning_rate": 0.1}, batch_size=8).gradient
-        is spec_lib.Gradient.PER_EXAMPLE
+        if _check_optimizer({"name": m, "learning_rate": 0.1}).gradient
+        is optimizer_spec.Gradient.PER_EXAMPLE
     }
     assert per_example == set(choices.PER_EXAMPLE_OPTIMIZERS)
     assert isinstance(configlib.base_config(), ml_collections.ConfigDict)

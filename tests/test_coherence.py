@@ -232,9 +232,12 @@ def test_coherence_hook_measures_the_trainers_state(tmp_path):
     }
 
     class Snapshot(hooks.Hook):
-        def on_eval(self, run, record):
+        def start(self, run):
+            self.model = run.model
+
+        def on_eval(self, record, state):
             if record["step"] == 0:
-                self.params, self.model = jax.device_get(run.state.params), run.model
+                self.params = jax.device_get(state.params)
 
     snapshot, hook = Snapshot(), CoherenceHook(sample, steps=(0, 2, 999), chunk_size=5)
     train.train_and_evaluate(cfg, str(tmp_path / "run"), hooks=[snapshot, hook])

@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cgh_jax import checkpointing, configlib, data, study, train
-from cgh_jax.optim import spec as spec_lib
+from cgh_jax.spec import optimizer as spec_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -61,9 +61,11 @@ def test_config_builds(name, tmp_path):
     for stage in ("easy", "hard"):
         for part in ("train", "test"):
             np.save(tmp_path / f"{stage}_{part}.npy", np.arange(4))
+    for split in ("train", "test"):  # an image folder for path= (one class)
+        (tmp_path / split / "cat").mkdir(parents=True)
     for arg in ARGS.get(name, ["", "runlocal"]):
         cfg = load(name, arg.format(tmp=tmp_path))
-        spec_lib.resolve(cfg.optimizer, batch_size=cfg.batch_size)
+        spec_lib.parse(cfg.optimizer, batch_size=cfg.batch_size)
         data.resolve(cfg.data)  # every data field valid (nothing is read)
         assert cfg.model.name
         assert cfg.batch_size > 0 and cfg.num_epochs > 0
@@ -179,6 +181,10 @@ def test_default_job_runlocal_through_the_command_line(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     assert "steps/s" in run.stderr and "ETA" in run.stderr
     assert "study: 1/5 runs in" in run.stderr and "study: 5/5 runs in" in run.stderr
+    # A quiet console: a few lines per run, and the results table at the end.
+    lines = (run.stdout + run.stderr).splitlines()
+    assert len(lines) <= 60, "\n".join(lines)
+    assert run.stdout.strip().splitlines()[-1].startswith("| sgd_3x |")
     report = (workdir / "report.md").read_text()
     for opt in ("sgd", "m3", "rm3", "ra3"):
         assert f"| {opt} |" in report
@@ -195,7 +201,7 @@ def test_default_job_runlocal_through_the_command_line(tmp_path):
         timeout=600,
     )
     assert again.returncode == 0, again.stderr[-4000:]
-    assert "already finished" in again.stderr
+    assert again.stderr.count("finished before: reused") == 5
     assert (workdir / "report.md").read_text() == report
 
 
@@ -216,7 +222,7 @@ def test_study_variants_override_fields():
     m3 = study.run_config(cfg, "m3")
     assert (m3.optimizer.name, m3.batch_size) == ("m3", 100)
     # The control consumes M3's examples per update, hence makes M3's number of updates.
-    spec = spec_lib.resolve(m3.optimizer, batch_size=m3.batch_size)
+    spec = spec_lib.parse(m3.optimizer, batch_size=m3.batch_size)
     assert spec.examples_per_update == control.batch_size
     assert study.run_config(load("default", "runlocal"), "sgd_3x").batch_size == 3 * 8
     with cfg.unlocked():

@@ -148,7 +148,7 @@ def test_bad_arguments_fail_clearly():
     for fraction in (-0.1, 1.5, float("nan"), "0.2", True):
         with pytest.raises(ValueError, match="fraction"):
             corrupt_labels(ids, labels, num_classes=10, fraction=fraction, seed=0)
-    with pytest.raises(ValueError, match="unknown noise scheme"):
+    with pytest.raises(ValueError, match="noise_scheme='flip' is not accepted"):
         corrupt_labels(ids, labels, num_classes=10, fraction=0.1, seed=0, scheme="flip")
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         corrupt_labels(ids, labels + 10, num_classes=10, fraction=0.1, seed=0)

@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from cgh_jax import data
-from cgh_jax.data import image_folder, resize
+from cgh_jax.data import resize
+from cgh_jax.data.sources import image_folder
+from cgh_jax.spec.fields import ConfigError
 
 SHARED = os.environ.get(  # beside the repository; CGH_SHARED_DATA overrides
     "CGH_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -304,9 +306,9 @@ def test_npz_source(tmp_path):
 
 
 def test_idx_errors_name_the_problem(tmp_path):
-    with pytest.raises(data.DataNotFoundError, match="is not a directory"):
+    with pytest.raises(ConfigError, match="does not exist"):
         data.resolve(cfg(source="idx", path=str(tmp_path / "nowhere")))
-    with pytest.raises(data.DataError, match=r"lacks .*t10k-labels-idx1-ubyte.*four MNIST"):
+    with pytest.raises(ConfigError, match=r"lacks the IDX files .*t10k-labels.*MNIST layout"):
         data.get_dataset_info(cfg(source="idx", path=str(tmp_path)))
     root = str(tmp_path / "idx")
     make_idx_dir(root)

@@ -205,17 +205,17 @@ def test_unprepared_dataset_fails_fast_with_instructions(tmp_path):
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(noise=1.5), "noise fraction"),
-        (dict(noise=-0.1), "noise fraction"),
-        (dict(noise_scheme="swap"), "unknown noise scheme"),
+        (dict(noise=1.5), "noise=1.5 is not a fraction"),
+        (dict(noise=-0.1), "noise=-0.1 is not a fraction"),
+        (dict(noise_scheme="swap"), "noise_scheme='swap' is not accepted"),
         (dict(augment="mixup"), "augment"),
         (dict(normalize="zscore"), "normalize"),
         (dict(eval_subset_size=0), "eval_subset_size"),
         (dict(source="hdf5"), "source"),
-        (dict(name=None), "needs config.data.name"),
+        (dict(name=None), "data.name=None is not a non-empty string"),
         (dict(augment="inception_crop", image_size=8), "cache=False"),
         (dict(cache=False, noise_scheme="permute"), "permute"),
-        (dict(bogus_field=1), "unknown config.data field"),
+        (dict(bogus_field=1), "bogus_field is not a field the trainer reads"),
         (dict(image_size=-1), "image_size"),
     ],
 )

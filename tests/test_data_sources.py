@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from cgh_jax import data
+from cgh_jax.spec.fields import ConfigError
 
 SHARED = os.environ.get(  # beside the repository; CGH_SHARED_DATA overrides
     "CGH_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -82,9 +83,9 @@ def test_idx_source_roundtrip(tmp_path, data_dir, compress):
 
 
 def test_idx_errors(tmp_path, data_dir):
-    with pytest.raises(data.DataError, match="lacks .*train-images-idx3-ubyte"):
+    with pytest.raises(ConfigError, match="lacks the IDX files train-images"):
         data.get_dataset_info(cfg(source="idx", path=str(tmp_path), data_dir=data_dir))
-    with pytest.raises(data.DataNotFoundError, match="not a directory"):
+    with pytest.raises(ConfigError, match="does not exist"):
         data.resolve(cfg(source="idx", path=str(tmp_path / "missing")))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from cgh_jax import data
 from cgh_jax.data import ids as ids_lib
-from cgh_jax.data import tfds_arrays
+from cgh_jax.data.sources import tfds_arrays
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -144,7 +144,7 @@ jax.distributed.initialize(coordinator, num_processes=2, process_id=process_id,
 import ml_collections
 import tensorflow_datasets as tfds
 from cgh_jax import data
-from cgh_jax.data import tfds_arrays
+from cgh_jax.data.sources import tfds_arrays
 
 reads = []
 real = tfds_arrays.read_through_tfds

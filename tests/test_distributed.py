@@ -1,6 +1,7 @@
 """cgh_jax.distributed: when jax.distributed.initialize is called, and how (no real cluster)."""
 
 import logging as std_logging
+import re
 
 import jax
 import pytest
@@ -73,6 +74,37 @@ def test_partial_explicit_arguments_without_a_cluster_are_refused(calls):
     with pytest.raises(ValueError, match="missing: num_processes, process_id"):
         distributed.initialize("10.0.0.1:1234")
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("h:1", 2, 2), "--process_id=2 is out of range for --num_processes=2; give each"),
+        (("h:1", 2, -1), "--process_id=-1 is out of range"),
+        (("h:1", 0, 0), "--num_processes=0 is not a number of processes"),
+    ],
+)
+def test_out_of_range_ids_say_which_ids_exist(calls, args, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)) as error:
+        distributed.initialize(*args)
+    assert "or none" not in str(error.value)
+    assert calls == []
+
+
+def test_job_layout_before_jax(calls, monkeypatch):
+    """Explicit flags give the layout without JAX's detectors; one process is no job."""
+    assert distributed.job_layout("10.0.0.1:1234", 4, 2) == ("10.0.0.1:1234", 4, 2)
+    assert distributed.job_layout("10.0.0.1:1234", 1, 0) is None
+    assert distributed.job_layout() is None
+    _slurm(monkeypatch, 1)
+    assert distributed.job_layout() is None
+    assert calls == []
+
+
+def test_initialize_passes_the_timeouts(calls):
+    distributed.initialize("10.0.0.1:1234", 2, 1, init_timeout_s=7, heartbeat_timeout_s=40)
+    assert calls[0][1]["initialization_timeout"] == 7
+    assert calls[0][1]["heartbeat_timeout_seconds"] == 40
 
 
 def test_partial_explicit_arguments_on_a_cluster_leave_the_rest_to_jax(calls, monkeypatch):

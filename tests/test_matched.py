@@ -60,3 +60,37 @@ def test_smooth_is_a_centered_moving_average_with_shrunk_ends():
     np.testing.assert_array_equal(smooth([4.0, 5.0], width=1), [4.0, 5.0])
     with pytest.raises(ValueError, match="odd"):
         smooth([1.0], width=2)
+
+
+def _run(pristine, mem, loss=None):
+    loss = loss if loss is not None else [1 - p for p in pristine]
+    curve = {"pristine/top1": pristine, "corrupt_noisy/top1": mem, "pristine/loss": loss}
+    return {"curve": curve}
+
+
+def test_a_comparison_is_matched_at_the_best_fit_arm_and_base_reach_on_every_seed():
+    from cgh_jax.analysis import matched
+
+    arm = [_run([0.5, 0.9, 0.96], [0, 0.1, 0.3]), _run([0.5, 0.9, 0.97], [0, 0.1, 0.2])]
+    fast = [_run([0.6, 0.99, 1.0], [0, 0.4, 0.9]), _run([0.6, 0.98, 1.0], [0, 0.4, 0.8])]
+    slow = [_run([0.5, 0.8, 0.9], [0, 0.0, 0.05]), _run([0.5, 0.8, 0.95], [0, 0.0, 0.1])]
+    settings = {"arm": arm, "fast": fast, "slow": slow}
+    c = matched.Comparison("arm", ("fast", "slow"))
+    reaches = c.reaches(settings, by="pristine/top1", width=1)
+    assert reaches == [0.96, 1.0, 0.97, 1.0]  # per seed: the arm's, the family's best run's
+    level = matched.common_level(reaches, by="pristine/top1", step=0.005, digits=3)
+    assert level == pytest.approx(0.96)
+
+    def mem(run):
+        return matched.at_fit(run, "corrupt_noisy/top1", level, by="pristine/top1", width=1)
+
+    result = matched.compare(settings, c, mem, 0.95)
+    # The arm reaches 0.96 at an evaluation (seed 0) and 6/7 of the way from 0.9 to 0.97
+    # (seed 1); the frontier is the fast run's value (the slow run never reaches 0.96).
+    assert result["arm"] == pytest.approx([0.3, 0.1 + 0.1 * 6 / 7])
+    assert result["base"] == pytest.approx([0.4 * 0.36 / 0.39, 0.4 * 0.36 / 0.38])
+    assert result["n"] == 2
+    loss_level = matched.common_level([0.2, 0.05], by="pristine/loss", step=0.005, digits=3)
+    assert loss_level == 0.2  # the largest of the lowest losses
+    assert matched.common_level([0.1234], by="pristine/loss", step=0.005, digits=2) == 0.13
+    assert math.isnan(matched.common_level([], by="pristine/top1", step=0.005, digits=3))

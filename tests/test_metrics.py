@@ -94,17 +94,26 @@ def without_clu(monkeypatch):
 
 
 def test_without_clu_the_writer_logs_and_warns_once(without_clu, tmp_path, caplog):
-    with caplog.at_level(std_logging.INFO):
-        first = metrics.create_writer(str(tmp_path), examples_per_step=100)
-        second = metrics.create_writer(str(tmp_path))
-        first.write_scalars(5, {"train/loss": 1.5})
-        first.write_hparams({"lr": 0.1})
-        first.close()
-        second.close()
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    try:
+        with caplog.at_level(std_logging.INFO):
+            first = metrics.create_writer(str(tmp_path), examples_per_step=100)
+            second = metrics.create_writer(str(tmp_path))
+            first.write_scalars(4, {"train/loss": 2.5})  # default verbosity: no console line
+        with caplog.at_level(std_logging.DEBUG):
+            absl_logging.set_verbosity(absl_logging.DEBUG)  # --verbosity=1
+            first.write_scalars(5, {"train/loss": 1.5})
+            first.write_hparams({"lr": 0.1})
+            first.close()
+            second.close()
+    finally:
+        absl_logging.set_verbosity(verbosity)
     assert first.summary is None and second.summary is None
     text = caplog.text
     assert text.count("No TensorBoard events") == 1
-    assert "[5] train/loss=1.5" in text
+    assert "[5] train/loss=1.5" in text and "[4]" not in text
     assert list(tmp_path.iterdir()) == []
 
 
@@ -188,3 +197,39 @@ def test_jsonl_records_are_strict_json_with_non_finite_values_as_null(tmp_path):
         "x": None,
         "nonfinite": ["test/loss", "x"],
     }
+
+
+def test_progress_overall_rate_spans_reports_and_leaves_out_evaluations():
+    now = [0.0]
+    progress = metrics.Progress(100, 0, clock=lambda: now[0])
+    now[0] += 10.0
+    assert progress.report(20)["steps_per_sec"] == pytest.approx(2.0)
+    progress.pause()
+    now[0] += 100.0  # an evaluation
+    progress.resume()
+    now[0] += 5.0
+    assert progress.overall(40)["steps_per_sec"] == pytest.approx(40 / 15)
+    assert progress.report(40)["steps_per_sec"] == pytest.approx(4.0)  # since the last report
+    assert progress.overall(40)["steps_per_sec"] == pytest.approx(40 / 15)  # unchanged
+
+
+def test_console_shows_the_first_and_last_evaluation_and_one_every_ten_seconds():
+    import types
+
+    now = [0.0]
+    experiment = types.SimpleNamespace(total_steps=100, steps_per_epoch=10)
+    console = metrics.Console(experiment, every_s=10.0, clock=lambda: now[0])
+    printed = []
+    console.info = printed.append  # the lines shown at the default verbosity
+    shown = []
+    for step in range(0, 101, 10):
+        now[0] += 4.0
+        record = {"step": step, "pristine/top1": 0.9, "corrupt_noisy/top1": 0.1, "test/top1": 0.8}
+        line = console.evaluation(record, {"steps_per_sec": 5.0, "eta_seconds": 12.0})
+        if printed and printed[-1] == line:
+            shown.append(step)
+    assert shown == [0, 30, 60, 90, 100]  # at most one every 10 s (4 s apart), and the last
+    assert line == (
+        "step 100/100 (epoch 10.00) 5.00 steps/s, ETA done: pristine 90.0%, memorized 10.0%, "
+        "test 80.0%"
+    )

@@ -12,17 +12,19 @@ import pytest
 
 import cgh_jax
 from cgh_jax import metrics
-from cgh_jax.optim import spec as spec_lib
+from cgh_jax.spec import optimizer as spec_lib
 
 
 def sched_of(cfg, *, steps_per_epoch, num_epochs):
-    spec = spec_lib.resolve(cfg, batch_size=1)
-    return spec.with_duration(steps_per_epoch=steps_per_epoch, num_epochs=num_epochs).schedule()
+    spec = spec_lib.parse(cfg, batch_size=1)
+    return spec.fix(
+        layout="vmap", steps_per_epoch=steps_per_epoch, num_epochs=num_epochs
+    ).schedule()
 
 
-def tx_of(cfg, layout=None):
-    spec = spec_lib.resolve(cfg, batch_size=1).with_duration(steps_per_epoch=10, num_epochs=1)
-    return (spec.with_layout(layout) if layout else spec).optimizer()
+def tx_of(cfg, layout="vmap"):
+    spec = spec_lib.parse(cfg, batch_size=1)
+    return spec.fix(layout=layout, steps_per_epoch=10, num_epochs=1).optimizer()
 
 
 def opt(**kw):
@@ -77,7 +79,7 @@ def test_schedule_is_jit_safe():
 
 def test_gradient_kinds_and_examples_per_update():
     def spec(**kw):
-        return spec_lib.resolve(opt(**kw), batch_size=100)
+        return spec_lib.parse(opt(**kw), batch_size=100)
 
     assert spec(name="m3").gradient is spec_lib.Gradient.GROUPED
     assert spec(name="winsorize").gradient is spec_lib.Gradient.PER_EXAMPLE
@@ -86,15 +88,16 @@ def test_gradient_kinds_and_examples_per_update():
     assert spec(name="rm3").examples_per_update == 100
 
 
-def test_spec_is_frozen_and_resolved_once():
-    spec = spec_lib.resolve(opt(name="m3", weight_decay=1e-4), batch_size=64)
+def test_spec_is_frozen_and_fixed_once():
+    cfg = spec_lib.parse(opt(name="m3", weight_decay=1e-4), batch_size=64)
     with pytest.raises(AttributeError):
-        spec.name = "sgd"
-    fixed = spec.with_layout("loop").with_duration(steps_per_epoch=7, num_epochs=3)
+        cfg.name = "sgd"
+    fixed = cfg.fix(layout="loop", steps_per_epoch=7, num_epochs=3)
+    assert isinstance(fixed, spec_lib.OptimizerSpec)
     assert (fixed.m3_layout, fixed.steps_per_epoch, fixed.num_epochs) == ("loop", 7, 3)
-    assert spec.m3_layout == "auto"  # the original is unchanged
+    assert cfg.m3_layout == "auto" and not hasattr(cfg, "schedule")  # no placeholder phase
     with pytest.raises(ValueError, match="not a concrete layout"):
-        spec.with_layout("auto")
+        cfg.fix(layout="auto", steps_per_epoch=7, num_epochs=3)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +118,7 @@ def test_spec_is_frozen_and_resolved_once():
 )
 def test_invalid_optimizer_configs(bad, match):
     with pytest.raises(ValueError, match=match):
-        spec_lib.resolve(opt(**bad), batch_size=10)
+        spec_lib.parse(opt(**bad), batch_size=10)
 
 
 def test_sgd_matches_optax_with_momentum_and_weight_decay():
@@ -135,7 +138,7 @@ def test_sgd_matches_optax_with_momentum_and_weight_decay():
 def test_m3_spec_is_the_median_of_group_means():
     params = {"w": jnp.zeros(3)}
     grouped = {"w": jnp.array([[1.0, 5.0, -1.0], [2.0, 0.0, 7.0], [9.0, 3.0, 2.0]])}
-    tx = tx_of(opt(name="m3"), layout="vmap")
+    tx = tx_of(opt(name="m3"))
     updates, _ = tx.update(grouped, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], -0.1 * np.median(np.asarray(grouped["w"]), axis=0))
     ref = cgh_jax.m3_sgd(0.1)
@@ -169,7 +172,7 @@ def test_progress_rate_and_eta():
     progress.resume()
     now[0] += 5.0
     assert progress.report(300)["steps_per_sec"] == pytest.approx(20.0)
-    assert "ETA 0:35" in progress.describe(300, 3.0, progress.report(300) | {"eta_seconds": 35})
+    assert "ETA 35s" in progress.describe(300, 3.0, progress.report(300) | {"eta_seconds": 35})
 
 
 def test_eval_totals_are_exact_means():

@@ -11,13 +11,12 @@ import pytest
 from cgh_jax import configlib, hooks, sharding, train
 from cgh_jax import step as step_lib
 from cgh_jax.models import get_model
-from cgh_jax.optim import spec as spec_lib
+from cgh_jax.spec import optimizer as spec_lib
 
 
 def _spec(name, **kw):
-    spec = spec_lib.resolve(dict(name=name, learning_rate=0.1, **kw), batch_size=8)
-    spec = spec.with_duration(steps_per_epoch=4, num_epochs=2)
-    return spec.with_layout("vmap") if name == "m3" else spec
+    spec = spec_lib.parse(dict(name=name, learning_rate=0.1, **kw), batch_size=8)
+    return spec.fix(layout="vmap", steps_per_epoch=4, num_epochs=2)
 
 
 def _batches(num, size, image_shape=(4, 4, 1), classes=10, seed=0):
@@ -113,16 +112,20 @@ def test_eval_every_epochs_skips_evaluations_but_not_the_training(tmp_path):
 
 class _Recorder(hooks.Hook):
     def __init__(self):
-        self.steps, self.evals, self.ends = [], [], []
+        self.steps, self.evals, self.ends, self.runs = [], [], [], []
 
-    def on_step(self, run, step):
-        assert int(run.state.step) == step
+    def start(self, run):
+        self.runs.append(run)
+
+    def on_step(self, step, state):
+        assert int(state.step) == step
         self.steps.append(step)
 
-    def on_eval(self, run, record):
+    def on_eval(self, record, state):
+        assert int(state.step) == record["step"]
         self.evals.append(record["step"])
 
-    def on_end(self, run, record):
+    def on_end(self, record, state):
         self.ends.append(record["step"])
 
 
@@ -135,10 +138,13 @@ def test_hooks_see_every_step_each_evaluation_and_the_end(tmp_path):
     assert recorder.steps == list(range(1, total + 1))
     assert recorder.evals == [0, spe, total]
     assert recorder.ends == [total]
+    (run,) = recorder.runs  # what the run is, once: its experiment, model, mesh, workdir
+    assert (run.experiment.total_steps, run.experiment.steps_per_epoch) == (total, spe)
+    assert run.workdir == str(tmp_path / "run") and run.model is not None
     # A finished run returns at once: no step, no hook call.
     again = _Recorder()
     train.train_and_evaluate(cfg, str(tmp_path / "run"), hooks=[again])
-    assert again.steps == again.evals == again.ends == []
+    assert again.steps == again.evals == again.ends == again.runs == []
 
 
 def test_a_diverging_run_stops_before_it_evaluates_a_non_finite_state(tmp_path):
@@ -163,14 +169,13 @@ def test_norm_matched_optimizers_step_like_their_transform(name):
 
     mesh = sharding.create_mesh(1)
     model = get_model("mlp", num_classes=10, hidden=(16,))
-    spec = spec_lib.resolve(dict(name=name, learning_rate=0.1, num_groups=5), batch_size=4)
-    spec = spec.with_duration(steps_per_epoch=4, num_epochs=2)
+    spec = spec_lib.parse(dict(name=name, learning_rate=0.1, num_groups=5), batch_size=4)
     facts = step_lib.model_facts(model, (4, 4, 1), mesh)
     layout, why = spec.resolve_layout(
         num_devices=8, has_conv=False, has_state=False, platform="cpu"
     )
     assert layout == "vmap" and "no sharded layout" in why
-    spec = spec.with_layout(layout)
+    spec = spec.fix(layout=layout, steps_per_epoch=4, num_epochs=2)
     assert spec.examples_per_update == 20 and not spec.median_in_step
     steps = step_lib.build_steps(model, spec, mesh, facts=facts, with_top5=True, platform="cpu")
     state = step_lib.create_train_state(model, steps.tx, (4, 4, 1), jax.random.PRNGKey(0), mesh)
@@ -191,7 +196,7 @@ def test_norm_matched_optimizers_step_like_their_transform(name):
 
 
 def test_norm_matched_optimizers_refuse_sharded_layouts():
-    from cgh_jax import config_checks
+    from cgh_jax.spec.fields import ConfigError
 
-    with pytest.raises(config_checks.ConfigError, match="does not use"):
-        config_checks.check_optimizer(dict(name="mean_at_median_norm", m3_layout="group_sharded"))
+    with pytest.raises(ConfigError, match="does not use"):
+        spec_lib.parse(dict(name="mean_at_median_norm", m3_layout="group_sharded"), batch_size=8)

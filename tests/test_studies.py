@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cgh_jax import study
 from cgh_jax.analysis import examples, report
 from studies import page, runs
 from studies.__main__ import main
@@ -210,37 +211,29 @@ def test_second_invocation_reuses_the_finished_runs(results_dir, data_dir, name)
 def test_finished_runs_are_reused_only_with_the_same_config(results_dir):
     import ml_collections
 
+    from cgh_jax import checkpointing
+
     _, runs_dir, _ = results_dir
     run_dir = runs_dir / "label_noise" / "noise050"
     config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
     before = (run_dir / "metrics.jsonl").read_text()
-    record = runs.run_training(config, run_dir)  # reused: no training, same metrics
+    done = study.train_run(study.Run("noise050", config), run_dir.parent)  # no training
     assert (run_dir / "metrics.jsonl").read_text() == before
-    assert record["epoch"] == 2 and record["study_wall_s"] == runs.run_wall_s(run_dir)
+    assert done.record["epoch"] == 2 and done.wall_s == runs.run_wall_s(run_dir)
     config.log_every_steps = 7  # observation-only fields may change
-    runs.run_training(config, run_dir)
-    config.optimizer.learning_rate = 0.05
-    with pytest.raises(ValueError, match="optimizer.learning_rate"):
-        runs.run_training(config, run_dir)
-
-    # A run trained before a config field existed is reused while the field keeps its
-    # default, and refused when it does not.
-    stored = json.loads((run_dir / "config.json").read_text())
-    config.optimizer.learning_rate = stored["optimizer"]["learning_rate"]
-    del stored["optimizer"]["m3_layout"]
-    (run_dir / "config.json").write_text(json.dumps(stored))
-    runs.run_training(config, run_dir)
-    config.optimizer.m3_layout = "loop"
-    with pytest.raises(ValueError, match="optimizer.m3_layout: checkpoint='<absent>' now='loop'"):
-        runs.run_training(config, run_dir)
+    study.train_run(study.Run("noise050", config), run_dir.parent)
+    config.optimizer.learning_rate = 0.05  # the checkpoint's own check refuses the run
+    with pytest.raises(checkpointing.ConfigMismatchError, match="optimizer.learning_rate"):
+        study.train_run(study.Run("noise050", config), run_dir.parent)
+    assert (run_dir / "metrics.jsonl").read_text() == before
 
 
 def test_summary_page(results_dir):
     out, _, _ = results_dir
     assert main(["summary", "--out", str(out)]) == 0
     text = (out / "summary.md").read_text()
-    for study in TRAINED:
-        assert f"]({study}/README.md)" in text
+    for name in TRAINED:
+        assert f"]({name}/README.md)" in text
     assert f"python -m studies summary --out {out}" in text
     assert "`--quick` smoke runs" in text
 
@@ -328,7 +321,7 @@ def _path_entry(slope: float, offset: float, epochs: int = 100) -> dict:
     epoch = np.arange(0, epochs + 1, 2, dtype=float)
     pristine = 1 - 0.9 * np.exp(-slope * epoch)
     mem = np.where(pristine > 0.9, offset + 2 * (pristine - 0.9), offset * pristine / 0.9)
-    curve = {k: [0.0] * len(epoch) for k in runs.CURVE_KEYS}
+    curve = {k: [0.0] * len(epoch) for k in study.CURVE_KEYS}
     curve |= {"epoch": epoch.tolist(), "step": (10 * epoch).tolist()}
     curve |= {"pristine/top1": pristine.tolist(), "corrupt_noisy/top1": mem.tolist()}
     curve |= {"pristine/loss": (1 - pristine).tolist(), "test/top1": (0.8 - mem / 2).tolist()}
@@ -375,3 +368,20 @@ def test_median_decision_rule_on_paths_with_known_answers(tmp_path, median, norm
     assert result.payload["summary"][0]["match"] == {"supported": "yes"}.get(
         want, "partly" if want == "not established" else "no"
     )
+
+
+def test_an_archived_run_is_reused_across_checkouts_and_code_that_added_fields():
+    from cgh_jax import configlib
+
+    config = configlib.base_config()
+    config.data.path = "/one/checkout/mnist"
+    entry = {"config": study.portable_config(config)}
+    del entry["config"]["eval_every_epochs"]  # archived before the field existed
+    config.data.path = "/another/checkout/mnist"  # the same file names elsewhere
+    assert study.archive_mismatch(entry, config) == []
+    config.eval_every_epochs = 2  # not the default: the archived run did not do this
+    assert any("eval_every_epochs" in line for line in study.archive_mismatch(entry, config))
+    config.eval_every_epochs = 1
+    config.optimizer.learning_rate = 0.05
+    (line,) = study.archive_mismatch(entry, config)
+    assert line.startswith("optimizer.learning_rate")

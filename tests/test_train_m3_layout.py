@@ -5,7 +5,7 @@ step, optimizer without a median) must give the parameters of the straightforwar
 (``grouped_grads`` + ``m3_sgd``) on the same groups: the straightforward step is fed the
 batch reordered so that its column-major groups are the row-major groups of the sharded
 step (with BatchNorm, whose statistics group_sharded takes per device chunk, the reference
-normalizes per chunk too). ``auto`` must resolve as ``cgh_jax.optim.spec`` documents.
+normalizes per chunk too). ``auto`` must resolve as ``cgh_jax.spec.optimizer`` documents.
 """
 
 import jax
@@ -19,7 +19,7 @@ from cgh_jax import configlib, sharding, train
 from cgh_jax import step as step_lib
 from cgh_jax.models import get_model
 from cgh_jax.optim import aligned_plan, grouped_grads
-from cgh_jax.optim import spec as spec_lib
+from cgh_jax.spec import optimizer as spec_lib
 
 K = 3
 
@@ -39,9 +39,8 @@ def _optimizer(**overrides):
 
 
 def _spec(layout=None, **overrides):
-    spec = spec_lib.resolve(_optimizer(**overrides), batch_size=8)
-    spec = spec.with_duration(steps_per_epoch=10, num_epochs=1)
-    return spec.with_layout(layout) if layout else spec
+    spec = spec_lib.parse(_optimizer(**overrides), batch_size=8)
+    return spec.fix(layout=layout or "vmap", steps_per_epoch=10, num_epochs=1)
 
 
 def _row_to_column_major(x):
@@ -210,7 +209,7 @@ def _resolve(layout="auto", **kw):
     args = dict(num_devices=8, has_conv=False, has_state=False, platform="cpu")
     update_batch = kw.pop("update_batch", 3 * 256)
     args.update(kw)
-    spec = spec_lib.resolve(_optimizer(m3_layout=layout), batch_size=update_batch // K)
+    spec = spec_lib.parse(_optimizer(m3_layout=layout), batch_size=update_batch // K)
     return spec.resolve_layout(**args)
 
 
@@ -240,15 +239,21 @@ def test_auto_resolution():
     # Explicit layouts are kept (or rejected with the reason).
     assert _resolve("loop")[0] == "loop"
     assert _resolve("reduce_scatter")[0] == "reduce_scatter"
+
+    def check(layout, num_devices, update_batch):
+        cfg = spec_lib.parse(_optimizer(m3_layout=layout), batch_size=update_batch // K)
+        cfg.check_layout(num_devices)
+
     with pytest.raises(ValueError, match="multiple of devices x num_groups"):
-        _resolve("group_sharded", update_batch=3 * 20)
+        check("group_sharded", 8, 3 * 20)
     with pytest.raises(ValueError, match="num_groups <= number of devices"):
-        _resolve("group_sharded", num_devices=2, update_batch=3 * 64)
+        check("group_sharded", 2, 3 * 64)
+    check("reduce_scatter", 2, 3 * 64)
 
 
 def test_invalid_layout_lists_the_valid_ones():
     with pytest.raises(ValueError, match="auto, vmap, loop, reduce_scatter, group_sharded"):
-        spec_lib.resolve(_optimizer(m3_layout="ring"), batch_size=8)
+        spec_lib.parse(_optimizer(m3_layout="ring"), batch_size=8)
     cfg = configlib.optimizer_config(name="m3")
     assert cfg.m3_layout == "auto"
 

@@ -271,18 +271,21 @@ class CoherenceHook(Hook):
         self.last = last
         self.points: list[dict[str, Any]] = []
         self._fns = None
+        self._wanted: set[int] = set()
+        self._model, self._steps_per_epoch = None, 1
 
-    def _wanted(self, run) -> set[int]:
-        wanted = {s for s in self.steps if s <= run.total_steps}
-        return wanted | {run.total_steps} if self.last else wanted
+    def start(self, run) -> None:
+        total = run.experiment.total_steps
+        self._wanted = {s for s in self.steps if s <= total} | ({total} if self.last else set())
+        self._model, self._steps_per_epoch = run.model, run.experiment.steps_per_epoch
 
-    def on_eval(self, run, record: dict[str, Any]) -> None:
-        if int(record["step"]) == 0 and 0 in self._wanted(run):
-            self.measure(run, 0)
+    def on_eval(self, record: dict[str, Any], state) -> None:
+        if int(record["step"]) == 0 and 0 in self._wanted:
+            self.measure(state, 0)
 
-    def on_step(self, run, step: int) -> None:
-        if step in self._wanted(run):
-            self.measure(run, step)
+    def on_step(self, step: int, state) -> None:
+        if step in self._wanted:
+            self.measure(state, step)
 
     def _functions(self, model):
         if self._fns is None:
@@ -302,18 +305,19 @@ class CoherenceHook(Hook):
             self._fns = loss_fn, accuracy
         return self._fns
 
-    def measure(self, run, step: int) -> dict[str, Any]:
-        """Measures the sample at the run's current state and appends the point."""
+    def measure(self, state, step: int) -> dict[str, Any]:
+        """Measures the sample at ``state`` (the run's state after ``step`` updates) and
+        appends the point."""
         if any(p["step"] == step for p in self.points):
             return next(p for p in self.points if p["step"] == step)
-        loss_fn, accuracy = self._functions(run.model)
-        params, stats = run.state.params, run.state.batch_stats
+        loss_fn, accuracy = self._functions(self._model)
+        params, stats = state.params, state.batch_stats
         batch = {"image": self.sample["image"], "label": self.sample["label"]}
         got = m_coherence(loss_fn, params, batch, chunk_size=self.chunk_size, args=(stats,))
         m = int(got.num_examples)
         point = {
             "step": step,
-            "epoch": step / run.steps_per_epoch,
+            "epoch": step / self._steps_per_epoch,
             "alpha": float(got.alpha),
             "m": m,
             "mean_grad_norm_sq": float(got.norm_sq_sum) / m,

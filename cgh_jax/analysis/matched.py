@@ -22,15 +22,19 @@ centered moving average) before it is matched.
 
 The *frontier* of a family of runs (e.g. SGD at five learning rates) at level :math:`L` is
 the least memorization any of them has when it reaches :math:`L`: the best that family
-does at that fit. Plain NumPy.
+does at that fit. :func:`compare` pairs a setting's runs with a base's (or a family's
+frontier) by seed. Plain NumPy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from cgh_jax.analysis import stats
 
 
 def value_at_level(
@@ -81,11 +85,16 @@ def smooth(values: Sequence[float], width: int = 3) -> np.ndarray:
     return np.array([xs[max(0, i - half) : i + half + 1].mean() for i in range(xs.size)])
 
 
-def frontier(values: Iterable[float]) -> float:
-    """The least of the values that exist (NaN: that run never reached the level); NaN if
-    none does."""
+def best_value(values: Iterable[float], better=min) -> float:
+    """``better`` (``min`` or ``max``) of the values that exist (NaN: that run never reached
+    the level, or is missing); NaN if none does."""
     finite = [float(v) for v in values if not math.isnan(v)]
-    return min(finite) if finite else math.nan
+    return better(finite) if finite else math.nan
+
+
+def frontier(values: Iterable[float]) -> float:
+    """The least of the values that exist: a family's frontier (NaN if none exists)."""
+    return best_value(values, min)
 
 
 def first_reached(x: Sequence[float], level: float, *, falling: bool = False) -> int | None:
@@ -95,4 +104,134 @@ def first_reached(x: Sequence[float], level: float, *, falling: bool = False) ->
     return int(reached[0]) if reached.size else None
 
 
-__all__ = ["first_reached", "frontier", "smooth", "value_at_level"]
+# ----------------------------------------------------------------------------- runs
+# A run here is a finished run's curve: ``{"curve": {metric: [value at each evaluation]}}``
+# (:func:`cgh_jax.study.archive_entry`), or None for a run not trained yet; a setting is its
+# runs, one per seed.
+
+
+def curve(run, key: str) -> list[float]:
+    return [] if run is None else run["curve"][key]
+
+
+def final(run, key: str) -> float:
+    """The last evaluation's value (NaN for a missing run)."""
+    return math.nan if run is None else float(curve(run, key)[-1])
+
+
+def best(run, key: str) -> float:
+    """The largest value over the run (NaN for a missing run)."""
+    return math.nan if run is None else float(np.nanmax(curve(run, key)))
+
+
+def path(run, key: str, width: int) -> np.ndarray:
+    """A curve smoothed for matching (:func:`smooth`)."""
+    return smooth(curve(run, key), width) if run is not None else np.zeros(0)
+
+
+def at_fit(run, key: str, level: float, *, by: str, width: int) -> float:
+    """``run``'s ``key`` where its ``by`` first reaches ``level`` (a ``.../loss`` falls to
+    it), both smoothed over ``width`` evaluations; NaN if it never does."""
+    if run is None or math.isnan(level):
+        return math.nan
+    falling = by.endswith("/loss")
+    return value_at_level(path(run, by, width), path(run, key, width), level, falling=falling)
+
+
+def reach(run, *, by: str, width: int) -> float:
+    """The best fit ``run`` reaches: the highest (smoothed) ``by``, or the lowest for a
+    ``.../loss``; NaN for a missing run."""
+    if run is None:
+        return math.nan
+    values = path(run, by, width)
+    return float(values.min() if by.endswith("/loss") else values.max())
+
+
+def common_level(reaches: Iterable[float], *, by: str, step: float, digits: int) -> float:
+    """The best fit that every one of ``reaches`` (:func:`reach`) attains: the least of
+    them floored to ``step``, or for a ``.../loss`` the largest rounded up to ``digits``
+    significant digits. NaN when there is none."""
+    values = [v for v in reaches if not math.isnan(v)]
+    if not values:
+        return math.nan
+    if not by.endswith("/loss"):
+        return math.floor(min(values) / step + 1e-9) * step
+    worst = max(values)
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(worst)))
+    return math.ceil(worst * scale - 1e-9) / scale
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """``arm`` against ``base``: a setting's key, or a family of keys read as its frontier
+    (per seed, the least value of the family's runs that have one)."""
+
+    arm: str
+    base: str | tuple[str, ...]
+    primary: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.arm}-{'frontier' if isinstance(self.base, tuple) else self.base}"
+
+    def reaches(self, settings: Mapping[str, Sequence], *, by: str, width: int) -> list[float]:
+        """Per seed, the fits that bound the comparison's level (:func:`reach`): the arm's
+        and the base's (a family: its best member's); seeds missing either are left out."""
+        fit = lambda r: reach(r, by=by, width=width)  # noqa: E731
+        better = min if by.endswith("/loss") else max
+        arm = per_seed(settings[self.arm], fit)
+        base = base_values(settings, self.base, fit, lambda v: best_value(v, better))
+        return [
+            v
+            for pair in zip(arm, base, strict=True)
+            if not any(map(math.isnan, pair))
+            for v in pair
+        ]
+
+
+def per_seed(runs: Sequence, fn) -> list[float]:
+    return [fn(r) for r in runs]
+
+
+def base_values(settings: Mapping[str, Sequence], base, fn, pick=frontier) -> list[float]:
+    """Per seed, ``fn`` of the base run, or ``pick`` (the least: :func:`frontier`) over a
+    family's runs."""
+    if not isinstance(base, tuple):
+        return per_seed(settings[base], fn)
+    family = [per_seed(settings[k], fn) for k in base if k in settings]
+    return [pick(values) for values in zip(*family, strict=True)]
+
+
+def compare(settings: Mapping[str, Sequence], c: Comparison, fn, confidence: float) -> dict:
+    """Per seed, ``fn(arm's run)`` minus the base's (:func:`base_values`); the mean
+    difference and its t-interval at ``confidence`` over the seeds where both exist."""
+    arm, base = per_seed(settings[c.arm], fn), base_values(settings, c.base, fn)
+    d, lo, hi = stats.paired_difference(arm, base, confidence)
+    n = sum(not (math.isnan(a) or math.isnan(b)) for a, b in zip(arm, base, strict=True))
+    return dict(arm=arm, base=base, d=d, lo=lo, hi=hi, n=n)
+
+
+def largest(values: Iterable[float]) -> float:
+    """The largest value that exists (NaN if none): a family's best test accuracy."""
+    return best_value(values, max)
+
+
+__all__ = [
+    "Comparison",
+    "at_fit",
+    "base_values",
+    "best",
+    "best_value",
+    "common_level",
+    "reach",
+    "compare",
+    "curve",
+    "final",
+    "first_reached",
+    "frontier",
+    "largest",
+    "path",
+    "per_seed",
+    "smooth",
+    "value_at_level",
+]

@@ -3,7 +3,7 @@ run plus an overlay panel; :func:`plot_memorization_rates`), final accuracies ag
 (:func:`plot_against`), training paths such as memorization against fit, one line per run
 (:func:`plot_paths`) and m-coherence against steps (:func:`plot_coherence_curves`).
 
-The runs are given as :mod:`cgh_jax.analysis.report` records (``metrics.jsonl``), run
+The runs are given as :mod:`cgh_jax.analysis.records` records (``metrics.jsonl``), run
 directories, or lists of either (seeds: the mean curve with a ``± std`` band)::
 
   from cgh_jax.analysis import plots
@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 
 from cgh_jax.analysis import stats
-from cgh_jax.analysis.report import (
-    _ACCURACY_METRICS,
-    _METRIC_LABELS,
-    _SHORT_SET_LABELS,
+from cgh_jax.analysis.records import (
+    ACCURACY_METRICS,
     DEFAULT_SETS,
+    METRIC_LABELS,
     SET_LABELS,
+    SHORT_SET_LABELS,
     Records,
-    _as_seed_list,
+    as_seed_list,
     seed_curves,
 )
 
@@ -107,7 +107,7 @@ def plot_accuracy_curves(
 
     if not metrics_by_run:
         raise ValueError("metrics_by_run is empty: give at least one run.")
-    runs = {name: _as_seed_list(value) for name, value in metrics_by_run.items()}
+    runs = {name: as_seed_list(value) for name, value in metrics_by_run.items()}
     n = len(runs)
     overlay_key = f"{overlay}/{metric}"
     overlaid = []
@@ -125,9 +125,9 @@ def plot_accuracy_curves(
         if len(axes) != n:
             raise ValueError(f"Got {len(axes)} Axes for {n} runs: pass one Axes per run.")
         fig = axes[0].figure
-    is_accuracy = metric in _ACCURACY_METRICS
+    is_accuracy = metric in ACCURACY_METRICS
     scale = 100.0 if is_accuracy else 1.0
-    metric_label = _METRIC_LABELS.get(metric, metric)
+    metric_label = METRIC_LABELS.get(metric, metric)
     y_label = f"{metric_label} (%)" if is_accuracy else metric_label
     x_label = "epoch"
     for panel, (name, seeds) in zip(axes, runs.items(), strict=False):
@@ -152,7 +152,7 @@ def plot_accuracy_curves(
                 panel.fill_between(
                     x, (mean - std) * scale, (mean + std) * scale, color=color, alpha=0.2
                 )
-        panel.set_title(f"{_SHORT_SET_LABELS.get(overlay, overlay)}: all runs")
+        panel.set_title(f"{SHORT_SET_LABELS.get(overlay, overlay)}: all runs")
     for panel in axes:
         panel.set_xlabel(x_label)
         panel.grid(True, alpha=0.3)

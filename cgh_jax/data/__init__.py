@@ -19,7 +19,7 @@ Two execution paths share the semantics:
 * ``cache=True`` (in memory, :mod:`cgh_jax.data.memory`): the decoded splits are held as
   numpy arrays on every process; global batches do not depend on the process count.
   Offline sources need no TensorFlow. A TFDS dataset is read through TFDS once and kept as
-  an array cache in its data dir (:mod:`cgh_jax.data.tfds_arrays`); later runs, on any
+  an array cache in its data dir (:mod:`cgh_jax.data.sources.tfds_arrays`); later runs, on any
   host, read that cache without TensorFlow.
 * ``cache=False`` (streaming, :mod:`cgh_jax.data.streaming`): tf.data over the TFDS files
   (or an offline source's files) with per-process splits, seeded shuffling and per-example
@@ -47,7 +47,7 @@ defaults in brackets, which are ``cgh_jax.configlib.data_config``'s):
 * ``path`` [None]: the directory of an ``'idx'`` (MNIST layout, gz or raw) or
   ``'image_folder'`` (``train/<class>/*.jpg``, ``test|val|validation/<class>/*.jpg``)
   source, or the ``.npz`` file of an ``'npz'`` source (keys ``x_train``, ``y_train``,
-  ``x_test``, ``y_test``, optional ``id_train``, ``id_test``; see :mod:`cgh_jax.data.npz`).
+  ``x_test``, ``y_test``, optional ``id_train``, ``id_test``; see :mod:`cgh_jax.data.sources.npz`).
 * ``data_dir`` [None]: TFDS data dir (None: ``$TFDS_DATA_DIR`` or
   ``~/tensorflow_datasets``); may be ``gs://<bucket>/tensorflow_datasets``. The array cache
   of in-memory TFDS datasets lives in its ``cgh_arrays/`` folder. Offline sources ignore it.
@@ -84,7 +84,7 @@ Example:
   >>> batch = next(data.train_batches(cfg, global_batch_size=128, epoch=0))  # doctest: +SKIP
 """
 
-from cgh_jax.data.config import DEFAULTS, SOURCES, DataSpec, resolve
+from cgh_jax.choices import DATA_SOURCES as SOURCES
 from cgh_jax.data.corruption import SCHEMES, corrupt_labels, corrupt_labels_tf
 from cgh_jax.data.errors import DataError, DataNotFoundError, DatasetNotPreparedError
 from cgh_jax.data.hosts import EvalSet
@@ -99,6 +99,8 @@ from cgh_jax.data.pipeline import (
 )
 from cgh_jax.data.sizes import known_sizes
 from cgh_jax.data.tfimport import TensorFlowMissingError
+from cgh_jax.spec.data import DEFAULTS, DataSpec
+from cgh_jax.spec.data import parse as resolve
 
 __all__ = [
     "DEFAULTS",

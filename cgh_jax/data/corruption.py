@@ -30,28 +30,20 @@ References:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from cgh_jax import choices
 from cgh_jax.data import ids as ids_lib
+from cgh_jax.spec.data import check_noise
 
 SCHEMES = choices.NOISE_SCHEMES
 STREAMING_SCHEMES = choices.STREAMING_NOISE_SCHEMES
 
 
 def validate_noise(fraction, scheme: str, num_classes: int | None = None) -> None:
-    """Raise ``ValueError`` for a noise fraction outside [0, 1] or an unknown scheme."""
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float | np.floating):
-        raise ValueError(f"noise fraction must be a number in [0, 1], got {fraction!r}.")
-    if not (math.isfinite(float(fraction)) and 0.0 <= float(fraction) <= 1.0):
-        raise ValueError(
-            f"noise fraction must be in [0, 1], got {fraction!r}; e.g. 0.2 corrupts about 20% "
-            "of the training labels."
-        )
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown noise scheme {scheme!r}; expected one of {SCHEMES}.")
+    """Raise ``ValueError`` for a noise fraction outside [0, 1] or an unknown scheme (the
+    rule of :func:`cgh_jax.spec.data.check_noise`), or fewer than 2 classes."""
+    check_noise(float(fraction) if isinstance(fraction, np.floating) else fraction, scheme)
     if num_classes is not None and int(num_classes) < 2:
         raise ValueError(f"label corruption needs at least 2 classes, got {num_classes}.")
 

@@ -4,7 +4,7 @@ For datasets that fit in host memory (all offline sources, MNIST, CIFAR, ...). E
 read once, decoded, resized (if ``image_size``/``resize_size`` ask for it; the result is
 rounded back to uint8) and sorted by example id: offline sources straight into numpy
 (:mod:`cgh_jax.data.sources`), TFDS datasets through their array cache
-(:mod:`cgh_jax.data.tfds_arrays`); no TensorFlow once that cache exists. Every process holds
+(:mod:`cgh_jax.data.sources.tfds_arrays`); no TensorFlow once that cache exists. Every process holds
 the whole split, so the global batch sequence does not depend on the number of processes:
 
 * epoch order: examples sorted by ``hash_bits(shuffle_seed, id, STREAM_EPOCH + epoch)``, a
@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from cgh_jax.data import corruption, preprocess, sources, tfds_arrays
+from cgh_jax.data import corruption, preprocess, sources
 from cgh_jax.data import ids as ids_lib
-from cgh_jax.data.config import DataSpec
 from cgh_jax.data.errors import DataError
 from cgh_jax.data.hosts import EvalSet, Hosts, host_rows, num_eval_batches, per_host_batch_size
+from cgh_jax.data.sources import tfds_arrays
 from cgh_jax.data.table import Table
+from cgh_jax.spec.data import DataSpec
 
 _TABLES: dict[tuple, Table] = {}
 

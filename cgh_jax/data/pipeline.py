@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from cgh_jax.data import config as config_lib
 from cgh_jax.data import memory, reader
 from cgh_jax.data.hosts import EvalSet, per_host_batch_size, resolve_hosts
+from cgh_jax.spec import data as data_spec
 
 
 class DatasetInfo(NamedTuple):
@@ -38,7 +38,7 @@ def clear_caches() -> None:
 
 
 def _backend(data_config):
-    spec = config_lib.resolve(data_config)
+    spec = data_spec.parse(data_config)
     if spec not in _BACKENDS:
         if spec.cache:
             _BACKENDS[spec] = memory.InMemoryData(spec)

@@ -7,9 +7,9 @@ import functools
 import numpy as np
 
 from cgh_jax.data import ids as ids_lib
-from cgh_jax.data.config import DataSpec
 from cgh_jax.data.errors import DatasetNotPreparedError
 from cgh_jax.data.tfimport import tensorflow, tfds
+from cgh_jax.spec.data import DataSpec
 
 
 def _not_prepared_message(name: str, data_dir: str) -> str:

@@ -6,14 +6,15 @@ import json
 
 import numpy as np
 
-from cgh_jax.data import config as config_lib
-from cgh_jax.data import sources, tfds_arrays
+from cgh_jax.data import sources
+from cgh_jax.data.sources import tfds_arrays
+from cgh_jax.spec import data as data_spec
 
 
 def _tfds_info_splits(spec) -> dict[str, int] | None:
     """Split sizes from a prepared copy's ``dataset_info.json`` (read as JSON)."""
     name, version = spec.name.partition(":")[::2]
-    base = tfds_arrays._path(tfds_arrays.data_root(spec)) / name
+    base = tfds_arrays.as_path(tfds_arrays.data_root(spec)) / name
     if not version:
         if not base.exists():
             return None
@@ -53,7 +54,7 @@ def known_sizes(data_config) -> tuple[int | None, int | None]:
     Raises:
       DataError: the files of an offline source are missing or malformed.
     """
-    spec = config_lib.resolve(data_config)
+    spec = data_spec.parse(data_config)
     splits = _split_sizes(spec) or {}
     num_train = splits.get(spec.train_split) or None
     num_test = splits.get(spec.test_split) or None

@@ -28,11 +28,12 @@ import math
 
 import numpy as np
 
-from cgh_jax.data import corruption, image_folder, preprocess, reader, sources
+from cgh_jax.data import corruption, preprocess, reader, sources
 from cgh_jax.data import ids as ids_lib
-from cgh_jax.data.config import DataSpec
 from cgh_jax.data.hosts import EvalSet, Hosts, host_rows, num_eval_batches, per_host_batch_size
+from cgh_jax.data.sources import image_folder
 from cgh_jax.data.tfimport import tensorflow, tfds
+from cgh_jax.spec.data import DataSpec
 
 tf = tensorflow()  # this module is imported only for cache=False
 

@@ -38,7 +38,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cgh_jax.models.layers import check_images, torch_linear_bias_init
+from cgh_jax.models.layers import (
+    batch_norm,
+    check_images,
+    pooled_classifier,
+    torch_linear_bias_init,
+)
 
 __all__ = ["BasicConv", "InceptionV3", "MIN_INPUT_SIZE", "MIN_INPUT_SIZE_AUX"]
 
@@ -128,15 +133,7 @@ class InceptionV3(nn.Module):
         check_images(x, model="InceptionV3", min_size=MIN_INPUT_SIZE)
         if self.width_multiplier <= 0:
             raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier}.")
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        norm = batch_norm(self, train)
         conv_base = functools.partial(
             BasicConv, norm=norm, dtype=self.dtype, param_dtype=self.param_dtype
         )
@@ -303,13 +300,4 @@ class _InceptionAux(nn.Module):
         x = nn.avg_pool(x, (5, 5), (3, 3))
         x = self.conv("conv0", 128, (1, 1))(x)
         x = self.conv("conv1", 768, (5, 5), stddev=0.01)(x)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(
-            self.num_classes,
-            kernel_init=_trunc_normal(0.001),
-            bias_init=torch_linear_bias_init(x.shape[-1]),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="fc",
-        )(x)
-        return x.astype(jnp.float32)
+        return pooled_classifier(self, x, _trunc_normal(0.001))

@@ -13,6 +13,7 @@ the same distribution as the reference PyTorch trainer of the papers:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -23,6 +24,8 @@ from flax import linen as nn
 
 __all__ = [
     "adaptive_avg_pool",
+    "batch_norm",
+    "pooled_classifier",
     "check_images",
     "kaiming_normal_fan_out",
     "torch_linear_bias_init",
@@ -34,6 +37,37 @@ kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "norma
 
 torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 """PyTorch's default ``nn.Linear`` weight initialiser: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+
+
+def batch_norm(module: nn.Module, train: bool) -> functools.partial:
+    """The BatchNorm of every model here, from ``module``'s fields ``bn_momentum``,
+    ``bn_epsilon``, ``bn_axis_name``, ``dtype`` and ``param_dtype``: batch statistics (and
+    running averages updated) when ``train``, the running averages otherwise. Call the result
+    with the layer's ``name``."""
+    return functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=module.bn_momentum,
+        epsilon=module.bn_epsilon,
+        axis_name=module.bn_axis_name,
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+    )
+
+
+def pooled_classifier(module: nn.Module, x: jax.Array, kernel_init) -> jax.Array:
+    """Global average pooling over height and width, then the ``fc`` layer to
+    ``module.num_classes`` logits (PyTorch's bias initialiser), returned in float32."""
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(
+        module.num_classes,
+        kernel_init=kernel_init,
+        bias_init=torch_linear_bias_init(x.shape[-1]),
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+        name="fc",
+    )(x)
+    return x.astype(jnp.float32)
 
 
 def torch_linear_bias_init(fan_in: int) -> nn.initializers.Initializer:

@@ -30,9 +30,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cgh_jax.models.layers import (
+    batch_norm,
     check_images,
     kaiming_normal_fan_out,
-    torch_linear_bias_init,
+    pooled_classifier,
     torch_linear_kernel_init,
 )
 
@@ -142,15 +143,7 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.bn_axis_name,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        norm = batch_norm(self, train)
         x = jnp.asarray(x, self.dtype)
         if self.stem == "imagenet":
             x = conv(self.width, (7, 7), (2, 2), padding=3, name="conv_init")(x)
@@ -169,16 +162,7 @@ class ResNet(nn.Module):
                     zero_init_residual=self.zero_init_residual,
                     name=f"stage{i + 1}_block{j + 1}",
                 )(x)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(
-            self.num_classes,
-            kernel_init=torch_linear_kernel_init,
-            bias_init=torch_linear_bias_init(x.shape[-1]),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="fc",
-        )(x)
-        return x.astype(jnp.float32)
+        return pooled_classifier(self, x, torch_linear_kernel_init)
 
 
 RESNET_STAGES: dict[str, tuple[tuple[int, ...], type[nn.Module]]] = {

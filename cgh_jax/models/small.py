@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from cgh_jax.models.layers import (
+    batch_norm,
     check_images,
     kaiming_normal_fan_out,
     torch_linear_bias_init,
@@ -120,15 +121,7 @@ class CNN(nn.Module):
                 name=f"conv{i + 1}",
             )(x)
             if self.batch_norm:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=self.bn_momentum,
-                    epsilon=self.bn_epsilon,
-                    axis_name=self.bn_axis_name,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    name=f"bn{i + 1}",
-                )(x)
+                x = batch_norm(self, train)(name=f"bn{i + 1}")(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(_torch_dense(self.hidden, x.shape[-1], self.dtype, self.param_dtype, "fc1")(x))

@@ -29,7 +29,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cgh_jax.models.layers import adaptive_avg_pool, check_images, kaiming_normal_fan_out
+from cgh_jax.models.layers import (
+    adaptive_avg_pool,
+    batch_norm,
+    check_images,
+    kaiming_normal_fan_out,
+)
 
 __all__ = ["VGG", "VGG_STAGES"]
 
@@ -105,15 +110,7 @@ class VGG(nn.Module):
             for j, features in enumerate(stage):
                 x = conv(features, name=f"conv{i + 1}_{j + 1}")(x)
                 if self.batch_norm:
-                    x = nn.BatchNorm(
-                        use_running_average=not train,
-                        momentum=self.bn_momentum,
-                        epsilon=self.bn_epsilon,
-                        axis_name=self.bn_axis_name,
-                        dtype=self.dtype,
-                        param_dtype=self.param_dtype,
-                        name=f"bn{i + 1}_{j + 1}",
-                    )(x)
+                    x = batch_norm(self, train)(name=f"bn{i + 1}_{j + 1}")(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = adaptive_avg_pool(x, self.pool_size)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cgh_jax.optim.median import _median_of_means
+from cgh_jax.optim.median import median_of_means_any_count
 from cgh_jax.optim.norm_match import mean_at_median_norm, median_at_mean_norm
 from cgh_jax.optim.running import ra3, rm3
 from cgh_jax.optim.winsorize import winsorize
@@ -152,7 +152,9 @@ def m3_sgd(
       :class:`optax.MultiSteps` (it would accumulate before the median). Under
       ``optax.inject_hyperparams`` the group count is read from the updates' group axis.
     """
-    return _chain(_median_of_means(num_groups), learning_rate, weight_decay, momentum, nesterov)
+    return _chain(
+        median_of_means_any_count(num_groups), learning_rate, weight_decay, momentum, nesterov
+    )
 
 
 def rm3_sgd(

@@ -37,7 +37,9 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from cgh_jax.optim._sharded_common import (
+from cgh_jax.optim.aligned_plan import AlignedPlan, aligned_plan
+from cgh_jax.optim.median import coordinate_median
+from cgh_jax.optim.sharded_common import (
     MedianGrads,
     batch_size,
     flatten,
@@ -45,8 +47,6 @@ from cgh_jax.optim._sharded_common import (
     sequential_state,
     unpack,
 )
-from cgh_jax.optim.aligned_plan import AlignedPlan, aligned_plan
-from cgh_jax.optim.median import coordinate_median
 
 __all__ = ["aligned_median_of_means_grads"]
 

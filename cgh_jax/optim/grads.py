@@ -10,8 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cgh_jax import choices
-
 
 class GroupedGrads(NamedTuple):
     """What :func:`grouped_grads` and :func:`per_example_grads` return.
@@ -73,7 +71,7 @@ def _mean_over_groups(x: jax.Array) -> jax.Array:
     return x[0]
 
 
-BATCH_STATS_UPDATES = choices.M3_BATCH_STATS
+BATCH_STATS_UPDATES = ("sequential", "mean")
 """Accepted values of ``batch_stats_update`` in :func:`grouped_grads`."""
 
 
@@ -246,7 +244,7 @@ def check_state_momentum(
     delta = jax.tree.map(lambda r: 1.0 + jnp.abs(jnp.asarray(r, jnp.float32)), old)
     shifted = jax.tree.map(lambda r, d: (r + d).astype(jnp.result_type(r)), old, delta)
     n0, n1 = jax.jit(new_state)(old), jax.jit(new_state)(shifted)
-    _check_same_state(old, n0, "loss_fn")
+    check_same_state(old, n0, "loss_fn")
     flat, _ = jax.tree_util.tree_flatten_with_path(old)
     for (path, r), a, b, d in zip(
         flat, jax.tree.leaves(n0), jax.tree.leaves(n1), jax.tree.leaves(delta), strict=True
@@ -265,7 +263,7 @@ def check_state_momentum(
             )
 
 
-def _check_same_state(old: Any, new: Any, where: str) -> None:
+def check_same_state(old: Any, new: Any, where: str) -> None:
     """Raises ValueError unless ``new`` has ``old``'s structure, shapes and dtypes."""
 
     def spec(tree):
@@ -515,7 +513,7 @@ def grouped_grads(
             )
             if sequential:
                 old = state_in(args)
-                _check_same_state(old, jax.tree.map(lambda x: x[0], state_out(state)), "loss_fn")
+                check_same_state(old, jax.tree.map(lambda x: x[0], state_out(state)), "loss_fn")
                 state = wrap(sequential_state_update(old, state_out(state), state_momentum))
             elif has_state:
                 state = jax.tree.map(_mean_over_groups, state)
@@ -530,7 +528,7 @@ def grouped_grads(
                 )
                 if sequential:  # the next group runs on the state this one produced
                     new = state_out(out[0][1][1])
-                    _check_same_state(state_in(args), new, "loss_fn")
+                    check_same_state(state_in(args), new, "loss_fn")
                     args = with_state(args, new)
                 outs.append(out)
             (loss, (aux, state)), grads = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)

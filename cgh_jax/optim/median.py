@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cgh_jax.optim import _checks
+from cgh_jax.optim import checks
 
 # Up to this many groups the median is a selection network (elementwise min/max, one fused
 # pass); above it, a sort along the group axis. Network size grows as k log^2 k: at k = 127
@@ -183,7 +183,7 @@ def median_selection_network(k: int) -> tuple[Comparator, ...]:
     Returns:
       A tuple of :class:`Comparator`, in application order; empty for ``k = 1``.
     """
-    _checks.check_odd_group_count(k, "k")
+    checks.check_odd_group_count(k, "k")
     p = 1 << max(0, (k - 1).bit_length())
     best = None
     for base in (_odd_even_merge_sort(p), _pairwise_sort(p)):
@@ -277,7 +277,7 @@ def coordinate_median(x: jax.Array) -> jax.Array:
     if x.ndim == 0:
         raise ValueError("coordinate_median needs an array with a leading axis, got a scalar.")
     k = x.shape[0]
-    _checks.check_odd_group_count(k, "the leading axis size")
+    checks.check_odd_group_count(k, "the leading axis size")
     if k == 1:
         return x[0]
     inexact = jnp.issubdtype(x.dtype, jnp.inexact)
@@ -292,23 +292,23 @@ def coordinate_median(x: jax.Array) -> jax.Array:
     return med
 
 
-def _median_of_means(num_groups: Any) -> optax.GradientTransformation:
+def median_of_means_any_count(num_groups: Any) -> optax.GradientTransformation:
     """median_of_means for an int or, under inject_hyperparams, a traced group count.
 
     A traced count cannot be read; the group axis of the updates (static) is used instead.
     """
-    static_k = _checks.static_int_or_none(num_groups, "num_groups")
+    static_k = checks.static_int_or_none(num_groups, "num_groups")
     if static_k is not None:
-        _checks.check_odd_group_count(static_k)
+        checks.check_odd_group_count(static_k)
 
     def init_fn(params):
         del params
         return MedianOfMeansState()
 
     def update_fn(updates, state, params=None):
-        k = _checks.check_grouped_shapes(updates, params, static_k, "median_of_means")
+        k = checks.check_grouped_shapes(updates, params, static_k, "median_of_means")
         if static_k is None:
-            _checks.check_odd_group_count(k, "the group axis size")
+            checks.check_odd_group_count(k, "the group axis size")
         return jax.tree.map(coordinate_median, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -369,12 +369,12 @@ def median_of_means(num_groups: int) -> optax.GradientTransformation:
       compose with it: they would average the grouped updates (or accumulate steps) before
       the median is taken, which is a different algorithm.
     """
-    if _checks.static_int_or_none(num_groups, "num_groups") is None:
+    if checks.static_int_or_none(num_groups, "num_groups") is None:
         raise ValueError(
             "num_groups must be a Python int (it fixes the shape of the updates), not a traced "
             "value."
         )
-    return _median_of_means(num_groups)
+    return median_of_means_any_count(num_groups)
 
 
 def m3() -> optax.GradientTransformation:

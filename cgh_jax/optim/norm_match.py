@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cgh_jax.optim import _checks
+from cgh_jax.optim import checks
 from cgh_jax.optim.median import coordinate_median
 
 NormMatchState = optax.EmptyState
@@ -59,17 +59,17 @@ def median_at_mean_norm_leaf(grouped: jax.Array) -> jax.Array:
 
 
 def _grouped_transform(leaf_fn, num_groups: int, what: str) -> optax.GradientTransformation:
-    k = _checks.static_int_or_none(num_groups, "num_groups")
+    k = checks.static_int_or_none(num_groups, "num_groups")
     if k is None:
         raise ValueError("num_groups must be a Python int (it fixes the shape of the updates).")
-    _checks.check_odd_group_count(k)
+    checks.check_odd_group_count(k)
 
     def init_fn(params):
         del params
         return NormMatchState()
 
     def update_fn(updates, state, params=None):
-        _checks.check_grouped_shapes(updates, params, k, what)
+        checks.check_grouped_shapes(updates, params, k, what)
         return jax.tree.map(leaf_fn, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)

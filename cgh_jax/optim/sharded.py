@@ -61,8 +61,12 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from cgh_jax.optim import _checks
-from cgh_jax.optim._sharded_common import (
+from cgh_jax.optim import checks
+from cgh_jax.optim.aligned import aligned_median_of_means_grads
+from cgh_jax.optim.aligned_plan import aligned_plan
+from cgh_jax.optim.grads import check_batch_stats_update
+from cgh_jax.optim.median import coordinate_median
+from cgh_jax.optim.sharded_common import (
     MedianGrads,
     batch_size,
     flatten,
@@ -70,10 +74,6 @@ from cgh_jax.optim._sharded_common import (
     sequential_state,
     unpack,
 )
-from cgh_jax.optim.aligned import aligned_median_of_means_grads
-from cgh_jax.optim.aligned_plan import aligned_plan
-from cgh_jax.optim.grads import check_batch_stats_update
-from cgh_jax.optim.median import coordinate_median
 
 __all__ = [
     "LAYOUTS",
@@ -285,10 +285,10 @@ def sharded_median_of_means_grads(
       device), as the straightforward M3 does under ``shard_map``/``pmap``. A ``jax.jit``
       run of ``grouped_grads`` on a sharded batch instead normalizes over each whole group.
     """
-    num_groups = _checks.static_int_or_none(num_groups, "num_groups")
+    num_groups = checks.static_int_or_none(num_groups, "num_groups")
     if num_groups is None:
         raise ValueError("num_groups must be a Python int, not a traced value.")
-    _checks.check_odd_group_count(num_groups)
+    checks.check_odd_group_count(num_groups)
     if axis_name not in mesh.shape:
         raise ValueError(
             f"axis_name {axis_name!r} is not an axis of the mesh (axes {tuple(mesh.shape)})."

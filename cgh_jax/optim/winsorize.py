@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cgh_jax.optim import _checks
+from cgh_jax.optim import checks
 
 WinsorizeState = optax.EmptyState
 
@@ -34,7 +34,7 @@ def winsorized_mean(x: jax.Array, num_clipped: Any) -> jax.Array:
       Array of shape ``s`` and dtype ``x.dtype``.
     """
     n = x.shape[0]
-    c = _checks.static_int_or_none(num_clipped, "num_clipped")
+    c = checks.static_int_or_none(num_clipped, "num_clipped")
     if c is None:
         c_dyn = jnp.clip(jnp.asarray(num_clipped, jnp.int32), 0, (n - 1) // 2)
     elif c == 0:
@@ -114,7 +114,7 @@ def winsorize(num_clipped: int) -> optax.GradientTransformation:
       cost memory ``n`` times the parameters; the sort over the example axis costs
       :math:`O(n \log n)` per coordinate.
     """
-    c = _checks.static_int_or_none(num_clipped, "num_clipped")
+    c = checks.static_int_or_none(num_clipped, "num_clipped")
     if c is not None and c < 0:
         raise ValueError(f"num_clipped must be >= 0, got {c}.")
 
@@ -123,7 +123,7 @@ def winsorize(num_clipped: int) -> optax.GradientTransformation:
         return WinsorizeState()
 
     def update_fn(updates, state, params=None):
-        n = _checks.check_grouped_shapes(updates, params, None, "winsorize")
+        n = checks.check_grouped_shapes(updates, params, None, "winsorize")
         if c is not None and 2 * c >= n:
             raise ValueError(_too_many_clipped(c, n))
         return jax.tree.map(lambda g: winsorized_mean(g, num_clipped), updates), state

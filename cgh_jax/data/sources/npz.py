@@ -28,7 +28,7 @@ def _open(path: str):
     if not os.path.isfile(path):
         raise DataNotFoundError(
             f"npz file {path!r} does not exist; set config.data.path to a .npz with "
-            f"keys {REQUIRED} (see cgh_jax.data.npz)."
+            f"keys {REQUIRED} (see cgh_jax.data.sources.npz)."
         )
     try:
         arrays = np.load(path, allow_pickle=False)

@@ -1,4 +1,4 @@
-"""Pieces shared by the sharded M3 layouts (private): the output type, the flat gradient
+"""Pieces shared by the sharded M3 layouts (internal to :mod:`cgh_jax.optim`, not exported):
 vector the collectives move, the loss-output convention and the sequential fold of
 BatchNorm statistics."""
 
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cgh_jax.optim.grads import _check_same_state, sequential_state_update
+from cgh_jax.optim.grads import check_same_state, sequential_state_update
 
 
 class MedianGrads(NamedTuple):
@@ -121,7 +121,7 @@ def sequential_state(
                 f"state as {{{state_collection!r}: ...}}; got {keys}."
             )
         state = state[state_collection]
-    _check_same_state(old, jax.tree.map(lambda x: x[0], state), "loss_fn")
+    check_same_state(old, jax.tree.map(lambda x: x[0], state), "loss_fn")
     for leaf in jax.tree.leaves(old):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
             raise ValueError(

@@ -1,4 +1,4 @@
-"""Argument and shape checks shared by the transforms (private).
+"""Argument and shape checks shared by the transforms (internal to cgh_jax.optim).
 
 Structural arguments (``num_groups``, ``num_clipped``) are plain Python ints in normal use.
 Under :func:`optax.inject_hyperparams` every numeric argument of an alias becomes a JAX

@@ -1,4 +1,4 @@
-"""The optimizer of an experiment config, resolved once into a frozen :class:`OptimizerSpec`.
+"""The optimizer of an experiment: its field rules, and the frozen :class:`OptimizerSpec`.
 
 The optimizer config (``config.optimizer``) has these fields:
 
@@ -30,10 +30,15 @@ The optimizer config (``config.optimizer``) has these fields:
 ``warmup_epochs``   linear warmup from 0 over this many epochs (per step), then the schedule.
 ==================  =====================================================================
 
-:func:`resolve` validates the config once and returns an :class:`OptimizerSpec`; the
-trainer then fixes the M3 layout for its mesh and model (:meth:`OptimizerSpec.with_layout`)
-and the schedule's length (:meth:`OptimizerSpec.with_duration`). The step builder
-(:mod:`cgh_jax.step`) and the benchmarks take the spec, never strings of the config.
+:func:`parse` applies every rule of these fields, once, and returns an
+:class:`OptimizerConfig`; :meth:`OptimizerConfig.fix` turns it into the
+:class:`OptimizerSpec` of a run, with the concrete M3 layout for its mesh and model
+(:meth:`OptimizerConfig.resolve_layout`) and the schedule's length (steps per epoch,
+epochs) fixed. :func:`cgh_jax.spec.experiment.resolve` does both for the trainer and the
+benchmarks; the step builder (:mod:`cgh_jax.step`) takes the spec, never strings of the
+config. This module imports JAX and optax only inside :meth:`OptimizerSpec.schedule` and
+:meth:`OptimizerSpec.optimizer`, so the command line checks the fields before any heavy
+import.
 
 M3 layouts. ``vmap`` and ``loop`` are the straightforward path: ``grouped_grads`` (with
 ``vectorize=True`` / ``False``) gives the ``k`` group-mean gradients and the optimizer
@@ -84,21 +89,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax.numpy as jnp
-import optax
-
-from cgh_jax import choices, config_checks, configlib
-from cgh_jax.optim import sharded
-from cgh_jax.optim.alias import (
-    m3_sgd,
-    mean_at_median_norm_sgd,
-    median_at_mean_norm_sgd,
-    ra3_sgd,
-    rm3_sgd,
-    winsorized_sgd,
-)
-from cgh_jax.optim.aligned_plan import aligned_plan
-from cgh_jax.optim.aligned_plan import chunk_size_for as aligned_chunk_size
+from cgh_jax import choices, configlib
+from cgh_jax.spec import fields as F
 
 OPTIMIZERS = choices.OPTIMIZERS
 SCHEDULES = choices.SCHEDULES
@@ -107,7 +99,6 @@ SHARDED_LAYOUTS = choices.SHARDED_M3_LAYOUTS
 """M3 layouts that compute the median inside the train step (:mod:`cgh_jax.optim.sharded`)."""
 GROUPED_LAYOUTS = tuple(x for x in M3_LAYOUTS if x != "auto" and x not in SHARDED_LAYOUTS)
 """M3 layouts of the straightforward path: ``grouped_grads``, the median in the optimizer."""
-assert set(SHARDED_LAYOUTS) == set(sharded.LAYOUTS) - {"auto"}
 MIN_BATCHNORM_CHUNK = 16
 """``auto`` keeps the straightforward M3 path for BatchNorm models when a sharded layout
 would normalize over fewer examples per device (chunk) than this: per-device BatchNorm
@@ -118,11 +109,11 @@ class Gradient(enum.Enum):
     """The gradient the train step computes for an optimizer."""
 
     BATCH = "batch"  # one mean gradient over the batch (sgd, rm3, ra3)
-    GROUPED = "grouped"  # num_groups group-mean gradients, leading group axis (m3)
+    GROUPED = "grouped"  # num_groups group-mean gradients, leading group axis (m3 and controls)
     PER_EXAMPLE = "per_example"  # one gradient per example, leading example axis (winsorize)
 
 
-_GRADIENTS = {
+GRADIENTS = {
     "sgd": Gradient.BATCH,
     "rm3": Gradient.BATCH,
     "ra3": Gradient.BATCH,
@@ -134,60 +125,47 @@ _GRADIENTS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerSpec:
-    """A validated optimizer: everything the step builder and the trainer need.
+class OptimizerConfig:
+    """The validated optimizer fields of a config (:func:`parse`), before a run fixes its
+    layout and duration.
 
     Attributes:
-      name: ``sgd`` | ``m3`` | ``rm3`` | ``ra3`` | ``winsorize``.
+      name: ``sgd`` | ``m3`` | ``rm3`` | ``ra3`` | ``winsorize`` | ``mean_at_median_norm``
+        | ``median_at_mean_norm``.
       learning_rate: peak rate.
+      batch_size: examples per group (M3 and its controls) or per update (the others).
       momentum, nesterov, weight_decay: as in the config (coupled L2 weight decay).
-      num_groups: M3's groups (1 for the other optimizers).
+      num_groups: the groups of M3 and its controls (1 for the other optimizers).
       num_clipped: winsorize's clipped values per side (0 otherwise).
-      batch_size: examples per group (M3) or per update (the others).
-      m3_layout: the configured layout until :meth:`with_layout` fixes a concrete one.
+      m3_layout: the configured layout (``auto`` or a concrete one).
       m3_batch_stats: ``sequential`` | ``mean`` (M3's BatchNorm running statistics).
       schedule_kind, decay_epochs, decay_factor, warmup_epochs: the schedule, in epochs.
-      steps_per_epoch, num_epochs: the schedule's length (:meth:`with_duration`); 1 / 1
-        until then.
     """
 
     name: str
     learning_rate: float
     batch_size: int
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    num_groups: int = 1
-    num_clipped: int = 0
-    m3_layout: str = "auto"
-    m3_batch_stats: str = "sequential"
-    schedule_kind: str = "constant"
-    decay_epochs: tuple[float, ...] = ()
-    decay_factor: float = 0.1
-    warmup_epochs: float = 0.0
-    steps_per_epoch: int = 1
-    num_epochs: int = 1
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    num_groups: int
+    num_clipped: int
+    m3_layout: str
+    m3_batch_stats: str
+    schedule_kind: str
+    decay_epochs: tuple[float, ...]
+    decay_factor: float
+    warmup_epochs: float
 
     @property
     def gradient(self) -> Gradient:
         """What the train step computes for this optimizer."""
-        return _GRADIENTS[self.name]
+        return GRADIENTS[self.name]
 
     @property
     def examples_per_update(self) -> int:
         """Global examples one update consumes: ``num_groups * batch_size`` for M3."""
         return self.num_groups * self.batch_size
-
-    @property
-    def median_in_step(self) -> bool:
-        """M3 with a sharded layout: the step computes the median, the optimizer is SGD."""
-        return self.name == "m3" and self.m3_layout in SHARDED_LAYOUTS
-
-    def with_duration(self, *, steps_per_epoch: int, num_epochs: int) -> OptimizerSpec:
-        """The spec with the schedule's length fixed (updates per epoch, epochs)."""
-        if steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
-        return dataclasses.replace(self, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
 
     def resolve_layout(
         self, *, num_devices: int, has_conv: bool, has_state: bool, platform: str
@@ -204,30 +182,27 @@ class OptimizerSpec:
           ``(layout, reason)``: one of ``vmap``, ``loop``, ``reduce_scatter``,
           ``group_sharded``, ``group_aligned``, and a sentence for the log.
 
-        Raises:
-          ValueError: an explicit sharded layout that cannot run here (batch not a multiple
-            of ``devices * num_groups``; ``group_sharded`` or ``group_aligned`` with fewer
-            devices than groups).
+        An explicit sharded layout is taken as configured: :meth:`check_layout` says
+        whether it can run on the mesh (the trainer checks it with the devices, before any
+        data is read).
 
         Example:
-          >>> spec = resolve(dict(name="m3", learning_rate=0.1), batch_size=256)
-          >>> spec.resolve_layout(num_devices=8, has_conv=True, has_state=True,
-          ...                     platform="gpu")[0]
+          >>> cfg = parse(dict(name="m3", learning_rate=0.1), batch_size=256)
+          >>> cfg.resolve_layout(num_devices=8, has_conv=True, has_state=True,
+          ...                    platform="gpu")[0]
           'group_sharded'
         """
+        from cgh_jax.optim import sharded  # JAX: only once a mesh exists
+        from cgh_jax.optim.aligned_plan import aligned_plan
+        from cgh_jax.optim.aligned_plan import chunk_size_for as aligned_chunk_size
+
         k, update_batch, layout = self.num_groups, self.examples_per_update, self.m3_layout
         grouped = "loop" if has_conv and (platform == "cpu" or num_devices > 1) else "vmap"
         if layout in GROUPED_LAYOUTS:
             return layout, f"m3_layout={layout!r} (configured)"
         splits = update_batch % (num_devices * k) == 0
         chunk = update_batch // (num_devices * k)
-        if layout in SHARDED_LAYOUTS:
-            if not splits:
-                raise ValueError(
-                    f"optimizer.m3_layout={layout!r} needs the {update_batch} examples of an "
-                    f"update to be a multiple of devices x num_groups = {num_devices} x {k}; "
-                    "change batch_size or use m3_layout='auto'."
-                )
+        if layout in SHARDED_LAYOUTS:  # checked by check_layout when the devices were known
             resolved = sharded.resolve_layout(layout, k, num_devices)
             return resolved, f"m3_layout={layout!r} (configured)"
         if self.name != "m3":
@@ -266,17 +241,69 @@ class OptimizerSpec:
         kind = "convolutions" if has_conv else "no convolutions"
         return grouped, f"auto: {why}; grouped path, {kind} on {platform} -> {grouped}"
 
-    def with_layout(self, layout: str) -> OptimizerSpec:
-        """The spec with a concrete M3 layout (from :meth:`resolve_layout`)."""
+    def check_layout(self, num_devices: int) -> None:
+        """An explicit sharded M3 layout can run on ``num_devices`` devices: the update
+        splits into ``devices x num_groups`` chunks, and ``group_sharded`` and
+        ``group_aligned`` have a device per group (the rule of
+        :func:`cgh_jax.optim.sharded.resolve_layout`).
+
+        Raises:
+          ConfigError: naming the layout and what to change.
+        """
+        from cgh_jax.optim import sharded
+
+        k, update_batch, layout = self.num_groups, self.examples_per_update, self.m3_layout
+        if layout not in SHARDED_LAYOUTS:
+            return
+        if update_batch % (num_devices * k):
+            raise F.ConfigError(
+                f"config.optimizer.m3_layout={layout!r} needs the {update_batch} examples of an "
+                f"update to be a multiple of devices x num_groups = {num_devices} x {k}",
+                "change config.batch_size or use m3_layout='auto'",
+            )
+        try:
+            sharded.resolve_layout(layout, k, num_devices)
+        except ValueError as e:
+            what = str(e).split(". ")[0]
+            raise F.ConfigError(f"config.optimizer.m3_{what}", "use m3_layout='auto'") from e
+
+    def fix(self, *, layout: str, steps_per_epoch: int, num_epochs: int) -> OptimizerSpec:
+        """The :class:`OptimizerSpec` of a run: a concrete M3 layout (from
+        :meth:`resolve_layout`; any concrete one for optimizers without groups) and the
+        schedule's length."""
         if layout not in (*GROUPED_LAYOUTS, *SHARDED_LAYOUTS):
             raise ValueError(
                 f"m3_layout={layout!r} is not a concrete layout; expected one of "
                 f"{', '.join((*GROUPED_LAYOUTS, *SHARDED_LAYOUTS))}."
             )
-        return dataclasses.replace(self, m3_layout=layout)
+        if steps_per_epoch < 1 or num_epochs < 1:
+            raise ValueError(
+                f"steps_per_epoch and num_epochs must be >= 1, got {steps_per_epoch} and "
+                f"{num_epochs}."
+            )
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(OptimizerConfig)}
+        fields["m3_layout"] = layout
+        return OptimizerSpec(**fields, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
 
-    def schedule(self) -> Callable[[Any], jnp.ndarray]:
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec(OptimizerConfig):
+    """The optimizer of one run: :class:`OptimizerConfig` with a concrete ``m3_layout`` and
+    the schedule's length (``steps_per_epoch`` updates per epoch, ``num_epochs``). Built by
+    :meth:`OptimizerConfig.fix`."""
+
+    steps_per_epoch: int
+    num_epochs: int
+
+    @property
+    def median_in_step(self) -> bool:
+        """M3 with a sharded layout: the step computes the median, the optimizer is SGD."""
+        return self.name == "m3" and self.m3_layout in SHARDED_LAYOUTS
+
+    def schedule(self) -> Callable[[Any], Any]:
         """The learning-rate schedule over update steps (jit-safe, float32)."""
+        import jax.numpy as jnp
+
         spe, peak, kind = self.steps_per_epoch, float(self.learning_rate), self.schedule_kind
         warmup_steps = int(round(float(self.warmup_epochs) * spe))
         boundaries = jnp.asarray(tuple(self.decay_epochs) or (math.inf,), jnp.float32)
@@ -299,16 +326,21 @@ class OptimizerSpec:
 
         return schedule
 
-    def optimizer(self) -> optax.GradientTransformation:
+    def optimizer(self):
         """The optax optimizer, taking the gradient :attr:`gradient` names.
 
         ``sgd`` is ``optax.sgd`` after optional coupled weight decay; the others are
         ``cgh_jax.optim``'s aliases (``m3_sgd``, ``rm3_sgd``, ``ra3_sgd``,
-        ``winsorized_sgd``), which add the weight decay before the median, running buffer
-        or clipping. For M3 with a sharded layout the train step already computes the
-        median, and the optimizer is weight decay + SGD with an identity where the median
-        would be (the same optimizer state structure for every layout).
+        ``winsorized_sgd``, ``mean_at_median_norm_sgd``, ``median_at_mean_norm_sgd``), which
+        add the weight decay before the median, running buffer or clipping. For M3 with a
+        sharded layout the train step already computes the median, and the optimizer is
+        weight decay + SGD with an identity where the median would be (the same optimizer
+        state structure for every layout).
         """
+        import optax
+
+        from cgh_jax.optim import alias
+
         schedule = self.schedule()
         common = dict(
             weight_decay=self.weight_decay, momentum=self.momentum, nesterov=self.nesterov
@@ -321,73 +353,125 @@ class OptimizerSpec:
         if self.median_in_step:
             parts = [optax.add_decayed_weights(self.weight_decay)] if self.weight_decay else []
             return optax.chain(*parts, optax.identity(), sgd)
-        if self.name == "m3":
-            return m3_sgd(schedule, num_groups=self.num_groups, **common)
-        if self.name == "mean_at_median_norm":
-            return mean_at_median_norm_sgd(schedule, num_groups=self.num_groups, **common)
-        if self.name == "median_at_mean_norm":
-            return median_at_mean_norm_sgd(schedule, num_groups=self.num_groups, **common)
+        grouped = {
+            "m3": alias.m3_sgd,
+            "mean_at_median_norm": alias.mean_at_median_norm_sgd,
+            "median_at_mean_norm": alias.median_at_mean_norm_sgd,
+        }
+        if self.name in grouped:
+            return grouped[self.name](schedule, num_groups=self.num_groups, **common)
         if self.name == "rm3":
-            return rm3_sgd(schedule, **common)
+            return alias.rm3_sgd(schedule, **common)
         if self.name == "ra3":
-            return ra3_sgd(schedule, **common)
-        return winsorized_sgd(schedule, num_clipped=self.num_clipped, **common)
+            return alias.ra3_sgd(schedule, **common)
+        return alias.winsorized_sgd(schedule, num_clipped=self.num_clipped, **common)
 
 
-def resolve(cfg: Mapping[str, Any], *, batch_size: int) -> OptimizerSpec:
-    """Validates an optimizer config once and returns its :class:`OptimizerSpec`.
+def parse(cfg: Mapping[str, Any], *, batch_size: int, prefix: str = "optimizer") -> OptimizerConfig:
+    """Every rule of the optimizer fields (``config.optimizer``), once; the validated fields.
+
+    Known fields only; ``name`` one of :data:`cgh_jax.choices.OPTIMIZERS`; a finite
+    ``learning_rate > 0``; ``0 <= momentum < 1``; ``nesterov`` only with momentum; finite
+    ``weight_decay >= 0``; ``num_groups`` a positive odd integer; ``m3_layout`` and
+    ``schedule`` from their lists, a sharded layout only for ``m3``; ``num_clipped`` an
+    integer >= 0; ``decay_epochs`` increasing finite positive epochs; a finite
+    ``decay_factor > 0``; finite ``warmup_epochs >= 0``. Fields absent from ``cfg`` take
+    the defaults of :func:`cgh_jax.configlib.optimizer_config`.
 
     Args:
-      cfg: the optimizer config (a mapping; missing fields take the defaults of
-        ``cgh_jax.configlib.optimizer_config``).
+      cfg: the optimizer config (a mapping or ConfigDict).
       batch_size: the config's ``batch_size`` (examples per group for M3).
+      prefix: the fields' path in messages.
 
     Raises:
-      cgh_jax.config_checks.ConfigError (a ValueError): naming the field, the value and
-        what is accepted (:func:`cgh_jax.config_checks.check_optimizer`).
+      ConfigError: naming the first field that breaks a rule.
 
     Example:
-      >>> spec = resolve(dict(name="m3", learning_rate=0.1, num_groups=5), batch_size=100)
-      >>> spec.examples_per_update, spec.gradient.value
+      >>> cfg = parse(dict(name="m3", learning_rate=0.1, num_groups=5), batch_size=100)
+      >>> cfg.examples_per_update, cfg.gradient.value
       (500, 'grouped')
     """
-    config_checks.check_optimizer(cfg)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise config_checks.ConfigError(
-            f"batch_size={batch_size!r} is not a positive integer", "set a positive batch_size"
-        )
+    p = f"{prefix}."
     defaults = configlib.optimizer_config()
+    F.group(prefix, cfg, "set config.optimizer = configlib.optimizer_config(...)")
+    F.known_fields(p, cfg, defaults.keys())
 
-    def get(key: str) -> Any:
-        return cfg[key] if key in cfg else defaults[key]
+    def get(key):
+        return F.get(cfg, key, defaults[key])
 
-    name = get("name")
-    return OptimizerSpec(
+    name = F.choice(p + "name", get("name"), OPTIMIZERS)
+    learning_rate = F.number(p + "learning_rate", get("learning_rate"), low=0.0, low_open=True)
+    momentum = F.number(p + "momentum", get("momentum"), low=0.0, high=1.0)
+    nesterov = F.boolean(p + "nesterov", get("nesterov"))
+    if nesterov and momentum == 0:
+        raise F.ConfigError(
+            f"config.{p}nesterov=True has no effect with momentum 0",
+            f"set config.{p}momentum > 0 or nesterov=False",
+        )
+    weight_decay = F.number(p + "weight_decay", get("weight_decay"), low=0.0)
+    groups = get("num_groups")
+    if not F.is_int(groups) or groups < 1 or groups % 2 == 0:
+        raise F.ConfigError(
+            f"config.{p}num_groups={groups!r} is not a positive odd integer (the median of an "
+            "even number of group means is not one of them)",
+            "use an odd number of groups such as 3 or 5",
+        )
+    layout = F.choice(p + "m3_layout", get("m3_layout"), M3_LAYOUTS)
+    if name in choices.GROUPED_OPTIMIZERS[1:] and layout in SHARDED_LAYOUTS:
+        raise F.ConfigError(
+            f"config.{p}m3_layout={layout!r} computes M3's median inside the step, which "
+            f"{name!r} does not use",
+            f"set config.{p}m3_layout to 'auto', 'vmap' or 'loop'",
+        )
+    batch_stats = F.choice(p + "m3_batch_stats", get("m3_batch_stats"), choices.M3_BATCH_STATS)
+    clipped = F.integer(p + "num_clipped", get("num_clipped"), low=0)
+    kind = F.choice(p + "schedule", get("schedule"), SCHEDULES)
+    epochs = get("decay_epochs")
+    if (
+        not isinstance(epochs, list | tuple)
+        or not all(F.is_number(e) and math.isfinite(e) and e > 0 for e in epochs)
+        or any(b <= a for a, b in zip(epochs[:-1], epochs[1:], strict=True))
+    ):
+        raise F.ConfigError(
+            f"config.{p}decay_epochs={epochs!r} is not a tuple of increasing positive epochs",
+            f"give e.g. config.{p}decay_epochs='(30, 60)'",
+        )
+    factor = F.number(p + "decay_factor", get("decay_factor"), low=0.0, low_open=True)
+    warmup = F.number(p + "warmup_epochs", get("warmup_epochs"), low=0.0)
+    if not F.is_int(batch_size) or batch_size < 1:
+        raise F.ConfigError(
+            f"config.batch_size={batch_size!r} is not a positive integer",
+            "set a positive batch_size",
+        )
+    grouped = GRADIENTS[name] is Gradient.GROUPED
+    return OptimizerConfig(
         name=name,
-        learning_rate=float(get("learning_rate")),
-        batch_size=batch_size,
-        momentum=float(get("momentum")),
-        nesterov=bool(get("nesterov")),
-        weight_decay=float(get("weight_decay")),
-        num_groups=int(get("num_groups")) if _GRADIENTS[name] is Gradient.GROUPED else 1,
-        num_clipped=int(get("num_clipped")) if name == "winsorize" else 0,
-        m3_layout=get("m3_layout"),
-        m3_batch_stats=get("m3_batch_stats"),
-        schedule_kind=get("schedule"),
-        decay_epochs=tuple(get("decay_epochs") or ()),
-        decay_factor=float(get("decay_factor")),
-        warmup_epochs=float(get("warmup_epochs")),
+        learning_rate=learning_rate,
+        batch_size=int(batch_size),
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        num_groups=int(groups) if grouped else 1,
+        num_clipped=clipped if name == "winsorize" else 0,
+        m3_layout=layout,
+        m3_batch_stats=batch_stats,
+        schedule_kind=kind,
+        decay_epochs=tuple(epochs),
+        decay_factor=factor,
+        warmup_epochs=warmup,
     )
 
 
 __all__ = [
+    "GRADIENTS",
     "GROUPED_LAYOUTS",
     "Gradient",
     "M3_LAYOUTS",
     "MIN_BATCHNORM_CHUNK",
     "OPTIMIZERS",
+    "OptimizerConfig",
     "OptimizerSpec",
     "SCHEDULES",
     "SHARDED_LAYOUTS",
-    "resolve",
+    "parse",
 ]

@@ -34,14 +34,15 @@ import numpy as np
 
 from cgh_jax.data import reader
 from cgh_jax.data import table as table_lib
-from cgh_jax.data.config import DataSpec
 from cgh_jax.data.errors import DataError
 from cgh_jax.data.table import Table, sorted_table
+from cgh_jax.spec.data import DataSpec
 
 CACHE_DIR = "cgh_arrays"
 
 
-def _path(p: str):
+def as_path(p: str):
+    """A local or remote (gs://) path as an ``etils.epath.Path``."""
     from etils import epath  # a dependency of orbax; handles local paths and gs://
 
     return epath.Path(p)
@@ -68,7 +69,7 @@ def _file_name(split: str, spec: DataSpec) -> str:
 def cached_version_dir(spec: DataSpec):
     """The cache directory of ``spec``'s dataset, or None where nothing is cached."""
     name, version = _name_and_version(spec)
-    base = _path(data_root(spec)) / CACHE_DIR / name
+    base = as_path(data_root(spec)) / CACHE_DIR / name
     if version is not None:
         d = base / version
         return d if (d / "meta.json").exists() else None
@@ -136,7 +137,7 @@ def _is_local_copy(builder, spec: DataSpec) -> bool:
 
 def _write(builder, spec: DataSpec, split: str, table: Table) -> None:
     name, _ = _name_and_version(spec)
-    version_dir = _path(data_root(spec)) / CACHE_DIR / name / str(builder.version)
+    version_dir = as_path(data_root(spec)) / CACHE_DIR / name / str(builder.version)
     try:
         version_dir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
@@ -166,28 +167,18 @@ _barriers = 0
 
 
 def _sync(tag: str) -> None:
-    """Waits until every process has reached ``tag``.
-
-    Uses the ``jax.distributed`` coordination service (no device collective, so a long wait
-    while process 0 reads through TFDS runs into no collective timeout; orbax waits the same
-    way), else ``multihost_utils.sync_global_devices``.
-    """
+    """Waits until every process has reached ``tag`` (:func:`cgh_jax.distributed.barrier`:
+    the coordination service, so a long wait while process 0 reads through TFDS runs into
+    no collective timeout; orbax waits the same way)."""
     global _barriers
     import jax
+
+    from cgh_jax import distributed
 
     if jax.process_count() <= 1:
         return
     _barriers += 1  # every process loads the same splits in the same order
-    tag = f"{tag}:{_barriers}"
-    from jax._src import distributed
-
-    client = distributed.global_state.client
-    if client is not None:
-        client.wait_at_barrier(tag, timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
-    else:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(tag)
+    distributed.barrier(f"{tag}:{_barriers}", BARRIER_TIMEOUT_S)
 
 
 def load_table(spec: DataSpec, split: str) -> Table:

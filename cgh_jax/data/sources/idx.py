@@ -16,41 +16,24 @@ import zlib
 import numpy as np
 
 from cgh_jax.data.errors import DataError, DataNotFoundError
+from cgh_jax.spec import data as data_spec
 
-PREFIXES = {"train": "train", "test": "t10k"}
-KINDS = {"images": "idx3", "labels": "idx1"}
+PREFIXES, KINDS = data_spec.IDX_PREFIXES, data_spec.IDX_KINDS
 
 
 def expected_names() -> list[str]:
     return [f"{p}-{k}-{d}-ubyte[.gz]" for p in PREFIXES.values() for k, d in KINDS.items()]
 
 
-def find_file(path: str, split: str, kind: str) -> str | None:
-    prefix, dims = PREFIXES[split], KINDS[kind]
-    for sep in ("-", "."):
-        for ext in ("", ".gz"):
-            candidate = os.path.join(path, f"{prefix}-{kind}{sep}{dims}-ubyte{ext}")
-            if os.path.exists(candidate):
-                return candidate
-    return None
-
-
 def files(path: str) -> dict[tuple[str, str], str]:
-    """``{(split, kind): file}`` of an IDX directory; raises a :class:`DataError` naming what
-    is missing."""
+    """``{(split, kind): file}`` of an IDX directory (:func:`cgh_jax.spec.data.idx_files`:
+    its rule names what is missing)."""
     if not os.path.isdir(path):
         raise DataNotFoundError(
             f"IDX directory {path!r} does not exist; set config.data.path to a directory "
             f"holding {', '.join(expected_names())}."
         )
-    found = {(s, k): find_file(path, s, k) for s in PREFIXES for k in KINDS}
-    missing = [f"{PREFIXES[s]}-{k}-{KINDS[k]}-ubyte" for (s, k), f in found.items() if f is None]
-    if missing:
-        raise DataError(
-            f"IDX directory {path!r} lacks {missing} (present: {sorted(os.listdir(path))}); "
-            f"it needs the four MNIST-layout files {', '.join(expected_names())}."
-        )
-    return found
+    return data_spec.idx_files(path)
 
 
 def _read_bytes(path: str, limit: int | None = None) -> bytes:

