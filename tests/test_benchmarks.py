@@ -107,7 +107,8 @@ def test_train_rates_reads_steps_per_second_of_each_run_from_the_logs(tmp_path):
 def test_vs_pytorch_smoke_times_every_row(tmp_path):
     """``benchmarks/vs_pytorch.py --smoke``: tiny models, every row, both JAX columns; the
     PyTorch column when torch is importable, else a line saying it is skipped."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": path}
     result = subprocess.run(
         [sys.executable, "benchmarks/vs_pytorch.py", "--smoke"],
         cwd=ROOT,
