@@ -34,11 +34,14 @@ VARIANTS = {
     "ra3": ("ra3", None),
     "m3_reduce_scatter": ("m3", "reduce_scatter"),
     "m3_group_sharded": ("m3", "group_sharded"),
+    "m3_group_aligned": ("m3", "group_aligned"),
+    "m3_auto": ("m3", "auto"),
 }
 """Benchmark variant -> (optimizer name, M3 layout). ``m3`` is M3 with ``grouped_grads``
 through ``jax.vmap``, ``m3_loop`` the same with an unrolled loop over the groups
-(``vectorize=False``); the last two are the communication-efficient layouts of
-:mod:`cgh_jax.optim.sharded`, which need a mesh of several devices."""
+(``vectorize=False``); the last three are the communication-efficient layouts of
+:mod:`cgh_jax.optim.sharded`, which need a mesh of several devices. ``m3_auto`` is M3 with
+``m3_layout='auto'`` (the trainer's default)."""
 
 
 def optimizer_spec(

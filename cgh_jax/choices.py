@@ -25,13 +25,13 @@ GROUPED_OPTIMIZERS = ("m3", "mean_at_median_norm", "median_at_mean_norm")
 SCHEDULES = ("constant", "step", "cosine")
 """``config.optimizer.schedule``."""
 
-M3_LAYOUTS = ("auto", "vmap", "loop", "chunked", "reduce_scatter", "group_sharded")
+M3_LAYOUTS = ("auto", "vmap", "loop", "chunked", "reduce_scatter", "group_sharded", "group_aligned")
 """``config.optimizer.m3_layout``."""
 
 M3_BATCH_STATS = ("sequential", "mean")
 """``config.optimizer.m3_batch_stats``: how an M3 update moves BatchNorm running statistics."""
 
-SHARDED_M3_LAYOUTS = ("reduce_scatter", "group_sharded")
+SHARDED_M3_LAYOUTS = ("reduce_scatter", "group_sharded", "group_aligned")
 """M3 layouts that split each update's batch over ``devices x num_groups`` chunks."""
 
 PER_EXAMPLE_OPTIMIZERS = ("winsorize",)

@@ -17,8 +17,8 @@ Training config fields (``train_and_evaluate`` reads exactly these):
 ``optimizer.name``         ``sgd`` | ``m3`` | ``rm3`` | ``ra3`` | ``winsorize``.
 ``optimizer.*``            learning rate, schedule, momentum, ``m3_layout`` (how M3's median
                            of group means is computed: ``auto``, ``vmap``, ``loop``,
-                           ``chunked``, ``reduce_scatter``, ``group_sharded``), ... (fields:
-                           ``cgh_jax.spec.optimizer``).
+                           ``chunked``, ``reduce_scatter``, ``group_sharded``,
+                           ``group_aligned``), ... (fields: ``cgh_jax.spec.optimizer``).
 ``batch_size``             the SGD-sized (group) batch, global over all hosts. One M3 update
                            consumes ``num_groups * batch_size`` examples, as the authors did.
 ``num_epochs``             epochs of the training split; durations (schedule boundaries,

@@ -14,9 +14,11 @@ consumes (``spec.gradient``):
   statistics per group) and the median in the optimizer; ``chunked`` (one device): the
   same groups, the aggregate inside the step with dense kernels' group gradients reduced
   in chunks (:func:`cgh_jax.optim.chunked_aggregate_grads`); ``reduce_scatter`` /
-  ``group_sharded`` (several devices):
+  ``group_sharded`` / ``group_aligned`` (several devices):
   :func:`cgh_jax.optim.sharded_median_of_means_grads` inside the step, the same
-  update with fewer collective bytes (BatchNorm statistics per device chunk). Running
+  update with fewer collective bytes (BatchNorm statistics per device chunk;
+  ``group_aligned`` on a model without BatchNorm takes the chunk size with the least
+  padding, :func:`cgh_jax.optim.aligned_plan.chunk_size_for`). Running
   statistics move as ``spec.m3_batch_stats`` says: ``sequential`` (one update per group,
   in order, as the authors' three forward passes) or ``mean``;
 - ``PER_EXAMPLE`` (``winsorize``): :func:`cgh_jax.optim.per_example_grads` (models without
@@ -47,6 +49,7 @@ from cgh_jax.optim import (
     per_example_grads,
     sharded_median_of_means_grads,
 )
+from cgh_jax.optim.aligned_plan import chunk_size_for as aligned_chunk_size
 from cgh_jax.optim.grads import check_state_momentum
 from cgh_jax.optim.norm_match import mean_at_median_norm_leaf, median_at_mean_norm_leaf
 from cgh_jax.spec.optimizer import CHUNKED_LAYOUT, GROUPED_LAYOUTS, Gradient, OptimizerSpec
@@ -264,6 +267,14 @@ def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize
     elif kind is Gradient.GROUPED and spec.median_in_step:
         if mesh is None:
             raise ValueError(f"m3_layout={spec.m3_layout!r} needs the device mesh (mesh=...).")
+        chunk = None
+        if spec.m3_layout == "group_aligned":
+            chunk = aligned_chunk_size(
+                spec.examples_per_update,
+                mesh.shape["data"],
+                spec.num_groups,
+                independent_examples=vectorize and not has_state,
+            )
         median_fn = sharded_median_of_means_grads(
             loss_fn,
             spec.num_groups,
@@ -272,6 +283,7 @@ def _gradient_fn(model, spec: OptimizerSpec, *, has_state: bool, mesh, vectorize
             has_state=has_state,
             layout=spec.m3_layout,
             vectorize=vectorize,
+            chunk_size=chunk,
             **stats,
         )
         reduce = None

@@ -12,15 +12,20 @@ the runs' logs.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _RUN = """
 import sys
+
+import pytest
 sys.path.insert(0, "benchmarks")
 import gpu
 assert gpu.main(["--smoke", "--output", sys.argv[1]]) == 0
@@ -97,3 +102,81 @@ def test_train_rates_reads_steps_per_second_of_each_run_from_the_logs(tmp_path):
     assert [row.split("|")[7].strip() for row in rows] == ["300.0", "20.0*"]
     assert [row.split("|")[8].strip() for row in rows] == ["30000", "6000"]
     assert "| cifar10 | - |" in output.read_text()
+
+
+def test_vs_pytorch_smoke_times_every_row(tmp_path):
+    """``benchmarks/vs_pytorch.py --smoke``: tiny models, every row, both JAX columns; the
+    PyTorch column when torch is importable, else a line saying it is skipped."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": path}
+    result = subprocess.run(
+        [sys.executable, "benchmarks/vs_pytorch.py", "--smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    table = out.split("## Examples per second")[1]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [r[0].strip().split(",")[0] for r in rows] == ["MLP 784-2048-10"] + ["MLP"] * 3 + [
+        "ResNet-18 (CIFAR stem)"
+    ] + ["ResNet-18"] * 2
+    has_torch = importlib.util.find_spec("torch") is not None
+    assert ("PyTorch is not installed" in out) != has_torch
+    for cells in rows:
+        cells = [c.strip() for c in cells]
+        assert float(cells[2].replace(",", "")) > 0  # trainer step, examples/s
+        mlp = cells[0].startswith("MLP")
+        assert (cells[3] != "-") == mlp  # minimal step on the MLP rows
+        assert (cells[4] != "-") == has_torch
+        assert cells[-1] == "1/1"
+    assert "load average" in out
+
+
+def test_torch_reference_matches_cgh_jax_optimizers():
+    """The PyTorch optimizers of the side-by-side follow the same update rules as cgh-jax's
+    (one float32 gradient sequence through both), and the models have the published
+    parameter counts. Needs the optional torch (the ``bench`` extra)."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    import optax
+
+    import cgh_jax
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import torch_reference
+
+    assert sum(p.numel() for p in torch_reference.MLP(784, (2048,), 10).parameters()) == 1628170
+    resnet = torch_reference.ResNet18(10, width=64)
+    assert sum(p.numel() for p in resnet.parameters()) == 11173962
+
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(9, 5)).astype(np.float32)
+    lr = 0.1
+    for name in ("m3", "rm3", "ra3"):
+        p = torch.nn.Parameter(torch.zeros(5))
+        opt = torch_reference.make_optimizer(name, [p], lr=lr)
+        torch_path = []
+        for g in grads:
+            p.grad = torch.tensor(g)
+            opt.step()
+            torch_path.append(p.detach().numpy().copy())
+        params = np.zeros(5, np.float32)
+        if name == "m3":  # one update per three gradients, at the same parameters
+            tx = cgh_jax.m3_sgd(lr)
+            state, jax_path = tx.init(params), []
+            for i in range(0, 9, 3):
+                updates, state = tx.update(grads[i : i + 3], state, params)
+                params = np.asarray(optax.apply_updates(params, updates))
+                jax_path += [jax_path[-1] if jax_path else np.zeros(5, np.float32)] * 2 + [params]
+        else:
+            tx = {"rm3": cgh_jax.rm3_sgd, "ra3": cgh_jax.ra3_sgd}[name](lr)
+            state, jax_path = tx.init(params), []
+            for g in grads:
+                updates, state = tx.update(g, state, params)
+                params = np.asarray(optax.apply_updates(params, updates))
+                jax_path.append(params)
+        np.testing.assert_allclose(np.array(torch_path), np.array(jax_path), rtol=1e-6, atol=1e-6)

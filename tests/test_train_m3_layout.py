@@ -18,7 +18,7 @@ import pytest
 from cgh_jax import configlib, sharding, train
 from cgh_jax import step as step_lib
 from cgh_jax.models import get_model
-from cgh_jax.optim import grouped_grads
+from cgh_jax.optim import aligned_plan, grouped_grads
 from cgh_jax.spec import optimizer as spec_lib
 
 K = 3
@@ -128,6 +128,22 @@ def test_group_sharded_mlp_equals_straightforward_m3_on_8_devices():
     _assert_same_run(fast, ref, fast_log, ref_log, model, image_shape, mesh)
 
 
+def test_group_aligned_mlp_equals_straightforward_m3_on_8_devices():
+    """group_aligned (groups of whole devices, single-example slots for a model without
+    BatchNorm) vs grouped_grads + m3 on the batch reordered into the plan's groups."""
+    mesh = sharding.create_mesh(8)
+    image_shape = (4, 4, 1)
+    model = get_model("mlp", num_classes=10, hidden=(16,))
+    batches = _batches(3, 24, image_shape)
+    fast, fast_log = _run(model, "group_aligned", batches, mesh, image_shape)
+    chunk = aligned_plan.chunk_size_for(24, 8, K, independent_examples=True)
+    groups = aligned_plan.aligned_plan(24, 8, K, chunk).group_examples()
+    # _run turns contiguous thirds into grouped_grads' column-major groups.
+    regrouped = [jax.tree.map(lambda x: x[groups.reshape(-1)], b) for b in batches]
+    ref, ref_log = _run(model, "vmap", regrouped, mesh, image_shape)
+    _assert_same_run(fast, ref, fast_log, ref_log, model, image_shape, mesh)
+
+
 def _chunk_reference(model, batches, num_devices, image_shape):
     """Straightforward M3 with BatchNorm statistics per device chunk, on one device.
 
@@ -208,6 +224,13 @@ def test_auto_resolution():
         num_devices=3, update_batch=3 * 96, has_conv=True, has_state=True, platform="gpu"
     )[0] == ("group_sharded")
     assert _resolve(num_devices=2, update_batch=3 * 64)[0] == "reduce_scatter"
+    # 16 devices: group_aligned where its devices evaluate <= 1.1x their share of examples
+    # (single-example slots without BatchNorm: 13/12); BatchNorm chunks pad to 4/3.
+    layout, reason = _resolve(num_devices=16, update_batch=3 * 64)
+    assert layout == "group_aligned" and "1.083x" in reason
+    layout, reason = _resolve(num_devices=16, update_batch=3 * 64 * 4, has_state=True)
+    assert layout == "group_sharded" and "1.333x" in reason
+    assert _resolve("group_aligned", num_devices=16, update_batch=3 * 64)[0] == "group_aligned"
     # Fallbacks, with the reason.
     layout, reason = _resolve(update_batch=3 * 20)
     assert layout == "vmap" and "not a multiple of devices x num_groups = 8 x 3" in reason

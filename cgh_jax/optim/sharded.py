@@ -28,7 +28,18 @@ With ``k | D`` each device's chunks all lie in one group, and the device compute
 gradient of their summed losses: no ``[k, P]`` stack of group gradients exists, so the step
 needs about SGD's memory too.
 
-Both layouts give the update of the straightforward M3 *for the same group assignment* to
+``group_aligned`` (groups of whole devices; :mod:`cgh_jax.optim.aligned`)
+  Group ``j`` is computed by ``floor(D/k)`` or ``ceil(D/k)`` whole devices; the examples
+  move to them first (a few collective-permutes of example inputs), each device evaluates
+  ``c`` slots of ``s`` examples (unused ones weighted 0) and takes one gradient of their
+  summed losses; all-to-all, per-group sums, median, all-gather as ``group_sharded``. Ring
+  cost ``2(D-1)/D * P`` on *every* device, SGD's, for any ``D >= k``, and one gradient in
+  memory; when ``k`` does not divide ``D`` every device evaluates more examples than an
+  even split (at least ``D / (k floor(D/k))`` times: 4/3 at 8 devices, 1.004 at 256;
+  :mod:`cgh_jax.optim.aligned_plan`). No layout has both: a device holding examples of two
+  groups holds two partial gradients and must send both.
+
+All layouts give the update of the straightforward M3 *for the same group assignment* to
 float tolerance (the group sums are added in a different order); the median itself is an
 exact order statistic. The row-major assignment is a different (equally valid) random
 partition of a shuffled batch into ``k`` equal groups than the column-major one of
@@ -40,9 +51,9 @@ module, is :func:`cgh_jax.optim.hlo.hlo_collective_traffic`.
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,58 +62,78 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from cgh_jax.optim import checks
-from cgh_jax.optim.grads import (
-    check_batch_stats_update,
-    check_same_state,
-    sequential_state_update,
-)
+from cgh_jax.optim.aligned import aligned_median_of_means_grads
+from cgh_jax.optim.aligned_plan import aligned_plan
+from cgh_jax.optim.grads import check_batch_stats_update
 from cgh_jax.optim.median import coordinate_median
+from cgh_jax.optim.sharded_common import (
+    MedianGrads,
+    batch_size,
+    flatten,
+    over_chunks,
+    sequential_state,
+    unpack,
+)
 
 __all__ = [
     "LAYOUTS",
+    "MAX_ALIGNED_COMPUTE_RATIO",
     "MedianGrads",
     "resolve_layout",
     "sharded_median_of_means_grads",
 ]
 
-LAYOUTS = ("auto", "reduce_scatter", "group_sharded")
+LAYOUTS = ("auto", "reduce_scatter", "group_sharded", "group_aligned")
 """Accepted values of ``layout`` in :func:`sharded_median_of_means_grads`."""
 
-
-class MedianGrads(NamedTuple):
-    """Output of the function returned by :func:`sharded_median_of_means_grads`.
-
-    Attributes:
-      grads: param-shaped coordinate-wise median of the ``k`` group-mean gradients.
-      loss: ``[k]``, the mean loss of each group.
-      aux: leaves with a leading ``[k]`` axis (group means of the per-chunk aux values),
-        or None without ``has_aux``.
-      state: new mutable collections averaged over all groups and devices, or None
-        without ``has_state``.
-    """
-
-    grads: Any
-    loss: jax.Array
-    aux: Any
-    state: Any
+MAX_ALIGNED_COMPUTE_RATIO = 1.1
+"""``'auto'`` picks ``'group_aligned'`` only when its devices evaluate at most this many
+times the examples of an even split (:attr:`AlignedPlan.compute_ratio`): it trades compute
+for the busiest device's bytes, and on most accelerators compute is the larger cost."""
 
 
-def resolve_layout(layout: str, num_groups: int, num_devices: int) -> str:
+def resolve_layout(
+    layout: str,
+    num_groups: int,
+    num_devices: int,
+    *,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+) -> str:
     """Returns the concrete layout for ``layout`` (``'auto'`` resolved).
 
-    ``'auto'`` picks ``'group_sharded'`` when ``num_groups <= num_devices`` (it moves the
-    fewest bytes) and ``'reduce_scatter'`` otherwise (e.g. 3 groups on 1 or 2 devices).
+    ``'auto'`` picks, with ``k = num_groups`` and ``D = num_devices``:
+
+    * ``'reduce_scatter'`` when ``k > D`` (e.g. 3 groups on 1 or 2 devices);
+    * ``'group_sharded'`` when ``k`` divides ``D``: SGD's collective bytes on every device,
+      the same work on every device (``'group_aligned'`` would be the same program);
+    * otherwise ``'group_aligned'`` when the batch size is given, the batch splits into
+      its slots (of ``chunk_size``, default ``B/(Dk)``) and its devices evaluate at most
+      :data:`MAX_ALIGNED_COMPUTE_RATIO` times the examples of an even split: SGD's bytes on
+      every device for a little more compute;
+    * else ``'group_sharded'`` (even compute; a device straddling two groups sends one
+      extra gradient, about 1.5 times SGD's bytes on that device).
 
     Raises:
-      ValueError: unknown layout, or ``'group_sharded'`` with more groups than devices.
+      ValueError: unknown layout, or ``'group_sharded'``/``'group_aligned'`` with more
+        groups than devices.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown layout {layout!r}; expected one of {LAYOUTS}.")
     if layout == "auto":
-        return "group_sharded" if num_groups <= num_devices else "reduce_scatter"
-    if layout == "group_sharded" and num_groups > num_devices:
+        if num_groups > num_devices:
+            return "reduce_scatter"
+        if num_devices % num_groups == 0 or batch_size is None:
+            return "group_sharded"
+        chunk = chunk_size or max(batch_size // (num_devices * num_groups), 1)
+        try:
+            ratio = aligned_plan(batch_size, num_devices, num_groups, chunk).compute_ratio
+        except ValueError:  # the batch does not split into slots of this size
+            return "group_sharded"
+        return "group_aligned" if ratio <= MAX_ALIGNED_COMPUTE_RATIO else "group_sharded"
+    if layout in ("group_sharded", "group_aligned") and num_groups > num_devices:
         raise ValueError(
-            f"layout='group_sharded' needs num_groups <= number of devices, got "
+            f"layout={layout!r} needs num_groups <= number of devices, got "
             f"{num_groups} groups on {num_devices} devices. Use layout='reduce_scatter' "
             "(or 'auto')."
         )
@@ -138,49 +169,6 @@ def _split_chunks(batch: Any, num_groups: int, row_major: bool) -> Any:
     return jax.tree.map(split, batch)
 
 
-def _flatten(tree: Any, lead: tuple[int, ...], multiple: int) -> tuple[jax.Array, Callable]:
-    """Tree with leaves ``[*lead, *shape]`` -> ``[*lead, Ppad]``, and the inverse for ``[P]``.
-
-    ``Ppad`` is the total parameter count rounded up to a multiple of ``multiple`` (zeros
-    appended), so the coordinates split evenly across the devices.
-    """
-    leaves, treedef = jax.tree.flatten(tree)
-    n = len(lead)
-    shapes = [leaf.shape[n:] for leaf in leaves]
-    dtypes = [leaf.dtype for leaf in leaves]
-    sizes = [math.prod(shape) for shape in shapes]
-    total = sum(sizes)
-    dtype = jnp.result_type(*dtypes)
-    padded = -(-total // multiple) * multiple
-    parts = [leaf.reshape(*lead, -1).astype(dtype) for leaf in leaves]
-    if padded > total:
-        parts.append(jnp.zeros((*lead, padded - total), dtype))
-    flat = jnp.concatenate(parts, axis=-1)
-    offsets = np.cumsum([0, *sizes])
-
-    def unflatten(vec: jax.Array) -> Any:
-        out = [
-            vec[offsets[i] : offsets[i + 1]].reshape(shapes[i]).astype(dtypes[i])
-            for i in range(len(leaves))
-        ]
-        return jax.tree.unflatten(treedef, out)
-
-    return flat, unflatten
-
-
-def _batch_size(batch: Any) -> int:
-    leaves = jax.tree.leaves(batch)
-    if not leaves:
-        raise ValueError("The batch has no array leaves.")
-    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
-    if None in sizes or len(sizes) != 1:
-        raise ValueError(
-            "Every batch leaf needs the same leading batch axis; got leading sizes "
-            f"{sorted(str(s) for s in sizes)}."
-        )
-    return sizes.pop()
-
-
 def sharded_median_of_means_grads(
     loss_fn: Callable[..., Any],
     num_groups: int,
@@ -195,6 +183,7 @@ def sharded_median_of_means_grads(
     state_argnum: int | None = None,
     state_collection: str | None = None,
     state_momentum: float | None = None,
+    chunk_size: int | None = None,
 ) -> Callable[..., MedianGrads]:
     r"""Median-of-means gradient of a batch sharded over ``mesh``, with few collectives.
 
@@ -212,7 +201,10 @@ def sharded_median_of_means_grads(
     ``layout='reduce_scatter'`` chunk ``j`` of every device, taken column-major from the
     local batch (examples ``j, j+k, ...``: exactly the groups of ``grouped_grads`` under
     ``shard_map``); with ``layout='group_sharded'`` the ``j``-th contiguous ``B/k``
-    examples of the global batch. See the module docstring for the collectives and their cost.
+    examples of the global batch. With ``layout='group_aligned'`` the chunks (slots of
+    ``chunk_size`` examples) of a group are computed by whole devices and the groups are
+    those of :meth:`cgh_jax.optim.aligned_plan.AlignedPlan.group_examples`. See the module
+    docstring for the collectives and their cost.
 
     ``u`` is already the M3 update direction: follow it with ``optax.add_decayed_weights``
     (optional) and ``optax.sgd``, not with a median transform. Adding the weight decay
@@ -242,8 +234,8 @@ def sharded_median_of_means_grads(
       has_aux: ``loss_fn`` returns auxiliary values (averaged over each group's chunks).
       has_state: ``loss_fn`` returns new mutable collections (e.g. ``batch_stats``),
         averaged over all chunks.
-      layout: ``'group_sharded'``, ``'reduce_scatter'`` or ``'auto'`` (see
-        :func:`resolve_layout`).
+      layout: ``'group_sharded'``, ``'reduce_scatter'``, ``'group_aligned'`` or ``'auto'``
+        (see :func:`resolve_layout`; ``'auto'`` is resolved per batch size).
       axis_name: the mesh axis the batch is sharded over.
       vectorize: True computes the ``k`` chunks of a device with :func:`jax.vmap`; False
         unrolls a loop over them (same results). Under ``vmap`` a convolution's weight
@@ -261,6 +253,10 @@ def sharded_median_of_means_grads(
       state_collection: for ``'sequential'``, the key under which ``loss_fn`` returns
         the new state (``'batch_stats'``), or None if it returns the state itself.
       state_momentum: for ``'sequential'``, the decay ``m`` in ``[0, 1)``.
+      chunk_size: ``'group_aligned'`` only: examples per ``loss_fn`` call (the BatchNorm
+        batch); None: ``B / (D k)``, the chunks of the other layouts. Smaller slots pad
+        less (:func:`cgh_jax.optim.aligned_plan.best_slot_size`) and change nothing else
+        for a loss that does not couple examples.
 
     Returns:
       ``grad_fn``. Its ``params`` and ``*args`` are replicated, ``batch`` leaves have a
@@ -270,8 +266,9 @@ def sharded_median_of_means_grads(
 
     Raises:
       ValueError: even/non-positive ``num_groups``, an axis not in the mesh, an unknown
-        layout, ``'group_sharded'`` with ``k > D``; at call time a batch whose size is
-        not a multiple of ``D * k``.
+        layout, ``'group_sharded'`` or ``'group_aligned'`` with ``k > D``, ``chunk_size``
+        with another layout; at call time a batch whose size is not a multiple of
+        ``D * k`` (``group_aligned``: of ``D s`` and ``k s``).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np
@@ -309,168 +306,158 @@ def sharded_median_of_means_grads(
     )
     k = num_groups
     num_devices = mesh.shape[axis_name]
-    layout = resolve_layout(layout, k, num_devices)
-    row_major = layout == "group_sharded"
-    primary, straddlers = _row_major_plan(k, num_devices)
-
-    def unpack(out):
-        if has_aux and has_state:
-            loss, (aux, state) = out
-        elif has_aux:
-            (loss, aux), state = out, None
-        elif has_state:
-            (loss, state), aux = out, None
-        else:
-            loss, aux, state = out, None, None
-        return loss, aux, state
-
-    def chunk_loss(params, chunk, args, key):
-        kwargs = {} if key is None else {"rng": key}
-        loss, aux, state = unpack(loss_fn(params, chunk, *args, **kwargs))
-        return loss, (aux, state)
-
-    def _key(keys, c):
-        return None if keys is None else keys[c]
-
-    def local(params, batch, args, rng):
-        d = jax.lax.axis_index(axis_name)
-        # Differentiate with respect to a per-device copy of the parameters: the gradient
-        # of a replicated value would carry an implicit all-reduce (shard_map's transpose
-        # rule), which is exactly the communication this function replaces.
-        params = jax.lax.pcast(params, axis_name, to="varying")
-        chunks = _split_chunks(batch, k, row_major)
-        keys = None if rng is None else jax.random.split(jax.random.fold_in(rng, d), k)
-
-        def over_chunks(f):
-            """f(params, chunk, args, key) mapped over the k chunks (and keys)."""
-            if vectorize:
-                return jax.vmap(f, in_axes=(None, 0, None, 0))
-
-            def loop(p, chunks, args, keys):
-                outs = [
-                    f(p, jax.tree.map(lambda x, c=c: x[c], chunks), args, _key(keys, c))
-                    for c in range(k)
-                ]
-                return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-
-            return loop
-
-        if row_major and not straddlers:
-            # All chunks of a device belong to one group: one gradient of their summed
-            # losses gives the device's partial group sum directly (no [k, P] copies).
-            def total(p):
-                loss, extras = over_chunks(chunk_loss)(p, chunks, args, keys)
-                return jnp.sum(loss), (loss, extras)
-
-            (_, (loss, (aux, state))), grads = jax.value_and_grad(total, has_aux=True)(params)
-            mine, unflatten = _flatten(grads, (), num_devices)
-            med = _slice_median(mine)
-        else:
-            value_and_grad = jax.value_and_grad(chunk_loss, has_aux=True)
-            (loss, (aux, state)), grads = over_chunks(value_and_grad)(params, chunks, args, keys)
-            if row_major:
-                # Sum the chunks of the primary group, and of the next group (the spill of
-                # a device that straddles a group boundary), before flattening.
-                chunk_group = (d * k + jnp.arange(k)) // num_devices
-                is_primary = chunk_group == jnp.asarray(primary)[d]
-
-                def masked_sum(mask):
-                    def leaf_sum(g):
-                        m = mask.reshape(k, *(1,) * (g.ndim - 1))
-                        return jnp.sum(jnp.where(m, g, jnp.zeros((), g.dtype)), axis=0)
-
-                    return jax.tree.map(leaf_sum, grads)
-
-                mine, unflatten = _flatten(masked_sum(is_primary), (), num_devices)
-                spill, _ = _flatten(masked_sum(~is_primary), (), num_devices)
-                perm = [(s, s + 1) for s in straddlers]
-                med = _slice_median(mine + jax.lax.ppermute(spill, axis_name, perm))
-            else:
-                flat, unflatten = _flatten(grads, (k,), num_devices)
-                sums = jax.lax.psum_scatter(flat, axis_name, scatter_dimension=1, tiled=True)
-                med = coordinate_median(sums)
-
-        med = med / num_devices
-        grads = unflatten(jax.lax.all_gather(med, axis_name, tiled=True, to="invarying"))
-
-        loss = _group_means(loss)
-        aux = None if aux is None else jax.tree.map(_group_means, aux)
-        if sequential:
-            state = _sequential_state(args, state)
-        elif state is not None:
-            state = jax.tree.map(_state_mean, state)
-        return MedianGrads(grads, loss, aux, state)
-
-    def _sequential_state(args, state):
-        """Per-chunk states ``[k, ...]`` -> k sequential updates of ``args[state_argnum]``."""
-        if not 0 <= state_argnum < len(args):
-            raise ValueError(
-                f"state_argnum={state_argnum} but grad_fn got {len(args)} extra argument(s)."
-            )
-        old = args[state_argnum]
-        if state_collection is not None:
-            if not isinstance(state, dict) or set(state) != {state_collection}:
-                keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-                raise ValueError(
-                    f"state_collection={state_collection!r}: loss_fn must return its new "
-                    f"state as {{{state_collection!r}: ...}}; got {keys}."
-                )
-            state = state[state_collection]
-        check_same_state(old, jax.tree.map(lambda x: x[0], state), "loss_fn")
-        for leaf in jax.tree.leaves(old):
-            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-                raise ValueError(
-                    "batch_stats_update='sequential' folds running averages; the state holds "
-                    f"an integer leaf ({jnp.result_type(leaf)})."
-                )
-        group_states = jax.tree.map(_group_means, state)  # [k, ...]: mean over each group's chunks
-        new = sequential_state_update(old, group_states, state_momentum)
-        return new if state_collection is None else {state_collection: new}
-
-    def _group_means(x):
-        """Per-chunk values ``[k, ...]`` -> group means ``[k, ...]`` over all devices.
-
-        Integer values are averaged as float32."""
-        if not jnp.issubdtype(x.dtype, jnp.inexact):
-            x = x.astype(jnp.float32)
-        if not row_major:
-            return jax.lax.pmean(x, axis_name)
-        gathered = jax.lax.all_gather(x, axis_name, to="invarying")  # [D, k, ...]: v = d k + c
-        return jnp.mean(gathered.reshape(k, num_devices, *x.shape[1:]), axis=1)
-
-    def _state_mean(x):
-        """Per-chunk state ``[k, ...]`` -> mean over all chunks (integers: device 0's
-        chunk 0, e.g. a step counter that all chunks share)."""
-        if not jnp.issubdtype(x.dtype, jnp.inexact):
-            return jax.lax.all_gather(x[0], axis_name, to="invarying")[0]
-        wide = jnp.promote_types(x.dtype, jnp.float32)
-        return jax.lax.pmean(jnp.mean(x.astype(wide), axis=0), axis_name).astype(x.dtype)
-
-    def _slice_median(mine):
-        """This device's partial sum ``[Ppad]`` of its group -> the median of the group
-        sums on its coordinate slice ``[Ppad / D]``."""
-        blocks = mine.reshape(num_devices, -1)
-        received = jax.lax.all_to_all(blocks, axis_name, 0, 0, tiled=True)  # [D, Ppad/D]
-        sums = jax.ops.segment_sum(
-            received, jnp.asarray(primary), num_segments=k, indices_are_sorted=True
+    resolve_layout(layout, k, num_devices)  # an impossible explicit layout fails here
+    if chunk_size is not None and layout not in ("auto", "group_aligned"):
+        raise ValueError(
+            f"chunk_size applies to layout='group_aligned' only, got layout={layout!r}."
         )
-        return coordinate_median(sums)
+
+    def build_chunked(row_major: bool) -> Callable[..., MedianGrads]:
+        """The ``reduce_scatter`` (column-major) or ``group_sharded`` (row-major) layout."""
+        primary, straddlers = _row_major_plan(k, num_devices)
+
+        def chunk_loss(params, chunk, args, key):
+            kwargs = {} if key is None else {"rng": key}
+            loss, aux, state = unpack(
+                loss_fn(params, chunk, *args, **kwargs), has_aux=has_aux, has_state=has_state
+            )
+            return loss, (aux, state)
+
+        def local(params, batch, args, rng):
+            d = jax.lax.axis_index(axis_name)
+            # Differentiate with respect to a per-device copy of the parameters: the gradient
+            # of a replicated value would carry an implicit all-reduce (shard_map's transpose
+            # rule), which is exactly the communication this function replaces.
+            params = jax.lax.pcast(params, axis_name, to="varying")
+            chunks = _split_chunks(batch, k, row_major)
+            keys = None if rng is None else jax.random.split(jax.random.fold_in(rng, d), k)
+
+            if row_major and not straddlers:
+                # All chunks of a device belong to one group: one gradient of their summed
+                # losses gives the device's partial group sum directly (no [k, P] copies).
+                def total(p):
+                    loss, extras = over_chunks(chunk_loss, k, vectorize)(p, chunks, args, keys)
+                    return jnp.sum(loss), (loss, extras)
+
+                (_, (loss, (aux, state))), grads = jax.value_and_grad(total, has_aux=True)(params)
+                mine, unflatten = flatten(grads, (), num_devices)
+                med = _slice_median(mine)
+            else:
+                value_and_grad = jax.value_and_grad(chunk_loss, has_aux=True)
+                (loss, (aux, state)), grads = over_chunks(value_and_grad, k, vectorize)(
+                    params, chunks, args, keys
+                )
+                if row_major:
+                    # Sum the chunks of the primary group, and of the next group (the spill of
+                    # a device that straddles a group boundary), before flattening.
+                    chunk_group = (d * k + jnp.arange(k)) // num_devices
+                    is_primary = chunk_group == jnp.asarray(primary)[d]
+
+                    def masked_sum(mask):
+                        def leaf_sum(g):
+                            m = mask.reshape(k, *(1,) * (g.ndim - 1))
+                            return jnp.sum(jnp.where(m, g, jnp.zeros((), g.dtype)), axis=0)
+
+                        return jax.tree.map(leaf_sum, grads)
+
+                    mine, unflatten = flatten(masked_sum(is_primary), (), num_devices)
+                    spill, _ = flatten(masked_sum(~is_primary), (), num_devices)
+                    perm = [(s, s + 1) for s in straddlers]
+                    med = _slice_median(mine + jax.lax.ppermute(spill, axis_name, perm))
+                else:
+                    flat, unflatten = flatten(grads, (k,), num_devices)
+                    sums = jax.lax.psum_scatter(flat, axis_name, scatter_dimension=1, tiled=True)
+                    med = coordinate_median(sums)
+
+            med = med / num_devices
+            grads = unflatten(jax.lax.all_gather(med, axis_name, tiled=True, to="invarying"))
+
+            loss = _group_means(loss)
+            aux = None if aux is None else jax.tree.map(_group_means, aux)
+            if sequential:
+                state = sequential_state(
+                    args,
+                    state,
+                    _group_means,
+                    state_argnum=state_argnum,
+                    state_collection=state_collection,
+                    state_momentum=state_momentum,
+                )
+            elif state is not None:
+                state = jax.tree.map(_state_mean, state)
+            return MedianGrads(grads, loss, aux, state)
+
+        def _group_means(x):
+            """Per-chunk values ``[k, ...]`` -> group means ``[k, ...]`` over all devices.
+
+            Integer values are averaged as float32."""
+            if not jnp.issubdtype(x.dtype, jnp.inexact):
+                x = x.astype(jnp.float32)
+            if not row_major:
+                return jax.lax.pmean(x, axis_name)
+            gathered = jax.lax.all_gather(x, axis_name, to="invarying")  # [D, k, ...]: v = d k + c
+            return jnp.mean(gathered.reshape(k, num_devices, *x.shape[1:]), axis=1)
+
+        def _state_mean(x):
+            """Per-chunk state ``[k, ...]`` -> mean over all chunks (integers: device 0's
+            chunk 0, e.g. a step counter that all chunks share)."""
+            if not jnp.issubdtype(x.dtype, jnp.inexact):
+                return jax.lax.all_gather(x[0], axis_name, to="invarying")[0]
+            wide = jnp.promote_types(x.dtype, jnp.float32)
+            return jax.lax.pmean(jnp.mean(x.astype(wide), axis=0), axis_name).astype(x.dtype)
+
+        def _slice_median(mine):
+            """This device's partial sum ``[Ppad]`` of its group -> the median of the group
+            sums on its coordinate slice ``[Ppad / D]``."""
+            blocks = mine.reshape(num_devices, -1)
+            received = jax.lax.all_to_all(blocks, axis_name, 0, 0, tiled=True)  # [D, Ppad/D]
+            sums = jax.ops.segment_sum(
+                received, jnp.asarray(primary), num_segments=k, indices_are_sorted=True
+            )
+            return coordinate_median(sums)
+
+        def chunked_fn(params, batch, *args, rng=None) -> MedianGrads:
+            size = batch_size(batch)
+            if size % (num_devices * k):
+                raise ValueError(
+                    f"The batch size {size} must be a multiple of (devices on axis "
+                    f"{axis_name!r}) x num_groups = {num_devices} x {k} = {num_devices * k}, "
+                    "so that every device holds whole chunks of every group it serves. "
+                    "Change the global batch size."
+                )
+            sharded = jax.shard_map(
+                local,
+                mesh=mesh,
+                in_specs=(P(), P(axis_name), P(), P()),
+                out_specs=P(),
+            )
+            return sharded(params, batch, args, rng)
+
+        return chunked_fn
+
+    @functools.cache
+    def build(concrete: str) -> Callable[..., MedianGrads]:
+        if concrete != "group_aligned":
+            return build_chunked(row_major=concrete == "group_sharded")
+        return aligned_median_of_means_grads(
+            loss_fn,
+            k,
+            mesh,
+            has_aux=has_aux,
+            has_state=has_state,
+            axis_name=axis_name,
+            vectorize=vectorize,
+            sequential=sequential,
+            state_argnum=state_argnum,
+            state_collection=state_collection,
+            state_momentum=state_momentum,
+            chunk_size=chunk_size,
+        )
 
     def grad_fn(params, batch, *args, rng=None) -> MedianGrads:
-        size = _batch_size(batch)
-        if size % (num_devices * k):
-            raise ValueError(
-                f"The batch size {size} must be a multiple of (devices on axis "
-                f"{axis_name!r}) x num_groups = {num_devices} x {k} = {num_devices * k}, so "
-                "that every device holds whole chunks of every group it serves. Change the "
-                "global batch size."
-            )
-        sharded = jax.shard_map(
-            local,
-            mesh=mesh,
-            in_specs=(P(), P(axis_name), P(), P()),
-            out_specs=P(),
+        concrete = resolve_layout(
+            layout, k, num_devices, batch_size=batch_size(batch), chunk_size=chunk_size
         )
-        return sharded(params, batch, args, rng)
+        return build(concrete)(params, batch, *args, rng=rng)
 
     return grad_fn

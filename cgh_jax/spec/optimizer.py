@@ -16,7 +16,7 @@ The optimizer config (``config.optimizer``) has these fields:
                     update consumes ``num_groups`` SGD-sized batches.
 ``m3_layout``       M3: how the train step computes the median of the group means:
                     ``auto`` (default) | ``vmap`` | ``loop`` | ``chunked`` |
-                    ``reduce_scatter`` | ``group_sharded``
+                    ``reduce_scatter`` | ``group_sharded`` | ``group_aligned``
                     (:meth:`OptimizerConfig.resolve_layout`).
 ``m3_batch_stats``  M3 with BatchNorm: ``sequential`` (default, the authors': one
                     running-statistics update per group, in order, as ``num_groups``
@@ -42,8 +42,8 @@ import.
 
 M3 layouts. ``vmap`` and ``loop`` are the straightforward path: ``grouped_grads`` (with
 ``vectorize=True`` / ``False``) gives the ``k`` group-mean gradients and the optimizer
-(``m3_sgd``) takes their coordinate-wise median. ``reduce_scatter`` and ``group_sharded``
-compute the median inside the train step with
+(``m3_sgd``) takes their coordinate-wise median. ``reduce_scatter``, ``group_sharded`` and
+``group_aligned`` compute the median inside the train step with
 :func:`cgh_jax.optim.sharded_median_of_means_grads` (explicit per-device code that moves
 fewer bytes than ``k`` all-reduces), and the optimizer is weight decay + SGD without a
 median (adding the weight decay after the median is exact). ``chunked`` (one device; M3
@@ -51,9 +51,9 @@ and its norm-matched controls) computes the aggregate inside the step too, with
 :func:`cgh_jax.optim.chunked_aggregate_grads`: the same groups as ``vmap``, but the group
 gradients of dense kernels are formed and reduced a block of rows at a time, so the ``k``
 full kernel gradients are never written; other parameters take the ``vmap`` path.
-``group_sharded`` assigns groups row-major (contiguous blocks of the global batch), the
-others column-major; both are uniformly random partitions of a shuffled batch. ``auto``
-picks:
+``group_sharded`` assigns groups row-major (contiguous blocks of the global batch),
+``group_aligned`` in whole devices (:mod:`cgh_jax.optim.aligned_plan`), the others
+column-major; all are uniformly random partitions of a shuffled batch. ``auto`` picks:
 
 * one device, or a batch the sharded layouts cannot split (``num_groups * batch_size`` not
   a multiple of ``devices * num_groups``), or a BatchNorm model whose per-device chunks
@@ -65,8 +65,13 @@ picks:
   median reaches the parameter update through memory instead of inside one fused loop;
   the norm-matched controls' mean is summed in another order), which would move the
   published runs' numbers; set ``m3_layout='chunked'`` for the speed;
-* otherwise (several devices) :func:`cgh_jax.optim.resolve_layout`'s choice:
-  ``group_sharded`` when ``devices >= num_groups``, else ``reduce_scatter``.
+* otherwise (several devices) :func:`cgh_jax.optim.resolve_layout`'s choice for the
+  update batch: ``reduce_scatter`` when ``devices < num_groups``; ``group_sharded`` when
+  ``num_groups`` divides the device count; ``group_aligned`` when its devices evaluate at
+  most ``sharded.MAX_ALIGNED_COMPUTE_RATIO`` times the examples of an even split (with
+  slots of :func:`cgh_jax.optim.aligned_plan.chunk_size_for`: the BatchNorm chunk for
+  BatchNorm models and unrolled convolutions, the least padding otherwise); else
+  ``group_sharded``.
 
 Durations are given in epochs and converted to steps only here, in
 :meth:`OptimizerSpec.schedule`, from ``steps_per_epoch`` (updates per epoch for the chosen
@@ -190,7 +195,8 @@ class OptimizerConfig:
 
         Returns:
           ``(layout, reason)``: one of ``vmap``, ``loop``, ``chunked``,
-          ``reduce_scatter``, ``group_sharded``, and a sentence for the log.
+          ``reduce_scatter``, ``group_sharded``, ``group_aligned``, and a sentence for the
+          log.
 
         An explicit sharded layout is taken as configured: :meth:`check_layout` says
         whether it can run on the mesh (the trainer checks it with the devices, before any
@@ -203,6 +209,8 @@ class OptimizerConfig:
           'group_sharded'
         """
         from cgh_jax.optim import sharded  # JAX: only once a mesh exists
+        from cgh_jax.optim.aligned_plan import aligned_plan
+        from cgh_jax.optim.aligned_plan import chunk_size_for as aligned_chunk_size
 
         k, update_batch, layout = self.num_groups, self.examples_per_update, self.m3_layout
         grouped = "loop" if has_conv and (platform == "cpu" or num_devices > 1) else "vmap"
@@ -228,15 +236,31 @@ class OptimizerConfig:
                 "examples would differ from per-group statistics"
             )
         else:
-            resolved = sharded.resolve_layout("auto", k, num_devices)
-            return resolved, f"auto: {num_devices} devices, {k} groups -> {resolved}"
+            straddles = num_devices > k and num_devices % k
+            chunk = None
+            if straddles:
+                vectorized = not (has_conv and platform == "cpu")  # as step.build_steps
+                chunk = aligned_chunk_size(
+                    update_batch, num_devices, k, independent_examples=vectorized and not has_state
+                )
+            resolved = sharded.resolve_layout(
+                "auto", k, num_devices, batch_size=update_batch, chunk_size=chunk
+            )
+            reason = f"auto: {num_devices} devices, {k} groups -> {resolved}"
+            if straddles:
+                ratio = aligned_plan(update_batch, num_devices, k, chunk).compute_ratio
+                reason += (
+                    f" (group_aligned would evaluate {ratio:.3f}x the examples per device, "
+                    f"the limit is {sharded.MAX_ALIGNED_COMPUTE_RATIO})"
+                )
+            return resolved, reason
         kind = "convolutions" if has_conv else "no convolutions"
         return grouped, f"auto: {why}; grouped path, {kind} on {platform} -> {grouped}"
 
     def check_layout(self, num_devices: int) -> None:
         """An explicit M3 layout can run on ``num_devices`` devices: ``chunked`` on one; for a
         sharded layout the update splits into ``devices x num_groups`` chunks, and
-        ``group_sharded`` has a device per group (the rule of
+        ``group_sharded`` and ``group_aligned`` have a device per group (the rule of
         :func:`cgh_jax.optim.sharded.resolve_layout`).
 
         Raises:
