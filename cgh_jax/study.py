@@ -501,8 +501,8 @@ def run_study(
         run_dirs = {name: done.workdir for name, done in finished.items()}
         title = config.study.get("title") or "Optimizer comparison"
         path = report.write_report(workdir, run_dirs, title=title)
-        print(report.results_table(run_dirs), flush=True)
         logging.info("Report: %s", path)
+        print(report.results_table(run_dirs), flush=True)  # the console ends with the table
     return path
 
 
