@@ -252,7 +252,8 @@ def test_auto_resolution():
 
 
 def test_invalid_layout_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="auto, vmap, loop, chunked, reduce_scatter, group_sharded, group_aligned"):
+    valid = "auto, vmap, loop, chunked, reduce_scatter, group_sharded, group_aligned"
+    with pytest.raises(ValueError, match=valid):
         spec_lib.parse(_optimizer(m3_layout="ring"), batch_size=8)
     cfg = configlib.optimizer_config(name="m3")
     assert cfg.m3_layout == "auto"
