@@ -26,12 +26,19 @@ Sections (``--sections``, comma-separated):
   :mod:`cgh_jax.optim.chunked`).
 * ``resnets``: ``resnet_tiny`` and ``resnet18_w16`` at a global batch of 96 for SGD, M3
   (3 x 32, ``m3_layout='vmap'``; ``m3_loop``: ``m3_layout='loop'``), RM3 and RA3.
+* ``conv``: where a conv net's step goes on XLA:CPU: ResNet-18 (CIFAR stem, width 64,
+  11.2 M parameters) at batch 128, float32, the forward pass alone (``forward``), the
+  gradient with respect to the images only (``+ input grads``: the backward pass without
+  the weight-gradient convolutions) and the full gradient (``+ weight grads``), each
+  jitted; differences between rows are the cost of each part, and ``cores`` (CPU time /
+  wall time) how much of the machine XLA:CPU keeps busy.
 
 Usage, from the repository root::
 
     PYTHONPATH=. python benchmarks/step_time.py --sections trainer [--repeats 9]
     PYTHONPATH=. python benchmarks/step_time.py --sections groups [--ks 3,5,9,15]
     PYTHONPATH=. python benchmarks/step_time.py --sections resnets [--models resnet_tiny]
+    PYTHONPATH=. python benchmarks/step_time.py --sections conv [--conv-batch 128]
     PYTHONPATH=. python benchmarks/step_time.py --smoke     # every section, tiny, no timing value
 """
 
@@ -62,7 +69,7 @@ from cgh_jax import sharding as sharding_lib  # noqa: E402
 from cgh_jax.models import get_model  # noqa: E402
 from cgh_jax.spec import optimizer as optimizer_lib  # noqa: E402
 
-SECTIONS = ("trainer", "groups", "resnets")
+SECTIONS = ("trainer", "groups", "resnets", "conv")
 OPTIMIZERS = ("sgd", "m3", "m3_loop", "rm3", "ra3")
 MODELS = {
     "resnet_tiny": {},  # (1, 1, 1, 1) BasicBlocks, width 8
@@ -287,6 +294,53 @@ def resnets_section(args) -> str:
     )
 
 
+# ----------------------------------------------------------------------------- conv
+
+
+def build_conv_runners(width: int, batch_size: int, image_size: int) -> dict[str, Callable]:
+    """ResNet-18 (CIFAR stem) in train mode: the forward pass, the forward pass with the
+    input gradients, and with the full gradient, each one jitted callable."""
+    model = get_model("resnet18", num_classes=10, width=width, stem="cifar")
+    key_x, key_y, key_init = jax.random.split(jax.random.PRNGKey(0), 3)
+    images = jax.random.uniform(key_x, (batch_size, image_size, image_size, 3))
+    labels = jax.random.randint(key_y, (batch_size,), 0, 10)
+    variables = model.init(key_init, images, train=False)
+    params, stats = variables["params"], variables["batch_stats"]
+
+    def loss_fn(params, images):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": stats}, images, train=True, mutable=["batch_stats"]
+        )
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+    forward = jax.jit(loss_fn)
+    input_grads = jax.jit(jax.grad(loss_fn, argnums=1))
+    all_grads = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))
+    return {
+        "forward": lambda: forward(params, images),
+        "+ input grads": lambda: input_grads(params, images),
+        "+ weight grads": lambda: all_grads(params, images),
+    }
+
+
+def conv_section(args) -> str:
+    runners = build_conv_runners(args.conv_width, args.conv_batch, args.conv_image)
+    wall, cpu, load = _timed(runners, args)
+    rows, before = [], 0.0
+    for name in runners:
+        w, c = median(wall[name]), median(cpu[name])
+        rows.append(
+            [name, f"{1e3 * w:.0f}", f"{1e3 * (w - before):.0f}", f"{1e3 * c:.0f}", f"{c / w:.2f}"]
+        )
+        before = w
+    headers = ["program", "wall ms", "wall ms added by this part", "CPU ms", "cores"]
+    return (
+        f"\n## ResNet-18 (CIFAR stem, width {args.conv_width}) at batch {args.conv_batch}: "
+        f"forward, input gradients, weight gradients\n\nMedian of {args.repeats} repetitions "
+        f"of >= {args.min_seconds} s; {load.describe()}.\n\n" + markdown_table(headers, rows)
+    )
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -309,6 +363,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--resnet-batch", type=int, default=96, help="resnets: global batch (multiple of 3)"
     )
+    parser.add_argument("--conv-batch", type=int, default=128, help="conv: batch")
+    parser.add_argument("--conv-width", type=int, default=64, help="conv: ResNet-18 width")
+    parser.add_argument("--conv-image", type=int, default=32, help="conv: image side")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one short repetition")
     args = parser.parse_args(argv)
     sections = args.sections.split(",")
@@ -319,8 +376,14 @@ def main(argv=None) -> int:
         args.repeats, args.min_seconds, args.hidden, args.batch = 1, 0.0, 32, 12
         args.per_update, args.ks = 30, "3,5"
         args.models, args.resnet_batch = "resnet_tiny", 6
+        args.conv_batch, args.conv_width, args.conv_image = 4, 2, 8
     print(f"# {jax.devices()[0].device_kind}, {os.cpu_count()} cores, jax {jax.__version__}")
-    builders = {"trainer": trainer_section, "groups": groups_section, "resnets": resnets_section}
+    builders = {
+        "trainer": trainer_section,
+        "groups": groups_section,
+        "resnets": resnets_section,
+        "conv": conv_section,
+    }
     for name in sections:
         print(builders[name](args), flush=True)
     return 0

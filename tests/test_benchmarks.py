@@ -180,3 +180,20 @@ def test_torch_reference_matches_cgh_jax_optimizers():
                 params = np.asarray(optax.apply_updates(params, updates))
                 jax_path.append(params)
         np.testing.assert_allclose(np.array(torch_path), np.array(jax_path), rtol=1e-6, atol=1e-6)
+
+
+def test_step_time_conv_section_splits_the_step_into_its_parts(capsys):
+    """``benchmarks/step_time.py --sections conv --smoke``: the forward pass, then the input
+    gradients, then the weight gradients, each row's added time the difference from the
+    row before."""
+    from benchmarks import step_time
+
+    assert step_time.main(["--sections", "conv", "--smoke"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")][1:]
+    assert [r[0].strip() for r in rows] == ["forward", "+ input grads", "+ weight grads"]
+    walls = [float(r[1]) for r in rows]
+    added = [float(r[2]) for r in rows]
+    assert added[0] == walls[0]
+    assert all(abs(added[i] - (walls[i] - walls[i - 1])) <= 1 for i in (1, 2))  # rounding
+    assert "load average" in out
