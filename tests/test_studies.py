@@ -374,3 +374,36 @@ def test_an_archived_run_is_reused_across_checkouts_and_code_that_added_fields()
     config.optimizer.learning_rate = 0.05
     (line,) = study.archive_mismatch(entry, config)
     assert line.startswith("optimizer.learning_rate")
+
+
+def test_median_loss_caveat_only_where_the_loss_reading_contradicts_the_verdict():
+    """The verdict section names a cell whose loss-matched reading puts the median below the
+    frontier (interval below zero) while the accuracy-matched verdict does not; never a cell
+    whose verdict is already "supported", nor one whose loss interval reaches zero."""
+    from studies import median as M
+
+    def cell(name, verdict, loss_hi):
+        c = M.Cell(name, 0.25, 4_000, 250, (0, 1, 2), ("sgd", "m3_k15"))
+        front = {"d": -0.2, "lo": -0.4, "hi": loss_hi, "n": 3, "level": 0.2}
+        acc = {"d": 0.03, "lo": -0.03, "hi": 0.09, "n": 3, "level": 0.98}
+        got = {
+            "verdict": {"median": verdict, "arm": "m3_k15", "rm3": None},
+            "matched_accuracy": {"m3_k15-frontier": acc},
+            "matched_loss": {"m3_k15-frontier": front},
+        }
+        return c, got
+
+    results = dict(
+        [
+            cell("contradicts", "slower learning explains it", -0.01),
+            cell("touches_zero", "slower learning explains it", 0.01),
+            cell("already_supported", "supported", -0.01),
+        ]
+    )
+    text, summary = M.verdict_section(results)
+    assert text.count("at matched pristine *loss*") == 1
+    assert "The secondary reading disagrees" in text
+    assert "-20.0 (-40.0 to -1.0)" in text  # the contradicting cell's interval, in points
+    assert len(summary) == 3
+    assert "at matched pristine loss (0.2), median − SGD frontier: -20.0" in summary[0]["measured"]
+    assert M.loss_caveats({c: g for c, g in results.items() if c.name != "contradicts"}) == []
