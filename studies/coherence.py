@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 
 from cgh_jax import study
+from cgh_jax import study_cli as S
 from cgh_jax.analysis import examples, plots, report
-from studies import runs as R
+from studies import cg_page, cg_sgd
 
 KINDS = {"real labels": 0.0, "random labels": 1.0}
 SUBSET, SAMPLE, CHUNK, EPOCHS, SAMPLE_SEED = 2_000, 200, 100, 60, 0
@@ -26,10 +27,10 @@ QUICK_SUBSET, QUICK_SAMPLE, QUICK_CHUNK = (800, 200), 64, 16
 POINTS = "coherence.json"  # the measured points, beside the run's metrics.jsonl
 
 
-def plan(quick: bool) -> dict[str, R.Run]:
+def plan(quick: bool) -> dict[str, S.RunRecipe]:
     subset = QUICK_SUBSET if quick else (SUBSET, HELDOUT)
     return {
-        kind: R.cg_sgd("real" if noise == 0 else "random", noise, EPOCHS, quick, subset, EVAL_CAP)
+        kind: cg_sgd("real" if noise == 0 else "random", noise, EPOCHS, quick, subset, EVAL_CAP)
         for kind, noise in KINDS.items()
     }
 
@@ -41,9 +42,9 @@ def train(args):
     m, chunk = (QUICK_SAMPLE, QUICK_CHUNK) if args.quick else (SAMPLE, CHUNK)
     curves, dirs, configs = {}, {}, {}
     for kind, run in plan(args.quick).items():
-        cfg, run_dir = R.build_config(run, args), Path(args.workdir) / run.dir
+        cfg, run_dir = S.build_config(run, args), Path(args.workdir) / run.dir
         hook = CoherenceHook(examples.sample_examples(cfg.data, m, SAMPLE_SEED), STEPS, chunk)
-        R.say(f"coherence: training with {kind}, measuring m-coherence of {m} examples")
+        S.say(f"coherence: training with {kind}, measuring m-coherence of {m} examples")
         study.train_run(study.Run(run.dir, cfg), args.workdir, hooks=[hook])
         if hook.points and hook.points[0]["step"] == min(STEPS):
             (run_dir / POINTS).write_text(json.dumps(hook.points, indent=1))
@@ -151,10 +152,10 @@ def page(args, trained) -> report.Page:
     walls = {kind: study.run_wall_s(d) for kind, d in dirs.items()}
     data = (
         f"a seeded random subset of {SUBSET:,} training examples (numpy default_rng("
-        f"{R.SUBSET_SEED})); the sample: {m:,} examples of the subset drawn by numpy "
+        f"{S.SUBSET_SEED})); the sample: {m:,} examples of the subset drawn by numpy "
         f"default_rng({SAMPLE_SEED}), with the labels trained on"
     )
-    return R.cg_page(
+    return cg_page(
         args,
         "m-coherence over training: real vs random labels (Chatterjee & Zielinski 2020)",
         cfg,

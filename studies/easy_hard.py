@@ -15,8 +15,9 @@ import os
 from pathlib import Path
 
 from cgh_jax import study
+from cgh_jax import study_cli as S
 from cgh_jax.analysis import plots, report, stats
-from studies import runs as R
+from studies import QUICK_MLP, mlp_sgd
 
 SIDES = ("easy", "hard")
 SEEDS, EPOCHS, PROBE_SEED, SPLIT_SEED = (0, 1, 2), 20, 0, 0
@@ -24,19 +25,18 @@ TRAIN_FRACTION, TEST_FRACTION = 0.8, 0.2  # of the smaller (hard) side, per side
 QUICK_SEEDS, QUICK_EPOCHS = (0,), 2
 
 
-def plan(quick: bool) -> tuple[R.Run, dict[str, list[R.Run]]]:
+def plan(quick: bool) -> tuple[S.RunRecipe, dict[str, list[S.RunRecipe]]]:
     """The probe run, and per side one run per seed on the side's ids; plain SGD (momentum
     0, as the page was measured; the config's default is the authors' 0.9)."""
-    small = R.QUICK_MLP if quick else {}
+    small = QUICK_MLP if quick else {}
     probe_set = {**small, "data.eval_subset_size": 400 if quick else 5_000}
     args = "dataset=mnist,momentum=0"
-    probe = R.Run("probe", "easy_hard", f"stage=probe,{args}", probe_set, PROBE_SEED)
+    probe = S.RunRecipe("probe", "easy_hard", f"stage=probe,{args}", probe_set, PROBE_SEED)
     epochs = {**small, "num_epochs": QUICK_EPOCHS if quick else EPOCHS}
     seeds = QUICK_SEEDS if quick else SEEDS
+    side_arg = f"{args},ids={{workdir}}/ids"
     return probe, {
-        side: R.seeded(
-            R.Run(side, "easy_hard", f"stage={side},{args},ids={{workdir}}/ids", epochs), seeds
-        )
+        side: S.seeded(S.RunRecipe(side, "easy_hard", f"stage={side},{side_arg}", epochs), seeds)
         for side in SIDES
     }
 
@@ -45,15 +45,15 @@ def train(args):
     from cgh_jax.analysis import easy_hard
 
     probe, sides = plan(args.quick)
-    probe_dir, cfg = R.train(probe, args)
+    probe_dir, cfg = S.train(probe, args)
     records = probe_dir / "per_example" / f"epoch_{int(cfg.num_epochs):03d}.npz"
     if not records.exists():
         raise FileNotFoundError(f"The probe wrote no per-example records at {records}.")
     ids = Path(args.workdir) / "ids"
     fractions = dict(train_size=TRAIN_FRACTION, test_size=TEST_FRACTION, seed=SPLIT_SEED)
     split = easy_hard.make_easy_hard_splits(records, ids, **fractions)
-    R.say(f"easy_hard: {split['num_easy']:,} easy, {split['num_hard']:,} hard; {split['sizes']}")
-    dirs = {side: [R.train(run, args)[0] for run in runs] for side, runs in sides.items()}
+    S.say(f"easy_hard: {split['num_easy']:,} easy, {split['num_hard']:,} hard; {split['sizes']}")
+    dirs = {side: [S.train(run, args)[0] for run in runs] for side, runs in sides.items()}
     return probe_dir, cfg, split, dirs
 
 
@@ -142,7 +142,7 @@ def page(args, trained) -> report.Page:
     counts = sorted(hard.items(), key=lambda x: int(x[0]))
     classes = ", ".join(f"{k}: {v}" for k, v in counts)
     seeds = QUICK_SEEDS if args.quick else SEEDS
-    ids = os.path.relpath(Path(args.workdir) / "ids", R.REPO)
+    ids = os.path.relpath(Path(args.workdir) / "ids", S.REPO)
     body = [
         "## Results",
         "Accuracy in %; the generalization gap is the final training accuracy minus the test "
@@ -165,7 +165,7 @@ def page(args, trained) -> report.Page:
         body=body,
         runs_wall_s=study.run_wall_s(probe_dir) + sum(w for r in rows for w in r["wall_s"]),
         extra={
-            "Model and optimizer": f"{R.mlp_sgd(cfg)}, no momentum",
+            "Model and optimizer": f"{mlp_sgd(cfg)}, no momentum",
             "Probe": f"2 epochs on clean labels, seed {PROBE_SEED}; final training-sample "
             f"accuracy {report.pct(probe_final['train_sample/top1'])}%, test "
             f"{report.pct(probe_final['test/top1'])}%",

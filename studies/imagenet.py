@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cgh_jax.formatting import format_seconds, markdown_table
 from cgh_jax.study import machine
-from studies.runs import REPO, load_config, say
+from cgh_jax.study_cli import REPO, load_config, say
 
 CONFIGS = {
     "imagenet_resnet18": "ResNet-18",

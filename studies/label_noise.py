@@ -15,19 +15,20 @@ import os
 from pathlib import Path
 
 from cgh_jax import study
+from cgh_jax import study_cli as S
 from cgh_jax.analysis import examples, plots, report
-from studies import runs as R
+from studies import cg_page, cg_sgd
 
 NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SUBSET, HELDOUT, EPOCHS, EVAL_CAP = 2_000, 2_000, 60, 1_000
 QUICK_LEVELS, QUICK_SUBSET = (0.0, 0.5), (600, 200)
 
 
-def plan(quick: bool) -> dict[float, R.Run]:
+def plan(quick: bool) -> dict[float, S.RunRecipe]:
     """One run per noise level: the paper's config on the subset, data per ``--quick``."""
     subset = QUICK_SUBSET if quick else (SUBSET, HELDOUT)
     return {
-        noise: R.cg_sgd(f"noise{round(noise * 100):03d}", noise, EPOCHS, quick, subset, EVAL_CAP)
+        noise: cg_sgd(f"noise{round(noise * 100):03d}", noise, EPOCHS, quick, subset, EVAL_CAP)
         for noise in (QUICK_LEVELS if quick else NOISE_LEVELS)
     }
 
@@ -37,7 +38,7 @@ def label(noise: float) -> str:
 
 
 def train(args):
-    return {noise: R.train(run, args) for noise, run in plan(args.quick).items()}
+    return {noise: S.train(run, args) for noise, run in plan(args.quick).items()}
 
 
 def _predictions(rows: list[dict]) -> tuple[list[dict], list[dict], bool, bool]:
@@ -180,14 +181,14 @@ def page(args, trained) -> report.Page:
         "![pristine and corrupt accuracy for all noise levels](rates.png)",
         "## What CGH predicts, and what happened",
         "\n".join(verdicts(rows, epochs)),
-        f"Runs: `{os.path.relpath(args.workdir, R.REPO)}/<noiseNNN>/metrics.jsonl`.",
+        f"Runs: `{os.path.relpath(args.workdir, S.REPO)}/<noiseNNN>/metrics.jsonl`.",
     ]
     data = (
         f"training on a seeded random subset of {SUBSET:,} of the 60,000 training examples; "
         f"test: {HELDOUT:,} other training-split examples held out, with their true labels "
-        f"(one permutation by numpy default_rng({R.SUBSET_SEED}) cut into the two parts)"
+        f"(one permutation by numpy default_rng({S.SUBSET_SEED}) cut into the two parts)"
     )
-    return R.cg_page(
+    return cg_page(
         args,
         "Label noise: pristine vs corrupt examples (CG §3, W&S Figure 1)",
         cfg0,

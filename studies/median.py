@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from cgh_jax import study
+from cgh_jax import study_cli as S
 from cgh_jax.analysis import matched, plots, report, stats
-from studies import runs as R
+from cgh_jax.analysis import matched_tables as tables
+from studies import CNN, QUICK_MLP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +90,7 @@ QUICK_KEYS = (*SGD_FAMILY[:2], "m3", "m3_k15", "sgd_norm_k15", "median_meannorm_
 QUICK_CELLS = (Cell("noise050_n600", 0.5, 600, 2, (0, 1), QUICK_KEYS),)
 
 
-def cell_runs(cell: Cell, quick: bool) -> dict[str, list[R.Run]]:
+def cell_runs(cell: Cell, quick: bool) -> dict[str, list[S.RunRecipe]]:
     """Run key -> one run per seed, in ``<cell>/<key>/seed<s>``; each seed draws its own
     training subset, held-out test set and noisy labels."""
     runs = {}
@@ -101,13 +104,13 @@ def cell_runs(cell: Cell, quick: bool) -> dict[str, list[R.Run]]:
         }
         if cell.data == "cifar10":
             config, arg = "cifar10_resnet18", f"opt={opt},noise={cell.noise},path={{cifar10}}"
-            overrides |= R.CNN
+            overrides |= CNN
         else:
             config, arg = "mnist_cg", f"opt={opt},noise={cell.noise},scheme=uniform,net=2048"
         if quick:  # 8 fake devices divide every update: 24 (SGD), k x 8, 8 (RA3, RM3)
-            overrides |= {"model.hidden": R.QUICK_MLP["model.hidden"]}
+            overrides |= {"model.hidden": QUICK_MLP["model.hidden"]}
             batch = 24 if opt == "sgd" else 8
-        run = R.Run(
+        run = S.RunRecipe(
             f"{cell.name}/{key}",
             config,
             f"{arg},batch={batch}",
@@ -118,18 +121,18 @@ def cell_runs(cell: Cell, quick: bool) -> dict[str, list[R.Run]]:
             eval_cap=EVAL_CAP,
             vary_data=True,
         )
-        runs[key] = R.seeded(run, cell.seeds)
+        runs[key] = S.seeded(run, cell.seeds)
     return runs
 
 
-def plan(args) -> dict[Cell, dict[str, list[R.Run]]]:
+def plan(args) -> dict[Cell, dict[str, list[S.RunRecipe]]]:
     """The selected cells (``--cells``; all by default) and their runs."""
     cells = QUICK_CELLS if args.quick else CELLS
     chosen = [c for c in cells if not args.cells or c.name in args.cells]
     return {cell: cell_runs(cell, args.quick) for cell in chosen}
 
 
-def training_order(cells: dict[Cell, dict[str, list[R.Run]]]) -> list[R.Run]:
+def training_order(cells: dict[Cell, dict[str, list[S.RunRecipe]]]) -> list[S.RunRecipe]:
     """Every run, the most informative first, so that a study stopped early has whole
     seeds: the 4,000-example cells on 3 seeds, the 10,000-example cells, the other seeds,
     the long runs, the CIFAR-10 cell."""
@@ -163,7 +166,7 @@ SHARD_HELP = (
 )
 NO_TRAIN_HELP = "write the page from the finished and archived runs only; list the missing"
 CELL_NAMES = [c.name for c in CELLS]
-CELLS_ARG = R.names_arg([*CELL_NAMES, *(c.name for c in QUICK_CELLS)], "cells", CELL_NAMES)
+CELLS_ARG = S.names_arg([*CELL_NAMES, *(c.name for c in QUICK_CELLS)], "cells", CELL_NAMES)
 ARGS = [
     (("--shard",), dict(metavar="I/N", type=shard_arg, help=SHARD_HELP)),
     (("--cells",), dict(default=(), type=CELLS_ARG, help="comma-separated cells (default: all)")),
@@ -178,11 +181,11 @@ def train(args):
     if args.shard:
         (i, n) = args.shard
         for run in training_order(cells)[i::n]:
-            R.finished(run, args, archive, train_missing=True)
-        R.say(f"median: shard {i}/{n} trained; run without --shard to write the page")
+            S.finished(run, args, archive, train_missing=True)
+        S.say(f"median: shard {i}/{n} trained; run without --shard to write the page")
         raise SystemExit(0)
     entries = {
-        run.dir: R.finished(run, args, archive, train_missing=not args.no_train)
+        run.dir: S.finished(run, args, archive, train_missing=not args.no_train)
         for run in training_order(cells)
     }
     return {
@@ -246,11 +249,17 @@ differences are paired by seed (each seed: its own data draw, initialization and
 order)."""
 
 
-def at_level(run, y: str, level: float, *, by: str = PRISTINE) -> float:
-    return matched.at_fit(run, y, level, by=by, width=SMOOTH)
-
-
 curve, final, best, Comparison = matched.curve, matched.final, matched.best, matched.Comparison
+FIT = tables.Fit(y=MEM, also=TEST, width=SMOOTH, step=LEVEL_STEP, digits=LOSS_DIGITS)
+END_COLUMNS = "run|seeds|pristine (end)|memorization (end)|test (end)|best test during training"
+END_COLUMNS += "|highest pristine during training (smoothed)"
+END_MEASURES = (
+    lambda e: final(e, PRISTINE),
+    lambda e: final(e, MEM),
+    lambda e: final(e, TEST),
+    lambda e: best(e, TEST),
+    lambda e: matched.reach(e, by=PRISTINE, width=SMOOTH),
+)
 ARM_NAMES = {
     **{key: f"SGD, lr {LR * c:g}" for c, key in zip(LR_SCALES, SGD_FAMILY, strict=True)},
     **{key: f"RA3, lr {LR * c:g}" for c, key in zip(LR_SCALES, RA3_FAMILY, strict=True)},
@@ -266,12 +275,6 @@ COLORS += "#67000d #74c476 #006d2c #ff7f00"
 ARM_COLORS = {  # SGD blue, RA3 and RM3 grey and black, medians red, norm-matched arms green
     ARM_NAMES[k]: c for k, c in zip((*COLORED, "median_meannorm_k15"), COLORS.split(), strict=True)
 }
-
-
-def base_name(c: Comparison) -> str:
-    if isinstance(c.base, tuple):
-        return f"{ARM_NAMES[c.base[0]].split(',')[0]} frontier (5 learning rates)"
-    return ARM_NAMES[c.base]
 
 
 def comparisons(keys: Sequence[str]) -> list[Comparison]:
@@ -294,94 +297,6 @@ def comparisons(keys: Sequence[str]) -> list[Comparison]:
     if "median_meannorm_k15" in keys:
         out.append(Comparison("median_meannorm_k15", SGD_FAMILY))
     return out
-
-
-END_COLUMNS = "run|seeds|pristine (end)|memorization (end)|test (end)|best test during training"
-END_COLUMNS += "|highest pristine during training (smoothed)"
-
-
-def end_table(cell_runs: dict) -> str:
-    """Per arm: the end of training, the best test accuracy, and when it fits."""
-    measures = (
-        lambda e: final(e, PRISTINE),
-        lambda e: final(e, MEM),
-        lambda e: final(e, TEST),
-        lambda e: best(e, TEST),
-        lambda e: matched.reach(e, by=PRISTINE, width=SMOOTH),
-    )
-    rows = [
-        [ARM_NAMES[key], f"{sum(e is not None for e in runs)}/{len(runs)}"]
-        + [report.pct([measure(e) for e in runs]) for measure in measures]
-        for key, runs in cell_runs.items()
-    ]
-    return report.markdown_table(END_COLUMNS.split("|"), rows, "lrrrrrr")
-
-
-def grid_table(cell_runs: dict) -> str:
-    """Memorization of every arm at each fixed level of pristine accuracy (mean over the
-    seeds that reach it; their number when not all do)."""
-    rows = []
-    for key, runs in cell_runs.items():
-        row = [ARM_NAMES[key]]
-        for level in LEVELS:
-            values = [v for v in (at_level(e, MEM, level) for e in runs) if not math.isnan(v)]
-            done = sum(e is not None for e in runs)
-            text = f"{100 * stats.mean(values):.1f}" if values else "—"
-            row.append(text + (f" ({len(values)}/{done})" if values and len(values) < done else ""))
-        rows.append(row)
-    header = ["run", *(f"memorization at {level:.0%} pristine" for level in LEVELS)]
-    return report.markdown_table(header, rows, "l" + "r" * len(LEVELS))
-
-
-MATCHED_COLUMNS = "comparison (arm − base)|matched at|seeds|arm: memorization|base: memorization|"
-MATCHED_COLUMNS += "difference, points (corrected CI)|arm: test|base: test (best of a family)|"
-MATCHED_COLUMNS += "test difference"
-
-
-def matched_table(cell_runs, comps, by: str, confidence, primary_confidence):
-    """The matched-fit comparisons, each at its own level of ``by`` (pristine accuracy or
-    loss: :func:`cgh_jax.analysis.matched.compare_at_fit`)."""
-    rows, results = [], {}
-    for c in comps:
-        primary = c.primary and by == PRISTINE
-        conf = primary_confidence if primary else confidence
-        fit = dict(by=by, width=SMOOTH, step=LEVEL_STEP, digits=LOSS_DIGITS, confidence=conf)
-        r = matched.compare_at_fit(cell_runs, c, y=MEM, also=TEST, **fit)
-        level, arm_test, base_test = r["level"], r["arm_also"], r["base_also"]
-        results[c.key] = {**{k: r[k] for k in ("d", "lo", "hi", "n")}, "confidence": conf}
-        results[c.key] |= {"level": level, "primary": primary, "test_d": r["also_d"]}
-        rows.append(
-            [
-                ("**primary**: " if primary else "") + f"{ARM_NAMES[c.arm]} − {base_name(c)}",
-                f"{100 * level:.1f}%" if by == PRISTINE else f"{level:g}",
-                str(r["n"]),
-                report.pct(r["arm"]),
-                report.pct(r["base"]),
-                report.ci_text(r),
-                report.pct(arm_test),
-                report.pct(base_test),
-                "—" if math.isnan(r["also_d"]) else f"{100 * r['also_d']:+.1f}",
-            ]
-        )
-    return report.markdown_table(MATCHED_COLUMNS.split("|"), rows, "lrrrrrrrr"), results
-
-
-def best_test_lines(cell_runs: dict, comps) -> list[str]:
-    """Best test accuracy during training: each median arm against its family's best."""
-    lines = []
-    for c in comps:
-        if not isinstance(c.base, tuple):
-            continue
-        arm = matched.per_seed(cell_runs[c.arm], lambda e: best(e, TEST))
-        base = matched.base_values(cell_runs, c.base, lambda e: best(e, TEST), matched.largest)
-        d, lo, hi = stats.paired_difference(arm, base)
-        if not math.isnan(lo):
-            lines.append(
-                f"- Best test accuracy during training, {ARM_NAMES[c.arm]}: {report.pct(arm)}% "
-                f"against the best of the {base_name(c)}: {report.pct(base)}% ({100 * d:+.1f} "
-                f"points, 95% CI {100 * lo:+.1f} to {100 * hi:+.1f}, uncorrected)."
-            )
-    return lines
 
 
 def dose_table(cell_runs: dict) -> list[str]:
@@ -473,9 +388,12 @@ def cell_section(args, cell: Cell, present: dict, missing: int, confidence, prim
     """A cell's tables, figure and verdict (of its ``present`` arms: those with a finished
     run); (markdown blocks, results.json part)."""
     comps = comparisons(list(present))
-    acc_table, acc = matched_table(present, comps, PRISTINE, confidence, primary_confidence)
-    loss_table, by_loss = matched_table(
-        present, comps, PRISTINE_LOSS, confidence, primary_confidence
+    read = functools.partial(tables.matched_table, present, comps, ARM_NAMES, FIT)
+    acc_table, acc = read(
+        by=PRISTINE, percent=True, confidence=confidence, primary_confidence=primary_confidence
+    )
+    loss_table, by_loss = read(
+        by=PRISTINE_LOSS, percent=False, confidence=confidence, primary_confidence=None
     )
     top = next((c for c in comps if c.primary), None)  # its levels are marked in the figure
     acc_level = acc[top.key]["level"] if top else None
@@ -493,7 +411,7 @@ def cell_section(args, cell: Cell, present: dict, missing: int, confidence, prim
     rm3 = f"; RM3 against the RA3 frontier: **{verdict['rm3']}**" if verdict["rm3"] else ""
     section = [
         incomplete + "At the end of training (mean ± std over seeds):",
-        end_table(present),
+        tables.end_table(present, ARM_NAMES, END_COLUMNS.split("|"), END_MEASURES),
         f"![memorization against pristine accuracy and loss, one line per run]({figure})",
         "Memorization at matched pristine accuracy (primary; each comparison at the highest "
         "accuracy the arm and its base reach on every seed). Differences in points, paired by "
@@ -505,8 +423,8 @@ def cell_section(args, cell: Cell, present: dict, missing: int, confidence, prim
         "At matched pristine loss (secondary; the lowest loss the arm and its base reach):",
         loss_table,
         "Memorization at fixed levels of pristine accuracy (mean over seeds):",
-        grid_table(present),
-        "\n".join(best_test_lines(present, comps)),
+        tables.grid_table(present, ARM_NAMES, FIT, PRISTINE, LEVELS),
+        "\n".join(tables.best_lines(present, comps, ARM_NAMES, TEST)),
         *dose_table(present),
         f"- **Decision rule, this cell**: {median}: **{verdict['median']}**{rm3}.",
         report.trained_line(e for runs in present.values() for e in runs if e is not None),

@@ -18,9 +18,10 @@ import os
 from pathlib import Path
 
 from cgh_jax import study
+from cgh_jax import study_cli as S
 from cgh_jax.analysis import plots, report, stats
 from cgh_jax.analysis.stats import mean
-from studies import runs as R
+from studies import CNN, QUICK_MLP
 
 NOISE, EVAL_CAP, CONV_LR = 0.5, 1_000, 0.05
 SETS = ("corrupt_noisy", "corrupt_true", "pristine", "test")
@@ -126,7 +127,7 @@ QUICK_MODELS = {"2048": {"model.hidden": (32,)}, "3x256": {"model.hidden": (16, 
 QUICK_MODELS["cnn"] = {"model": dict(name="cnn", features=(4, 8), hidden=16, dtype="float32")}
 
 
-def group_runs(group: Group, s: Setting, quick: bool) -> list[R.Run]:
+def group_runs(group: Group, s: Setting, quick: bool) -> list[S.RunRecipe]:
     """The runs of one table row, one per seed, in ``<group>/<setting>/seed<k>``."""
     noise, config, mnist = f"noise={NOISE}", "mnist_cg", True
     overrides = {"data.noise_seed": 0, "log_every_steps": 50, "num_epochs": group.epochs}
@@ -137,15 +138,15 @@ def group_runs(group: Group, s: Setting, quick: bool) -> list[R.Run]:
     elif not quick:
         config, arg, mnist = "cifar10_resnet18", f"opt={s.opt},{noise},path={{cifar10}}", False
         arg += f",batch={s.batch}"
-        overrides.update({**R.CNN, "optimizer.learning_rate": CONV_LR})
+        overrides.update({**CNN, "optimizer.learning_rate": CONV_LR})
     if quick:
-        overrides.update({**QUICK_MODELS[group.net], "batch_size": R.QUICK_MLP["batch_size"]})
+        overrides.update({**QUICK_MODELS[group.net], "batch_size": QUICK_MLP["batch_size"]})
     subset = (group.subset, group.heldout)
-    run = R.Run(f"{group.key}/{s.key}", config, arg, overrides, mnist=mnist, subset=subset)
-    return R.seeded(dataclasses.replace(run, subset_dir=group.key, eval_cap=EVAL_CAP), group.seeds)
+    run = S.RunRecipe(f"{group.key}/{s.key}", config, arg, overrides, mnist=mnist, subset=subset)
+    return S.seeded(dataclasses.replace(run, subset_dir=group.key, eval_cap=EVAL_CAP), group.seeds)
 
 
-GROUPS_ARG = R.names_arg([g.key for g in GROUPS], "groups")
+GROUPS_ARG = S.names_arg([g.key for g in GROUPS], "groups")
 ARGS = [(("--groups",), dict(default=(), type=GROUPS_ARG, help="comma-separated groups to run"))]
 
 
@@ -166,9 +167,9 @@ def train(args) -> dict[str, dict[str, list[Path]]]:
             dirs = found[group.key][setting.name]
             for run in group_runs(group, setting, args.quick):
                 try:
-                    dirs.append(R.train(run, args)[0])
+                    dirs.append(S.train(run, args)[0])
                 except NonFiniteError as e:
-                    R.say(f"{run.dir} diverged: {e}")
+                    S.say(f"{run.dir} diverged: {e}")
                     (Path(args.workdir) / run.dir / "diverged.txt").write_text(str(e))
     return found
 
@@ -358,9 +359,9 @@ def page(args, trained) -> report.Page:
         sections += lines
     data = (
         f"real MNIST IDX files ({args.mnist}) and the CIFAR-10 JPEG tree "
-        f"(../shared/data/cifar10/{R.CIFAR10_TARBALL.name}, extracted into ~/.cache/cgh_jax); "
+        f"(../shared/data/cifar10/{S.CIFAR10_TARBALL.name}, extracted into ~/.cache/cgh_jax); "
         f"per group one seeded permutation of the training split (numpy "
-        f"default_rng({R.SUBSET_SEED})) cut into a training subset and held-out test examples "
+        f"default_rng({S.SUBSET_SEED})) cut into a training subset and held-out test examples "
         "(sizes in each section)"
     )
     body = [
@@ -370,7 +371,7 @@ def page(args, trained) -> report.Page:
         "averages the same three gradients RM3 takes the median of, and separates the "
         "median from the staleness of the gradients.",
         *sections,
-        "Runs: `" + os.path.relpath(args.workdir, R.REPO) + "/<group>/<optimizer>/seed<k>/`.",
+        "Runs: `" + os.path.relpath(args.workdir, S.REPO) + "/<group>/<optimizer>/seed<k>/`.",
     ]
     return report.Page(
         title=f"Suppressing weak directions at {NOISE:.0%} label noise (W&S §3, CG §5)",

@@ -119,6 +119,7 @@ def test_optim_is_plain_optax():
         ("cgh_jax.cli_checks", ("cgh_jax.study", "cgh_jax.train")),
         ("cgh_jax.train", ("cgh_jax.study", "cgh_jax.main")),
         ("cgh_jax.data", ("cgh_jax.train", "cgh_jax.study")),
+        ("cgh_jax.study", ("cgh_jax.study_cli", "cgh_jax.main")),
     ],
 )
 def test_layers_look_down_only(lower, upper):

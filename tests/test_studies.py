@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cgh_jax import study
+from cgh_jax import study, study_cli
 from cgh_jax.analysis import examples, report
-from studies import runs
 from studies.__main__ import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -260,13 +259,13 @@ def test_runs_are_data(tmp_path):
     assert rows[1].seed == 1 and rows[1].subset == (2_000, 2_000)
     assert "opt=m3" in rows[0].arg and rows[0].overrides["num_epochs"] == 60
     args = type("Args", (), dict(quick=True, workdir=str(tmp_path), data_dir=None, mnist=""))
-    bad = runs.Run("x", "mnist_cg", overrides={"optimizer.nope": 1})
+    bad = study_cli.RunRecipe("x", "mnist_cg", overrides={"optimizer.nope": 1})
     with pytest.raises(ValueError, match="'optimizer.nope' is not a field"):
-        runs.build_config(bad, args)
+        study_cli.build_config(bad, args)
 
 
 def test_write_subsets_disjoint_and_deterministic(tmp_path, data_dir):
-    cfg = runs.load_config("default").data
+    cfg = study_cli.load_config("default").data
     cfg.data_dir = data_dir
     paths = examples.write_subsets(cfg, {"train": 300, "heldout": 100}, 7, tmp_path)
     train, held = np.load(paths["train"]), np.load(paths["heldout"])

@@ -41,10 +41,11 @@ from cgh_jax.optim.aligned_plan import AlignedPlan, aligned_plan
 from cgh_jax.optim.median import coordinate_median
 from cgh_jax.optim.sharded_common import (
     MedianGrads,
+    StateFold,
     batch_size,
     flatten,
     over_chunks,
-    sequential_state,
+    reduce_outputs,
     unpack,
 )
 
@@ -60,10 +61,7 @@ def aligned_median_of_means_grads(
     has_state: bool,
     axis_name: str,
     vectorize: bool,
-    sequential: bool,
-    state_argnum: int | None,
-    state_collection: str | None,
-    state_momentum: float | None,
+    fold: StateFold,
     chunk_size: int | None,
 ) -> Callable[..., MedianGrads]:
     """``grad_fn(params, batch, *args, rng=None) -> MedianGrads`` of the ``group_aligned``
@@ -151,20 +149,7 @@ def aligned_median_of_means_grads(
                 return jax.lax.all_gather(x[0], axis_name, to="invarying")[0]
             return jnp.mean(group_means(x), axis=0).astype(x.dtype)
 
-        loss = group_means(loss)
-        aux = None if aux is None else jax.tree.map(group_means, aux)
-        if sequential:
-            state = sequential_state(
-                args,
-                state,
-                group_means,
-                state_argnum=state_argnum,
-                state_collection=state_collection,
-                state_momentum=state_momentum,
-            )
-        elif state is not None:
-            state = jax.tree.map(state_mean, state)
-        return MedianGrads(grads, loss, aux, state)
+        return reduce_outputs(grads, loss, aux, state, args, group_means, state_mean, fold)
 
     def grad_fn(params, batch, *args, rng=None) -> MedianGrads:
         plan = plan_for(batch_size(batch))

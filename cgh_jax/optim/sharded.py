@@ -68,10 +68,11 @@ from cgh_jax.optim.grads import check_batch_stats_update
 from cgh_jax.optim.median import coordinate_median
 from cgh_jax.optim.sharded_common import (
     MedianGrads,
+    StateFold,
     batch_size,
     flatten,
     over_chunks,
-    sequential_state,
+    reduce_outputs,
     unpack,
 )
 
@@ -293,7 +294,6 @@ def sharded_median_of_means_grads(
         raise ValueError(
             f"axis_name {axis_name!r} is not an axis of the mesh (axes {tuple(mesh.shape)})."
         )
-    sequential = batch_stats_update == "sequential"
     state_momentum = check_batch_stats_update(
         batch_stats_update,
         has_state=has_state,
@@ -303,6 +303,9 @@ def sharded_median_of_means_grads(
         why_fold="in sharded_median_of_means_grads needs state_momentum (the decay of the "
         "running averages, Flax BatchNorm.momentum): a group's chunks run on different "
         "devices at once, so the k updates are folded, not threaded.",
+    )
+    fold = StateFold(
+        batch_stats_update == "sequential", state_argnum, state_collection, state_momentum
     )
     k = num_groups
     num_devices = mesh.shape[axis_name]
@@ -372,20 +375,7 @@ def sharded_median_of_means_grads(
             med = med / num_devices
             grads = unflatten(jax.lax.all_gather(med, axis_name, tiled=True, to="invarying"))
 
-            loss = _group_means(loss)
-            aux = None if aux is None else jax.tree.map(_group_means, aux)
-            if sequential:
-                state = sequential_state(
-                    args,
-                    state,
-                    _group_means,
-                    state_argnum=state_argnum,
-                    state_collection=state_collection,
-                    state_momentum=state_momentum,
-                )
-            elif state is not None:
-                state = jax.tree.map(_state_mean, state)
-            return MedianGrads(grads, loss, aux, state)
+            return reduce_outputs(grads, loss, aux, state, args, _group_means, _state_mean, fold)
 
         def _group_means(x):
             """Per-chunk values ``[k, ...]`` -> group means ``[k, ...]`` over all devices.
@@ -447,10 +437,7 @@ def sharded_median_of_means_grads(
             has_state=has_state,
             axis_name=axis_name,
             vectorize=vectorize,
-            sequential=sequential,
-            state_argnum=state_argnum,
-            state_collection=state_collection,
-            state_momentum=state_momentum,
+            fold=fold,
             chunk_size=chunk_size,
         )
 

@@ -132,6 +132,45 @@ def sequential_state(
     return new if state_collection is None else {state_collection: new}
 
 
+class StateFold(NamedTuple):
+    """How the new state ``loss_fn`` returns per chunk becomes one: folded in group order
+    (``sequential``, :func:`sequential_state` with the other fields) or averaged."""
+
+    sequential: bool
+    state_argnum: int
+    state_collection: str | None
+    state_momentum: float
+
+
+def reduce_outputs(
+    grads: Any,
+    loss: Any,
+    aux: Any,
+    state: Any,
+    args: tuple,
+    group_means: Callable[[jax.Array], jax.Array],
+    state_mean: Callable[[jax.Array], jax.Array],
+    fold: StateFold,
+) -> MedianGrads:
+    """The median ``grads`` with the per-chunk ``loss``, ``aux`` and ``state`` reduced over
+    all devices: loss and aux to their ``[k, ...]`` group means (``group_means``); the state
+    folded in group order (:func:`sequential_state`) or averaged (``state_mean``)."""
+    loss = group_means(loss)
+    aux = None if aux is None else jax.tree.map(group_means, aux)
+    if fold.sequential:
+        state = sequential_state(
+            args,
+            state,
+            group_means,
+            state_argnum=fold.state_argnum,
+            state_collection=fold.state_collection,
+            state_momentum=fold.state_momentum,
+        )
+    elif state is not None:
+        state = jax.tree.map(state_mean, state)
+    return MedianGrads(grads, loss, aux, state)
+
+
 def over_chunks(f: Callable, num_chunks: int, vectorize: bool) -> Callable:
     """``f(params, chunk, args, key)`` mapped over a leading chunk axis of ``chunks`` (and
     of ``keys``, which may be None): :func:`jax.vmap`, or an unrolled loop whose outputs

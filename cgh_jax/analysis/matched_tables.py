@@ -1,0 +1,156 @@
+"""Markdown tables of arms compared at matched fit (:mod:`cgh_jax.analysis.matched`).
+
+An arm is a key of ``settings`` (key -> one finished run per seed, ``None`` where missing);
+``names`` gives each key, and :class:`Fit` the study's reading: the measure ``y`` (e.g.
+memorization) compared where each run's path of a fit measure, smoothed over ``width``
+evaluations, reaches the comparison's level, and ``also`` (e.g. test accuracy) read at the
+same place. Values are fractions, shown in percent (:func:`report.pct`); differences in
+points. The columns call ``y`` memorization and ``also`` test accuracy, as the label-noise
+studies read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+from cgh_jax.analysis import matched, report, stats
+from cgh_jax.analysis.matched import Comparison
+
+MATCHED_COLUMNS = (
+    "comparison (arm − base)",
+    "matched at",
+    "seeds",
+    "arm: memorization",
+    "base: memorization",
+    "difference, points (corrected CI)",
+    "arm: test",
+    "base: test (best of a family)",
+    "test difference",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """How runs are matched: ``y`` (and ``also``) read where the smoothed path (moving
+    average over ``width`` evaluations) of the fit measure reaches a level; accuracy levels
+    on a grid of ``step``, loss levels to ``digits`` significant digits."""
+
+    y: str
+    also: str
+    width: int
+    step: float
+    digits: int
+
+
+def base_name(c: Comparison, names: Mapping[str, str]) -> str:
+    """The base of ``c``: its name, or a family's ``<first member's name> frontier``."""
+    if isinstance(c.base, tuple):
+        return f"{names[c.base[0]].split(',')[0]} frontier ({len(c.base)} learning rates)"
+    return names[c.base]
+
+
+def end_table(
+    settings: Mapping[str, Sequence],
+    names: Mapping[str, str],
+    columns: Sequence[str],
+    measures: Sequence[Callable],
+) -> str:
+    """Per arm: its name, finished seeds of all, and each of ``measures`` (run -> fraction)
+    as mean ± std over seeds under ``columns`` (after the first two)."""
+    rows = [
+        [names[key], f"{sum(e is not None for e in runs)}/{len(runs)}"]
+        + [report.pct([measure(e) for e in runs]) for measure in measures]
+        for key, runs in settings.items()
+    ]
+    return report.markdown_table(columns, rows, "lr" + "r" * len(measures))
+
+
+def grid_table(
+    settings: Mapping[str, Sequence],
+    names: Mapping[str, str],
+    fit: Fit,
+    by: str,
+    levels: Sequence[float],
+) -> str:
+    """``fit.y`` of every arm at each fixed level of ``by`` (mean over the seeds that reach
+    it; their number when not all do)."""
+    rows = []
+    for key, runs in settings.items():
+        row = [names[key]]
+        for level in levels:
+            got = (matched.at_fit(e, fit.y, level, by=by, width=fit.width) for e in runs)
+            values = [v for v in got if not math.isnan(v)]
+            done = sum(e is not None for e in runs)
+            text = f"{100 * stats.mean(values):.1f}" if values else "—"
+            row.append(text + (f" ({len(values)}/{done})" if values and len(values) < done else ""))
+        rows.append(row)
+    header = ["run", *(f"memorization at {level:.0%} pristine" for level in levels)]
+    return report.markdown_table(header, rows, "l" + "r" * len(levels))
+
+
+def matched_table(
+    settings: Mapping[str, Sequence],
+    comps: Sequence[Comparison],
+    names: Mapping[str, str],
+    fit: Fit,
+    *,
+    by: str,
+    percent: bool,
+    confidence: float,
+    primary_confidence: float | None,
+) -> tuple[str, dict[str, dict]]:
+    """Each comparison at its own level of ``by`` (:func:`matched.compare_at_fit`); a
+    primary one at ``primary_confidence`` (``None``: none is primary here), the others at
+    ``confidence``. ``percent``: levels are accuracies. Returns the table and, per
+    comparison key, ``d``, ``lo``, ``hi``, ``n``, ``confidence``, ``level``, ``primary`` and
+    ``test_d`` (the difference of ``fit.also``)."""
+    rows, results = [], {}
+    for c in comps:
+        primary = c.primary and primary_confidence is not None
+        conf = primary_confidence if primary else confidence
+        reading = dict(by=by, width=fit.width, step=fit.step, digits=fit.digits)
+        r = matched.compare_at_fit(settings, c, y=fit.y, also=fit.also, confidence=conf, **reading)
+        results[c.key] = {**{k: r[k] for k in ("d", "lo", "hi", "n")}, "confidence": conf}
+        results[c.key] |= {"level": r["level"], "primary": primary, "test_d": r["also_d"]}
+        rows.append(
+            [
+                ("**primary**: " if primary else "") + f"{names[c.arm]} − {base_name(c, names)}",
+                f"{100 * r['level']:.1f}%" if percent else f"{r['level']:g}",
+                str(r["n"]),
+                report.pct(r["arm"]),
+                report.pct(r["base"]),
+                report.ci_text(r),
+                report.pct(r["arm_also"]),
+                report.pct(r["base_also"]),
+                "—" if math.isnan(r["also_d"]) else f"{100 * r['also_d']:+.1f}",
+            ]
+        )
+    return report.markdown_table(MATCHED_COLUMNS, rows, "lrrrrrrrr"), results
+
+
+def best_lines(
+    settings: Mapping[str, Sequence],
+    comps: Sequence[Comparison],
+    names: Mapping[str, str],
+    key: str,
+) -> list[str]:
+    """For each comparison against a family: the arm's best ``key`` during training against
+    the family's best (per seed), with an uncorrected 95% interval of the difference."""
+    lines = []
+    for c in comps:
+        if not isinstance(c.base, tuple):
+            continue
+        best = lambda e: matched.best(e, key)  # noqa: E731
+        arm = matched.per_seed(settings[c.arm], best)
+        base = matched.base_values(settings, c.base, best, matched.largest)
+        d, lo, hi = stats.paired_difference(arm, base)
+        if not math.isnan(lo):
+            lines.append(
+                f"- Best test accuracy during training, {names[c.arm]}: {report.pct(arm)}% "
+                f"against the best of the {base_name(c, names)}: {report.pct(base)}% "
+                f"({100 * d:+.1f} points, 95% CI {100 * lo:+.1f} to {100 * hi:+.1f}, "
+                "uncorrected)."
+            )
+    return lines
