@@ -115,3 +115,47 @@ def test_compare_at_fit_reads_both_measures_at_the_comparisons_own_level():
     assert got["base_also"] == pytest.approx([0.96, 0.96])
     assert got["also_d"] == pytest.approx(0.0)
     assert got["n"] == 2 and got["lo"] < got["d"] < got["hi"]
+
+
+# ----------------------------------------------------------------------------- the tables
+
+
+def _entry(pristine, mem, test):
+    return {"curve": {"pristine/top1": pristine, "mem": mem, "test": test}}
+
+
+def test_tables_read_each_arm_at_the_matched_level_by_hand():
+    from cgh_jax.analysis import matched_tables as T
+    from cgh_jax.analysis.matched import Comparison
+
+    # Arm "a" reaches 90% pristine halfway between its 2nd and 3rd evaluations; base "b" at
+    # its 2nd. Both reach 0.9 at best (a) and 1.0 (b): the comparison's level is 90%.
+    a = [_entry([0.5, 0.8, 1.0], [0.0, 0.1, 0.3], [0.6, 0.7, 0.8])] * 2
+    b = [_entry([0.5, 0.9, 1.0], [0.0, 0.4, 0.8], [0.6, 0.9, 0.9])] * 2
+    a[1] = _entry([0.5, 0.8, 0.9], [0.0, 0.1, 0.2], [0.6, 0.7, 0.8])  # seed 1 tops out at 90%
+    settings = {"a": a, "b": b}
+    names = {"a": "arm A", "b": "base B"}
+    fit = T.Fit(y="mem", also="test", width=1, step=0.005, digits=3)
+    text, got = T.matched_table(
+        settings,
+        [Comparison("a", "b", primary=True)],
+        names,
+        fit,
+        by="pristine/top1",
+        percent=True,
+        confidence=0.95,
+        primary_confidence=0.99,
+    )
+    r = got["a-b"]
+    assert r["level"] == pytest.approx(0.9) and r["n"] == 2 and r["primary"]
+    assert r["confidence"] == 0.99
+    # seed 0: arm 0.1 + 0.5 * 0.2 = 0.2, base 0.4; seed 1: arm 0.2, base 0.4
+    assert r["d"] == pytest.approx(-0.2)
+    # arm test: 0.75 (seed 0, halfway), 0.8 (seed 1, its 3rd evaluation); base 0.9
+    assert r["test_d"] == pytest.approx((0.75 + 0.8) / 2 - 0.9)
+    assert "| **primary**: arm A − base B | 90.0% | 2 | 20.0 ± 0.0 | 40.0 ± 0.0 |" in text
+    # The grid: seed 1 of the arm never reaches 95%, so that cell counts its seeds.
+    grid = T.grid_table(settings, names, fit, "pristine/top1", (0.9, 0.95))
+    assert "| arm A | 20.0 | 25.0 (1/2) |" in grid
+    assert "| base B | 40.0 | 60.0 |" in grid
+    assert T.base_name(Comparison("a", ("b", "a")), names) == "base B frontier (2 learning rates)"
