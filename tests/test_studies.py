@@ -358,6 +358,29 @@ def test_median_decision_rule_on_paths_with_known_answers(tmp_path, median, norm
     )
 
 
+def test_the_long_cell_adds_no_primary_test(tmp_path):
+    """The long cell is read against epochs with no verdict: its runs must not widen the
+    intervals of the judged cells (Bonferroni over the page's primary tests only)."""
+    import argparse
+
+    from studies import median as M
+
+    keys = (*M.SGD_FAMILY, "m3_k15", "sgd_norm_k15")
+    cell = M.Cell("synthetic", 0.5, 4_000, 100, (0, 1, 2), keys)
+    long = M.Cell("synthetic_long", 0.5, 4_000, 1_000, (0, 1, 2), ("sgd", "m3_k15", "sgd_norm_k15"))
+    runs = lambda c, epochs: {  # noqa: E731
+        k: [_path_entry(0.05 + 0.01 * i, 0.2 + 0.001 * s, epochs) for s in c.seeds]
+        for i, k in enumerate(c.keys)
+    }
+    args = argparse.Namespace(out=str(tmp_path), mnist="mnist", quick=False)
+    alone = M.page(args, {cell: runs(cell, 100)}).payload
+    both = M.page(args, {cell: runs(cell, 100), long: runs(long, 1_000)}).payload
+    assert alone["primary_tests"] == both["primary_tests"] == 2
+    got = both["cells"]["synthetic"]["matched_accuracy"]["m3_k15-frontier"]
+    assert got == alone["cells"]["synthetic"]["matched_accuracy"]["m3_k15-frontier"]
+    assert "end_differences" in both["cells"]["synthetic_long"]
+
+
 def test_an_archived_run_is_reused_across_checkouts_and_code_that_added_fields():
     from cgh_jax import configlib
 
