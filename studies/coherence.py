@@ -17,7 +17,7 @@ from pathlib import Path
 from cgh_jax import study
 from cgh_jax import study_cli as S
 from cgh_jax.analysis import examples, plots, report
-from studies import cg_page, cg_sgd
+from studies.common import cg_page, cg_sgd
 
 KINDS = {"real labels": 0.0, "random labels": 1.0}
 SUBSET, SAMPLE, CHUNK, EPOCHS, SAMPLE_SEED = 2_000, 200, 100, 60, 0

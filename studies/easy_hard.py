@@ -17,7 +17,7 @@ from pathlib import Path
 from cgh_jax import study
 from cgh_jax import study_cli as S
 from cgh_jax.analysis import plots, report, stats
-from studies import QUICK_MLP, mlp_sgd
+from studies.common import QUICK_MLP, mlp_sgd
 
 SIDES = ("easy", "hard")
 SEEDS, EPOCHS, PROBE_SEED, SPLIT_SEED = (0, 1, 2), 20, 0, 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from cgh_jax import study
 from cgh_jax import study_cli as S
 from cgh_jax.analysis import examples, plots, report
-from studies import cg_page, cg_sgd
+from studies.common import cg_page, cg_sgd
 
 NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SUBSET, HELDOUT, EPOCHS, EVAL_CAP = 2_000, 2_000, 60, 1_000

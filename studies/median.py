@@ -34,7 +34,7 @@ from cgh_jax import study
 from cgh_jax import study_cli as S
 from cgh_jax.analysis import matched, plots, report, stats
 from cgh_jax.analysis import matched_tables as tables
-from studies import CNN, QUICK_MLP
+from studies.common import CNN, QUICK_MLP
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ from cgh_jax import study
 from cgh_jax import study_cli as S
 from cgh_jax.analysis import plots, report, stats
 from cgh_jax.analysis.stats import mean
-from studies import CNN, QUICK_MLP
+from studies.common import CNN, QUICK_MLP
 
 NOISE, EVAL_CAP, CONV_LR = 0.5, 1_000, 0.05
 SETS = ("corrupt_noisy", "corrupt_true", "pristine", "test")
