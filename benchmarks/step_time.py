@@ -32,6 +32,13 @@ Sections (``--sections``, comma-separated):
   the weight-gradient convolutions) and the full gradient (``+ weight grads``), each
   jitted; differences between rows are the cost of each part, and ``cores`` (CPU time /
   wall time) how much of the machine XLA:CPU keeps busy.
+* ``filters``: the weight gradient of one 3x3 convolution (stride 1, SAME) at each of
+  ResNet-18's four stages (the ``conv`` section's width, batch and image side), as XLA
+  computes it (the transpose of ``conv_general_dilated`` with respect to the kernel) and
+  as matrix products: ``im2col`` (the 3x3 patches ``[N H W, 9 C]``, then one product with
+  the output gradient ``[N H W, C']``) and ``9 taps`` (per tap ``(i, j)`` the shifted input
+  ``[N H W, C]`` against the output gradient); the forward convolution beside them for
+  scale. Each formulation is checked against XLA's before it is timed.
 
 Usage, from the repository root::
 
@@ -39,6 +46,7 @@ Usage, from the repository root::
     PYTHONPATH=. python benchmarks/step_time.py --sections groups [--ks 3,5,9,15]
     PYTHONPATH=. python benchmarks/step_time.py --sections resnets [--models resnet_tiny]
     PYTHONPATH=. python benchmarks/step_time.py --sections conv [--conv-batch 128]
+    PYTHONPATH=. python benchmarks/step_time.py --sections filters
     PYTHONPATH=. python benchmarks/step_time.py --smoke     # every section, tiny, no timing value
 """
 
@@ -49,6 +57,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import jax  # noqa: E402
@@ -69,13 +78,14 @@ from cgh_jax import sharding as sharding_lib  # noqa: E402
 from cgh_jax.models import get_model  # noqa: E402
 from cgh_jax.spec import optimizer as optimizer_lib  # noqa: E402
 
-SECTIONS = ("trainer", "groups", "resnets", "conv")
+SECTIONS = ("trainer", "groups", "resnets", "conv", "filters")
 OPTIMIZERS = ("sgd", "m3", "m3_loop", "rm3", "ra3")
 MODELS = {
     "resnet_tiny": {},  # (1, 1, 1, 1) BasicBlocks, width 8
     "resnet18_w16": {"width": 16, "stem": "cifar"},  # ResNet-18 layout, width 16
 }
 MNIST_SHAPE = (28, 28, 1)
+CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def _timed(runners: dict[str, Callable], args) -> tuple[dict, dict, MachineLoad]:
@@ -341,6 +351,93 @@ def conv_section(args) -> str:
     )
 
 
+# ----------------------------------------------------------------------------- filters
+
+
+def _conv3x3(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=CONV_DIMS)
+
+
+def filter_grad_xla(x, dy):
+    """XLA's weight gradient: the transpose of the convolution with respect to its kernel."""
+    w = jnp.zeros((3, 3, x.shape[-1], dy.shape[-1]), x.dtype)
+    return jax.vjp(lambda w: _conv3x3(x, w), w)[1](dy)[0]
+
+
+def _shifted(x):
+    """The nine inputs of a 3x3 SAME convolution's taps, ``(i, j)`` in row-major order."""
+    _, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return [xp[:, i : i + h, j : j + w] for i in range(3) for j in range(3)]
+
+
+def _contract_examples(a, b):
+    """``a^T b`` for ``a`` ``[..., C]`` and ``b`` ``[..., C']``: ``[C, C']``."""
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+
+
+def filter_grad_im2col(x, dy):
+    """The 3x3 patches ``[N H W, 9 C]`` against the output gradient: one matrix product."""
+    g = _contract_examples(jnp.concatenate(_shifted(x), axis=-1), dy)
+    return g.reshape(3, 3, x.shape[-1], dy.shape[-1])
+
+
+def filter_grad_taps(x, dy):
+    """One matrix product per tap: the shifted input against the output gradient."""
+    return jnp.stack([_contract_examples(s, dy) for s in _shifted(x)]).reshape(
+        3, 3, x.shape[-1], dy.shape[-1]
+    )
+
+
+FILTER_GRADS = {"XLA": filter_grad_xla, "im2col": filter_grad_im2col, "9 taps": filter_grad_taps}
+
+
+def filters_section(args) -> str:
+    stages = [(args.conv_image // 2**s, args.conv_width * 2**s) for s in range(4)]
+    runners, checks = {}, {}
+    for side, channels in stages:
+        kx, kd, kw = jax.random.split(jax.random.PRNGKey(side), 3)
+        x = jax.random.normal(kx, (args.conv_batch, side, side, channels))
+        dy = jax.random.normal(kd, (args.conv_batch, side, side, channels))
+        w = 0.05 * jax.random.normal(kw, (3, 3, channels, channels))
+        forward = jax.jit(_conv3x3)
+        runners[(side, "forward")] = functools.partial(forward, x, w)
+        reference = jax.jit(filter_grad_xla)(x, dy)
+        for name, fn in FILTER_GRADS.items():
+            fn = jax.jit(fn)
+            scale = float(jnp.max(jnp.abs(reference)))
+            checks[(side, name)] = float(jnp.max(jnp.abs(fn(x, dy) - reference))) / scale
+            runners[(side, name)] = functools.partial(fn, x, dy)
+    worst = max(checks.values())
+    if worst > 1e-4:
+        raise SystemExit(f"a filter gradient differs from XLA's by {worst:.1e} (relative)")
+    wall, cpu, load = _timed(runners, args)
+    rows = []
+    for side, channels in stages:
+        flops = 2 * args.conv_batch * side * side * channels * channels * 9
+        ms = {name: 1e3 * median(wall[(side, name)]) for name in ("forward", *FILTER_GRADS)}
+        best = min(FILTER_GRADS, key=lambda name: ms[name])
+        rows.append(
+            [
+                f"{side}x{side}, {channels} -> {channels}",
+                f"{flops / 1e9:.2f}",
+                *(f"{ms[name]:.1f}" for name in ("forward", *FILTER_GRADS)),
+                f"{ms['XLA'] / ms['forward']:.2f}",
+                f"{best} ({ms['XLA'] / ms[best]:.2f}x XLA)",
+            ]
+        )
+    headers = ["conv (side, channels)", "GFLOP each", "forward ms"]
+    headers += [f"filter grad: {name} ms" for name in FILTER_GRADS]
+    headers += ["XLA / forward", "fastest filter grad"]
+    return (
+        f"\n## The filter gradient of a 3x3 convolution at ResNet-18's stages, batch "
+        f"{args.conv_batch}\n\nMedian of {args.repeats} repetitions of >= {args.min_seconds} s; "
+        f"{load.describe()}; the matrix-product formulations agree with XLA's to "
+        f"{worst:.1e} (relative to the largest entry).\n\n" + markdown_table(headers, rows)
+    )
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -383,6 +480,7 @@ def main(argv=None) -> int:
         "groups": groups_section,
         "resnets": resnets_section,
         "conv": conv_section,
+        "filters": filters_section,
     }
     for name in sections:
         print(builders[name](args), flush=True)

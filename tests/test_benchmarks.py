@@ -197,3 +197,39 @@ def test_step_time_conv_section_splits_the_step_into_its_parts(capsys):
     assert added[0] == walls[0]
     assert all(abs(added[i] - (walls[i] - walls[i - 1])) <= 1 for i in (1, 2))  # rounding
     assert "load average" in out
+
+
+def test_step_time_filter_gradients_match_numpy():
+    """The ``filters`` section's three weight gradients of a 3x3 SAME convolution equal a
+    numpy sum over taps of shifted inputs times the output gradient."""
+    import numpy as np
+
+    from benchmarks import step_time
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 4, 2)).astype(np.float32)
+    dy = rng.normal(size=(3, 5, 4, 6)).astype(np.float32)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = np.zeros((3, 3, 2, 6))
+    for i in range(3):
+        for j in range(3):
+            want[i, j] = np.einsum("nhwc,nhwd->cd", xp[:, i : i + 5, j : j + 4], dy)
+    for name, fn in step_time.FILTER_GRADS.items():
+        np.testing.assert_allclose(np.asarray(fn(x, dy)), want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_step_time_filters_section_smoke(capsys):
+    """``--sections filters --smoke``: one row per ResNet-18 stage, the forward pass and the
+    three filter gradients timed."""
+    from benchmarks import step_time
+
+    assert step_time.main(["--sections", "filters", "--smoke"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")][1:]
+    assert [r[0].strip() for r in rows] == [
+        "8x8, 2 -> 2",
+        "4x4, 4 -> 4",
+        "2x2, 8 -> 8",
+        "1x1, 16 -> 16",
+    ]
+    assert "agree with XLA's" in out
