@@ -406,6 +406,7 @@ def cell_section(args, cell: Cell, present: dict, missing: int, confidence, prim
     levels = {PRISTINE: acc_level, PRISTINE_LOSS: loss_level}
     figure = plot_memorization(args, cell, present, (PRISTINE, PRISTINE_LOSS), levels)
     verdict = cell_verdict({k: v for k, v in acc.items() if v["primary"]})
+    loss_at = pristine_loss_at(present, top, acc_level) if top else {}
     incomplete = (
         f"**Incomplete**: {missing} of this cell's runs are still to train; the tables use the "
         "seeds that finished.\n\n"
@@ -434,7 +435,20 @@ def cell_section(args, cell: Cell, present: dict, missing: int, confidence, prim
         f"- **Decision rule, this cell**: {median}: **{verdict['median']}**{rm3}.",
         report.trained_line(e for runs in present.values() for e in runs if e is not None),
     ]
-    return section, {"matched_accuracy": acc, "matched_loss": by_loss, "verdict": verdict}
+    got = {"matched_accuracy": acc, "matched_loss": by_loss, "verdict": verdict}
+    return section, got | {"pristine_loss_at_matched_accuracy": loss_at}
+
+
+def pristine_loss_at(present: dict, top: Comparison, level: float) -> dict[str, float]:
+    """Per run key of the first primary comparison (its arm and its base's runs), the mean
+    over seeds of the pristine loss where the run's path first reaches ``level`` of
+    pristine accuracy (smoothed as in the matching); keys that never reach it are left out."""
+    at = lambda e: matched.at_fit(e, PRISTINE_LOSS, level, by=PRISTINE, width=SMOOTH)  # noqa: E731
+    keys = (top.arm, *(top.base if isinstance(top.base, tuple) else (top.base,)))
+    values = {
+        k: [v for v in matched.per_seed(present.get(k, ()), at) if not math.isnan(v)] for k in keys
+    }
+    return {k: float(np.mean(v)) for k, v in values.items() if v}
 
 
 def long_section(args, cell: Cell, present: dict, missing: int) -> tuple[list[str], dict]:
@@ -538,21 +552,37 @@ def verdict_section(results: dict) -> tuple[str, list[dict]]:
 def loss_caveats(results: dict) -> list[str]:
     """Sentences for the cells where the loss-matched (secondary) reading finds the median
     below the frontier while the accuracy-matched (primary) verdict does not say so."""
-    out = []
+    out, confident = [], []
     for cell, got in results.items():
         v = got.get("verdict")
         if not v or v["arm"] is None or v["median"] in ("supported", "too few seeds yet"):
             continue
         loss = got["matched_loss"].get(v["arm"] + "-frontier")
         if loss and loss["n"] >= 2 and loss["hi"] < 0:
+            level = got["matched_accuracy"][v["arm"] + "-frontier"]["level"]
+            at = dict(got["pristine_loss_at_matched_accuracy"])
+            median, sgd = at.pop(v["arm"], math.nan), list(at.values())
+            confident.append(bool(sgd) and median < min(sgd))
+            sgd_text = f"{min(sgd):.3f} to {max(sgd):.3f}" if sgd else "none"
             out.append(
                 f"- {cell_title(cell)}: at matched pristine *loss* (the secondary reading, "
                 f"{loss['level']:.3g}) the {ARM_NAMES[v['arm']]} memorizes "
                 f"{report.ci_text(loss)} points against the SGD frontier, below it, the "
-                "opposite of the primary reading."
+                f"opposite of the primary reading. Where its path first reaches "
+                f"{100 * level:.1f}% pristine accuracy (the primary level), its pristine loss "
+                f"is {median:.3f}; SGD's at the learning rates that reach it: {sgd_text} "
+                "(means over the seeds that reach it)."
             )
     if not out:
         return []
+    why = (
+        "The readings part because at the same pristine accuracy the median's pristine loss "
+        "is the lower (the numbers above; it fits the pristine examples more confidently): "
+        "SGD reaches the median's loss only later, when it has memorized more."
+        if all(confident)
+        else "At the primary level the median's pristine loss is not below every SGD run's "
+        "in every cell above, so the parting is not only a matter of confidence."
+    )
     return [
         "",
         "The secondary reading disagrees: the rule was fixed with accuracy as the primary "
@@ -561,11 +591,8 @@ def loss_caveats(results: dict) -> list[str]:
         "",
         *out,
         "",
-        "The readings part because at the same pristine accuracy the median's pristine loss "
-        "is the lower (it fits the pristine examples more confidently; compare the two "
-        "panels of each cell's figure): SGD reaches the median's loss only later, when it "
-        "has memorized more. Which measure of fit is the fair one decides the answer; this "
-        "page does not settle it.",
+        f"{why} Which measure of fit is the fair one decides the answer; this page does not "
+        "settle it.",
     ]
 
 

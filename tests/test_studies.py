@@ -404,7 +404,7 @@ def test_median_loss_caveat_only_where_the_loss_reading_contradicts_the_verdict(
     whose verdict is already "supported", nor one whose loss interval reaches zero."""
     from studies import median as M
 
-    def cell(name, verdict, loss_hi):
+    def cell(name, verdict, loss_hi, median_loss=0.226):
         c = M.Cell(name, 0.25, 4_000, 250, (0, 1, 2), ("sgd", "m3_k15"))
         front = {"d": -0.2, "lo": -0.4, "hi": loss_hi, "n": 3, "level": 0.2}
         acc = {"d": 0.03, "lo": -0.03, "hi": 0.09, "n": 3, "level": 0.98}
@@ -412,6 +412,11 @@ def test_median_loss_caveat_only_where_the_loss_reading_contradicts_the_verdict(
             "verdict": {"median": verdict, "arm": "m3_k15", "rm3": None},
             "matched_accuracy": {"m3_k15-frontier": acc},
             "matched_loss": {"m3_k15-frontier": front},
+            "pristine_loss_at_matched_accuracy": {
+                "m3_k15": median_loss,
+                "sgd": 0.339,
+                "sgd_lr0.7": 0.338,
+            },
         }
         return c, got
 
@@ -429,3 +434,29 @@ def test_median_loss_caveat_only_where_the_loss_reading_contradicts_the_verdict(
     assert len(summary) == 3
     assert "at matched pristine loss (0.2), median − SGD frontier: -20.0" in summary[0]["measured"]
     assert M.loss_caveats({c: g for c, g in results.items() if c.name != "contradicts"}) == []
+    assert (
+        "its pristine loss is 0.226; SGD's at the learning rates that reach it: 0.338 to " in text
+    )
+    assert "the median's pristine loss is the lower" in text
+    (c, got) = cell("not_lower", "slower learning explains it", -0.01, median_loss=0.3385)
+    assert "is not below every SGD run's" in "\n".join(M.loss_caveats({c: got}))
+
+
+def test_median_pristine_loss_at_the_matched_accuracy():
+    """Per run key of a comparison, the mean over seeds of the pristine loss where the
+    run's smoothed accuracy path first reaches the level, interpolated; a run that never
+    reaches it and a missing seed are left out, a key none of whose runs reach it too."""
+    from cgh_jax.analysis.matched import Comparison
+    from studies import median as M
+
+    def run(top1, loss):
+        return {"curve": {M.PRISTINE: top1, M.PRISTINE_LOSS: loss}}
+
+    # linear paths: smoothing (a centered mean over 3) leaves the interior unchanged
+    fast = run([0.5, 0.6, 0.7, 0.8, 0.9, 1.0], [1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
+    slow = run([0.5, 0.55, 0.6, 0.65, 0.7, 0.75], [1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
+    median = run([0.5, 0.6, 0.7, 0.8, 0.9, 1.0], [0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    present = {"m3_k15": [median, median], "sgd": [fast, None], "sgd_lr0.5": [slow, slow]}
+    comparison = Comparison("m3_k15", ("sgd", "sgd_lr0.5"), primary=True)
+    got = M.pristine_loss_at(present, comparison, 0.75)
+    assert got == pytest.approx({"m3_k15": 0.25, "sgd": 0.5})
