@@ -95,8 +95,8 @@ def _as_params(names, leaves):
 def test_median_equals_numpy_exactly_on_exact_arithmetic(monkeypatch, k, rows):
     # Dyadic inputs and parameters (multiples of 1/4, at most 1) and a linear loss with
     # dyadic coefficients: every product and partial sum is a float32 number, so the chunked
-    # median must equal numpy's median of float64 group gradients bit for bit. ``rows``:
-    # blocks of that many kernel rows (the last one overlapping), else the default blocks.
+    # median must equal numpy's median of float64 group gradients bit for bit. ``rows``: a
+    # budget of that many kernel rows (blocks of 5 of the 25 inputs), else the default blocks.
     if rows is not None:
         monkeypatch.setattr(chunked, "CHUNK_BYTES", 4 * k * 24 * rows)
     model = get_model("mlp", num_classes=6, hidden=(24, 16))
@@ -184,12 +184,27 @@ def test_mlp_matches_the_straightforward_path(name, k, decay):
     np.testing.assert_array_equal(got.aux["top1"], want.aux["top1"])
 
 
+def test_block_rows_divide_the_kernel_where_they_can(monkeypatch):
+    # The study's MLP at k = 15: a budget of 17 rows of 784 -> 16 (49 blocks); a kernel that
+    # fits the budget is one block; no divisor from half the budget up -> the budget rounded
+    # down to a multiple of 8 (97 rows, budget 13 -> 8), or kept below 8 (49 rows, budget 6).
+    assert chunked._chunk_rows(15, 2048, 784) == 16
+    assert chunked._chunk_rows(15, 10, 2048) == 2048
+    monkeypatch.setattr(chunked, "CHUNK_BYTES", 4 * 3 * 48 * 13)
+    assert chunked._chunk_rows(3, 48, 97) == 8
+    assert chunked._chunk_rows(3, 48, 91) == 13
+    monkeypatch.setattr(chunked, "CHUNK_BYTES", 4 * 3 * 48 * 6)
+    assert chunked._chunk_rows(3, 48, 49) == 6
+    assert chunked._chunk_rows(3, 48, 64) == 4
+
+
 def test_small_blocks_cover_every_row(monkeypatch):
-    # Blocks of 7 rows over 64 inputs: the last block overlaps the one before it.
-    monkeypatch.setattr(chunked, "CHUNK_BYTES", 4 * 3 * 48 * 7)
+    # Blocks of 6 rows over 49 inputs (no divisor of 49 from 3 to 6): the last block
+    # overlaps the one before it.
+    monkeypatch.setattr(chunked, "CHUNK_BYTES", 4 * 3 * 48 * 6)
     model = get_model("mlp", num_classes=10, hidden=(48,))
-    params = model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))["params"]
-    batch = _batch(12, (8, 8, 1), seed=1)
+    params = model.init(jax.random.key(1), jnp.zeros((1, 7, 7, 1)))["params"]
+    batch = _batch(12, (7, 7, 1), seed=1)
     loss_fn = _mlp_loss(model)
     got = chunked.chunked_aggregate_grads(loss_fn, 3, has_aux=True)(params, batch, {})
     _assert_close(got.grads, _reference(loss_fn, 3, "m3", params, batch, {}, has_aux=True).grads)
