@@ -426,6 +426,7 @@ def cell_section(args, cell: Cell, present: dict, missing: int, confidence, prim
         f"primary tests), other rows: {confidence:.2%} (Bonferroni within this cell); test "
         "accuracy at the same fit beside it (a family: its best):",
         acc_table,
+        "\n".join(tables.per_seed_lines(acc, comps, ARM_NAMES, cell.seeds)),
         "At matched pristine loss (secondary; the lowest loss the arm and its base reach):",
         loss_table,
         "Memorization at fixed levels of pristine accuracy (mean over seeds):",

@@ -154,6 +154,15 @@ def test_tables_read_each_arm_at_the_matched_level_by_hand():
     # arm test: 0.75 (seed 0, halfway), 0.8 (seed 1, its 3rd evaluation); base 0.9
     assert r["test_d"] == pytest.approx((0.75 + 0.8) / 2 - 0.9)
     assert "| **primary**: arm A − base B | 90.0% | 2 | 20.0 ± 0.0 | 40.0 ± 0.0 |" in text
+    assert r["arm_per_seed"] == pytest.approx([0.2, 0.2])
+    assert r["base_per_seed"] == pytest.approx([0.4, 0.4])
+    (line,) = T.per_seed_lines(got, [Comparison("a", "b", primary=True)], names, (3, 7))
+    assert line == "- arm A − base B at 90.0%, per seed (points): seed 3 -20.0, seed 7 -20.0."
+    got["a-b"]["arm_per_seed"][1] = math.nan  # a seed that never reaches the level is left out
+    (line,) = T.per_seed_lines(got, [Comparison("a", "b", primary=True)], names, (3, 7))
+    assert line.endswith("(points): seed 3 -20.0.")
+    got["a-b"]["primary"] = False
+    assert T.per_seed_lines(got, [Comparison("a", "b", primary=True)], names, (3, 7)) == []
     # The grid: seed 1 of the arm never reaches 95%, so that cell counts its seeds.
     grid = T.grid_table(settings, names, fit, "pristine/top1", (0.9, 0.95))
     assert "| arm A | 20.0 | 25.0 (1/2) |" in grid

@@ -104,8 +104,9 @@ def matched_table(
     """Each comparison at its own level of ``by`` (:func:`matched.compare_at_fit`); a
     primary one at ``primary_confidence`` (``None``: none is primary here), the others at
     ``confidence``. ``percent``: levels are accuracies. Returns the table and, per
-    comparison key, ``d``, ``lo``, ``hi``, ``n``, ``confidence``, ``level``, ``primary`` and
-    ``test_d`` (the difference of ``fit.also``)."""
+    comparison key, ``d``, ``lo``, ``hi``, ``n``, ``confidence``, ``level``, ``primary``,
+    ``test_d`` (the difference of ``fit.also``) and ``arm_per_seed`` / ``base_per_seed``
+    (``fit.y`` at the level per seed; NaN where a seed is missing or does not reach it)."""
     rows, results = [], {}
     for c in comps:
         primary = c.primary and primary_confidence is not None
@@ -114,6 +115,7 @@ def matched_table(
         r = matched.compare_at_fit(settings, c, y=fit.y, also=fit.also, confidence=conf, **reading)
         results[c.key] = {**{k: r[k] for k in ("d", "lo", "hi", "n")}, "confidence": conf}
         results[c.key] |= {"level": r["level"], "primary": primary, "test_d": r["also_d"]}
+        results[c.key] |= {"arm_per_seed": r["arm"], "base_per_seed": r["base"]}
         rows.append(
             [
                 ("**primary**: " if primary else "") + f"{names[c.arm]} − {base_name(c, names)}",
@@ -128,6 +130,28 @@ def matched_table(
             ]
         )
     return report.markdown_table(MATCHED_COLUMNS, rows, "lrrrrrrrr"), results
+
+
+def per_seed_lines(
+    results: Mapping[str, dict],
+    comps: Sequence[Comparison],
+    names: Mapping[str, str],
+    seeds: Sequence[int],
+) -> list[str]:
+    """For each primary comparison of :func:`matched_table`'s ``results``: arm − base per
+    seed, in points (the seeds where both have a value)."""
+    lines = []
+    for c in comps:
+        r = results[c.key]
+        if not r["primary"]:
+            continue
+        pairs = zip(seeds, r["arm_per_seed"], r["base_per_seed"], strict=True)
+        diffs = [f"seed {s} {100 * (a - b):+.1f}" for s, a, b in pairs if not math.isnan(a - b)]
+        lines.append(
+            f"- {names[c.arm]} − {base_name(c, names)} at {100 * r['level']:.1f}%, per seed "
+            f"(points): {', '.join(diffs) or 'none'}."
+        )
+    return lines
 
 
 def best_lines(
