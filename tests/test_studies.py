@@ -398,6 +398,18 @@ def test_an_archived_run_is_reused_across_checkouts_and_code_that_added_fields()
     assert line.startswith("optimizer.learning_rate")
 
 
+def test_study_runs_checkpoint_periodically_without_touching_their_archive():
+    """A long study run saves a checkpoint every 1,000 steps (a killed run loses at most
+    that), and the setting is not part of what an archived run is checked against."""
+    from cgh_jax import configlib
+
+    assert study_cli.SETTINGS["checkpoint_every_steps"] == 1_000
+    config = configlib.base_config()
+    entry = {"config": study.portable_config(config)}
+    config.checkpoint_every_steps = 1_000
+    assert study.archive_mismatch(entry, config) == []
+
+
 def test_median_loss_caveat_only_where_the_loss_reading_contradicts_the_verdict():
     """The verdict section names a cell whose loss-matched reading puts the median below the
     frontier (interval below zero) while the accuracy-matched verdict does not; never a cell
