@@ -404,9 +404,9 @@ def filters_section(args) -> str:
         forward = jax.jit(_conv3x3)
         runners[(side, "forward")] = functools.partial(forward, x, w)
         reference = jax.jit(filter_grad_xla)(x, dy)
+        scale = float(jnp.max(jnp.abs(reference)))
         for name, fn in FILTER_GRADS.items():
             fn = jax.jit(fn)
-            scale = float(jnp.max(jnp.abs(reference)))
             checks[(side, name)] = float(jnp.max(jnp.abs(fn(x, dy) - reference))) / scale
             runners[(side, name)] = functools.partial(fn, x, dy)
     worst = max(checks.values())

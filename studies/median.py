@@ -446,10 +446,8 @@ def pristine_loss_at(present: dict, top: Comparison, level: float) -> dict[str, 
     pristine accuracy (smoothed as in the matching); keys that never reach it are left out."""
     at = lambda e: matched.at_fit(e, PRISTINE_LOSS, level, by=PRISTINE, width=SMOOTH)  # noqa: E731
     keys = (top.arm, *(top.base if isinstance(top.base, tuple) else (top.base,)))
-    values = {
-        k: [v for v in matched.per_seed(present.get(k, ()), at) if not math.isnan(v)] for k in keys
-    }
-    return {k: float(np.mean(v)) for k, v in values.items() if v}
+    means = {k: stats.mean(matched.per_seed(present.get(k, ()), at)) for k in keys}
+    return {k: v for k, v in means.items() if not math.isnan(v)}
 
 
 def long_section(args, cell: Cell, present: dict, missing: int) -> tuple[list[str], dict]:
