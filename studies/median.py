@@ -199,8 +199,9 @@ def train(args):
 LEVELS = (0.90, 0.95, 0.97, 0.98, 0.99)  # the grid of pristine accuracies (sensitivity)
 LEVEL_STEP, LOSS_DIGITS = 0.005, 3  # the matched levels: accuracy to 0.5%, loss to 3 digits
 SMOOTH = 3  # paths are matched after a moving average over 3 evaluations (6 epochs)
-MEM, PRISTINE, PRISTINE_LOSS, TEST = (
+MEM, MEM_LOSS, PRISTINE, PRISTINE_LOSS, TEST = (
     "corrupt_noisy/top1",
+    "corrupt_noisy/loss",
     "pristine/top1",
     "pristine/loss",
     "test/top1",
@@ -407,6 +408,7 @@ def cell_section(args, cell: Cell, present: dict, missing: int, confidence, prim
     figure = plot_memorization(args, cell, present, (PRISTINE, PRISTINE_LOSS), levels)
     verdict = cell_verdict({k: v for k, v in acc.items() if v["primary"]})
     loss_at = pristine_loss_at(present, top, acc_level) if top else {}
+    pairings = readings(present, top, levels) if top else {}
     incomplete = (
         f"**Incomplete**: {missing} of this cell's runs are still to train; the tables use the "
         "seeds that finished.\n\n"
@@ -437,7 +439,38 @@ def cell_section(args, cell: Cell, present: dict, missing: int, confidence, prim
         report.trained_line(e for runs in present.values() for e in runs if e is not None),
     ]
     got = {"matched_accuracy": acc, "matched_loss": by_loss, "verdict": verdict}
-    return section, got | {"pristine_loss_at_matched_accuracy": loss_at}
+    return section, got | {"pristine_loss_at_matched_accuracy": loss_at, "readings": pairings}
+
+
+MEASURES = {
+    PRISTINE: "pristine accuracy",
+    PRISTINE_LOSS: "pristine loss",
+    MEM: "accuracy on the noisy labels",
+    MEM_LOSS: "loss on the noisy labels",
+}
+READINGS = ((PRISTINE, MEM), (PRISTINE, MEM_LOSS), (PRISTINE_LOSS, MEM), (PRISTINE_LOSS, MEM_LOSS))
+
+
+def readings(present: dict, top: Comparison, levels: dict[str, float]) -> dict[str, dict]:
+    """``top`` (the first primary comparison) read under each pairing of a fit measure
+    (pristine accuracy or loss, at the comparison's matched level in ``levels``) with a
+    memorization measure (the corrupt examples' accuracy or loss on their noisy labels):
+    ``"<fit> | <memorization>"`` -> ``d``, ``lo``, ``hi``, ``n`` of median − frontier, signed
+    so that positive means the median memorized more (accuracy: arm − base; loss: base −
+    arm, a lower loss on the noisy label being more memorized); per seed the frontier is
+    the family's least memorized run; uncorrected 95% t-intervals."""
+    out = {}
+    for by, y in READINGS:
+        sign = -1.0 if y == MEM_LOSS else 1.0
+        at = lambda e, y=y, by=by, sign=sign: (
+            sign
+            * matched.at_fit(  # noqa: E731
+                e, y, levels[by], by=by, width=SMOOTH
+            )
+        )
+        got = matched.compare(present, top, at, 0.95)
+        out[f"{by} | {y}"] = {k: got[k] for k in ("d", "lo", "hi", "n")}
+    return out
 
 
 def pristine_loss_at(present: dict, top: Comparison, level: float) -> dict[str, float]:
@@ -544,8 +577,56 @@ def verdict_section(results: dict) -> tuple[str, list[dict]]:
             "memorization beyond what slower learning explains: at matched pristine accuracy "
             "it memorizes no less than SGD at some lower learning rate.",
         ]
-    lines += loss_caveats(results)
+    lines += loss_caveats(results) + readings_table(results)
     return "\n".join(lines), summary
+
+
+def readings_table(results: dict) -> list[str]:
+    """The page's exploratory table: per cell, the first primary comparison under every
+    pairing of fit and memorization measures (:func:`readings`)."""
+    rows = [
+        [cell_title(cell), *(reading_text(got["readings"][f"{by} | {y}"], y) for by, y in READINGS)]
+        for cell, got in results.items()
+        if got.get("readings")
+    ]
+    if not rows:
+        return []
+    header = ["cell", *(f"fit: {MEASURES[by]}; memorization: {MEASURES[y]}" for by, y in READINGS)]
+    return [
+        "",
+        "### Every pairing of the measures (exploratory, chosen after the numbers)",
+        "",
+        "The accuracy-matched and loss-matched readings above measure memorization by "
+        "accuracy on the noisy labels. Memorization can be measured by the loss on the noisy "
+        "labels as well, so there are four readings of each cell's first primary comparison "
+        "(the median with the most groups against the SGD frontier, at the same matched "
+        "levels). Each entry is median − frontier signed so that **positive means the median "
+        "memorized more**: points of accuracy, or for the loss the frontier's loss on the "
+        "noisy labels minus the median's (nats; lower is more memorized); uncorrected 95% "
+        "intervals, and not part of the decision rule (the first column is the primary "
+        "reading, its corrected interval in the cell's table):",
+        "",
+        report.markdown_table(header, rows, "lrrrr"),
+        "",
+        parting_line([got["readings"] for got in results.values() if got.get("readings")]),
+    ]
+
+
+def parting_line(cells: list[dict]) -> str:
+    """How many cells' intervals lie above zero when both measures are accuracies and below
+    zero when both are losses."""
+    both = lambda by, y: [r[f"{by} | {y}"] for r in cells if r[f"{by} | {y}"]["n"] >= 2]  # noqa: E731
+    more = sum(r["lo"] > 0 for r in both(PRISTINE, MEM))
+    less = sum(r["hi"] < 0 for r in both(PRISTINE_LOSS, MEM_LOSS))
+    return (
+        f"Measured by accuracy on both sides, the median memorized more than the frontier in "
+        f"{more} of {len(cells)} cells (interval above zero); measured by loss on both sides, "
+        f"less in {less} of {len(cells)} (interval below zero)."
+    )
+
+
+def reading_text(result: dict, y: str) -> str:
+    return report.ci_text(result, scale=1, digits=2) if y == MEM_LOSS else report.ci_text(result)
 
 
 def loss_caveats(results: dict) -> list[str]:

@@ -472,3 +472,44 @@ def test_median_pristine_loss_at_the_matched_accuracy():
     comparison = Comparison("m3_k15", ("sgd", "sgd_lr0.5"), primary=True)
     got = M.pristine_loss_at(present, comparison, 0.75)
     assert got == pytest.approx({"m3_k15": 0.25, "sgd": 0.5})
+
+
+def test_median_readings_under_every_pairing_of_the_measures():
+    """Each pairing of fit (pristine accuracy or loss) and memorization (accuracy or loss on
+    the noisy labels) reads median − frontier where each linear path reaches the level; the
+    frontier is the least memorized run per seed (for the loss: the highest), and the sign
+    makes positive mean "the median memorized more"."""
+    from cgh_jax.analysis.matched import Comparison
+    from studies import median as M
+
+    t = np.arange(6.0)
+
+    def run(acc, loss, mem, mem_loss):  # each a slope: value = a + slope * t
+        return {
+            "curve": {
+                M.PRISTINE: (0.5 + acc * t).tolist(),
+                M.PRISTINE_LOSS: (1.0 - loss * t).tolist(),
+                M.MEM: (mem * t).tolist(),
+                M.MEM_LOSS: (3.0 - mem_loss * t).tolist(),
+            }
+        }
+
+    median = run(0.1, 0.6, 0.05, 0.2)  # 75% at t = 2.5, loss 0.4 at t = 1
+    fast = run(0.1, 0.2, 0.1, 0.4)  # 75% at t = 2.5, loss 0.4 at t = 3
+    slow = run(0.0625, 0.15, 0.04, 0.1)  # 75% at t = 4, loss 0.4 at t = 4
+    present = {"m3_k15": [median] * 2, "sgd": [fast] * 2, "sgd_lr0.5": [slow] * 2}
+    top = Comparison("m3_k15", ("sgd", "sgd_lr0.5"), primary=True)
+    got = M.readings(present, top, {M.PRISTINE: 0.75, M.PRISTINE_LOSS: 0.4})
+    want = {
+        (M.PRISTINE, M.MEM): 0.125 - 0.16,  # frontier: slow (0.16 < 0.25)
+        (M.PRISTINE, M.MEM_LOSS): 2.6 - 2.5,  # frontier: slow's loss 2.6 > fast's 2.0
+        (M.PRISTINE_LOSS, M.MEM): 0.05 - 0.16,  # frontier: slow (0.16 < 0.3)
+        (M.PRISTINE_LOSS, M.MEM_LOSS): 2.6 - 2.8,  # the median's loss is the higher
+    }
+    for (by, y), d in want.items():
+        assert got[f"{by} | {y}"]["d"] == pytest.approx(d)
+        assert got[f"{by} | {y}"]["n"] == 2
+    cell = M.Cell("linear", 0.25, 4_000, 250, (0, 1), ("sgd", "m3_k15"))
+    table = "\n".join(M.readings_table({cell: {"readings": got}}))
+    assert "-3.5 (-3.5 to -3.5) | +0.10 (+0.10 to +0.10) | -11.0" in table
+    assert "more than the frontier in 0 of 1 cells" in table and "less in 1 of 1" in table

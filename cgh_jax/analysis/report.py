@@ -384,18 +384,22 @@ def pct(values: Sequence[float] | float, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def ci_text(result: Mapping[str, float]) -> str:
-    """A paired difference of fractions in points with its interval: ``'+1.2 (-0.3 to
-    +2.7)'`` from ``d``, ``lo``, ``hi`` and the number of pairs ``n`` (with fewer than two
-    pairs, the difference and ``n``; ``'—'`` for none).
+def ci_text(result: Mapping[str, float], scale: float = 100.0, digits: int = 1) -> str:
+    """A paired difference with its interval, times ``scale`` (fractions in points by
+    default) to ``digits`` decimals: ``'+1.2 (-0.3 to +2.7)'`` from ``d``, ``lo``, ``hi`` and
+    the number of pairs ``n`` (with fewer than two pairs, the difference and ``n``; ``'—'``
+    for none).
 
     Example:
       >>> ci_text(dict(d=0.012, lo=-0.003, hi=0.027, n=3)), ci_text(dict(d=0.01, n=1))
       ('+1.2 (-0.3 to +2.7)', '+1.0 (n = 1)')
+      >>> ci_text(dict(d=0.391, lo=0.167, hi=0.613, n=4), scale=1, digits=2)
+      '+0.39 (+0.17 to +0.61)'
     """
+    d, lo, hi = (scale * result.get(k, math.nan) for k in ("d", "lo", "hi"))
     if result["n"] < 2:
-        return f"{100 * result['d']:+.1f} (n = {result['n']})" if result["n"] else MISSING
-    return f"{100 * result['d']:+.1f} ({100 * result['lo']:+.1f} to {100 * result['hi']:+.1f})"
+        return f"{d:+.{digits}f} (n = {result['n']})" if result["n"] else MISSING
+    return f"{d:+.{digits}f} ({lo:+.{digits}f} to {hi:+.{digits}f})"
 
 
 def match(checks: Iterable[bool]) -> str:
