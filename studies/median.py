@@ -408,7 +408,7 @@ def cell_section(args, cell: Cell, present: dict, missing: int, confidence, prim
     figure = plot_memorization(args, cell, present, (PRISTINE, PRISTINE_LOSS), levels)
     verdict = cell_verdict({k: v for k, v in acc.items() if v["primary"]})
     loss_at = pristine_loss_at(present, top, acc_level) if top else {}
-    pairings = readings(present, top, levels) if top else {}
+    pairings = tables.readings(present, top, READINGS, levels, SMOOTH) if top else {}
     incomplete = (
         f"**Incomplete**: {missing} of this cell's runs are still to train; the tables use the "
         "seeds that finished.\n\n"
@@ -449,28 +449,6 @@ MEASURES = {
     MEM_LOSS: "loss on the noisy labels",
 }
 READINGS = ((PRISTINE, MEM), (PRISTINE, MEM_LOSS), (PRISTINE_LOSS, MEM), (PRISTINE_LOSS, MEM_LOSS))
-
-
-def readings(present: dict, top: Comparison, levels: dict[str, float]) -> dict[str, dict]:
-    """``top`` (the first primary comparison) read under each pairing of a fit measure
-    (pristine accuracy or loss, at the comparison's matched level in ``levels``) with a
-    memorization measure (the corrupt examples' accuracy or loss on their noisy labels):
-    ``"<fit> | <memorization>"`` -> ``d``, ``lo``, ``hi``, ``n`` of median − frontier, signed
-    so that positive means the median memorized more (accuracy: arm − base; loss: base −
-    arm, a lower loss on the noisy label being more memorized); per seed the frontier is
-    the family's least memorized run; uncorrected 95% t-intervals."""
-    out = {}
-    for by, y in READINGS:
-        sign = -1.0 if y == MEM_LOSS else 1.0
-        at = lambda e, y=y, by=by, sign=sign: (
-            sign
-            * matched.at_fit(  # noqa: E731
-                e, y, levels[by], by=by, width=SMOOTH
-            )
-        )
-        got = matched.compare(present, top, at, 0.95)
-        out[f"{by} | {y}"] = {k: got[k] for k in ("d", "lo", "hi", "n")}
-    return out
 
 
 def pristine_loss_at(present: dict, top: Comparison, level: float) -> dict[str, float]:
@@ -583,15 +561,10 @@ def verdict_section(results: dict) -> tuple[str, list[dict]]:
 
 def readings_table(results: dict) -> list[str]:
     """The page's exploratory table: per cell, the first primary comparison under every
-    pairing of fit and memorization measures (:func:`readings`)."""
-    rows = [
-        [cell_title(cell), *(reading_text(got["readings"][f"{by} | {y}"], y) for by, y in READINGS)]
-        for cell, got in results.items()
-        if got.get("readings")
-    ]
+    pairing of fit and memorization measures (:func:`tables.readings`)."""
+    rows = {cell_title(c): got["readings"] for c, got in results.items() if got.get("readings")}
     if not rows:
         return []
-    header = ["cell", *(f"fit: {MEASURES[by]}; memorization: {MEASURES[y]}" for by, y in READINGS)]
     return [
         "",
         "### Every pairing of the measures (exploratory, chosen after the numbers)",
@@ -606,9 +579,9 @@ def readings_table(results: dict) -> list[str]:
         "intervals, and not part of the decision rule (the first column is the primary "
         "reading, its corrected interval in the cell's table):",
         "",
-        report.markdown_table(header, rows, "lrrrr"),
+        tables.readings_table(rows, READINGS, MEASURES),
         "",
-        parting_line([got["readings"] for got in results.values() if got.get("readings")]),
+        parting_line(list(rows.values())),
     ]
 
 

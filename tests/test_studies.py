@@ -479,6 +479,7 @@ def test_median_readings_under_every_pairing_of_the_measures():
     the noisy labels) reads median − frontier where each linear path reaches the level; the
     frontier is the least memorized run per seed (for the loss: the highest), and the sign
     makes positive mean "the median memorized more"."""
+    from cgh_jax.analysis import matched_tables
     from cgh_jax.analysis.matched import Comparison
     from studies import median as M
 
@@ -499,7 +500,8 @@ def test_median_readings_under_every_pairing_of_the_measures():
     slow = run(0.0625, 0.15, 0.04, 0.1)  # 75% at t = 4, loss 0.4 at t = 4
     present = {"m3_k15": [median] * 2, "sgd": [fast] * 2, "sgd_lr0.5": [slow] * 2}
     top = Comparison("m3_k15", ("sgd", "sgd_lr0.5"), primary=True)
-    got = M.readings(present, top, {M.PRISTINE: 0.75, M.PRISTINE_LOSS: 0.4})
+    levels = {M.PRISTINE: 0.75, M.PRISTINE_LOSS: 0.4}
+    got = matched_tables.readings(present, top, M.READINGS, levels, M.SMOOTH)
     want = {
         (M.PRISTINE, M.MEM): 0.125 - 0.16,  # frontier: slow (0.16 < 0.25)
         (M.PRISTINE, M.MEM_LOSS): 2.6 - 2.5,  # frontier: slow's loss 2.6 > fast's 2.0

@@ -178,3 +178,44 @@ def best_lines(
                 "uncorrected)."
             )
     return lines
+
+
+def readings(
+    settings: Mapping[str, Sequence],
+    c: Comparison,
+    pairs: Sequence[tuple[str, str]],
+    levels: Mapping[str, float],
+    width: int,
+) -> dict[str, dict]:
+    """``c`` under each pairing ``(by, y)`` of a fit measure and a measured one, read where
+    each run's smoothed ``by`` path reaches ``levels[by]``: ``"<by> | <y>"`` -> ``d``, ``lo``,
+    ``hi``, ``n`` of arm − base (uncorrected 95% t-interval). A ``.../loss`` ``y`` is
+    negated, so that for memorization positive means "the arm memorized more" either way
+    (a lower loss on a label is more fitted) and a family's base is, per seed, its least
+    memorized run (:func:`matched.frontier`; for a loss, the highest)."""
+    out = {}
+    for by, y in pairs:
+        sign = -1.0 if y.endswith("/loss") else 1.0
+        at = lambda e, by=by, y=y, sign=sign: (
+            sign
+            * matched.at_fit(  # noqa: E731
+                e, y, levels[by], by=by, width=width
+            )
+        )
+        got = matched.compare(settings, c, at, 0.95)
+        out[f"{by} | {y}"] = {k: got[k] for k in ("d", "lo", "hi", "n")}
+    return out
+
+
+def readings_table(
+    rows: Mapping[str, Mapping[str, dict]],
+    pairs: Sequence[tuple[str, str]],
+    names: Mapping[str, str],
+) -> str:
+    """One row per name of ``rows`` (name -> :func:`readings`), one column per pairing
+    (named by ``names`` of its measures): accuracy differences in points, loss differences
+    in nats to 2 decimals."""
+    header = ["cell", *(f"fit: {names[by]}; memorization: {names[y]}" for by, y in pairs)]
+    text = lambda r, y: report.ci_text(r, *((1, 2) if y.endswith("/loss") else ()))  # noqa: E731
+    body = [[name, *(text(got[f"{by} | {y}"], y) for by, y in pairs)] for name, got in rows.items()]
+    return report.markdown_table(header, body, "l" + "r" * len(pairs))
