@@ -354,22 +354,23 @@ PANELS = {
         xlabel="pristine training loss (log scale, falling to the right)", xlog=True, invert_x=True
     ),
     "epoch": dict(xlabel="epoch"),
+    MEM: dict(ylabel="memorization (%)", percent_y=True),
+    MEM_LOSS: dict(ylabel="loss on the noisy labels (falling upwards)", invert_y=True),
 }
 
 
-def plot_memorization(args, cell: Cell, present: dict, xs, levels=None) -> str:
-    """The cell's figure, memorization against each of ``xs`` (one panel each, the matched
-    level marked), one line per run; returns its file name."""
+def plot_memorization(args, cell: Cell, present: dict, pairs, levels=None) -> str:
+    """The cell's figure: one panel per ``(x, y)`` of ``pairs`` (the matched level of ``x``
+    marked), one line per run; returns its file name."""
     figure = f"paths_{cell.name}.png"
     arms = {
-        ARM_NAMES[k]: [tuple((curve(e, x), curve(e, MEM)) for x in xs) for e in runs if e]
+        ARM_NAMES[k]: [tuple((curve(e, x), curve(e, y)) for x, y in pairs) for e in runs if e]
         for k, runs in present.items()
         if k not in RA3_FAMILY[1:]
     }
     panels = [
-        dict(index=i, ylabel="memorization (%)", percent_y=True, level=(levels or {}).get(x))
-        | PANELS[x]
-        for i, x in enumerate(xs)
+        dict(index=i, level=(levels or {}).get(x)) | PANELS[x] | PANELS[y]
+        for i, (x, y) in enumerate(pairs)
     ]
     plots.plot_paths(
         panels, arms, Path(args.out) / figure, title=cell_title(cell), colors=ARM_COLORS
@@ -405,7 +406,8 @@ def cell_section(args, cell: Cell, present: dict, missing: int, confidence, prim
     acc_level = acc[top.key]["level"] if top else None
     loss_level = by_loss[top.key]["level"] if top else None
     levels = {PRISTINE: acc_level, PRISTINE_LOSS: loss_level}
-    figure = plot_memorization(args, cell, present, (PRISTINE, PRISTINE_LOSS), levels)
+    pairs = ((PRISTINE, MEM), (PRISTINE_LOSS, MEM), (PRISTINE_LOSS, MEM_LOSS))
+    figure = plot_memorization(args, cell, present, pairs, levels)
     verdict = cell_verdict({k: v for k, v in acc.items() if v["primary"]})
     loss_at = pristine_loss_at(present, top, acc_level) if top else {}
     pairings = tables.readings(present, top, READINGS, levels, SMOOTH) if top else {}
@@ -420,7 +422,8 @@ def cell_section(args, cell: Cell, present: dict, missing: int, confidence, prim
     section = [
         incomplete + "At the end of training (mean ± std over seeds):",
         tables.end_table(present, ARM_NAMES, END_COLUMNS.split("|"), END_MEASURES),
-        f"![memorization against pristine accuracy and loss, one line per run]({figure})",
+        "![memorization (accuracy, then loss, on the noisy labels) against pristine accuracy and "
+        f"loss, one line per run]({figure})",
         "Memorization at matched pristine accuracy (primary; each comparison at the highest "
         "accuracy the arm and its base reach on every seed). Differences in points, paired by "
         "seed; "
@@ -463,7 +466,7 @@ def pristine_loss_at(present: dict, top: Comparison, level: float) -> dict[str, 
 
 def long_section(args, cell: Cell, present: dict, missing: int) -> tuple[list[str], dict]:
     """The long cell: memorization against epochs, and where each arm ends."""
-    figure = plot_memorization(args, cell, present, ("epoch", PRISTINE))
+    figure = plot_memorization(args, cell, present, (("epoch", MEM), (PRISTINE, MEM)))
 
     def at_epoch(e, epoch):
         return math.nan if e is None else float(np.interp(epoch, curve(e, "epoch"), curve(e, MEM)))

@@ -230,7 +230,7 @@ def plot_paths(
     Args:
       panels: one mapping per panel: ``index`` (which of a run's (x, y) pairs it draws),
         ``xlabel``, ``ylabel``, optional ``level`` (a vertical line: the matched level),
-        ``xlim``, ``xlog`` and ``invert_x``; values are fractions, drawn in % when
+        ``xlim``, ``xlog``, ``invert_x`` and ``invert_y``; values are fractions, drawn in % when
         ``percent_x`` / ``percent_y``.
       arms: arm label -> its runs (one per seed), each a sequence of ``(x, y)`` pairs, one
         pair per panel: ``x`` and ``y`` are the run's values at each evaluation.
@@ -264,6 +264,8 @@ def plot_paths(
             ax.set_xscale("log")
         if panel.get("invert_x"):  # e.g. a loss: fitting moves to the right as in accuracy
             ax.invert_xaxis()
+        if panel.get("invert_y"):  # e.g. a loss on the noisy labels: memorizing moves up
+            ax.invert_yaxis()
         ax.grid(True, alpha=0.3)
     fig.suptitle(title)
     handles, labels = axes[0].get_legend_handles_labels()
