@@ -237,6 +237,30 @@ def test_summary_page(results_dir):
     assert "`--quick` smoke runs" in text
 
 
+def test_fixed_epoch_rows_say_what_matched_fit_found():
+    from studies import summary
+
+    verdict = lambda median, rm3=None: {"verdict": {"median": median, "rm3": rm3}}  # noqa: E731
+    cells = {
+        "a": verdict("slower learning explains it", "not established"),
+        "b": verdict("slower learning explains it"),
+        "c": verdict("not established"),
+        "d": verdict("too few seeds yet"),  # undecided: not counted
+        "long": None,  # no test
+        "e": {"missing": 3},  # not trained yet
+    }
+    qualify = summary.fixed_epoch_qualifier({"cells": cells})
+    about_median = qualify({"prediction": "M3, RM3 memorize much less than SGD and RA3"})
+    assert about_median == (
+        " (read at a fixed epoch, speed of learning not controlled; at matched fit, in the "
+        "median study's 3 decided cells: for the median 'slower learning explains it' in 2, "
+        "'not established' in 1, for RM3 against RA3 'not established' in 1)"
+    )
+    other = " (read at a fixed epoch, speed of learning not controlled)"
+    assert qualify({"prediction": "winsorized SGD memorizes less than SGD"}) == other
+    assert summary.fixed_epoch_qualifier(None)({"prediction": "M3 memorizes less"}) == other
+
+
 def test_imagenet_page(tmp_path):
     assert main(["imagenet", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "imagenet.md").read_text()
