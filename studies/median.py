@@ -590,14 +590,14 @@ def readings_table(results: dict) -> list[str]:
 
 def parting_line(cells: list[dict]) -> str:
     """How many cells' intervals lie above zero when both measures are accuracies and below
-    zero when both are losses."""
+    zero when both are losses, of the cells with an interval (two seeds or more)."""
     both = lambda by, y: [r[f"{by} | {y}"] for r in cells if r[f"{by} | {y}"]["n"] >= 2]  # noqa: E731
-    more = sum(r["lo"] > 0 for r in both(PRISTINE, MEM))
-    less = sum(r["hi"] < 0 for r in both(PRISTINE_LOSS, MEM_LOSS))
+    accuracy, loss = both(PRISTINE, MEM), both(PRISTINE_LOSS, MEM_LOSS)
+    more, less = sum(r["lo"] > 0 for r in accuracy), sum(r["hi"] < 0 for r in loss)
     return (
         f"Measured by accuracy on both sides, the median memorized more than the frontier in "
-        f"{more} of {len(cells)} cells (interval above zero); measured by loss on both sides, "
-        f"less in {less} of {len(cells)} (interval below zero)."
+        f"{more} of {len(accuracy)} cells (interval above zero); measured by loss on both "
+        f"sides, less in {less} of {len(loss)} (interval below zero)."
     )
 
 

@@ -117,6 +117,23 @@ def test_compare_at_fit_reads_both_measures_at_the_comparisons_own_level():
     assert got["n"] == 2 and got["lo"] < got["d"] < got["hi"]
 
 
+def test_a_family_with_a_run_not_trained_yet_has_no_frontier_on_that_seed():
+    from cgh_jax.analysis import matched
+
+    arm = [_run([0.5, 0.97], [0, 0.3]), _run([0.5, 0.97], [0, 0.2])]
+    fast = [_run([0.6, 1.0], [0, 0.5]), _run([0.6, 1.0], [0, 0.6])]
+    slow = [_run([0.5, 1.0], [0, 0.1]), None]  # seed 1's slow run still training
+    settings = {"arm": arm, "fast": fast, "slow": slow}
+    c = matched.Comparison("arm", ("fast", "slow"))
+    assert c.reaches(settings, by="pristine/top1", width=1) == [0.97, 1.0]  # seed 0 only
+    got = matched.compare(settings, c, lambda r: matched.final(r, "corrupt_noisy/top1"), 0.95)
+    assert got["base"][0] == pytest.approx(0.1) and math.isnan(got["base"][1])
+    assert got["n"] == 1  # not seed 1's partial family (its fast run alone: 0.6)
+    # A family member absent from the settings altogether is no missing run.
+    partial = {"arm": arm, "fast": fast}
+    assert matched.base_values(partial, ("fast", "slow"), lambda r: 1.0) == [1.0, 1.0]
+
+
 # ----------------------------------------------------------------------------- the tables
 
 

@@ -539,3 +539,18 @@ def test_median_readings_under_every_pairing_of_the_measures():
     table = "\n".join(M.readings_table({cell: {"readings": got}}))
     assert "-3.5 (-3.5 to -3.5) | +0.10 (+0.10 to +0.10) | -11.0" in table
     assert "more than the frontier in 0 of 1 cells" in table and "less in 1 of 1" in table
+
+
+def test_median_parting_line_counts_only_cells_with_an_interval():
+    """A cell with one finished seed has no interval: it is left out of both counts."""
+    from studies import median as M
+
+    def reading(d, lo, hi, n):
+        return {"d": d, "lo": lo, "hi": hi, "n": n}
+
+    keys = [f"{by} | {y}" for by, y in M.READINGS]
+    decided = {k: reading(0.1, 0.05, 0.15, 5) for k in keys}  # above zero everywhere
+    decided[f"{M.PRISTINE_LOSS} | {M.MEM_LOSS}"] = reading(-0.2, -0.3, -0.1, 5)
+    one_seed = {k: reading(-0.05, math.nan, math.nan, 1) for k in keys}
+    line = M.parting_line([decided, one_seed])
+    assert "more than the frontier in 1 of 1 cells" in line and "less in 1 of 1" in line

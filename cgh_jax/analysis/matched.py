@@ -195,11 +195,15 @@ def per_seed(runs: Sequence, fn) -> list[float]:
 
 def base_values(settings: Mapping[str, Sequence], base, fn, pick=frontier) -> list[float]:
     """Per seed, ``fn`` of the base run, or ``pick`` (the least: :func:`frontier`) over a
-    family's runs."""
+    family's runs; NaN on a seed where one of the family's runs is not trained yet (a
+    partial family is no frontier)."""
     if not isinstance(base, tuple):
         return per_seed(settings[base], fn)
-    family = [per_seed(settings[k], fn) for k in base if k in settings]
-    return [pick(values) for values in zip(*family, strict=True)]
+    members = [settings[k] for k in base if k in settings]
+    return [
+        math.nan if any(r is None for r in runs) else pick([fn(r) for r in runs])
+        for runs in zip(*members, strict=True)
+    ]
 
 
 def compare(settings: Mapping[str, Sequence], c: Comparison, fn, confidence: float) -> dict:
