@@ -474,8 +474,16 @@ def test_median_loss_caveat_only_where_the_loss_reading_contradicts_the_verdict(
         "its pristine loss is 0.226; SGD's at the learning rates that reach it: 0.338 to " in text
     )
     assert "the median's pristine loss is the lower" in text
+    assert "the opposite of the primary reading" in text
     (c, got) = cell("not_lower", "slower learning explains it", -0.01, median_loss=0.3385)
-    assert "is not below every SGD run's" in "\n".join(M.loss_caveats({c: got}))
+    assert "is not below every SGD run's in any cell" in "\n".join(M.loss_caveats({c: got}))
+    both = dict([cell("lower", "slower learning explains it", -0.01), (c, got)])
+    assert "In 1 of these 2 cells the readings part" in "\n".join(M.loss_caveats(both))
+    # An undecided verdict is no opposite: the sentence says the primary cannot tell.
+    (c, got) = cell("undecided", "not established", -0.01)
+    text = "\n".join(M.loss_caveats({c: got}))
+    assert "where the primary reading, +3.0 (-3.0 to +9.0), cannot tell" in text
+    assert "opposite" not in text
 
 
 def test_median_pristine_loss_at_the_matched_accuracy():
