@@ -405,6 +405,37 @@ def test_the_long_cell_adds_no_primary_test(tmp_path):
     assert "end_differences" in both["cells"]["synthetic_long"]
 
 
+def test_the_primary_family_is_fixed_by_the_plan_and_a_cell_without_norm_arm_predicts_none(
+    tmp_path,
+):
+    """A planned cell with no run yet counts in the Bonferroni family (its first run must not
+    widen the others' intervals), and the prediction of a cell without a norm-matched arm
+    does not name one."""
+    import argparse
+
+    from studies import median as M
+
+    full = M.Cell(
+        "synthetic", 0.5, 4_000, 100, (0, 1, 2), (*M.SGD_FAMILY, "m3_k15", "sgd_norm_k15")
+    )
+    cnn = M.Cell("synthetic_cnn", 0.25, 4_000, 100, (0, 1, 2), (*M.SGD_FAMILY, "m3", "m3_k9"))
+    runs = lambda c, done: {  # noqa: E731
+        k: [_path_entry(0.05 + 0.01 * i, 0.2 + 0.001 * s) if done else None for s in c.seeds]
+        for i, k in enumerate(c.keys)
+    }
+    args = argparse.Namespace(out=str(tmp_path), mnist="mnist", quick=False)
+    alone = M.page(args, {full: runs(full, True)}).payload
+    pending = M.page(args, {full: runs(full, True), cnn: runs(cnn, False)}).payload
+    both = M.page(args, {full: runs(full, True), cnn: runs(cnn, True)}).payload
+    assert alone["primary_tests"] == 2
+    assert pending["primary_tests"] == both["primary_tests"] == 3
+    got = lambda p: p["cells"]["synthetic"]["matched_accuracy"]["m3_k15-frontier"]  # noqa: E731
+    assert got(pending) == got(both) != got(alone)
+    rows = {row["measured"].count("SGD at its norm"): row["prediction"] for row in both["summary"]}
+    assert rows[1].endswith("and less than SGD at the median's norm")
+    assert rows[0].endswith("less than SGD at any learning rate")
+
+
 def test_an_archived_run_is_reused_across_checkouts_and_code_that_added_fields():
     from cgh_jax import configlib
 
