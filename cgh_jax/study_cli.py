@@ -170,6 +170,19 @@ def finished(
     )
 
 
+def train_in_order(recipes: Sequence[RunRecipe], args, archive: Mapping[str, dict]) -> dict:
+    """``recipes``' entries by run directory (:func:`finished`), trained in their order unless
+    ``--no-train`` (a run neither finished nor archived: ``None``). With ``--shard I/N`` it
+    trains only runs I, I+N, ... and exits: the page is written by a run without it."""
+    if args.shard:
+        i, n = args.shard
+        for recipe in recipes[i::n]:
+            finished(recipe, args, archive, train_missing=True)
+        say(f"{args.study}: shard {i}/{n} trained; run without --shard to write the page")
+        raise SystemExit(0)
+    return {r.dir: finished(r, args, archive, train_missing=not args.no_train) for r in recipes}
+
+
 # ----------------------------------------------------------------------------- the command line
 
 
@@ -184,6 +197,25 @@ def names_arg(valid: Sequence[str], what: str, shown: Sequence[str] | None = Non
         return names
 
     return parse
+
+
+def shard_arg(text: str) -> tuple[int, int]:
+    """An argparse type: ``I/N`` with ``0 <= I < N``."""
+    i, _, n = text.partition("/")
+    if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N with 0 <= I < N, e.g. 0/2")
+    return int(i), int(n)
+
+
+SHARD_HELP = (
+    "train only runs I, I+N, ... of the study (in its training order) and write no page: one "
+    "process per core (e.g. under `taskset -c I`); then run without --shard for the page"
+)
+NO_TRAIN_HELP = "write the page from the finished and archived runs only; list the missing"
+SHARD_ARGS = [  # the arguments of a study trained by :func:`train_in_order`
+    (("--shard",), dict(metavar="I/N", type=shard_arg, help=SHARD_HELP)),
+    (("--no-train",), dict(action="store_true", help=NO_TRAIN_HELP)),
+]
 
 
 def say(message: str) -> None:

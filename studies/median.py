@@ -21,19 +21,16 @@ directories or from the committed results.json), one process per core, then writ
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from cgh_jax import study
 from cgh_jax import study_cli as S
-from cgh_jax.analysis import matched, plots, report, stats
+from cgh_jax.analysis import matched_page as P
 from cgh_jax.analysis import matched_tables as tables
+from cgh_jax.analysis import report, stats
+from cgh_jax.analysis.matched import Comparison, final
 from studies.common import CNN, QUICK_MLP
 
 
@@ -153,24 +150,11 @@ def training_order(cells: dict[Cell, dict[str, list[S.RunRecipe]]]) -> list[S.Ru
     return [item[-1] for item in sorted(ordered, key=lambda item: item[:4])]
 
 
-def shard_arg(text: str) -> tuple[int, int]:
-    i, _, n = text.partition("/")
-    if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not I/N with 0 <= I < N, e.g. 0/2")
-    return int(i), int(n)
-
-
-SHARD_HELP = (
-    "train only runs I, I+N, ... of the study (in its training order) and write no page: one "
-    "process per core (e.g. under `taskset -c I`); then run without --shard for the page"
-)
-NO_TRAIN_HELP = "write the page from the finished and archived runs only; list the missing"
 CELL_NAMES = [c.name for c in CELLS]
 CELLS_ARG = S.names_arg([*CELL_NAMES, *(c.name for c in QUICK_CELLS)], "cells", CELL_NAMES)
 ARGS = [
-    (("--shard",), dict(metavar="I/N", type=shard_arg, help=SHARD_HELP)),
+    *S.SHARD_ARGS,
     (("--cells",), dict(default=(), type=CELLS_ARG, help="comma-separated cells (default: all)")),
-    (("--no-train",), dict(action="store_true", help=NO_TRAIN_HELP)),
 ]
 
 
@@ -178,16 +162,7 @@ def train(args):
     """Trains (or reuses) the selected runs; cell -> key -> one entry per seed (None for a
     run neither finished nor archived, with ``--no-train``)."""
     cells, archive = plan(args), study.load_archive(Path(args.out) / "results.json")
-    if args.shard:
-        (i, n) = args.shard
-        for run in training_order(cells)[i::n]:
-            S.finished(run, args, archive, train_missing=True)
-        S.say(f"median: shard {i}/{n} trained; run without --shard to write the page")
-        raise SystemExit(0)
-    entries = {
-        run.dir: S.finished(run, args, archive, train_missing=not args.no_train)
-        for run in training_order(cells)
-    }
+    entries = S.train_in_order(training_order(cells), args, archive)
     return {
         cell: {key: [entries[run.dir] for run in runs] for key, runs in keyed.items()}
         for cell, keyed in cells.items()
@@ -199,13 +174,7 @@ def train(args):
 LEVELS = (0.90, 0.95, 0.97, 0.98, 0.99)  # the grid of pristine accuracies (sensitivity)
 LEVEL_STEP, LOSS_DIGITS = 0.005, 3  # the matched levels: accuracy to 0.5%, loss to 3 digits
 SMOOTH = 3  # paths are matched after a moving average over 3 evaluations (6 epochs)
-MEM, MEM_LOSS, PRISTINE, PRISTINE_LOSS, TEST = (
-    "corrupt_noisy/top1",
-    "corrupt_noisy/loss",
-    "pristine/top1",
-    "pristine/loss",
-    "test/top1",
-)
+PRISTINE, MEM, TEST = P.PRISTINE, P.MEM, P.TEST
 MARGIN = 5  # points of memorization: a suppression smaller than this is no suppression
 DECISION_RULE = f"""## Decision rule (fixed before the numbers)
 
@@ -251,17 +220,6 @@ differences are paired by seed (each seed: its own data draw, initialization and
 order)."""
 
 
-curve, final, best, Comparison = matched.curve, matched.final, matched.best, matched.Comparison
-FIT = tables.Fit(y=MEM, also=TEST, width=SMOOTH, step=LEVEL_STEP, digits=LOSS_DIGITS)
-END_COLUMNS = "run|seeds|pristine (end)|memorization (end)|test (end)|best test during training"
-END_COLUMNS += "|highest pristine during training (smoothed)"
-END_MEASURES = (
-    lambda e: final(e, PRISTINE),
-    lambda e: final(e, MEM),
-    lambda e: final(e, TEST),
-    lambda e: best(e, TEST),
-    lambda e: matched.reach(e, by=PRISTINE, width=SMOOTH),
-)
 ARM_NAMES = {
     **{key: f"SGD, lr {LR * c:g}" for c, key in zip(LR_SCALES, SGD_FAMILY, strict=True)},
     **{key: f"RA3, lr {LR * c:g}" for c, key in zip(LR_SCALES, RA3_FAMILY, strict=True)},
@@ -277,6 +235,17 @@ COLORS += "#67000d #74c476 #006d2c #ff7f00"
 ARM_COLORS = {  # SGD blue, RA3 and RM3 grey and black, medians red, norm-matched arms green
     ARM_NAMES[k]: c for k, c in zip((*COLORED, "median_meannorm_k15"), COLORS.split(), strict=True)
 }
+
+
+REPORT = P.Spec(
+    names=ARM_NAMES,
+    colors=ARM_COLORS,
+    norm_arm=NORM_ARM,
+    fit=tables.Fit(y=MEM, also=TEST, width=SMOOTH, step=LEVEL_STEP, digits=LOSS_DIGITS),
+    levels=LEVELS,
+    margin=MARGIN,
+    unplotted=RA3_FAMILY[1:],
+)
 
 
 def comparisons(keys: Sequence[str]) -> list[Comparison]:
@@ -324,59 +293,11 @@ def dose_table(cell_runs: dict) -> list[str]:
     ]
 
 
-def cell_verdict(primary: dict) -> dict:
-    """The decision rule on a cell's primary results."""
-    top = next((k for k in primary if k.endswith("-frontier") and not k.startswith("rm3")), None)
-    verdict: dict = {"median": "no median run", "arm": None, "rm3": None}
-    if top is not None:
-        arm = verdict["arm"] = top.split("-")[0]
-        front, norm = primary[top], primary.get(f"{arm}-{NORM_ARM.get(arm)}")
-        verdict["median"] = decide(front, norm)
-    if rm3 := primary.get("rm3-frontier"):
-        verdict["rm3"] = decide(rm3, None)
-    return verdict
-
-
-def decide(front: dict, norm: dict | None) -> str:
-    """The decision rule: ``front`` (and ``norm``) are the corrected differences of
-    memorization (fractions) against the frontier (and the norm-matched arm)."""
-    if front["n"] < 2 or (norm is not None and norm["n"] < 2):
-        return "too few seeds yet"
-    if front["hi"] < 0 and (norm is None or norm["hi"] < 0):
-        return "supported"
-    if front["lo"] > -MARGIN / 100:
-        return "slower learning explains it"
-    return "not established"
-
-
-PANELS = {
-    PRISTINE: dict(xlabel="pristine training accuracy (%)", percent_x=True, xlim=(50, 100)),
-    PRISTINE_LOSS: dict(
-        xlabel="pristine training loss (log scale, falling to the right)", xlog=True, invert_x=True
-    ),
-    "epoch": dict(xlabel="epoch"),
-    MEM: dict(ylabel="memorization (%)", percent_y=True),
-    MEM_LOSS: dict(ylabel="loss on the noisy labels (falling upwards)", invert_y=True),
-}
-
-
-def plot_memorization(args, cell: Cell, present: dict, pairs, levels=None) -> str:
-    """The cell's figure: one panel per ``(x, y)`` of ``pairs`` (the matched level of ``x``
-    marked), one line per run; returns its file name."""
-    figure = f"paths_{cell.name}.png"
-    arms = {
-        ARM_NAMES[k]: [tuple((curve(e, x), curve(e, y)) for x, y in pairs) for e in runs if e]
-        for k, runs in present.items()
-        if k not in RA3_FAMILY[1:]
-    }
-    panels = [
-        dict(index=i, level=(levels or {}).get(x)) | PANELS[x] | PANELS[y]
-        for i, (x, y) in enumerate(pairs)
-    ]
-    plots.plot_paths(
-        panels, arms, Path(args.out) / figure, title=cell_title(cell), colors=ARM_COLORS
-    )
-    return figure
+LONG_ARMS = ("m3_k15", "sgd_norm_k15")  # the long cell: each against SGD at the end
+LONG_INTRO = (
+    "The data and seeds of the 4,000-example, 25%-noise cell, trained four times longer "
+    "(constant learning rate: the first 250 epochs are that cell's runs):"
+)
 
 
 def is_long(cell: Cell) -> bool:
@@ -390,125 +311,6 @@ def cell_title(cell: Cell) -> str:
         f"{data}, {cell.noise:.0%} label noise, {cell.size:,} training examples, "
         f"{cell.epochs} epochs"
     )
-
-
-def cell_section(args, cell: Cell, present: dict, missing: int, confidence, primary_confidence):
-    """A cell's tables, figure and verdict (of its ``present`` arms: those with a finished
-    run); (markdown blocks, results.json part)."""
-    comps = comparisons(list(present))
-    read = functools.partial(tables.matched_table, present, comps, ARM_NAMES, FIT)
-    acc_table, acc = read(
-        by=PRISTINE, percent=True, confidence=confidence, primary_confidence=primary_confidence
-    )
-    loss_table, by_loss = read(
-        by=PRISTINE_LOSS, percent=False, confidence=confidence, primary_confidence=None
-    )
-    top = next((c for c in comps if c.primary), None)  # its levels are marked in the figure
-    acc_level = acc[top.key]["level"] if top else None
-    loss_level = by_loss[top.key]["level"] if top else None
-    levels = {PRISTINE: acc_level, PRISTINE_LOSS: loss_level}
-    pairs = ((PRISTINE, MEM), (PRISTINE_LOSS, MEM), (PRISTINE_LOSS, MEM_LOSS))
-    figure = plot_memorization(args, cell, present, pairs, levels)
-    verdict = cell_verdict({k: v for k, v in acc.items() if v["primary"]})
-    loss_at = pristine_loss_at(present, top, acc_level) if top else {}
-    pairings = tables.readings(present, top, READINGS, levels, SMOOTH) if top else {}
-    incomplete = (
-        f"**Incomplete**: {missing} of this cell's runs are still to train; the tables use the "
-        "seeds that finished.\n\n"
-        if missing
-        else ""
-    )
-    median = ARM_NAMES.get(verdict["arm"], "—")
-    rm3 = f"; RM3 against the RA3 frontier: **{verdict['rm3']}**" if verdict["rm3"] else ""
-    section = [
-        incomplete + "At the end of training (mean ± std over seeds):",
-        tables.end_table(present, ARM_NAMES, END_COLUMNS.split("|"), END_MEASURES),
-        "![memorization (accuracy, then loss, on the noisy labels) against pristine accuracy and "
-        f"loss, one line per run]({figure})",
-        "Memorization at matched pristine accuracy (primary; each comparison at the highest "
-        "accuracy the arm and its base reach on every seed). Differences in points, paired by "
-        "seed; "
-        f"**primary** rows: {primary_confidence:.2%} intervals (Bonferroni over the page's "
-        f"primary tests), other rows: {confidence:.2%} (Bonferroni within this cell); test "
-        "accuracy at the same fit beside it (a family: its best):",
-        acc_table,
-        "\n".join(tables.per_seed_lines(acc, comps, ARM_NAMES, cell.seeds)),
-        "At matched pristine loss (secondary; the lowest loss the arm and its base reach):",
-        loss_table,
-        "Memorization at fixed levels of pristine accuracy (mean over seeds):",
-        tables.grid_table(present, ARM_NAMES, FIT, PRISTINE, LEVELS),
-        "\n".join(tables.best_lines(present, comps, ARM_NAMES, TEST)),
-        *dose_table(present),
-        f"- **Decision rule, this cell**: {median}: **{verdict['median']}**{rm3}.",
-        report.trained_line(e for runs in present.values() for e in runs if e is not None),
-    ]
-    got = {"matched_accuracy": acc, "matched_loss": by_loss, "verdict": verdict}
-    return section, got | {"pristine_loss_at_matched_accuracy": loss_at, "readings": pairings}
-
-
-MEASURES = {
-    PRISTINE: "pristine accuracy",
-    PRISTINE_LOSS: "pristine loss",
-    MEM: "accuracy on the noisy labels",
-    MEM_LOSS: "loss on the noisy labels",
-}
-READINGS = ((PRISTINE, MEM), (PRISTINE, MEM_LOSS), (PRISTINE_LOSS, MEM), (PRISTINE_LOSS, MEM_LOSS))
-
-
-def pristine_loss_at(present: dict, top: Comparison, level: float) -> dict[str, float]:
-    """Per run key of the first primary comparison (its arm and its base's runs), the mean
-    over seeds of the pristine loss where the run's path first reaches ``level`` of
-    pristine accuracy (smoothed as in the matching); keys that never reach it are left out."""
-    at = lambda e: matched.at_fit(e, PRISTINE_LOSS, level, by=PRISTINE, width=SMOOTH)  # noqa: E731
-    keys = (top.arm, *(top.base if isinstance(top.base, tuple) else (top.base,)))
-    means = {k: stats.mean(matched.per_seed(present.get(k, ()), at)) for k in keys}
-    return {k: v for k, v in means.items() if not math.isnan(v)}
-
-
-def long_section(args, cell: Cell, present: dict, missing: int) -> tuple[list[str], dict]:
-    """The long cell: memorization against epochs, and where each arm ends."""
-    figure = plot_memorization(args, cell, present, (("epoch", MEM), (PRISTINE, MEM)))
-
-    def at_epoch(e, epoch):
-        return math.nan if e is None else float(np.interp(epoch, curve(e, "epoch"), curve(e, MEM)))
-
-    marks = (cell.epochs // 4, cell.epochs // 2, cell.epochs)
-    rows = [
-        [
-            ARM_NAMES[k],
-            str(sum(e is not None for e in runs)),
-            *(report.pct([at_epoch(e, m) for e in runs]) for m in marks),
-            report.pct([final(e, PRISTINE) for e in runs]),
-            report.pct([final(e, TEST) for e in runs]),
-            report.pct([best(e, TEST) for e in runs]),
-        ]
-        for k, runs in present.items()
-    ]
-    header = ["run", "seeds", *(f"memorization at epoch {m}" for m in marks)]
-    header += ["pristine (end)", "test (end)", "best test"]
-    lines, diffs = [], {}
-    for arm in ("m3_k15", "sgd_norm_k15"):
-        if arm in present and "sgd" in present:
-            mem_end = lambda e: final(e, MEM)  # noqa: E731
-            d = stats.paired_difference(
-                matched.per_seed(present[arm], mem_end), matched.per_seed(present["sgd"], mem_end)
-            )
-            diffs[arm] = d
-            if not math.isnan(d[1]):
-                lines.append(
-                    f"- At epoch {cell.epochs}, {ARM_NAMES[arm]} − SGD: {100 * d[0]:+.1f} points "
-                    f"of memorization (95% CI {100 * d[1]:+.1f} to {100 * d[2]:+.1f})."
-                )
-    incomplete = f"**Incomplete**: {missing} runs still to train.\n\n" if missing else ""
-    section = [
-        incomplete + "The data and seeds of the 4,000-example, 25%-noise cell, trained four "
-        "times longer (constant learning rate: the first 250 epochs are that cell's runs):",
-        report.markdown_table(header, rows, "lrrrrrrr"),
-        f"![memorization against epochs and pristine accuracy, one line per run]({figure})",
-        "\n".join(lines),
-        report.trained_line(e for runs in present.values() for e in runs if e is not None),
-    ]
-    return section, {"end_differences": diffs}
 
 
 def summary_row(cell: Cell, got: dict) -> dict[str, str]:
@@ -540,128 +342,10 @@ def summary_row(cell: Cell, got: dict) -> dict[str, str]:
     }
 
 
-def verdict_section(results: dict) -> tuple[str, list[dict]]:
-    """The page's verdict, cell by cell, from the decision rule; the README rows."""
-    lines, summary = ["## Verdict", ""], []
-    for cell, got in results.items():
-        if not (v := got.get("verdict")) or v["arm"] is None:
-            continue
-        rm3 = f"; RM3: **{v['rm3']}**" if v["rm3"] else ""
-        lines.append(f"- {cell_title(cell)}: the median — **{v['median']}**{rm3}.")
-        if v["median"] != "too few seeds yet":
-            summary.append(summary_row(cell, got))
-    verdicts = [r["verdict"]["median"] for r in results.values() if r.get("verdict")]
-    decided = [v for v in verdicts if v != "too few seeds yet"]
-    if decided and all(v == "supported" for v in decided):
-        lines += ["", "The median suppresses memorization beyond slower learning in every cell."]
-    elif decided and all(v == "slower learning explains it" for v in decided):
-        lines += [
-            "",
-            f"In the {len(decided)} cell(s) decided so far the median does not suppress "
-            "memorization beyond what slower learning explains: at matched pristine accuracy "
-            "it memorizes no less than SGD at some lower learning rate.",
-        ]
-    lines += loss_caveats(results) + readings_table(results)
-    return "\n".join(lines), summary
-
-
-def readings_table(results: dict) -> list[str]:
-    """The page's exploratory table: per cell, the first primary comparison under every
-    pairing of fit and memorization measures (:func:`tables.readings`)."""
-    rows = {cell_title(c): got["readings"] for c, got in results.items() if got.get("readings")}
-    if not rows:
-        return []
-    return [
-        "",
-        "### Every pairing of the measures (exploratory, chosen after the numbers)",
-        "",
-        "The accuracy-matched and loss-matched readings above measure memorization by "
-        "accuracy on the noisy labels. Memorization can be measured by the loss on the noisy "
-        "labels as well, so there are four readings of each cell's first primary comparison "
-        "(the median with the most groups against the SGD frontier, at the same matched "
-        "levels). Each entry is median − frontier signed so that **positive means the median "
-        "memorized more**: points of accuracy, or for the loss the frontier's loss on the "
-        "noisy labels minus the median's (nats; lower is more memorized); uncorrected 95% "
-        "intervals, and not part of the decision rule (the first column is the primary "
-        "reading, its corrected interval in the cell's table):",
-        "",
-        tables.readings_table(rows, READINGS, MEASURES),
-        "",
-        parting_line(list(rows.values())),
-    ]
-
-
-def parting_line(cells: list[dict]) -> str:
-    """How many cells' intervals lie above zero when both measures are accuracies and below
-    zero when both are losses, of the cells with an interval (two seeds or more)."""
-    both = lambda by, y: [r[f"{by} | {y}"] for r in cells if r[f"{by} | {y}"]["n"] >= 2]  # noqa: E731
-    accuracy, loss = both(PRISTINE, MEM), both(PRISTINE_LOSS, MEM_LOSS)
-    more, less = sum(r["lo"] > 0 for r in accuracy), sum(r["hi"] < 0 for r in loss)
-    return (
-        f"Measured by accuracy on both sides, the median memorized more than the frontier in "
-        f"{more} of {len(accuracy)} cells (interval above zero); measured by loss on both "
-        f"sides, less in {less} of {len(loss)} (interval below zero)."
-    )
-
-
-def loss_caveats(results: dict) -> list[str]:
-    """Sentences for the cells where the loss-matched (secondary) reading finds the median
-    below the frontier while the accuracy-matched (primary) verdict does not say so."""
-    out, confident = [], []
-    for cell, got in results.items():
-        v = got.get("verdict")
-        if not v or v["arm"] is None or v["median"] in ("supported", "too few seeds yet"):
-            continue
-        loss = got["matched_loss"].get(v["arm"] + "-frontier")
-        if loss and loss["n"] >= 2 and loss["hi"] < 0:
-            acc = got["matched_accuracy"][v["arm"] + "-frontier"]
-            level, primary = acc["level"], "the opposite of the primary reading"
-            if v["median"] != "slower learning explains it":  # not established: can't tell
-                primary = f"where the primary reading, {report.ci_text(acc)}, cannot tell"
-            at = dict(got["pristine_loss_at_matched_accuracy"])
-            median, sgd = at.pop(v["arm"], math.nan), list(at.values())
-            confident.append(bool(sgd) and median < min(sgd))
-            sgd_text = f"{min(sgd):.3f} to {max(sgd):.3f}" if sgd else "none"
-            out.append(
-                f"- {cell_title(cell)}: at matched pristine *loss* (the secondary reading, "
-                f"{loss['level']:.3g}) the {ARM_NAMES[v['arm']]} memorizes "
-                f"{report.ci_text(loss)} points against the SGD frontier, below it, "
-                f"{primary}. Where its path first reaches "
-                f"{100 * level:.1f}% pristine accuracy (the primary level), its pristine loss "
-                f"is {median:.3f}; SGD's at the learning rates that reach it: {sgd_text} "
-                "(means over the seeds that reach it)."
-            )
-    if not out:
-        return []
-    because = (
-        "at the same pristine accuracy the median's pristine loss is the lower (the numbers "
-        "above; it fits the pristine examples more confidently): SGD reaches the median's "
-        "loss only later, when it has memorized more."
-    )
-    if all(confident):
-        why = f"The readings part because {because}"
-    elif any(confident):
-        why = (
-            f"In {sum(confident)} of these {len(confident)} cells the readings part because "
-            f"{because} In the rest the median's pristine loss at the primary level is not "
-            "below every SGD run's, so there the parting is not only a matter of confidence."
-        )
-    else:
-        why = (
-            "At the primary level the median's pristine loss is not below every SGD run's "
-            "in any cell above, so the parting is not only a matter of confidence."
-        )
-    return [
-        "",
-        "The secondary reading disagrees with the verdict: the rule was fixed with accuracy "
-        "as the primary fit, and by it the verdict above stands, but at matched pristine loss "
-        "the median memorizes less than SGD at every learning rate:",
-        "",
-        *out,
-        "",
-        f"{why} Which measure of fit is the fair one decides the answer; this page does not "
-        "settle it.",
-    ]
+def summary_rows(results: dict) -> list[dict[str, str]]:
+    """The README's rows: one per cell with a decided verdict."""
+    decided = lambda v: v and v["arm"] is not None and v["median"] != "too few seeds yet"  # noqa: E731
+    return [summary_row(cell, got) for cell, got in results.items() if decided(got.get("verdict"))]
 
 
 def page(args, trained) -> report.Page:
@@ -676,16 +360,21 @@ def page(args, trained) -> report.Page:
     sections, results = [], {}
     for cell, cell_runs in trained.items():
         present, missing = done[cell], sum(e is None for r in cell_runs.values() for e in r)
+        figure = Path(args.out) / f"paths_{cell.name}.png"
+        about = P.Cell(cell_title(cell), figure, cell.seeds, present, missing)
         if not present:
             section, got = [f"Not trained yet: {missing} runs (`--cells {cell.name}`)."], {}
         elif is_long(cell):
-            section, got = long_section(args, cell, present, missing)
+            section, got = P.long_section(REPORT, about, cell.epochs, "sgd", LONG_ARMS, LONG_INTRO)
         else:
             per_cell = stats.bonferroni(max(2 * len(comparisons(cell_runs)), 1))
-            section, got = cell_section(args, cell, present, missing, per_cell, stats.bonferroni(m))
+            comps, primary = comparisons(list(present)), stats.bonferroni(m)
+            extra = dose_table(present)
+            section, got = P.cell_section(REPORT, about, comps, per_cell, primary, extra)
         sections += [f"## {cell_title(cell)}", *(block for block in section if block)]
         results[cell] = {**got, "missing": missing}
-    verdict, summary = verdict_section(results)
+    verdict = P.verdict_section(REPORT, results, cell_title)
+    summary = summary_rows(results)
     entries = {
         f"{cell.name}/{key}/seed{seed}": entry
         for cell, keyed in trained.items()

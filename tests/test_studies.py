@@ -469,6 +469,7 @@ def test_median_loss_caveat_only_where_the_loss_reading_contradicts_the_verdict(
     """The verdict section names a cell whose loss-matched reading puts the median below the
     frontier (interval below zero) while the accuracy-matched verdict does not; never a cell
     whose verdict is already "supported", nor one whose loss interval reaches zero."""
+    from cgh_jax.analysis import matched_page as P
     from studies import median as M
 
     def cell(name, verdict, loss_hi, median_loss=0.226):
@@ -494,25 +495,32 @@ def test_median_loss_caveat_only_where_the_loss_reading_contradicts_the_verdict(
             cell("already_supported", "supported", -0.01),
         ]
     )
-    text, summary = M.verdict_section(results)
+    T = M.cell_title  # noqa: N806
+    text = P.verdict_section(M.REPORT, results, T)
+    summary = M.summary_rows(results)
     assert text.count("at matched pristine *loss*") == 1
     assert "The secondary reading disagrees" in text
     assert "-20.0 (-40.0 to -1.0)" in text  # the contradicting cell's interval, in points
     assert len(summary) == 3
     assert "at matched pristine loss (0.2), median − SGD frontier: -20.0" in summary[0]["measured"]
-    assert M.loss_caveats({c: g for c, g in results.items() if c.name != "contradicts"}) == []
+    assert (
+        P.loss_caveats(M.REPORT, {c: g for c, g in results.items() if c.name != "contradicts"}, T)
+        == []
+    )
     assert (
         "its pristine loss is 0.226; SGD's at the learning rates that reach it: 0.338 to " in text
     )
     assert "the median's pristine loss is the lower" in text
     assert "the opposite of the primary reading" in text
     (c, got) = cell("not_lower", "slower learning explains it", -0.01, median_loss=0.3385)
-    assert "is not below every SGD run's in any cell" in "\n".join(M.loss_caveats({c: got}))
+    assert "is not below every SGD run's in any cell" in "\n".join(
+        P.loss_caveats(M.REPORT, {c: got}, T)
+    )
     both = dict([cell("lower", "slower learning explains it", -0.01), (c, got)])
-    assert "In 1 of these 2 cells the readings part" in "\n".join(M.loss_caveats(both))
+    assert "In 1 of these 2 cells the readings part" in "\n".join(P.loss_caveats(M.REPORT, both, T))
     # An undecided verdict is no opposite: the sentence says the primary cannot tell.
     (c, got) = cell("undecided", "not established", -0.01)
-    text = "\n".join(M.loss_caveats({c: got}))
+    text = "\n".join(P.loss_caveats(M.REPORT, {c: got}, T))
     assert "where the primary reading, +3.0 (-3.0 to +9.0), cannot tell" in text
     assert "opposite" not in text
 
@@ -521,11 +529,12 @@ def test_median_pristine_loss_at_the_matched_accuracy():
     """Per run key of a comparison, the mean over seeds of the pristine loss where the
     run's smoothed accuracy path first reaches the level, interpolated; a run that never
     reaches it and a missing seed are left out, a key none of whose runs reach it too."""
+    from cgh_jax.analysis import matched_page as P
     from cgh_jax.analysis.matched import Comparison
     from studies import median as M
 
     def run(top1, loss):
-        return {"curve": {M.PRISTINE: top1, M.PRISTINE_LOSS: loss}}
+        return {"curve": {P.PRISTINE: top1, P.PRISTINE_LOSS: loss}}
 
     # linear paths: smoothing (a centered mean over 3) leaves the interior unchanged
     fast = run([0.5, 0.6, 0.7, 0.8, 0.9, 1.0], [1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
@@ -533,7 +542,7 @@ def test_median_pristine_loss_at_the_matched_accuracy():
     median = run([0.5, 0.6, 0.7, 0.8, 0.9, 1.0], [0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
     present = {"m3_k15": [median, median], "sgd": [fast, None], "sgd_lr0.5": [slow, slow]}
     comparison = Comparison("m3_k15", ("sgd", "sgd_lr0.5"), primary=True)
-    got = M.pristine_loss_at(present, comparison, 0.75)
+    got = P.pristine_loss_at(present, comparison, 0.75, M.SMOOTH)
     assert got == pytest.approx({"m3_k15": 0.25, "sgd": 0.5})
 
 
@@ -542,6 +551,7 @@ def test_median_readings_under_every_pairing_of_the_measures():
     the noisy labels) reads median − frontier where each linear path reaches the level; the
     frontier is the least memorized run per seed (for the loss: the highest), and the sign
     makes positive mean "the median memorized more"."""
+    from cgh_jax.analysis import matched_page as P
     from cgh_jax.analysis import matched_tables
     from cgh_jax.analysis.matched import Comparison
     from studies import median as M
@@ -551,10 +561,10 @@ def test_median_readings_under_every_pairing_of_the_measures():
     def run(acc, loss, mem, mem_loss):  # each a slope: value = a + slope * t
         return {
             "curve": {
-                M.PRISTINE: (0.5 + acc * t).tolist(),
-                M.PRISTINE_LOSS: (1.0 - loss * t).tolist(),
-                M.MEM: (mem * t).tolist(),
-                M.MEM_LOSS: (3.0 - mem_loss * t).tolist(),
+                P.PRISTINE: (0.5 + acc * t).tolist(),
+                P.PRISTINE_LOSS: (1.0 - loss * t).tolist(),
+                P.MEM: (mem * t).tolist(),
+                P.MEM_LOSS: (3.0 - mem_loss * t).tolist(),
             }
         }
 
@@ -563,33 +573,33 @@ def test_median_readings_under_every_pairing_of_the_measures():
     slow = run(0.0625, 0.15, 0.04, 0.1)  # 75% at t = 4, loss 0.4 at t = 4
     present = {"m3_k15": [median] * 2, "sgd": [fast] * 2, "sgd_lr0.5": [slow] * 2}
     top = Comparison("m3_k15", ("sgd", "sgd_lr0.5"), primary=True)
-    levels = {M.PRISTINE: 0.75, M.PRISTINE_LOSS: 0.4}
-    got = matched_tables.readings(present, top, M.READINGS, levels, M.SMOOTH)
+    levels = {P.PRISTINE: 0.75, P.PRISTINE_LOSS: 0.4}
+    got = matched_tables.readings(present, top, P.READINGS, levels, M.SMOOTH)
     want = {
-        (M.PRISTINE, M.MEM): 0.125 - 0.16,  # frontier: slow (0.16 < 0.25)
-        (M.PRISTINE, M.MEM_LOSS): 2.6 - 2.5,  # frontier: slow's loss 2.6 > fast's 2.0
-        (M.PRISTINE_LOSS, M.MEM): 0.05 - 0.16,  # frontier: slow (0.16 < 0.3)
-        (M.PRISTINE_LOSS, M.MEM_LOSS): 2.6 - 2.8,  # the median's loss is the higher
+        (P.PRISTINE, P.MEM): 0.125 - 0.16,  # frontier: slow (0.16 < 0.25)
+        (P.PRISTINE, P.MEM_LOSS): 2.6 - 2.5,  # frontier: slow's loss 2.6 > fast's 2.0
+        (P.PRISTINE_LOSS, P.MEM): 0.05 - 0.16,  # frontier: slow (0.16 < 0.3)
+        (P.PRISTINE_LOSS, P.MEM_LOSS): 2.6 - 2.8,  # the median's loss is the higher
     }
     for (by, y), d in want.items():
         assert got[f"{by} | {y}"]["d"] == pytest.approx(d)
         assert got[f"{by} | {y}"]["n"] == 2
     cell = M.Cell("linear", 0.25, 4_000, 250, (0, 1), ("sgd", "m3_k15"))
-    table = "\n".join(M.readings_table({cell: {"readings": got}}))
+    table = "\n".join(P.readings_table({cell: {"readings": got}}, M.cell_title))
     assert "-3.5 (-3.5 to -3.5) | +0.10 (+0.10 to +0.10) | -11.0" in table
     assert "more than the frontier in 0 of 1 cells" in table and "less in 1 of 1" in table
 
 
 def test_median_parting_line_counts_only_cells_with_an_interval():
     """A cell with one finished seed has no interval: it is left out of both counts."""
-    from studies import median as M
+    from cgh_jax.analysis import matched_page as P
 
     def reading(d, lo, hi, n):
         return {"d": d, "lo": lo, "hi": hi, "n": n}
 
-    keys = [f"{by} | {y}" for by, y in M.READINGS]
+    keys = [f"{by} | {y}" for by, y in P.READINGS]
     decided = {k: reading(0.1, 0.05, 0.15, 5) for k in keys}  # above zero everywhere
-    decided[f"{M.PRISTINE_LOSS} | {M.MEM_LOSS}"] = reading(-0.2, -0.3, -0.1, 5)
+    decided[f"{P.PRISTINE_LOSS} | {P.MEM_LOSS}"] = reading(-0.2, -0.3, -0.1, 5)
     one_seed = {k: reading(-0.05, math.nan, math.nan, 1) for k in keys}
-    line = M.parting_line([decided, one_seed])
+    line = P.parting_line([decided, one_seed])
     assert "more than the frontier in 1 of 1 cells" in line and "less in 1 of 1" in line
