@@ -19,14 +19,13 @@ from pathlib import Path
 
 from cgh_jax import study
 from cgh_jax import study_cli as S
-from cgh_jax.analysis import plots, report, stats
+from cgh_jax.analysis import fixed_epoch as F
+from cgh_jax.analysis import plots, report
 from cgh_jax.analysis.stats import mean
 from studies.common import CNN, QUICK_MLP
 
 NOISE, EVAL_CAP, CONV_LR = 0.5, 1_000, 0.05
-SETS = ("corrupt_noisy", "corrupt_true", "pristine", "test")
-MEM = SETS[0]  # memorization: accuracy on the corrupt examples against their noisy label
-B300 = "SGD, batch 300 (M3's updates per epoch)"
+B300 = F.B300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,114 +182,23 @@ def run_machines(runs: dict[str, list[Path]]) -> list[str]:
 
 
 def group_rows(group: Group, runs: dict[str, list[Path]]) -> list[dict]:
-    rows = []
-    for setting in group.settings:
-        dirs = runs[setting.name]
-        finals = report.run_finals(dirs)
-        row = dict(name=setting.name, key=setting.key, runs=len(dirs))
-        row.update(
-            diverged=len(group.seeds) - len(dirs), wall_s=[study.run_wall_s(d) for d in dirs]
+    return [
+        F.setting_row(
+            s.name,
+            s.key,
+            runs[s.name],
+            len(group.seeds),
+            [study.run_wall_s(d) for d in runs[s.name]],
         )
-        row.update({k: [f.get(f"{k}/top1", math.nan) for f in finals] for k in SETS})
-        row.update(epochs=[f["epoch"] for f in finals], steps=[f["step"] for f in finals])
-        rows.append(row)
-    return rows
-
-
-def _pair(rows: list[dict], name: str, baseline: str):
-    """The rows of ``name`` and ``baseline`` (None unless both have finished runs)."""
-    by = {r["name"]: r for r in rows if r["runs"]}
-    return (by[name], by[baseline]) if name in by and baseline in by else None
-
-
-def _less(rows: list[dict], name: str, baseline: str) -> bool | None:
-    """Whether ``name`` memorizes less than ``baseline`` beyond twice the seed spread."""
-    got = _pair(rows, name, baseline)
-    return None if got is None else stats.less_beyond_spread(*(r[MEM] for r in got))
-
-
-def _same(rows: list[dict], a: str, b: str) -> bool | None:
-    """Memorization of ``a`` and ``b`` within twice the seed spread (None if unknown)."""
-    less = _less(rows, a, b), _less(rows, b, a)
-    return None if None in less else not any(less)
-
-
-def compare(rows: list[dict], name: str, baseline: str) -> str | None:
-    """One sentence: memorization of ``name`` vs ``baseline``, with the seed spread."""
-    if (got := _pair(rows, name, baseline)) is None:
-        return None
-    (a, b), (ma, mb, floor) = got, stats.spread_comparison(*(r[MEM] for r in got))
-    verdict = "about the same as" if abs(ma - mb) <= floor else ("less", "more")[ma >= mb] + " than"
-    seeds = f"; seed spread ±{100 * floor / 2:.1f}" if floor > 0 else ""
-    return (
-        f"{name} memorizes {verdict} {baseline}: corrupt-noisy accuracy {100 * ma:.1f}% vs "
-        f"{100 * mb:.1f}% ({100 * (ma - mb):+.1f} points{seeds}); test "
-        f"{100 * mean(a['test']):.1f}% vs {100 * mean(b['test']):.1f}%."
-    )
-
-
-def interpretation(rows: list[dict]) -> list[str]:
-    """What the controls say about the comparisons above (generated from the numbers)."""
-    lines, sgd = [], _pair(rows, "SGD", "SGD")
-    if sgd:
-        lines.append(
-            f"SGD ends with {100 * mean(sgd[0][MEM]):.1f}% of the corrupt labels memorized"
-        )
-        if mean(sgd[0][MEM]) < 0.8:
-            lines[-1] += (
-                ": the runs stop well before SGD memorizes all of them, so the table compares "
-                "how fast memorization proceeds, not where it ends"
-            )
-        lines[-1] += "."
-    if _less(rows, "M3", "SGD") and _same(rows, "M3", B300):
-        lines.append(
-            "**Control**: SGD with M3's number of updates per epoch (batch 300) memorizes as "
-            "little as M3 (within twice the seed spread). Here M3's lower memorization is "
-            "explained by its fewer updates, not by the median."
-        )
-    elif _less(rows, "M3", B300):
-        lines.append(
-            "**Control**: M3 memorizes less than SGD with the same number of updates per "
-            "epoch (batch 300), so the median itself suppresses memorization here."
-        )
-    elif _same(rows, "M3", B300):
-        lines.append(
-            "M3 and SGD with the same number of updates (batch 300) memorize about the same "
-            "here (the difference is within twice the seed spread): no clear effect of the "
-            "median beyond that of fewer updates at this number of seeds."
-        )
-    if _same(rows, "RM3", "RA3"):
-        lines.append(
-            "RM3 and RA3 (median vs mean of the same last three gradients) memorize about the "
-            "same here (the difference is within twice the seed spread): no clear effect of "
-            "the median beyond that of stale, averaged gradients."
-        )
-    elif _less(rows, "RM3", "RA3"):
-        lines.append(
-            "RM3 memorizes less than RA3 (the mean of the same three gradients): the median, "
-            "not the staleness, makes the difference."
-        )
-    winsor = [r for r in rows if r["key"].startswith("winsorize") and r["runs"]]
-    if len(winsor) > 1:
-        levels = [mean(r["corrupt_noisy"]) for r in winsor]
-        steady = all(a >= b for a, b in zip(levels, levels[1:], strict=False))
-        each = ", ".join(
-            f"{r['name'].split(', ')[-1]}: {100 * v:.1f}%"
-            for r, v in zip(winsor, levels, strict=True)
-        )
-        tests = ", ".join(f"{100 * mean(r['test']):.1f}%" for r in winsor)
-        lines.append(
-            f"Memorization under winsorized SGD {'falls' if steady else 'does not fall'} "
-            f"steadily as more values are clipped ({each}), while test accuracy goes {tests}."
-        )
-    return lines
+        for s in group.settings
+    ]
 
 
 def summary_item(group: Group, rows: list[dict]) -> dict[str, str]:
     """The README summary row of one group (computed from its table)."""
-    checks = [_less(rows, a, b) for a, b in group.checks or group.pairs]
+    checks = [F.less(rows, a, b) for a, b in group.checks or group.pairs]
     match = report.match(c for c in checks if c is not None)
-    if _less(rows, "M3", "SGD") and _same(rows, "M3", B300):
+    if F.less(rows, "M3", "SGD") and F.same(rows, "M3", B300):
         match += "; but SGD with M3's number of updates memorizes as little as M3"
     measured = ", ".join(
         f"{r['name'].split(' (')[0]} {report.pct(r['corrupt_noisy'])}" for r in rows if r["runs"]
@@ -305,24 +213,6 @@ def summary_item(group: Group, rows: list[dict]) -> dict[str, str]:
     }
 
 
-COLUMNS = (
-    "optimizer|corrupt, noisy label (memorization)|corrupt, true label|pristine|test|epochs|"
-    "updates|wall time per run|seeds"
-).split("|")
-
-
-def table_row(r: dict) -> list[str]:
-    done = [f"{mean(r['epochs']):g}", f"{mean(r['steps']):,.0f}"] if r["runs"] else ["—", "—"]
-    seeds = f"{r['runs']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
-    return [
-        r["name"],
-        *(report.pct(r[k]) for k in SETS),
-        *done,
-        report.format_seconds(mean(r["wall_s"])),
-        seeds,
-    ]
-
-
 def group_section(args, group: Group, runs: dict[str, list[Path]]) -> tuple[list[str], dict]:
     rows = group_rows(group, runs)
     finished = {name: dirs for name, dirs in runs.items() if dirs}
@@ -334,7 +224,7 @@ def group_section(args, group: Group, runs: dict[str, list[Path]]) -> tuple[list
         f"training on a seeded random subset of {group.subset:,} training examples, tested on "
         f"{group.heldout:,} other examples of the training split held out (true labels)"
     )
-    verdicts = [compare(rows, a, b) for a, b in group.pairs] + interpretation(rows)
+    verdicts = [F.compare(rows, a, b) for a, b in group.pairs] + F.interpretation(rows)
     verdicts = [f"- {line}" for line in verdicts if line]
     lines = [
         f"## {group.title}",
@@ -343,7 +233,7 @@ def group_section(args, group: Group, runs: dict[str, list[Path]]) -> tuple[list
         "sample std over seeds where there are several).",
         "Trained by " + "; ".join(run_machines(finished)) + "." if finished else "",
         "Final top-1 accuracy in %:",
-        report.markdown_table(COLUMNS, [table_row(r) for r in rows]),
+        report.markdown_table(F.COLUMNS, [F.table_row(r) for r in rows]),
         f"![{group.title}]({figure})" if finished else "(no finished run)",
         *(["\n".join(verdicts)] if verdicts else []),
     ]
