@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cgh_jax import study
 from cgh_jax import study_cli as S
+from cgh_jax.analysis import easy_hard as E
 from cgh_jax.analysis import plots, report, stats
 from studies.common import QUICK_MLP, mlp_sgd
 
@@ -42,8 +43,6 @@ def plan(quick: bool) -> tuple[S.RunRecipe, dict[str, list[S.RunRecipe]]]:
 
 
 def train(args):
-    from cgh_jax.analysis import easy_hard
-
     probe, sides = plan(args.quick)
     probe_dir, cfg = S.train(probe, args)
     records = probe_dir / "per_example" / f"epoch_{int(cfg.num_epochs):03d}.npz"
@@ -51,7 +50,7 @@ def train(args):
         raise FileNotFoundError(f"The probe wrote no per-example records at {records}.")
     ids = Path(args.workdir) / "ids"
     fractions = dict(train_size=TRAIN_FRACTION, test_size=TEST_FRACTION, seed=SPLIT_SEED)
-    split = easy_hard.make_easy_hard_splits(records, ids, **fractions)
+    split = E.make_easy_hard_splits(records, ids, **fractions)
     S.say(f"easy_hard: {split['num_easy']:,} easy, {split['num_hard']:,} hard; {split['sizes']}")
     dirs = {side: [S.train(run, args)[0] for run in runs] for side, runs in sides.items()}
     return probe_dir, cfg, split, dirs
@@ -69,43 +68,9 @@ def side_rows(runs: dict[str, list[Path]], sizes: dict[str, int]) -> list[dict]:
     return rows
 
 
-def _compare(rows: list[dict]):
-    """Easy row, hard row, test difference (fraction) and the larger seed spread."""
-    by = {r["side"]: r for r in rows}
-    easy, hard = by["easy"], by["hard"]
-    spread = max(stats.std(easy["test"]), stats.std(hard["test"]))
-    return easy, hard, stats.mean(easy["test"]) - stats.mean(hard["test"]), spread
-
-
-def verdict(rows: list[dict]) -> list[str]:
-    easy, hard, diff, spread = _compare(rows)
-    e, h = 100 * stats.mean(easy["test"]), 100 * stats.mean(hard["test"])
-    tail = f"({100 * diff:+.1f} points; largest seed std {100 * spread:.1f})."
-    first = (
-        "- **The W&S finding holds here**: trained and tested within its side, the easy side "
-        f"reaches {e:.1f}% test accuracy and the hard side {h:.1f}% {tail}"
-        if 100 * diff > 2 * 100 * spread
-        else f"- **The W&S finding does not hold here**: easy → easy test accuracy {e:.1f}% vs "
-        f"hard → hard {h:.1f}% {tail}"
-    )
-    gap_e, gap_h = 100 * stats.mean(easy["gap"]), 100 * stats.mean(hard["gap"])
-    fit_e, fit_h = 100 * stats.mean(easy["train"]), 100 * stats.mean(hard["train"])
-    second = (
-        "- Generalization gap (final training accuracy minus test accuracy): easy "
-        f"{gap_e:.1f} points, hard {gap_h:.1f} points"
-    )
-    if min(stats.mean(easy["train"]), stats.mean(hard["train"])) > 0.9:
-        second += f". Both sides fit their training part ({fit_e:.1f}% and {fit_h:.1f}%), so "
-        second += "the difference is in generalization, not in fitting."
-    else:
-        second += f"; training accuracy {fit_e:.1f}% (easy) and {fit_h:.1f}% (hard): a side "
-        second += "that is not fitted yet understates its gap."
-    return [first, second]
-
-
 def summary_item(rows: list[dict]) -> dict[str, str]:
     """The README summary row (computed from the table)."""
-    easy, hard, diff, spread = _compare(rows)
+    easy, hard, diff, spread = E.compare_sides(rows)
     return {
         "study": "Easy and hard examples (W&S §4)",
         "setting": f"MNIST, MLP 2048, probe 2 epochs; {easy['train_size']:,} train / "
@@ -151,7 +116,7 @@ def page(args, trained) -> report.Page:
         "![train and test accuracy of the easy and hard sides](curves.png)",
         f"True classes of the hard train part (digit: count): {classes}." if counts else "",
         "## What W&S found, and what happened here",
-        "\n".join(verdict(rows)),
+        "\n".join(E.verdict(rows)),
         f"Id files and their summary: `{ids}/` (`easy_hard_summary.json`).",
     ]
     data = (
@@ -181,7 +146,7 @@ def page(args, trained) -> report.Page:
             "split": {k: v for k, v in split.items() if k != "files"},
             "probe": {k: v for k, v in probe_final.items() if "/" in k},
             "rows": rows,
-            "verdicts": verdict(rows),
+            "verdicts": E.verdict(rows),
             "summary": [summary_item(rows)],
         },
     )

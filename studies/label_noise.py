@@ -17,6 +17,7 @@ from pathlib import Path
 from cgh_jax import study
 from cgh_jax import study_cli as S
 from cgh_jax.analysis import examples, plots, report
+from cgh_jax.analysis import label_noise as L
 from studies.common import cg_page, cg_sgd
 
 NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -33,89 +34,15 @@ def plan(quick: bool) -> dict[float, S.RunRecipe]:
     }
 
 
-def label(noise: float) -> str:
-    return f"{noise:.0%} noise"
-
-
 def train(args):
     return {noise: S.train(run, args) for noise, run in plan(args.quick).items()}
 
 
-def _predictions(rows: list[dict]) -> tuple[list[dict], list[dict], bool, bool]:
-    """Rows with 0 < noise < 1, rows with noise < 1 by noise, and the two predictions' verdicts."""
-    noisy = [r for r in rows if 0 < r["noise"] < 1]
-    below = sorted((r for r in rows if r["noise"] < 1), key=lambda r: r["noise"])
-    ep1 = [r["pristine_ep1"] for r in below]
-    p1 = bool(noisy) and all(r["pristine_ep1"] > r["corrupt_ep1"] for r in noisy)
-    p2 = len(ep1) > 1 and all(a >= b for a, b in zip(ep1, ep1[1:], strict=False))
-    return noisy, below, p1, p2
-
-
-def verdicts(rows: list[dict], epochs: float) -> list[str]:
-    """Plain statements of whether the measurements match CGH's two predictions."""
-    noisy, below, p1, p2 = _predictions(rows)
-    gaps = [(label(r["noise"]), 100 * (r["pristine_ep1"] - r["corrupt_ep1"])) for r in noisy]
-    lines = []
-    if p1:
-        each = ", ".join(f"{g:.1f} points at {n}" for n, g in gaps)
-        lines.append(
-            "- **Prediction 1 holds** at every noise level strictly between 0 and 100%: after "
-            "one epoch the pristine examples are fitted better than the corrupt ones (columns "
-            f"*after 1 epoch*; the gaps are {each})."
-        )
-    elif noisy:
-        bad = ", ".join(n for n, g in gaps if not g > 0)
-        lines.append(
-            f"- **Prediction 1 does not hold** at {bad}: there the corrupt examples were "
-            "fitted at least as well as the pristine ones after one epoch."
-        )
-    lines += [
-        "- At 100% noise every label is redrawn, so within each true class all 10 labels are "
-        "equally frequent; the 'pristine' examples are those whose random label happens to "
-        "equal the true one. No direction favours the true label, so CGH predicts no head "
-        "start for them: after one epoch the difference is "
-        f"{100 * (r['pristine_ep1'] - r['corrupt_ep1']):+.1f} points."
-        for r in rows
-        if r["noise"] == 1.0
-    ]
-    values = ", ".join(f"{100 * r['pristine_ep1']:.1f}%" for r in below)
-    if len(below) > 1 and p2:
-        lines.append(
-            "- **Prediction 2 holds** for the pristine examples: their accuracy after one epoch "
-            f"falls as the noise grows ({values} at {', '.join(label(r['noise']) for r in below)})."
-        )
-    elif len(below) > 1:
-        lines.append(
-            "- **Prediction 2 does not hold strictly** for the pristine examples: their "
-            f"accuracy after one epoch is {values} for increasing noise (not monotone)."
-        )
-    reach = [r for r in below if r["noise"] > 0]
-    reached = [r["corrupt_to_50"] for r in reach]
-    if reach:
-        text = ", ".join(
-            f"{label(r['noise'])}: "
-            + (f"epoch {e:g}" if not math.isnan(e) else f"not within {epochs:g}")
-            for r, e in zip(reach, reached, strict=True)
-        )
-        lines.append(f"- Epoch at which the corrupt examples reach 50% memorization: {text}.")
-    if len(reached) > 1 and not any(math.isnan(e) for e in reached):
-        if all(a > b for a, b in zip(reached, reached[1:], strict=False)):
-            lines.append(
-                "- Memorization of the corrupt examples comes *sooner* as the noise grows: with "
-                "more corrupt examples, fewer pristine ones pull each image towards its true "
-                "class. The slow-down of prediction 2 is seen in the pristine examples, not in "
-                "the corrupt ones."
-            )
-        elif all(a < b for a, b in zip(reached, reached[1:], strict=False)):
-            lines.append("- Memorization of the corrupt examples comes later as the noise grows.")
-    return lines
-
-
 def summary_item(rows: list[dict], epochs: float) -> dict[str, str]:
     """The row of the README's summary table (computed, like the verdicts)."""
-    noisy, _, p1, p2 = _predictions(rows)
+    noisy, _, p1, p2 = L.predictions(rows)
     measured = "; ".join(
-        f"{label(r['noise'])}: pristine {report.pct(r['pristine_ep1'])}% vs corrupt "
+        f"{L.label(r['noise'])}: pristine {report.pct(r['pristine_ep1'])}% vs corrupt "
         f"{report.pct(r['corrupt_ep1'])}% after 1 epoch, corrupt "
         f"{report.pct(r['final'].get('corrupt_noisy/top1', math.nan))}% after {epochs:g}"
         for r in noisy
@@ -151,7 +78,7 @@ COLUMNS = (
 def table_row(r: dict) -> list[str]:
     epochs = ("—" if math.isnan(e) else f"{e:g}" for e in (r["pristine_to_50"], r["corrupt_to_50"]))
     return [
-        label(r["noise"]),
+        L.label(r["noise"]),
         f"{r['num_corrupt']:,} / {r['num_pristine'] + r['num_corrupt']:,}",
         *(report.pct(r[f"{k}_ep1"]) for k in ("pristine", "corrupt")),
         *epochs,
@@ -164,7 +91,7 @@ def page(args, trained) -> report.Page:
     out = Path(args.out)
     metrics = {noise: report.load_metrics(d) for noise, (d, _) in trained.items()}
     title = "MNIST, MLP 2048, SGD lr 0.1, batch 100: accuracy against epochs"
-    curves = {label(n): m for n, m in metrics.items()}
+    curves = {L.label(n): m for n, m in metrics.items()}
     plots.plot_accuracy_curves(
         curves, sets=report.DEFAULT_SETS, path=out / "curves.png", title=title
     )
@@ -180,7 +107,7 @@ def page(args, trained) -> report.Page:
         "![accuracy curves per noise level](curves.png)",
         "![pristine and corrupt accuracy for all noise levels](rates.png)",
         "## What CGH predicts, and what happened",
-        "\n".join(verdicts(rows, epochs)),
+        "\n".join(L.verdicts(rows, epochs)),
         f"Runs: `{os.path.relpath(args.workdir, S.REPO)}/<noiseNNN>/metrics.jsonl`.",
     ]
     data = (
@@ -207,7 +134,7 @@ def page(args, trained) -> report.Page:
             "epochs": epochs,
             "subset": None if args.quick else SUBSET,
             "rows": rows,
-            "verdicts": verdicts(rows, epochs),
+            "verdicts": L.verdicts(rows, epochs),
             "summary": [summary_item(rows, epochs)],
         },
     )

@@ -10,7 +10,8 @@ Each side is then cut, at random but reproducibly, into disjoint train and test
 parts of equal sizes on both sides (ImageNet: 500K train and 100K test per
 side). Training on ``easy_train`` and testing on ``easy_test``
 (and likewise for hard) shows that easy examples generalize better among
-themselves than hard ones.
+themselves than hard ones; :func:`verdict` says whether they did, against twice the
+seed spread.
 
 The id files plug into the data config: ``train_ids_file`` restricts training
 to those ids and ``test_ids_file`` evaluates on those ids of the *train* split
@@ -27,6 +28,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from cgh_jax.analysis import stats
 
 SPLIT_NAMES = ("easy_train", "easy_test", "hard_train", "hard_test")
 SUMMARY_FILENAME = "easy_hard_summary.json"
@@ -225,3 +228,37 @@ def make_easy_hard_splits(
     with open(os.path.join(out_dir, SUMMARY_FILENAME), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def compare_sides(rows: list[dict]):
+    """Easy row, hard row, test difference (fraction) and the larger seed spread."""
+    by = {r["side"]: r for r in rows}
+    easy, hard = by["easy"], by["hard"]
+    spread = max(stats.std(easy["test"]), stats.std(hard["test"]))
+    return easy, hard, stats.mean(easy["test"]) - stats.mean(hard["test"]), spread
+
+
+def verdict(rows: list[dict]) -> list[str]:
+    easy, hard, diff, spread = compare_sides(rows)
+    e, h = 100 * stats.mean(easy["test"]), 100 * stats.mean(hard["test"])
+    tail = f"({100 * diff:+.1f} points; largest seed std {100 * spread:.1f})."
+    first = (
+        "- **The W&S finding holds here**: trained and tested within its side, the easy side "
+        f"reaches {e:.1f}% test accuracy and the hard side {h:.1f}% {tail}"
+        if 100 * diff > 2 * 100 * spread
+        else f"- **The W&S finding does not hold here**: easy → easy test accuracy {e:.1f}% vs "
+        f"hard → hard {h:.1f}% {tail}"
+    )
+    gap_e, gap_h = 100 * stats.mean(easy["gap"]), 100 * stats.mean(hard["gap"])
+    fit_e, fit_h = 100 * stats.mean(easy["train"]), 100 * stats.mean(hard["train"])
+    second = (
+        "- Generalization gap (final training accuracy minus test accuracy): easy "
+        f"{gap_e:.1f} points, hard {gap_h:.1f} points"
+    )
+    if min(stats.mean(easy["train"]), stats.mean(hard["train"])) > 0.9:
+        second += f". Both sides fit their training part ({fit_e:.1f}% and {fit_h:.1f}%), so "
+        second += "the difference is in generalization, not in fitting."
+    else:
+        second += f"; training accuracy {fit_e:.1f}% (easy) and {fit_h:.1f}% (hard): a side "
+        second += "that is not fitted yet understates its gap."
+    return [first, second]
