@@ -136,34 +136,57 @@ def test_vs_pytorch_smoke_times_every_row(tmp_path):
     assert "load average" in out
 
 
+_TORCH_PATHS = """
+import json, sys
+
+import numpy as np
+import torch
+
+from benchmarks import torch_reference
+
+grads = np.random.default_rng(0).normal(size=(9, 5)).astype(np.float32)
+counts = [
+    sum(p.numel() for p in torch_reference.MLP(784, (2048,), 10).parameters()),
+    sum(p.numel() for p in torch_reference.ResNet18(10, width=64).parameters()),
+]
+paths = {}
+for name in ("m3", "rm3", "ra3"):
+    p = torch.nn.Parameter(torch.zeros(5))
+    opt = torch_reference.make_optimizer(name, [p], lr=0.1)
+    paths[name] = []
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+        paths[name].append(p.detach().numpy().tolist())
+print(json.dumps({"counts": counts, "paths": paths}))
+"""
+
+
 def test_torch_reference_matches_cgh_jax_optimizers():
     """The PyTorch optimizers of the side-by-side follow the same update rules as cgh-jax's
     (one float32 gradient sequence through both), and the models have the published
-    parameter counts. Needs the optional torch (the ``bench`` extra)."""
-    torch = pytest.importorskip("torch")
+    parameter counts. Needs the optional torch (the ``bench`` extra); PyTorch runs in its
+    own process, as in the benchmark (it crashes beside TensorFlow in one process)."""
+    import json
+
     import numpy as np
     import optax
 
     import cgh_jax
 
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import torch_reference
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed (the optional bench extra)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", _TORCH_PATHS], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.splitlines()[-1])
+    assert got["counts"] == [1628170, 11173962]
 
-    assert sum(p.numel() for p in torch_reference.MLP(784, (2048,), 10).parameters()) == 1628170
-    resnet = torch_reference.ResNet18(10, width=64)
-    assert sum(p.numel() for p in resnet.parameters()) == 11173962
-
-    rng = np.random.default_rng(0)
-    grads = rng.normal(size=(9, 5)).astype(np.float32)
+    grads = np.random.default_rng(0).normal(size=(9, 5)).astype(np.float32)
     lr = 0.1
     for name in ("m3", "rm3", "ra3"):
-        p = torch.nn.Parameter(torch.zeros(5))
-        opt = torch_reference.make_optimizer(name, [p], lr=lr)
-        torch_path = []
-        for g in grads:
-            p.grad = torch.tensor(g)
-            opt.step()
-            torch_path.append(p.detach().numpy().copy())
         params = np.zeros(5, np.float32)
         if name == "m3":  # one update per three gradients, at the same parameters
             tx = cgh_jax.m3_sgd(lr)
@@ -179,7 +202,8 @@ def test_torch_reference_matches_cgh_jax_optimizers():
                 updates, state = tx.update(g, state, params)
                 params = np.asarray(optax.apply_updates(params, updates))
                 jax_path.append(params)
-        np.testing.assert_allclose(np.array(torch_path), np.array(jax_path), rtol=1e-6, atol=1e-6)
+        torch_path = np.array(got["paths"][name], np.float32)
+        np.testing.assert_allclose(torch_path, np.array(jax_path), rtol=1e-6, atol=1e-6)
 
 
 def test_step_time_conv_section_splits_the_step_into_its_parts(capsys):
@@ -233,3 +257,33 @@ def test_step_time_filters_section_smoke(capsys):
         "1x1, 16 -> 16",
     ]
     assert "agree with XLA's" in out
+
+
+def test_cpu_rounding_compares_each_setting_with_float64_on_every_batch():
+    """``benchmarks/cpu_rounding.py`` on a tiny ResNet-18: a row per setting, a column per
+    batch; the default gradient is float32 round-off away from the float64 one."""
+    flag = "--xla_cpu_experimental_ynn_fusion_type=+eltwise"
+    command = [sys.executable, "benchmarks/cpu_rounding.py", f"--flags={flag}"]
+    command += ["--seeds", "0,1", "--width", "4", "--batch", "4", "--image", "8"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [c.strip() for c in rows[0]] == ["setting", "batch 0", "batch 1"]
+    assert [r[0].strip() for r in rows[1:]] == ["default (no flag)", f"`{flag}`"]
+    for cell in rows[1][1:]:  # "median / worst (arrays within 1e-5/arrays)", in %
+        median, rest = cell.strip().split(" / ")
+        worst, arrays = rest.split(" (")
+        assert float(median) <= float(worst) < 0.1
+        assert arrays.endswith("/63)")  # 62 parameter arrays and the input gradient
+
+
+def test_cpu_rounding_error_is_relative_to_each_arrays_largest_entry():
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cpu_rounding
+
+    reference = [np.array([1.0, -4.0]), np.array([0.5])]
+    got = [np.array([1.2, -4.0]), np.array([0.5])]
+    assert cpu_rounding.errors(got, reference).tolist() == pytest.approx([0.05, 0.0])
