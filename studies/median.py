@@ -361,7 +361,7 @@ def page(args, trained) -> report.Page:
     for cell, cell_runs in trained.items():
         present, missing = done[cell], sum(e is None for r in cell_runs.values() for e in r)
         figure = Path(args.out) / f"paths_{cell.name}.png"
-        about = P.Cell(cell_title(cell), figure, cell.seeds, present, missing)
+        about = P.CellPage(cell_title(cell), figure, cell.seeds, present, missing)
         if not present:
             section, got = [f"Not trained yet: {missing} runs (`--cells {cell.name}`)."], {}
         elif is_long(cell):

@@ -116,7 +116,7 @@ def pristine_loss_at(present: dict, top: Comparison, level: float, width: int) -
 
 
 @dataclasses.dataclass(frozen=True)
-class Cell:
+class CellPage:
     """What the page says of one cell: its ``title``, the ``figure`` (a path beside the page),
     its ``seeds``, the arms with a finished run (``present``) and how many runs are
     ``missing``."""
@@ -128,7 +128,7 @@ class Cell:
     missing: int
 
 
-def cell_section(spec: Spec, cell: Cell, comps, confidence, primary_confidence, extra=()):
+def cell_section(spec: Spec, cell: CellPage, comps, confidence, primary_confidence, extra=()):
     """A cell's tables, figure and verdict for the comparisons ``comps`` (primary first),
     ``extra`` blocks before the verdict; (markdown blocks, results.json part)."""
     present, width = cell.present, spec.fit.width
@@ -189,7 +189,9 @@ def cell_section(spec: Spec, cell: Cell, comps, confidence, primary_confidence, 
     return section, got | {"pristine_loss_at_matched_accuracy": loss_at, "readings": pairings}
 
 
-def long_section(spec: Spec, cell: Cell, epochs: int, base: str, arms: Sequence[str], intro: str):
+def long_section(
+    spec: Spec, cell: CellPage, epochs: int, base: str, arms: Sequence[str], intro: str
+):
     """A cell read against epochs, with no verdict: memorization at a quarter, half and all
     of ``epochs``, and each of ``arms`` − ``base`` at the end (paired by seed, uncorrected)."""
     present = cell.present
