@@ -307,9 +307,9 @@ def resnets_section(args) -> str:
 # ----------------------------------------------------------------------------- conv
 
 
-def build_conv_runners(width: int, batch_size: int, image_size: int) -> dict[str, Callable]:
+def build_conv_programs(width: int, batch_size: int, image_size: int) -> dict[str, tuple]:
     """ResNet-18 (CIFAR stem) in train mode: the forward pass, the forward pass with the
-    input gradients, and with the full gradient, each one jitted callable."""
+    input gradients, and with the full gradient, each a jitted function and its arguments."""
     model = get_model("resnet18", num_classes=10, width=width, stem="cifar")
     key_x, key_y, key_init = jax.random.split(jax.random.PRNGKey(0), 3)
     images = jax.random.uniform(key_x, (batch_size, image_size, image_size, 3))
@@ -323,14 +323,17 @@ def build_conv_runners(width: int, batch_size: int, image_size: int) -> dict[str
         )
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
-    forward = jax.jit(loss_fn)
-    input_grads = jax.jit(jax.grad(loss_fn, argnums=1))
-    all_grads = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))
     return {
-        "forward": lambda: forward(params, images),
-        "+ input grads": lambda: input_grads(params, images),
-        "+ weight grads": lambda: all_grads(params, images),
+        "forward": (jax.jit(loss_fn), (params, images)),
+        "+ input grads": (jax.jit(jax.grad(loss_fn, argnums=1)), (params, images)),
+        "+ weight grads": (jax.jit(jax.grad(loss_fn, argnums=(0, 1))), (params, images)),
     }
+
+
+def build_conv_runners(width: int, batch_size: int, image_size: int) -> dict[str, Callable]:
+    """:func:`build_conv_programs`, each program a callable without arguments."""
+    programs = build_conv_programs(width, batch_size, image_size)
+    return {name: functools.partial(fn, *args) for name, (fn, args) in programs.items()}
 
 
 def conv_section(args) -> str:

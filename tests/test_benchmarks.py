@@ -287,3 +287,61 @@ def test_cpu_rounding_error_is_relative_to_each_arrays_largest_entry():
     reference = [np.array([1.0, -4.0]), np.array([0.5])]
     got = [np.array([1.2, -4.0]), np.array([0.5])]
     assert cpu_rounding.errors(got, reference).tolist() == pytest.approx([0.05, 0.0])
+
+
+def test_conv_profile_finds_every_convolution_of_resnet18_and_its_two_gradients():
+    """``benchmarks/conv_profile.py`` reads the compiled ResNet-18 gradient: each of the 20
+    convolutions (stem, 16 in the blocks, 3 projection shortcuts) once forward, once for the
+    input gradient (the stem's too: the program also differentiates the images) and once
+    for the filter gradient."""
+    import collections
+
+    import jax
+
+    from benchmarks import conv_profile
+    from benchmarks.step_time import build_conv_programs
+
+    fn, args = build_conv_programs(width=2, batch_size=3, image_size=32)["+ weight grads"]
+    kernels = {tuple(x.shape) for x in jax.tree_util.tree_leaves(args[0]) if x.ndim == 4}
+    assert len(kernels) < 20  # several convolutions share a kernel shape
+    parts = conv_profile.classify_hlo(fn.lower(*args).compile().as_text(), kernels)
+    counts = collections.Counter(parts.values())
+    assert counts["forward convolutions"] == 20
+    assert counts["input-gradient convolutions"] == 20
+    assert counts["filter-gradient convolutions"] == 20
+    assert counts["layout copies"] > 0
+
+
+def test_conv_profile_torch_ops_fall_into_the_parts():
+    from benchmarks import conv_profile
+
+    assert conv_profile.torch_part("aten::mkldnn_convolution") == "forward convolutions"
+    assert conv_profile.torch_part("aten::convolution_backward") == "backward convolutions"
+    assert conv_profile.torch_part("aten::copy_") == "layout copies"
+    assert conv_profile.torch_part("aten::native_batch_norm") == "everything else"
+
+
+def test_conv_profile_smoke_adds_up_to_the_wall_time():
+    """``--smoke``: one process per framework, pinned to one core; the parts add up to
+    about the wall time (one thread, nothing overlaps). Without PyTorch it says so."""
+    out = subprocess.run(
+        [sys.executable, "benchmarks/conv_profile.py", "--smoke"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:-1]
+        for line in out.splitlines()
+        if line.startswith("| ") and not line.startswith("| part")
+    }
+    for part in ("forward convolutions", "input-gradient convolutions", "layout copies"):
+        assert part in rows
+    total, wall = float(rows["sum of the parts"][0]), float(rows["wall time"][0])
+    assert 0.5 * wall <= total <= 1.05 * wall
+    if importlib.util.find_spec("torch") is None:
+        assert "PyTorch is not installed" in out
+    else:
+        assert "backward convolutions" in rows
