@@ -65,6 +65,13 @@ def pin_to_one_core() -> int:
     return core
 
 
+def one_core_xla() -> int:
+    """Before importing jax: XLA:CPU on one thread (:data:`ONE_THREAD_XLA` added to the
+    caller's ``XLA_FLAGS``), the process pinned to one core; return that core."""
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
+    return pin_to_one_core()
+
+
 # ----------------------------------------------------------------------------- XLA side
 
 
@@ -129,8 +136,7 @@ def trace_op_seconds(trace_dir: str) -> collections.Counter:
 
 
 def jax_worker(args) -> dict:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
-    core = pin_to_one_core()
+    core = one_core_xla()
     import jax
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -162,10 +168,12 @@ def transposes_worker(args) -> dict:
     activation ``[N, H, W, C]``: a copy, the transpose to ``[C, H, W, N]`` (the layout of a
     filter-gradient convolution's input) and that transpose of ``relu(x * a + b)``, the
     shape of what XLA fuses into it (a BatchNorm and ReLU recomputed inside the copy)."""
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
-    pin_to_one_core()
+    one_core_xla()
     import jax
     import jax.numpy as jnp
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.common import median
 
     x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, args.image, args.image, args.width))
     to_chwn = (3, 1, 2, 0)
@@ -185,7 +193,7 @@ def transposes_worker(args) -> dict:
             start = time.perf_counter()
             jax.block_until_ready(fn(x))
             times.append(time.perf_counter() - start)
-        ms[name] = 1e3 * sorted(times)[len(times) // 2]
+        ms[name] = 1e3 * median(times)
     return {"ms": ms, "shape": list(x.shape)}
 
 
